@@ -1,0 +1,134 @@
+// Package jobspec is the job config: the YAML a user writes, its defaults,
+// and validation whose every error names the file, line and field.
+//
+// It sits beside the packages DESIGN.md lists because the CLI, the worker and
+// the coordinator's submit path all read the same config; it imports only
+// tensor and the YAML decoder.
+package jobspec
+
+import (
+	"fmt"
+
+	"github.com/loomtrain/loom/tensor"
+)
+
+// Job is one training job as written in JOB.yaml.
+type Job struct {
+	Name      string    `yaml:"name"`
+	Seed      uint64    `yaml:"seed"`
+	Model     Model     `yaml:"model"`
+	Data      Data      `yaml:"data"`
+	Train     Train     `yaml:"train"`
+	Optimizer Optimizer `yaml:"optimizer"`
+	Schedule  Schedule  `yaml:"schedule"`
+
+	// file and lines are filled by Load so semantic errors can point at
+	// the line a field came from.
+	file  string
+	lines map[string]int
+}
+
+// Model describes the network.
+type Model struct {
+	Kind       string `yaml:"kind"`       // mlp
+	Layers     []int  `yaml:"layers"`     // widths, input first, classes last
+	Activation string `yaml:"activation"` // relu | gelu
+}
+
+// Data names the dataset.
+type Data struct {
+	Dataset string `yaml:"dataset"` // mnist | idx
+	Path    string `yaml:"path"`    // directory of IDX files (idx; optional for mnist)
+}
+
+// Train holds the loop settings.
+type Train struct {
+	Epochs      int    `yaml:"epochs"`
+	MaxSteps    int    `yaml:"max_steps"` // 0: run all epochs
+	GlobalBatch int    `yaml:"global_batch"`
+	Precision   string `yaml:"precision"`  // fp32 | bf16 | fp16
+	EvalEvery   int    `yaml:"eval_every"` // steps; 0: only at the end
+	LogEvery    int    `yaml:"log_every"`  // steps between plain log lines
+}
+
+// Optimizer selects and tunes the update rule.
+type Optimizer struct {
+	Kind        string  `yaml:"kind"` // adamw | sgd
+	LR          float64 `yaml:"lr"`
+	WeightDecay float64 `yaml:"weight_decay"`
+	Momentum    float64 `yaml:"momentum"` // sgd
+	Beta1       float64 `yaml:"beta1"`    // adamw
+	Beta2       float64 `yaml:"beta2"`    // adamw
+	Eps         float64 `yaml:"eps"`      // adamw
+}
+
+// Schedule shapes the learning rate over the run.
+type Schedule struct {
+	Kind        string  `yaml:"kind"` // constant | cosine
+	WarmupSteps int     `yaml:"warmup_steps"`
+	MinLRRatio  float64 `yaml:"min_lr_ratio"` // cosine floor as a fraction of lr
+}
+
+// Default returns a job with every optional field at its default.
+func Default() Job {
+	return Job{
+		Seed:      1,
+		Model:     Model{Kind: "mlp", Activation: "relu"},
+		Data:      Data{Dataset: "mnist"},
+		Train:     Train{Epochs: 1, GlobalBatch: 256, Precision: "fp32", LogEvery: 50},
+		Optimizer: Optimizer{Kind: "adamw", LR: 1e-3, WeightDecay: 0.01, Momentum: 0.9, Beta1: 0.9, Beta2: 0.999, Eps: 1e-8},
+		Schedule:  Schedule{Kind: "cosine"},
+	}
+}
+
+// DType is the compute precision as a tensor dtype (valid after Validate).
+func (j *Job) DType() tensor.DType {
+	d, _ := tensor.ParseDType(j.Train.Precision)
+	return d
+}
+
+// File is the path the job was loaded from ("" if built in code).
+func (j *Job) File() string { return j.file }
+
+// Error is a config error located in the file.
+type Error struct {
+	File  string
+	Line  int
+	Field string // dotted path, e.g. train.precision
+	Msg   string
+}
+
+func (e *Error) Error() string {
+	loc := e.File
+	if loc == "" {
+		loc = "job config"
+	}
+	if e.Line > 0 {
+		loc = fmt.Sprintf("%s:%d", loc, e.Line)
+	}
+	if e.Field == "" {
+		return loc + ": " + e.Msg
+	}
+	return fmt.Sprintf("%s: %s: %s", loc, e.Field, e.Msg)
+}
+
+// errf builds an Error for field, located at the line the field was read from
+// (or its nearest parent's).
+func (j *Job) errf(field, format string, args ...any) *Error {
+	line := 0
+	for f := field; f != ""; {
+		if l, ok := j.lines[f]; ok {
+			line = l
+			break
+		}
+		i := len(f) - 1
+		for i >= 0 && f[i] != '.' {
+			i--
+		}
+		if i < 0 {
+			break
+		}
+		f = f[:i]
+	}
+	return &Error{File: j.file, Line: line, Field: field, Msg: fmt.Sprintf(format, args...)}
+}

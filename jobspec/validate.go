@@ -1,0 +1,157 @@
+package jobspec
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+
+	"github.com/loomtrain/loom/tensor"
+)
+
+var nameRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}$`)
+
+// Validate checks every setting and returns the first problem as *Error.
+// It also checks that a dataset path given in the config exists, so a typo
+// fails before any training starts.
+func (j *Job) Validate() error {
+	switch {
+	case j.Name == "":
+		return j.errf("name", "required (a short job name such as mnist-mlp)")
+	case !nameRE.MatchString(j.Name):
+		return j.errf("name", "%q: use letters, digits, '.', '_' or '-' (at most 63)", j.Name)
+	}
+	if err := j.validateModel(); err != nil {
+		return err
+	}
+	if err := j.validateData(); err != nil {
+		return err
+	}
+	t := j.Train
+	switch {
+	case t.Epochs < 1 && t.MaxSteps < 1:
+		return j.errf("train.epochs", "must be >= 1 (or set train.max_steps)")
+	case t.Epochs < 0:
+		return j.errf("train.epochs", "must be >= 0, got %d", t.Epochs)
+	case t.MaxSteps < 0:
+		return j.errf("train.max_steps", "must be >= 0, got %d", t.MaxSteps)
+	case t.GlobalBatch < 1 || t.GlobalBatch > 1<<20:
+		return j.errf("train.global_batch", "must be in [1, 1048576], got %d", t.GlobalBatch)
+	case t.EvalEvery < 0:
+		return j.errf("train.eval_every", "must be >= 0, got %d", t.EvalEvery)
+	case t.LogEvery < 0:
+		return j.errf("train.log_every", "must be >= 0, got %d", t.LogEvery)
+	}
+	if _, err := tensor.ParseDType(t.Precision); err != nil {
+		return j.errf("train.precision", "%v", err)
+	}
+	if err := j.validateOptimizer(); err != nil {
+		return err
+	}
+	s := j.Schedule
+	switch {
+	case s.Kind != "constant" && s.Kind != "cosine":
+		return j.errf("schedule.kind", "%q unknown (want constant or cosine)", s.Kind)
+	case s.WarmupSteps < 0:
+		return j.errf("schedule.warmup_steps", "must be >= 0, got %d", s.WarmupSteps)
+	case s.MinLRRatio < 0 || s.MinLRRatio > 1:
+		return j.errf("schedule.min_lr_ratio", "must be in [0, 1], got %g", s.MinLRRatio)
+	}
+	return nil
+}
+
+func (j *Job) validateModel() error {
+	m := j.Model
+	if m.Kind != "mlp" {
+		return j.errf("model.kind", "%q unknown (want mlp)", m.Kind)
+	}
+	if len(m.Layers) < 2 {
+		return j.errf("model.layers", "want at least an input and an output width, e.g. [784, 512, 10]")
+	}
+	for i, w := range m.Layers {
+		if w < 1 || w > 1<<16 {
+			return j.errf(fmt.Sprintf("model.layers[%d]", i), "width %d out of range [1, 65536]", w)
+		}
+	}
+	if m.Activation != "relu" && m.Activation != "gelu" {
+		return j.errf("model.activation", "%q unknown (want relu or gelu)", m.Activation)
+	}
+	return nil
+}
+
+func (j *Job) validateData() error {
+	d := j.Data
+	switch d.Dataset {
+	case "mnist":
+	case "idx":
+		if d.Path == "" {
+			return j.errf("data.path", "required for dataset idx (a directory holding train-images-idx3-ubyte[.gz] and friends)")
+		}
+	default:
+		return j.errf("data.dataset", "%q unknown (want mnist or idx)", d.Dataset)
+	}
+	if d.Path == "" {
+		return nil
+	}
+	p := j.DataPath()
+	st, err := os.Stat(p)
+	if err != nil {
+		return j.errf("data.path", "%s does not exist", p)
+	}
+	if !st.IsDir() {
+		return j.errf("data.path", "%s is not a directory", p)
+	}
+	for _, f := range []string{"train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"} {
+		_, e1 := os.Stat(filepath.Join(p, f))
+		_, e2 := os.Stat(filepath.Join(p, f+".gz"))
+		if e1 != nil && e2 != nil {
+			return j.errf("data.path", "%s has no %s[.gz]", p, f)
+		}
+	}
+	return nil
+}
+
+// DataPath is data.path resolved against the config file's directory when
+// relative ("" when unset).
+func (j *Job) DataPath() string {
+	p := j.Data.Path
+	if p == "" || filepath.IsAbs(p) || j.file == "" {
+		return p
+	}
+	return filepath.Join(filepath.Dir(j.file), p)
+}
+
+func (j *Job) validateOptimizer() error {
+	o := j.Optimizer
+	switch o.Kind {
+	case "adamw", "sgd":
+	default:
+		return j.errf("optimizer.kind", "%q unknown (want adamw or sgd)", o.Kind)
+	}
+	switch {
+	case !(o.LR > 0 && o.LR < 10):
+		return j.errf("optimizer.lr", "must be in (0, 10), got %g", o.LR)
+	case o.WeightDecay < 0 || o.WeightDecay >= 1:
+		return j.errf("optimizer.weight_decay", "must be in [0, 1), got %g", o.WeightDecay)
+	case o.Momentum < 0 || o.Momentum >= 1:
+		return j.errf("optimizer.momentum", "must be in [0, 1), got %g", o.Momentum)
+	case o.Beta1 < 0 || o.Beta1 >= 1:
+		return j.errf("optimizer.beta1", "must be in [0, 1), got %g", o.Beta1)
+	case o.Beta2 < 0 || o.Beta2 >= 1:
+		return j.errf("optimizer.beta2", "must be in [0, 1), got %g", o.Beta2)
+	case !(o.Eps > 0 && o.Eps < 1):
+		return j.errf("optimizer.eps", "must be in (0, 1), got %g", o.Eps)
+	}
+	return nil
+}
+
+// TotalSteps is the number of optimizer steps the job runs for a training set
+// of n examples.
+func (j *Job) TotalSteps(n int) int {
+	per := (n + j.Train.GlobalBatch - 1) / j.Train.GlobalBatch
+	total := per * j.Train.Epochs
+	if j.Train.MaxSteps > 0 && (total == 0 || j.Train.MaxSteps < total) {
+		total = j.Train.MaxSteps
+	}
+	return total
+}

@@ -1,0 +1,81 @@
+// Package optimizer updates fp32 master weights from gradients: SGD with
+// momentum, AdamW with decoupled weight decay, warmup + cosine learning-rate
+// schedules, and dynamic loss scaling for fp16.
+//
+// Gradients reach Step unscaled by the caller's choice of gradScale: the
+// trainer passes 1/(global batch × loss scale) so the summed, loss-scaled
+// gradients become the mean gradient inside the update, in one pass.
+package optimizer
+
+import (
+	"fmt"
+	"math"
+)
+
+// Param is one trainable tensor as the optimizer sees it.
+type Param struct {
+	Name  string
+	Value []float32 // fp32 master weights, updated in place
+	Grad  []float32 // summed gradient, read only
+	Decay bool      // apply weight decay
+}
+
+// Optimizer updates parameters in place.
+type Optimizer interface {
+	// Step applies one update with learning rate lr, reading each gradient
+	// multiplied by gradScale.
+	Step(params []Param, lr, gradScale float32)
+	// State exposes the optimizer's tensors by name (for checkpoints), in a
+	// stable order; the slices alias the live state.
+	State() []NamedTensor
+	// Steps is the number of updates applied so far.
+	Steps() int
+}
+
+// NamedTensor is one named float32 state tensor.
+type NamedTensor struct {
+	Name string
+	Data []float32
+}
+
+// Config selects an optimizer.
+type Config struct {
+	Kind        string // "sgd" or "adamw"
+	WeightDecay float64
+	Momentum    float64 // sgd
+	Beta1       float64 // adamw
+	Beta2       float64 // adamw
+	Eps         float64 // adamw
+}
+
+// New builds the optimizer for params (state sized to match).
+func New(cfg Config, params []Param) (Optimizer, error) {
+	switch cfg.Kind {
+	case "sgd":
+		return newSGD(cfg, params), nil
+	case "adamw":
+		return newAdamW(cfg, params), nil
+	}
+	return nil, fmt.Errorf("optimizer %q unknown (want sgd or adamw)", cfg.Kind)
+}
+
+// AllFinite reports whether every gradient value is finite. fp16 training
+// checks it before stepping and skips the step on overflow.
+func AllFinite(params []Param) bool {
+	for _, p := range params {
+		for _, g := range p.Grad {
+			if math.IsInf(float64(g), 0) || math.IsNaN(float64(g)) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+func stateFor(params []Param) [][]float32 {
+	s := make([][]float32, len(params))
+	for i, p := range params {
+		s[i] = make([]float32, len(p.Value))
+	}
+	return s
+}
