@@ -163,3 +163,25 @@ func modCaches() []string {
 	}
 	return dirs
 }
+
+// Open loads the named dataset: "mnist" (from dir when given, else the
+// GoMNIST module's files) or "idx" (an MNIST-layout directory, required).
+func Open(name, dir string) (*Split, error) {
+	switch name {
+	case "mnist":
+		if dir == "" {
+			d, err := MNISTDir()
+			if err != nil {
+				return nil, err
+			}
+			dir = d
+		}
+	case "idx":
+		if dir == "" {
+			return nil, errors.New("dataset idx needs a directory")
+		}
+	default:
+		return nil, fmt.Errorf("dataset %q unknown (want mnist or idx)", name)
+	}
+	return LoadIDXDir(dir)
+}

@@ -1,0 +1,10 @@
+package main
+
+import "github.com/spf13/cobra"
+
+// addCommands wires every subcommand. Each command lives in its own file and
+// is added here with one line.
+func addCommands(root, bench *cobra.Command) {
+	root.AddCommand(newLaunchCmd())
+	_ = bench
+}

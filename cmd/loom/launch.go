@@ -1,0 +1,143 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/loomtrain/loom/data"
+	"github.com/loomtrain/loom/device"
+	"github.com/loomtrain/loom/device/cpu"
+	"github.com/loomtrain/loom/jobspec"
+	"github.com/loomtrain/loom/worker"
+)
+
+type launchOpts struct {
+	workers  int
+	device   string
+	json     bool
+	maxSteps int
+	quiet    bool
+}
+
+func newLaunchCmd() *cobra.Command {
+	var o launchOpts
+	cmd := &cobra.Command{
+		Use:   "launch JOB.yaml",
+		Short: "Validate a job config and train it",
+		Long: `Validate JOB.yaml and train it to the end, showing progress (a bar on a
+terminal, log lines otherwise) and a summary with the test-set accuracy.
+
+The config is checked before any work starts: an unknown key, a value of the
+wrong type or a missing dataset path is reported with its file, line and field.
+
+Ctrl-C stops at the next step boundary and still prints the summary.`,
+		Example: `  loom launch examples/mnist-mlp.yaml
+  loom launch examples/mnist-mlp-bf16.yaml --json
+  loom launch examples/mnist-mlp.yaml --device cpu:threads=1 --max-steps 100`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runLaunch(cmd.Context(), args[0], o)
+		},
+	}
+	f := cmd.Flags()
+	f.IntVar(&o.workers, "workers", 1, "number of worker processes (only 1 until distributed training lands)")
+	f.StringVar(&o.device, "device", "cpu", "device spec, e.g. cpu or cpu:threads=2")
+	f.BoolVar(&o.json, "json", false, "print the summary as one JSON object on stdout")
+	f.IntVar(&o.maxSteps, "max-steps", 0, "stop after this many steps (overrides train.max_steps)")
+	f.BoolVarP(&o.quiet, "quiet", "q", false, "no progress output, only the summary")
+	return cmd
+}
+
+func runLaunch(ctx context.Context, path string, o launchOpts) error {
+	job, err := jobspec.Load(path)
+	if err != nil {
+		return err
+	}
+	if o.workers != 1 {
+		return fmt.Errorf("--workers %d: this build trains with one in-process worker; multi-worker launch is not available yet", o.workers)
+	}
+	if o.maxSteps < 0 {
+		return fmt.Errorf("--max-steps %d: must be >= 0", o.maxSteps)
+	}
+	if o.maxSteps > 0 {
+		job.Train.MaxSteps = o.maxSteps
+	}
+	var reg device.Registry
+	if err := cpu.Register(&reg); err != nil {
+		return err
+	}
+	dev, err := reg.Open(o.device)
+	if err != nil {
+		return fmt.Errorf("--device: %w", err)
+	}
+	level := zapcore.InfoLevel
+	if o.quiet {
+		level = zapcore.WarnLevel
+	}
+	log := newLogger(level)
+	defer log.Sync()
+
+	split, err := data.Open(job.Data.Dataset, job.DataPath())
+	if err != nil {
+		return fmt.Errorf("%s: data: %w", path, err)
+	}
+	tr, err := worker.NewTrainer(job, dev, split, log)
+	if err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	log.Info("launch", zap.String("job", job.Name), zap.String("data", split.Source), zap.Int("train_examples", split.Train.N),
+		zap.Int("params", tr.Model().NumParams()), zap.String("precision", job.Train.Precision), zap.String("device", dev.Name()),
+		zap.Int("threads", dev.Threads()), zap.Int("steps", tr.TotalSteps()))
+
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	var onProgress func(worker.Progress)
+	var view *progressView
+	if !o.quiet {
+		view = newProgressView(os.Stderr, job.Train.LogEvery, log)
+		onProgress = view.Update
+	}
+	sum, runErr := tr.Run(ctx, onProgress)
+	if view != nil && runErr != nil {
+		view.Done()
+	}
+	if sum == nil {
+		return runErr
+	}
+	if o.json {
+		b, _ := json.Marshal(sum)
+		fmt.Println(string(b))
+	} else {
+		printSummary(sum)
+	}
+	if errors.Is(runErr, worker.ErrInterrupted) {
+		return exitError{code: 130}
+	}
+	return runErr
+}
+
+func printSummary(s *worker.Summary) {
+	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(w, "job\t%s (%s)\n", s.Job, s.Status)
+	fmt.Fprintf(w, "steps\t%d (%.2f epochs, %d samples)\n", s.Steps, s.Epochs, s.Samples)
+	fmt.Fprintf(w, "final loss\t%.4f\n", s.FinalLoss)
+	fmt.Fprintf(w, "test accuracy\t%.2f%%\n", 100*s.TestAccuracy)
+	fmt.Fprintf(w, "throughput\t%.0f samples/s\n", s.SamplesPerSec)
+	fmt.Fprintf(w, "wall time\t%s\n", time.Duration(s.WallSeconds*float64(time.Second)).Round(10*time.Millisecond))
+	fmt.Fprintf(w, "precision\t%s on %s, %d worker(s)\n", s.Precision, s.Device, s.Workers)
+	if s.SkippedSteps > 0 {
+		fmt.Fprintf(w, "skipped steps\t%d (fp16 overflow)\n", s.SkippedSteps)
+	}
+	w.Flush()
+}

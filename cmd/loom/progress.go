@@ -1,0 +1,105 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"golang.org/x/term"
+
+	"github.com/loomtrain/loom/worker"
+)
+
+// progressView shows training progress: a single redrawn bar on a terminal,
+// plain structured log lines every `every` steps otherwise.
+type progressView struct {
+	out      io.Writer
+	tty      bool
+	every    int
+	log      *zap.Logger
+	lastDraw time.Time
+	width    int
+}
+
+func newProgressView(out *os.File, every int, log *zap.Logger) *progressView {
+	tty := term.IsTerminal(int(out.Fd()))
+	w := 100
+	if tty {
+		if cols, _, err := term.GetSize(int(out.Fd())); err == nil && cols > 40 {
+			w = cols
+		}
+	}
+	if every <= 0 {
+		every = 50
+	}
+	return &progressView{out: out, tty: tty, every: every, log: log, width: w}
+}
+
+// Update renders one step's progress.
+func (v *progressView) Update(p worker.Progress) {
+	last := p.Step == p.TotalSteps
+	if !v.tty {
+		if p.Step%v.every == 0 || last || !math.IsNaN(p.TestAccuracy) {
+			fields := []zap.Field{zap.Int("step", p.Step), zap.Int("of", p.TotalSteps), zap.Int("epoch", p.Epoch),
+				zap.Float64("loss", round(p.Loss, 4)), zap.Float64("lr", round(float64(p.LR), 6)),
+				zap.Float64("samples_per_s", round(p.SamplesPerSec, 0)), zap.Duration("eta", p.ETA.Round(time.Second))}
+			if !math.IsNaN(p.TestAccuracy) {
+				fields = append(fields, zap.Float64("test_accuracy", round(p.TestAccuracy, 4)))
+			}
+			v.log.Info("train", fields...)
+		}
+		return
+	}
+	if !last && time.Since(v.lastDraw) < 100*time.Millisecond && math.IsNaN(p.TestAccuracy) {
+		return
+	}
+	v.lastDraw = time.Now()
+	if !math.IsNaN(p.TestAccuracy) {
+		fmt.Fprintf(v.out, "\r\033[K  step %d: test accuracy %.2f%%\n", p.Step, 100*p.TestAccuracy)
+	}
+	info := fmt.Sprintf(" %d/%d  ep %d  loss %.4f  %s samples/s  ETA %s", p.Step, p.TotalSteps, p.Epoch, p.Loss, human(p.SamplesPerSec), p.ETA.Round(time.Second))
+	barW := max(10, min(40, v.width-len(info)-4))
+	filled := int(float64(barW) * float64(p.Step) / float64(max(1, p.TotalSteps)))
+	bar := strings.Repeat("█", filled) + strings.Repeat("░", barW-filled)
+	fmt.Fprintf(v.out, "\r\033[K%s%s", bar, info)
+	if last {
+		fmt.Fprintln(v.out)
+	}
+}
+
+// Done ends the bar's line if training stopped early.
+func (v *progressView) Done() {
+	if v.tty {
+		fmt.Fprint(v.out, "\r\033[K")
+	}
+}
+
+func human(x float64) string {
+	switch {
+	case x >= 1e6:
+		return fmt.Sprintf("%.2fM", x/1e6)
+	case x >= 1e3:
+		return fmt.Sprintf("%.1fk", x/1e3)
+	}
+	return fmt.Sprintf("%.0f", x)
+}
+
+func round(x float64, digits int) float64 {
+	p := math.Pow(10, float64(digits))
+	return math.Round(x*p) / p
+}
+
+// newLogger returns the CLI's logger: human-readable console lines on stderr.
+func newLogger(level zapcore.Level) *zap.Logger {
+	enc := zap.NewDevelopmentEncoderConfig()
+	enc.EncodeTime = zapcore.TimeEncoderOfLayout("15:04:05.000")
+	enc.EncodeCaller = nil
+	enc.EncodeLevel = zapcore.CapitalLevelEncoder
+	core := zapcore.NewCore(zapcore.NewConsoleEncoder(enc), zapcore.Lock(os.Stderr), level)
+	return zap.New(core)
+}

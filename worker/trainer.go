@@ -1,0 +1,247 @@
+// Package worker is the training agent: it builds the model, optimizer and
+// data pipeline for a job and runs training steps on a device. Today it runs
+// a single in-process worker (Trainer); the distributed agent (register,
+// heartbeat, watch plan, ring all-reduce) builds on the same step.
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/loomtrain/loom/data"
+	"github.com/loomtrain/loom/device"
+	"github.com/loomtrain/loom/jobspec"
+	"github.com/loomtrain/loom/model"
+	"github.com/loomtrain/loom/optimizer"
+	"github.com/loomtrain/loom/tensor"
+)
+
+// Progress is reported after every optimizer step.
+type Progress struct {
+	Step, TotalSteps int
+	Epoch            int
+	Loss             float64 // mean loss of this step's samples
+	LR               float32
+	SamplesPerSec    float64 // since the run started
+	Elapsed          time.Duration
+	ETA              time.Duration
+	TestAccuracy     float64 // NaN unless an evaluation ran at this step
+}
+
+// Summary describes a finished (or interrupted) run.
+type Summary struct {
+	Job           string  `json:"job"`
+	Status        string  `json:"status"` // completed | interrupted
+	Steps         int     `json:"steps"`
+	Epochs        float64 `json:"epochs"`
+	Samples       int64   `json:"samples"`
+	FinalLoss     float64 `json:"final_loss"` // mean training loss over the last ≤50 steps
+	TestAccuracy  float64 `json:"test_accuracy"`
+	TestLoss      float64 `json:"test_loss"`
+	SamplesPerSec float64 `json:"samples_per_s"`
+	WallSeconds   float64 `json:"wall_s"`
+	Precision     string  `json:"precision"`
+	Device        string  `json:"device"`
+	Workers       int     `json:"workers"`
+	SkippedSteps  int     `json:"skipped_steps"`
+}
+
+// Trainer runs one job's training loop on one device. Not safe for
+// concurrent use.
+type Trainer struct {
+	job   *jobspec.Job
+	dev   device.Device
+	log   *zap.Logger
+	split *data.Split
+
+	ctx     model.Context
+	net     *model.MLP
+	loss    *model.SoftmaxCE
+	params  []optimizer.Param
+	opt     optimizer.Optimizer
+	sched   optimizer.Schedule
+	scaler  *optimizer.LossScaler // nil unless fp16
+	sampler *data.Sampler
+
+	step, total int
+	x           []float32
+	y           []int32
+	idx         []int
+}
+
+// NewTrainer builds the model, optimizer and sampler for job over split.
+func NewTrainer(job *jobspec.Job, dev device.Device, split *data.Split, log *zap.Logger) (*Trainer, error) {
+	if log == nil {
+		log = zap.NewNop()
+	}
+	layers := job.Model.Layers
+	if layers[0] != split.Train.Dim {
+		return nil, fmt.Errorf("model.layers[0] is %d but %s examples have %d features", layers[0], split.Source, split.Train.Dim)
+	}
+	if layers[len(layers)-1] < split.Train.Classes {
+		return nil, fmt.Errorf("model output width %d < %d classes in %s", layers[len(layers)-1], split.Train.Classes, split.Source)
+	}
+	t := &Trainer{job: job, dev: dev, log: log, split: split}
+	t.ctx = model.Context{Dev: dev, DType: job.DType()}
+	act := device.ReLU
+	if job.Model.Activation == "gelu" {
+		act = device.GELU
+	}
+	var err error
+	if t.net, err = model.NewMLP(&t.ctx, layers, act, job.Seed); err != nil {
+		return nil, err
+	}
+	t.loss = model.NewSoftmaxCE(&t.ctx)
+	for _, p := range t.net.Params() {
+		t.params = append(t.params, optimizer.Param{Name: p.Name, Value: p.Value, Grad: p.Grad, Decay: p.Decay})
+	}
+	o := job.Optimizer
+	t.opt, err = optimizer.New(optimizer.Config{Kind: o.Kind, WeightDecay: o.WeightDecay, Momentum: o.Momentum, Beta1: o.Beta1, Beta2: o.Beta2, Eps: o.Eps}, t.params)
+	if err != nil {
+		return nil, err
+	}
+	t.total = job.TotalSteps(split.Train.N)
+	t.sched = optimizer.Schedule{Base: o.LR, Warmup: job.Schedule.WarmupSteps, Total: t.total, Cosine: job.Schedule.Kind == "cosine", MinRatio: job.Schedule.MinLRRatio}
+	if job.DType() == tensor.F16 {
+		t.scaler = optimizer.NewLossScaler()
+	}
+	t.sampler = data.NewSampler(split.Train.N, job.Seed)
+	return t, nil
+}
+
+// TotalSteps is the number of steps the job runs.
+func (t *Trainer) TotalSteps() int { return t.total }
+
+// Model exposes the network (for tests and checkpoints).
+func (t *Trainer) Model() *model.MLP { return t.net }
+
+// Step runs one optimizer step on the next global batch and returns the mean
+// loss of its samples.
+func (t *Trainer) Step() float64 {
+	t.idx = t.sampler.Next(t.idx[:0], t.job.Train.GlobalBatch)
+	rows := len(t.idx)
+	t.net.ZeroGrad()
+	lossSum, _ := t.accumulate(t.idx)
+	scale := float32(1)
+	if t.scaler != nil {
+		scale = t.scaler.Scale
+	}
+	apply := true
+	if t.scaler != nil {
+		apply = t.scaler.Update(!optimizer.AllFinite(t.params))
+	}
+	if apply {
+		t.opt.Step(t.params, t.sched.LR(t.step), 1/(float32(rows)*scale))
+		t.net.WeightsChanged()
+	}
+	t.step++
+	return lossSum / float64(rows)
+}
+
+// accumulate runs forward and backward over the samples idx, adding their
+// summed (loss-scaled) gradients to the parameters' Grad. It returns the
+// summed loss and the number of correct predictions.
+func (t *Trainer) accumulate(idx []int) (float64, int) {
+	rows, dim := len(idx), t.split.Train.Dim
+	t.x = grow(t.x, rows*dim)
+	if cap(t.y) < rows {
+		t.y = make([]int32, rows)
+	}
+	t.y = t.y[:rows]
+	for r, i := range idx {
+		copy(t.x[r*dim:(r+1)*dim], t.split.Train.Example(i))
+		t.y[r] = t.split.Train.Y[i]
+	}
+	scale := float32(1)
+	if t.scaler != nil {
+		scale = t.scaler.Scale
+	}
+	logits := t.net.Forward(t.x, rows)
+	loss, correct, grad := t.loss.Forward(logits, t.y, rows, t.net.Classes(), scale)
+	t.net.Backward(grad, rows)
+	return loss, correct
+}
+
+func grow(b []float32, n int) []float32 {
+	if cap(b) >= n {
+		return b[:n]
+	}
+	return make([]float32, n)
+}
+
+// Evaluate returns the accuracy and mean loss of the model on ds.
+func (t *Trainer) Evaluate(ds *data.Dataset) (acc, loss float64) {
+	const batch = 1000
+	correct := 0
+	for lo := 0; lo < ds.N; lo += batch {
+		rows := min(batch, ds.N-lo)
+		logits := t.net.Forward(ds.X[lo*ds.Dim:(lo+rows)*ds.Dim], rows)
+		l, c, _ := t.loss.Forward(logits, ds.Y[lo:lo+rows], rows, t.net.Classes(), 1)
+		loss += l
+		correct += c
+	}
+	return float64(correct) / float64(ds.N), loss / float64(ds.N)
+}
+
+// Run trains until the job's step count or until ctx is cancelled (then it
+// stops at the next step boundary and reports status "interrupted").
+// onProgress, if non-nil, is called after every step.
+func (t *Trainer) Run(ctx context.Context, onProgress func(Progress)) (*Summary, error) {
+	start := time.Now()
+	var samples int64
+	var recent []float64
+	s := &Summary{Job: t.job.Name, Status: "completed", Precision: t.job.Train.Precision, Device: t.dev.Name(), Workers: 1}
+	for t.step < t.total {
+		if ctx.Err() != nil {
+			s.Status = "interrupted"
+			break
+		}
+		loss := t.Step()
+		if math.IsNaN(loss) {
+			return nil, fmt.Errorf("step %d: loss is NaN (lower optimizer.lr or use fp32)", t.step)
+		}
+		samples += int64(len(t.idx))
+		recent = append(recent, loss)
+		if len(recent) > 50 {
+			recent = recent[1:]
+		}
+		if onProgress == nil {
+			continue
+		}
+		el := time.Since(start)
+		p := Progress{Step: t.step, TotalSteps: t.total, Epoch: t.sampler.Position().Epoch, Loss: loss, LR: t.sched.LR(t.step - 1),
+			SamplesPerSec: float64(samples) / el.Seconds(), Elapsed: el, TestAccuracy: math.NaN()}
+		p.ETA = time.Duration(float64(el) / float64(t.step) * float64(t.total-t.step))
+		if ev := t.job.Train.EvalEvery; ev > 0 && t.step%ev == 0 && t.step < t.total {
+			p.TestAccuracy, _ = t.Evaluate(t.split.Test)
+		}
+		onProgress(p)
+	}
+	wall := time.Since(start)
+	s.Steps = t.step
+	s.Samples = samples
+	s.Epochs = float64(samples) / float64(t.split.Train.N)
+	s.WallSeconds = wall.Seconds()
+	if wall > 0 {
+		s.SamplesPerSec = float64(samples) / wall.Seconds()
+	}
+	for _, l := range recent {
+		s.FinalLoss += l / float64(len(recent))
+	}
+	if t.scaler != nil {
+		s.SkippedSteps = t.scaler.Skipped
+	}
+	s.TestAccuracy, s.TestLoss = t.Evaluate(t.split.Test)
+	if s.Status == "interrupted" {
+		return s, errors.Join(ErrInterrupted, ctx.Err())
+	}
+	return s, nil
+}
+
+// ErrInterrupted is returned (with a summary) when Run stopped early.
+var ErrInterrupted = errors.New("training interrupted")
