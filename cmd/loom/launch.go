@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"syscall"
@@ -47,7 +48,7 @@ Ctrl-C stops at the next step boundary and still prints the summary.`,
   loom launch examples/mnist-mlp.yaml --device cpu:threads=1 --max-steps 100`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return runLaunch(cmd.Context(), args[0], o)
+			return runLaunch(cmd.Context(), cmd.OutOrStdout(), args[0], o)
 		},
 	}
 	f := cmd.Flags()
@@ -59,7 +60,7 @@ Ctrl-C stops at the next step boundary and still prints the summary.`,
 	return cmd
 }
 
-func runLaunch(ctx context.Context, path string, o launchOpts) error {
+func runLaunch(ctx context.Context, stdout io.Writer, path string, o launchOpts) error {
 	job, err := jobspec.Load(path)
 	if err != nil {
 		return err
@@ -117,9 +118,9 @@ func runLaunch(ctx context.Context, path string, o launchOpts) error {
 	}
 	if o.json {
 		b, _ := json.Marshal(sum)
-		fmt.Println(string(b))
+		fmt.Fprintln(stdout, string(b))
 	} else {
-		printSummary(sum)
+		printSummary(stdout, sum)
 	}
 	if errors.Is(runErr, worker.ErrInterrupted) {
 		return exitError{code: 130}
@@ -127,8 +128,8 @@ func runLaunch(ctx context.Context, path string, o launchOpts) error {
 	return runErr
 }
 
-func printSummary(s *worker.Summary) {
-	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+func printSummary(out io.Writer, s *worker.Summary) {
+	w := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(w, "job\t%s (%s)\n", s.Job, s.Status)
 	fmt.Fprintf(w, "steps\t%d (%.2f epochs, %d samples)\n", s.Steps, s.Epochs, s.Samples)
 	fmt.Fprintf(w, "final loss\t%.4f\n", s.FinalLoss)

@@ -1,0 +1,40 @@
+# loom — one static binary for every role. `make help` lists the targets.
+GO      ?= go
+BIN     ?= bin/loom
+PKGS    ?= ./...
+BENCHTIME ?= 1s
+
+.PHONY: help build test integ bench lint demo demo-bf16 clean
+
+help:
+	@echo "make demo      train the MNIST MLP example end to end (embedded default)"
+	@echo "make test      unit and multi-process tests with the race detector (< 15 min on 2 cores)"
+	@echo "make integ     slower suites (tag integ), plus make test"
+	@echo "make bench     kernel and training-step benchmarks"
+	@echo "make lint      gofmt check and go vet"
+	@echo "make build     build $(BIN)"
+
+build:
+	CGO_ENABLED=0 $(GO) build -o $(BIN) ./cmd/loom
+
+demo: build
+	$(BIN) launch examples/mnist-mlp.yaml
+
+demo-bf16: build
+	$(BIN) launch examples/mnist-mlp-bf16.yaml
+
+test:
+	$(GO) test -race -timeout 12m $(PKGS)
+
+integ:
+	$(GO) test -race -tags integ -timeout 30m $(PKGS)
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./device/cpu ./worker
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+clean:
+	rm -rf bin

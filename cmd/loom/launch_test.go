@@ -1,0 +1,89 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// run executes the loom CLI in-process and returns stdout and the error.
+func run(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	var out bytes.Buffer
+	root := newRootCmd()
+	root.SetArgs(args)
+	root.SetOut(&out)
+	root.SetErr(&out)
+	err := root.ExecuteContext(context.Background())
+	return out.String(), err
+}
+
+func writeJob(t *testing.T, body string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "job.yaml")
+	if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestLaunchJSONSummary(t *testing.T) {
+	p := writeJob(t, `name: cli
+model: {kind: mlp, layers: [784, 32, 10]}
+train: {epochs: 1, global_batch: 200, precision: bf16}
+`)
+	out, err := run(t, "launch", p, "--json", "--quiet", "--max-steps", "40")
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	var s map[string]any
+	if err := json.Unmarshal([]byte(strings.TrimSpace(out)), &s); err != nil {
+		t.Fatalf("stdout is not one JSON object: %v\n%s", err, out)
+	}
+	for _, k := range []string{"final_loss", "test_accuracy", "steps", "samples_per_s", "wall_s"} {
+		if _, ok := s[k]; !ok {
+			t.Errorf("summary lacks %q: %s", k, out)
+		}
+	}
+	if s["steps"].(float64) != 40 || s["test_accuracy"].(float64) < 0.7 || s["precision"] != "bf16" {
+		t.Errorf("unexpected summary %s", out)
+	}
+}
+
+func TestLaunchRejectsBadConfigBeforeTraining(t *testing.T) {
+	for _, tc := range []struct{ name, body, want string }{
+		{"unknown key", "name: x\ntrain:\n  epochs: 1\n  learning_rate: 3\n", ":4: train.learning_rate: unknown field"},
+		{"wrong type", "name: x\ntrain:\n  global_batch: big\n", ":3: train.global_batch: want an integer"},
+		{"missing dataset", "name: x\nmodel: {layers: [784, 10]}\ndata:\n  dataset: idx\n  path: /no/such/dir\n", ":5: data.path: /no/such/dir does not exist"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := writeJob(t, tc.body)
+			_, err := run(t, "launch", p)
+			if err == nil || !strings.Contains(err.Error(), p+tc.want) {
+				t.Fatalf("got %v, want %q", err, p+tc.want)
+			}
+		})
+	}
+	if _, err := run(t, "launch", "/no/such/job.yaml"); err == nil || !strings.Contains(err.Error(), "no such file") {
+		t.Fatalf("missing file: %v", err)
+	}
+	if _, err := run(t, "launch", "../../examples/mnist-mlp.yaml", "--device", "tpu"); err == nil || !strings.Contains(err.Error(), `unknown device "tpu"`) {
+		t.Fatalf("bad device: %v", err)
+	}
+}
+
+func TestExamplesAreValid(t *testing.T) {
+	files, _ := filepath.Glob("../../examples/*.yaml")
+	if len(files) < 2 {
+		t.Fatalf("examples missing: %v", files)
+	}
+	for _, f := range files {
+		if _, err := run(t, "launch", f, "--max-steps", "-1"); err == nil || !strings.Contains(err.Error(), "--max-steps -1") {
+			t.Errorf("%s: config should load and stop at the flag check, got %v", f, err)
+		}
+	}
+}

@@ -1,0 +1,120 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"strconv"
+	"sync"
+	"testing"
+
+	"github.com/loomtrain/loom/data"
+	"github.com/loomtrain/loom/device/cpu"
+	"github.com/loomtrain/loom/jobspec"
+)
+
+var (
+	mnistOnce  sync.Once
+	mnistSplit *data.Split
+	mnistErr   error
+)
+
+func mnist(t *testing.T) *data.Split {
+	t.Helper()
+	mnistOnce.Do(func() { mnistSplit, mnistErr = data.Open("mnist", "") })
+	if mnistErr != nil {
+		t.Fatal(mnistErr)
+	}
+	return mnistSplit
+}
+
+func smallJob(t *testing.T, precision string, steps int) *jobspec.Job {
+	t.Helper()
+	j, err := jobspec.Parse("test.yaml", []byte(`name: small
+seed: 5
+model: {kind: mlp, layers: [784, 64, 10]}
+train: {epochs: 1, max_steps: `+strconv.Itoa(steps)+`, global_batch: 128, precision: `+precision+`}
+optimizer: {kind: adamw, lr: 0.003}
+schedule: {kind: cosine, warmup_steps: 10}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return j
+}
+
+func newTrainer(t *testing.T, job *jobspec.Job, threads int) *Trainer {
+	t.Helper()
+	dev, err := cpu.New(cpu.Config{Threads: threads})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr, err := NewTrainer(job, dev, mnist(t), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tr
+}
+
+// Every precision learns MNIST: a small MLP passes 85% in 120 steps.
+func TestTrainerLearnsMNIST(t *testing.T) {
+	for _, prec := range []string{"fp32", "bf16", "fp16"} {
+		t.Run(prec, func(t *testing.T) {
+			tr := newTrainer(t, smallJob(t, prec, 120), 2)
+			var steps []int
+			s, err := tr.Run(context.Background(), func(p Progress) { steps = append(steps, p.Step) })
+			if err != nil {
+				t.Fatal(err)
+			}
+			if s.Steps != 120 || len(steps) != 120 || steps[119] != 120 || s.Samples != 120*128 {
+				t.Fatalf("ran %d steps, %d progress calls, %d samples", s.Steps, len(steps), s.Samples)
+			}
+			if s.TestAccuracy < 0.85 {
+				t.Fatalf("%s: test accuracy %.3f < 0.85 (loss %.3f)", prec, s.TestAccuracy, s.FinalLoss)
+			}
+			if s.SkippedSteps > 3 {
+				t.Fatalf("fp16 skipped %d steps", s.SkippedSteps)
+			}
+		})
+	}
+}
+
+// Same seed ⇒ bitwise-identical parameters.
+func TestTrainerDeterministic(t *testing.T) {
+	run := func() []float32 {
+		tr := newTrainer(t, smallJob(t, "fp32", 15), 2)
+		for i := 0; i < 15; i++ {
+			tr.Step()
+		}
+		var all []float32
+		for _, p := range tr.Model().Params() {
+			all = append(all, p.Value...)
+		}
+		return all
+	}
+	if a, b := run(), run(); !slices.Equal(a, b) {
+		t.Fatal("two runs with the same seed differ")
+	}
+}
+
+func TestTrainerStopsOnCancel(t *testing.T) {
+	tr := newTrainer(t, smallJob(t, "fp32", 1000), 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	s, err := tr.Run(ctx, func(p Progress) {
+		if p.Step == 5 {
+			cancel()
+		}
+	})
+	if !errors.Is(err, ErrInterrupted) || s == nil || s.Status != "interrupted" || s.Steps != 5 {
+		t.Fatalf("err %v summary %+v", err, s)
+	}
+}
+
+func TestTrainerRejectsMismatchedModel(t *testing.T) {
+	job := smallJob(t, "fp32", 1)
+	job.Model.Layers = []int{100, 10}
+	dev, _ := cpu.New(cpu.DefaultConfig())
+	if _, err := NewTrainer(job, dev, mnist(t), nil); err == nil {
+		t.Fatal("input width 100 accepted for 784-feature data")
+	}
+}
