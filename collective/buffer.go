@@ -1,0 +1,131 @@
+package collective
+
+import (
+	"fmt"
+
+	"github.com/loomtrain/loom/tensor"
+)
+
+// Buffer is the data of one collective call: a float32 slice, or a slice of
+// 16-bit patterns of dtype BF16 or F16. It is a small value type (pass it by
+// value); the slices are used in place, never copied or retained.
+type Buffer struct {
+	DType tensor.DType
+	F32   []float32
+	U16   []uint16
+}
+
+// F32 wraps a float32 slice.
+func F32(b []float32) Buffer { return Buffer{DType: tensor.F32, F32: b} }
+
+// Half wraps a slice of bf16 or fp16 bit patterns (d is tensor.BF16 or tensor.F16).
+func Half(d tensor.DType, b []uint16) Buffer { return Buffer{DType: d, U16: b} }
+
+// TensorBuffer wraps the data of t (any dtype).
+func TensorBuffer(t *tensor.Tensor) Buffer {
+	return Buffer{DType: t.DType, F32: t.F32, U16: t.U16}
+}
+
+// Len is the number of elements.
+func (b Buffer) Len() int {
+	if b.DType == tensor.F32 {
+		return len(b.F32)
+	}
+	return len(b.U16)
+}
+
+func (b Buffer) check() error {
+	switch b.DType {
+	case tensor.F32:
+		if b.U16 != nil {
+			return fmt.Errorf("%w: fp32 buffer with 16-bit data", ErrBufferSize)
+		}
+	case tensor.BF16, tensor.F16:
+		if b.F32 != nil {
+			return fmt.Errorf("%w: %s buffer with fp32 data", ErrBufferSize, b.DType)
+		}
+	default:
+		return fmt.Errorf("%w: dtype %v", ErrBufferSize, b.DType)
+	}
+	return nil
+}
+
+// bytes views elements [lo, hi) as bytes, without copying.
+func (b Buffer) bytes(lo, hi int) []byte {
+	if b.DType == tensor.F32 {
+		return f32Bytes(b.F32[lo:hi])
+	}
+	return u16Bytes(b.U16[lo:hi])
+}
+
+// Shard returns the element range [lo, hi) that rank owns when size elements
+// are split over n ranks: contiguous, in rank order, the first size%n ranks
+// one element longer. ReduceScatter leaves rank r's sum in Shard(size, n, r);
+// AllGather takes rank r's contribution from it.
+func Shard(size, n, rank int) (lo, hi int) {
+	q, r := size/n, size%n
+	lo = rank*q + min(rank, r)
+	hi = lo + q
+	if rank < r {
+		hi++
+	}
+	return lo, hi
+}
+
+// Reduction kernels. Each hop of a reducing collective widens the received
+// values to fp32, adds, and (for 16-bit buffers) narrows the result once.
+
+// addF32 sets dst[i] += src[i].
+func addF32(dst, src []float32) {
+	src = src[:len(dst)]
+	i := 0
+	for ; i+8 <= len(dst); i += 8 {
+		d, s := dst[i:i+8:i+8], src[i:i+8:i+8]
+		d[0] += s[0]
+		d[1] += s[1]
+		d[2] += s[2]
+		d[3] += s[3]
+		d[4] += s[4]
+		d[5] += s[5]
+		d[6] += s[6]
+		d[7] += s[7]
+	}
+	for ; i < len(dst); i++ {
+		dst[i] += src[i]
+	}
+}
+
+// addWire sets dst[i] += widen(src[i]) for 16-bit wire values of dtype d.
+func addWire(d tensor.DType, dst []float32, src []uint16) {
+	src = src[:len(dst)]
+	if d == tensor.BF16 {
+		for i, h := range src {
+			dst[i] += tensor.FromBF16(h)
+		}
+		return
+	}
+	for i, h := range src {
+		dst[i] += tensor.FromF16(h)
+	}
+}
+
+// addHalf sets dst[i] = narrow(widen(dst[i]) + widen(src[i])) in dtype d.
+func addHalf(d tensor.DType, dst, src []uint16) {
+	src = src[:len(dst)]
+	if d == tensor.BF16 {
+		for i, h := range src {
+			dst[i] = tensor.ToBF16(tensor.FromBF16(dst[i]) + tensor.FromBF16(h))
+		}
+		return
+	}
+	for i, h := range src {
+		dst[i] = tensor.ToF16(tensor.FromF16(dst[i]) + tensor.FromF16(h))
+	}
+}
+
+// roundTo narrows b to the wire dtype d and widens it back in place, so a
+// rank's own copy equals what its peers decode.
+func roundTo(d tensor.DType, b []float32, scratch []uint16) {
+	tensor.EncodeHalf(d, scratch, b)
+	tensor.DecodeHalf(d, b, scratch[:len(b)])
+}

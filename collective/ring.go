@@ -1,0 +1,301 @@
+package collective
+
+import (
+	"context"
+	"fmt"
+	"unsafe"
+
+	"github.com/loomtrain/loom/tensor"
+)
+
+// The ring schedule. Ranks sit at positions 0..n-1 of Config.Order; position
+// p sends to p+1 and receives from p-1. The buffer is cut into n segments,
+// segment q being the Shard of the rank at position q. A full AllReduce runs
+// global steps t = 0..2n-3; at step t position p
+//
+//	sends    segment (p - t - 1) mod n
+//	receives segment (p - t - 2) mod n, and adds it into its own copy while
+//	         t < n-1 (reduce-scatter) or overwrites it after (all-gather).
+//
+// After step n-2 position p holds the complete sum of its own segment p, so
+// ReduceScatter is steps [0, n-1) and AllGather is steps [n-1, 2n-2). What
+// is sent at step t+1 is what was received at step t, segment by segment,
+// so each segment is cut into nsub sub-chunks (the same count for every
+// segment, so sub-chunk k of step t+1 depends only on sub-chunk k of step t).
+// The calling goroutine receives and reduces; a sender goroutine sends unit
+// (t, k) as soon as unit (t-1, k) has been received, so the two directions of
+// the link and the reduction all overlap.
+
+// planKind distinguishes the ring schedule from the broadcast chain.
+type planKind uint8
+
+const (
+	planRing planKind = iota
+	planChain
+)
+
+// plan is the operation in progress. The calling goroutine fills it before
+// handing the job to the sender goroutine (the channel send orders the
+// writes before the sender's reads); neither changes it during the operation.
+type plan struct {
+	kind        planKind
+	op          Op
+	seq         uint64
+	buf         Buffer
+	wire        tensor.DType // dtype on the wire
+	first, last int          // ring steps [first, last)
+	nsub        int          // sub-chunks per segment
+	segLo       []int        // segment bounds by ring position (elements)
+	segHi       []int
+
+	chainSend, chainRecv bool // broadcast: forward to the right / receive from the left
+}
+
+// sub returns the element range of sub-chunk k of segment q.
+func (p *plan) sub(q, k int) (lo, hi int) {
+	a, l := p.segLo[q], p.segHi[q]-p.segLo[q]
+	return a + k*l/p.nsub, a + (k+1)*l/p.nsub
+}
+
+var errAborted = fmt.Errorf("%w: operation aborted", ErrClosed)
+
+func mod(a, n int) int { return ((a % n) + n) % n }
+
+// u16View views float32 scratch as twice as many uint16.
+func u16View(f []float32) []uint16 {
+	return unsafe.Slice((*uint16)(unsafe.Pointer(unsafe.SliceData(f))), 2*len(f))
+}
+
+// ring runs ring steps [first, last) of the schedule on b.
+func (c *Communicator) ring(ctx context.Context, op Op, b Buffer, first, last int) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.begin(ctx, op, b); err != nil {
+		return err
+	}
+	c.seq++
+	if c.n == 1 {
+		return nil
+	}
+	p := &c.plan
+	p.kind, p.op, p.seq, p.buf, p.wire, p.first, p.last = planRing, op, c.seq, b, c.wireDType(b), first, last
+	size, maxSeg := b.Len(), 0
+	for q, r := range c.order {
+		p.segLo[q], p.segHi[q] = Shard(size, c.n, r)
+		maxSeg = max(maxSeg, p.segHi[q]-p.segLo[q])
+	}
+	chunkElems := max(1, c.cfg.ChunkBytes/p.wire.Size())
+	p.nsub = max(1, (maxSeg+chunkElems-1)/chunkElems)
+	c.scratch((maxSeg+p.nsub-1)/p.nsub + 1)
+	return c.run(ctx, op, c.recvRing)
+}
+
+// chain runs a pipelined broadcast from root along the ring.
+func (c *Communicator) chain(ctx context.Context, root int, b Buffer) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.begin(ctx, OpBroadcast, b); err != nil {
+		return err
+	}
+	c.seq++
+	if c.n == 1 {
+		return nil
+	}
+	rootPos := 0
+	for q, r := range c.order {
+		if r == root {
+			rootPos = q
+		}
+	}
+	d := mod(c.pos-rootPos, c.n) // hops from the root
+	p := &c.plan
+	p.kind, p.op, p.seq, p.buf, p.wire = planChain, OpBroadcast, c.seq, b, b.DType
+	p.segLo[0], p.segHi[0] = 0, b.Len()
+	chunkElems := max(1, c.cfg.ChunkBytes/p.wire.Size())
+	p.nsub = max(1, (b.Len()+chunkElems-1)/chunkElems)
+	p.chainRecv, p.chainSend = d != 0, d != c.n-1
+	return c.run(ctx, OpBroadcast, c.recvChain)
+}
+
+// run hands the plan to the sender goroutine, receives on the calling
+// goroutine, and joins the two. The caller holds c.mu.
+func (c *Communicator) run(ctx context.Context, op Op, recv func(context.Context) error) error {
+	c.ready.Store(0)
+	select {
+	case <-c.wake:
+	default:
+	}
+	select {
+	case c.jobs <- ctx:
+	case <-c.quit:
+		return c.finish(op, ErrClosed)
+	}
+	rerr := recv(ctx)
+	if rerr != nil {
+		c.fail(rerr)
+	}
+	serr := <-c.results
+	if rerr != nil {
+		return c.finish(op, rerr)
+	}
+	return c.finish(op, serr)
+}
+
+// sender is the communicator's sending goroutine; it runs one job per
+// operation and exits on Close.
+func (c *Communicator) sender() {
+	defer close(c.exited)
+	for {
+		select {
+		case <-c.quit:
+			return
+		case ctx := <-c.jobs:
+			var err error
+			if c.plan.kind == planRing {
+				err = c.sendRing(ctx)
+			} else {
+				err = c.sendChain(ctx)
+			}
+			if err != nil {
+				c.fail(err)
+			}
+			c.results <- err
+		}
+	}
+}
+
+// waitReady blocks until at least need units have been received in the
+// current operation, or the operation is aborted.
+func (c *Communicator) waitReady(need int64) error {
+	for c.ready.Load() < need {
+		if c.aborted.Load() {
+			return errAborted
+		}
+		<-c.wake
+	}
+	return nil
+}
+
+// received publishes one more received unit to the sender.
+func (c *Communicator) received() {
+	c.ready.Add(1)
+	c.signal()
+}
+
+func (c *Communicator) sendRing(ctx context.Context) error {
+	p := &c.plan
+	h := Header{Kind: KindData, Op: p.op, DType: p.wire, Seq: p.seq}
+	compress := p.buf.DType == tensor.F32 && p.wire != tensor.F32
+	u := int64(0)
+	for t := p.first; t < p.last; t++ {
+		q := mod(c.pos-t-1, c.n)
+		for k := range p.nsub {
+			if t > p.first {
+				if err := c.waitReady(u - int64(p.nsub) + 1); err != nil {
+					return err
+				}
+			}
+			lo, hi := p.sub(q, k)
+			var payload []byte
+			if compress {
+				enc := u16View(c.sbuf)[:hi-lo]
+				tensor.EncodeHalf(p.wire, enc, p.buf.F32[lo:hi])
+				if t == c.n-1 { // first send of my finished segment: round my copy alike
+					tensor.DecodeHalf(p.wire, p.buf.F32[lo:hi], enc)
+				}
+				payload = u16Bytes(enc)
+			} else {
+				payload = p.buf.bytes(lo, hi)
+			}
+			if err := c.t.Send(ctx, c.right, h, payload); err != nil {
+				return err
+			}
+			u++
+		}
+	}
+	return nil
+}
+
+func (c *Communicator) recvRing(ctx context.Context) error {
+	p := &c.plan
+	h := Header{Kind: KindData, Op: p.op, DType: p.wire, Seq: p.seq}
+	b := p.buf
+	for t := p.first; t < p.last; t++ {
+		q := mod(c.pos-t-2, c.n)
+		reduce := t < c.n-1
+		for k := range p.nsub {
+			lo, hi := p.sub(q, k)
+			var err error
+			switch {
+			case b.DType == tensor.F32 && p.wire == tensor.F32:
+				if reduce {
+					tmp := c.rbuf[:hi-lo]
+					if err = c.t.Recv(ctx, c.left, h, f32Bytes(tmp)); err == nil {
+						addF32(b.F32[lo:hi], tmp)
+					}
+				} else {
+					err = c.t.Recv(ctx, c.left, h, b.bytes(lo, hi))
+				}
+			case b.DType == tensor.F32: // compressed float32
+				tmp := u16View(c.rbuf)[:hi-lo]
+				if err = c.t.Recv(ctx, c.left, h, u16Bytes(tmp)); err == nil {
+					if reduce {
+						addWire(p.wire, b.F32[lo:hi], tmp)
+					} else {
+						tensor.DecodeHalf(p.wire, b.F32[lo:hi], tmp)
+					}
+				}
+			default: // 16-bit buffer, its own dtype on the wire
+				if reduce {
+					tmp := u16View(c.rbuf)[:hi-lo]
+					if err = c.t.Recv(ctx, c.left, h, u16Bytes(tmp)); err == nil {
+						addHalf(p.wire, b.U16[lo:hi], tmp)
+					}
+				} else {
+					err = c.t.Recv(ctx, c.left, h, b.bytes(lo, hi))
+				}
+			}
+			if err != nil {
+				return err
+			}
+			c.received()
+		}
+	}
+	return nil
+}
+
+func (c *Communicator) sendChain(ctx context.Context) error {
+	p := &c.plan
+	if !p.chainSend {
+		return nil
+	}
+	h := Header{Kind: KindData, Op: p.op, DType: p.wire, Seq: p.seq}
+	for k := range p.nsub {
+		if p.chainRecv {
+			if err := c.waitReady(int64(k) + 1); err != nil {
+				return err
+			}
+		}
+		lo, hi := p.sub(0, k)
+		if err := c.t.Send(ctx, c.right, h, p.buf.bytes(lo, hi)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (c *Communicator) recvChain(ctx context.Context) error {
+	p := &c.plan
+	if !p.chainRecv {
+		return nil
+	}
+	h := Header{Kind: KindData, Op: p.op, DType: p.wire, Seq: p.seq}
+	for k := range p.nsub {
+		lo, hi := p.sub(0, k)
+		if err := c.t.Recv(ctx, c.left, h, p.buf.bytes(lo, hi)); err != nil {
+			return err
+		}
+		c.received()
+	}
+	return nil
+}

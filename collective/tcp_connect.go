@@ -1,0 +1,254 @@
+package collective
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// handshakeTimeout bounds how long an accepted connection may take to say
+// hello, so a silent stranger cannot hold a setup slot.
+const handshakeTimeout = 10 * time.Second
+
+// NewTCPTransport builds the full mesh for cfg.Rank and returns once every
+// peer is connected, or fails when ctx ends. Rank i dials every rank j < i
+// (retrying while the peer is not up yet, or is still a process of another
+// generation) and accepts from every rank j > i.
+//
+// Handshake: the dialer sends a Hello frame (generation, src, dst); the
+// acceptor answers with a Welcome frame carrying its own generation and rank,
+// and keeps the connection only if the hello was for this generation, for
+// this rank, from an expected rank not yet connected. A refused hello is
+// counted in Stats (RejectedGeneration or RejectedRank) and its connection
+// closed. The listener is closed once the mesh is complete.
+func NewTCPTransport(ctx context.Context, cfg TCPConfig) (*TCPTransport, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = zap.NewNop()
+	}
+	n, me := len(cfg.Peers), cfg.Rank
+	t := &TCPTransport{cfg: cfg, log: log, links: make([]*tcpLink, n), done: make(chan struct{})}
+	ln := cfg.Listener
+	if ln == nil && n > 1 {
+		var err error
+		if ln, err = net.Listen("tcp", cfg.Peers[me]); err != nil {
+			return nil, fmt.Errorf("%w: listen %s: %v", ErrHandshake, cfg.Peers[me], err)
+		}
+	}
+	if n == 1 {
+		if ln != nil {
+			_ = ln.Close()
+		}
+		return t, nil
+	}
+
+	type result struct {
+		peer int
+		conn *net.TCPConn
+		err  error
+	}
+	results := make(chan result, 2*n)
+	setupCtx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+
+	// Accept loop: ranks above me dial in.
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return // listener closed below
+			}
+			wg.Go(func() {
+				peer, err := t.welcome(setupCtx, c.(*net.TCPConn))
+				if err != nil {
+					_ = c.Close()
+					if !errors.Is(err, errRefused) {
+						log.Debug("handshake failed", zap.Error(err))
+					}
+					return
+				}
+				select {
+				case results <- result{peer: peer, conn: c.(*net.TCPConn)}:
+				case <-setupCtx.Done():
+					_ = c.Close()
+				}
+			})
+		}
+	})
+	// Dial ranks below me.
+	for j := range me {
+		wg.Go(func() {
+			c, err := t.dial(setupCtx, j)
+			select {
+			case results <- result{peer: j, conn: c, err: err}:
+			case <-setupCtx.Done():
+				if c != nil {
+					_ = c.Close()
+				}
+			}
+		})
+	}
+
+	var firstErr error
+	for have := 0; have < n-1 && firstErr == nil; {
+		select {
+		case r := <-results:
+			switch {
+			case r.err != nil:
+				firstErr = r.err
+			case t.links[r.peer] != nil: // a second hello from the same rank
+				t.stats.rejectedRank.Add(1)
+				_ = r.conn.Close()
+			default:
+				t.links[r.peer] = newTCPLink(r.conn, r.peer)
+				have++
+			}
+		case <-ctx.Done():
+			firstErr = fmt.Errorf("%w: rank %d: mesh incomplete: %w", ErrHandshake, me, ctx.Err())
+		}
+	}
+	cancel()
+	_ = ln.Close()
+	wg.Wait()
+	close(results)
+	for r := range results { // connections that completed after the loop ended
+		if r.conn != nil {
+			if t.links[r.peer] == nil && firstErr == nil {
+				t.links[r.peer] = newTCPLink(r.conn, r.peer)
+			} else {
+				_ = r.conn.Close()
+			}
+		}
+	}
+	if firstErr != nil {
+		_ = t.Close()
+		return nil, firstErr
+	}
+	for _, l := range t.links {
+		if l != nil && cfg.SocketBufferBytes > 0 {
+			_ = l.conn.SetReadBuffer(cfg.SocketBufferBytes)
+			_ = l.conn.SetWriteBuffer(cfg.SocketBufferBytes)
+		}
+	}
+	log.Debug("mesh up", zap.Int("rank", me), zap.Int("size", n), zap.Uint64("generation", cfg.Generation))
+	return t, nil
+}
+
+// welcome runs the acceptor's side of the handshake and returns the peer rank.
+func (t *TCPTransport) welcome(ctx context.Context, c *net.TCPConn) (int, error) {
+	dl := time.Now().Add(handshakeTimeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(dl) {
+		dl = d
+	}
+	_ = c.SetDeadline(dl)
+	defer c.SetDeadline(time.Time{})
+	var buf [headerSize]byte
+	h, err := readHeader(c, buf[:], 0)
+	if err != nil {
+		return 0, err
+	}
+	me, n := t.cfg.Rank, len(t.cfg.Peers)
+	var refusal error
+	switch {
+	case h.Kind != KindHello:
+		return 0, fmt.Errorf("%w: first frame is not a hello", ErrBadFrame)
+	case h.Generation != t.cfg.Generation:
+		t.stats.rejectedGen.Add(1)
+		t.log.Warn("refused connection from another generation",
+			zap.Uint64("theirs", h.Generation), zap.Uint64("ours", t.cfg.Generation), zap.Uint32("rank", h.Src))
+		refusal = errRefused
+	case int(h.Dst) != me || int(h.Src) <= me || int(h.Src) >= n:
+		t.stats.rejectedRank.Add(1)
+		t.log.Warn("refused connection from unexpected rank", zap.Uint32("src", h.Src), zap.Uint32("dst", h.Dst))
+		refusal = errRefused
+	}
+	// The welcome tells the dialer our generation and rank; Seq 1 means the
+	// connection is kept, 0 that it is refused.
+	reply := Header{Kind: KindWelcome, Op: OpHandshake, DType: 1, Generation: t.cfg.Generation,
+		Src: uint32(me), Dst: h.Src}
+	if refusal == nil {
+		reply.Seq = 1
+	}
+	EncodeHeader(buf[:], reply)
+	if _, err := c.Write(buf[:]); err != nil {
+		return 0, err
+	}
+	if refusal != nil {
+		return 0, refusal
+	}
+	return int(h.Src), nil
+}
+
+// dial connects to rank j and runs the dialer's side of the handshake,
+// retrying until ctx ends while j is unreachable or answers for another
+// generation (a process of the previous plan may still hold the address).
+func (t *TCPTransport) dial(ctx context.Context, j int) (*net.TCPConn, error) {
+	backoff := 5 * time.Millisecond
+	var last error
+	for {
+		c, err := t.dialOnce(ctx, j)
+		if err == nil {
+			return c, nil
+		}
+		last = err
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w: rank %d dialing rank %d at %s: %w (last: %v)",
+				ErrHandshake, t.cfg.Rank, j, t.cfg.Peers[j], ctx.Err(), last)
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 200*time.Millisecond)
+	}
+}
+
+func (t *TCPTransport) dialOnce(ctx context.Context, j int) (*net.TCPConn, error) {
+	var d net.Dialer
+	nc, err := d.DialContext(ctx, "tcp", t.cfg.Peers[j])
+	if err != nil {
+		return nil, err
+	}
+	c := nc.(*net.TCPConn)
+	dl := time.Now().Add(handshakeTimeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(dl) {
+		dl = d
+	}
+	_ = c.SetDeadline(dl)
+	stop := context.AfterFunc(ctx, func() { _ = c.SetDeadline(pastDeadline) })
+	defer stop()
+	var buf [headerSize]byte
+	EncodeHeader(buf[:], Header{Kind: KindHello, Op: OpHandshake, DType: 1, Generation: t.cfg.Generation,
+		Src: uint32(t.cfg.Rank), Dst: uint32(j)})
+	if _, err := c.Write(buf[:]); err != nil {
+		_ = c.Close()
+		return nil, err
+	}
+	h, err := readHeader(c, buf[:], 0)
+	if err == nil {
+		switch {
+		case h.Kind != KindWelcome:
+			err = fmt.Errorf("%w: answer to hello is not a welcome", ErrBadFrame)
+		case h.Generation != t.cfg.Generation:
+			t.stats.rejectedGen.Add(1)
+			err = fmt.Errorf("%w: rank %d answers for generation %d, want %d", ErrHandshake, j, h.Generation, t.cfg.Generation)
+		case int(h.Src) != j:
+			t.stats.rejectedRank.Add(1)
+			err = fmt.Errorf("%w: %s answers as rank %d, want %d", ErrHandshake, t.cfg.Peers[j], h.Src, j)
+		case h.Seq != 1:
+			err = fmt.Errorf("%w: rank %d refused the connection", ErrHandshake, j)
+		}
+	}
+	if err != nil {
+		_ = c.Close()
+		return nil, err
+	}
+	_ = c.SetDeadline(time.Time{})
+	return c, nil
+}
