@@ -257,7 +257,6 @@ type Job struct {
 	// Highest step reported by any rank of the current generation.
 	Step     int64   `protobuf:"varint,4,opt,name=step,proto3" json:"step,omitempty"`
 	LastLoss float64 `protobuf:"fixed64,5,opt,name=last_loss,json=lastLoss,proto3" json:"last_loss,omitempty"`
-	Samples  int64   `protobuf:"varint,6,opt,name=samples,proto3" json:"samples,omitempty"`
 	// Generation of the job's current plan (0 before the first plan).
 	Generation int64 `protobuf:"varint,7,opt,name=generation,proto3" json:"generation,omitempty"`
 	// Committed checkpoints, oldest first.
@@ -329,13 +328,6 @@ func (x *Job) GetStep() int64 {
 func (x *Job) GetLastLoss() float64 {
 	if x != nil {
 		return x.LastLoss
-	}
-	return 0
-}
-
-func (x *Job) GetSamples() int64 {
-	if x != nil {
-		return x.Samples
 	}
 	return 0
 }
@@ -2163,21 +2155,20 @@ const file_loom_proto_rawDesc = "" +
 	"\x04step\x18\x02 \x01(\x03R\x04step\x12\x12\n" +
 	"\x04path\x18\x03 \x01(\tR\x04path\x12'\n" +
 	"\x0fmanifest_sha256\x18\x04 \x01(\tR\x0emanifestSha256\x12.\n" +
-	"\x13committed_unix_nano\x18\x05 \x01(\x03R\x11committedUnixNano\"\xce\x02\n" +
+	"\x13committed_unix_nano\x18\x05 \x01(\x03R\x11committedUnixNano\"\xba\x02\n" +
 	"\x03Job\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12$\n" +
 	"\x04spec\x18\x02 \x01(\v2\x10.loom.v1.JobSpecR\x04spec\x12'\n" +
 	"\x05state\x18\x03 \x01(\x0e2\x11.loom.v1.JobStateR\x05state\x12\x12\n" +
 	"\x04step\x18\x04 \x01(\x03R\x04step\x12\x1b\n" +
-	"\tlast_loss\x18\x05 \x01(\x01R\blastLoss\x12\x18\n" +
-	"\asamples\x18\x06 \x01(\x03R\asamples\x12\x1e\n" +
+	"\tlast_loss\x18\x05 \x01(\x01R\blastLoss\x12\x1e\n" +
 	"\n" +
 	"generation\x18\a \x01(\x03R\n" +
 	"generation\x125\n" +
 	"\vcheckpoints\x18\b \x03(\v2\x13.loom.v1.CheckpointR\vcheckpoints\x12.\n" +
 	"\x13submitted_unix_nano\x18\t \x01(\x03R\x11submittedUnixNano\x12\x16\n" +
 	"\x06reason\x18\n" +
-	" \x01(\tR\x06reason\"8\n" +
+	" \x01(\tR\x06reasonJ\x04\b\x06\x10\a\"8\n" +
 	"\x10SubmitJobRequest\x12$\n" +
 	"\x04spec\x18\x01 \x01(\v2\x10.loom.v1.JobSpecR\x04spec\"3\n" +
 	"\x11SubmitJobResponse\x12\x1e\n" +

@@ -1,0 +1,367 @@
+package coordinator
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"sync"
+
+	"github.com/hashicorp/raft"
+	"go.uber.org/zap"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/loomtrain/loom/api"
+	"github.com/loomtrain/loom/coordinator/scheduler"
+)
+
+// snapshotMagic opens every FSM snapshot, followed by a version byte and
+// the protobuf api.SnapshotState.
+var snapshotMagic = []byte("LOOMSNAP")
+
+const snapshotVersion = 1
+
+// FSM is the coordinator's replicated state machine. Raft calls Apply,
+// Snapshot and Restore from one goroutine; every other method may be called
+// from any goroutine. Apply is deterministic: any clock value it needs
+// travels inside the command, stamped by the leader.
+type FSM struct {
+	log *zap.Logger
+
+	mu      sync.RWMutex
+	st      state
+	applied uint64
+	changed chan struct{} // closed (and replaced) after every change
+}
+
+// ApplyResult is what FSM.Apply returns for every entry: the command's
+// result message (e.g. the created job) or its refusal.
+type ApplyResult struct {
+	Msg proto.Message
+	Err error
+}
+
+// NewFSM returns an empty state machine.
+func NewFSM(log *zap.Logger) *FSM {
+	return &FSM{log: log, st: newState(), changed: make(chan struct{})}
+}
+
+// Changed returns a channel that is closed at the next change of the state.
+// Callers re-read the state after it fires, then call Changed again.
+func (f *FSM) Changed() <-chan struct{} {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.changed
+}
+
+// AppliedIndex is the index of the last log entry applied.
+func (f *FSM) AppliedIndex() uint64 {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.applied
+}
+
+// notifyLocked wakes every Changed waiter. Caller holds f.mu for writing.
+func (f *FSM) notifyLocked() {
+	close(f.changed)
+	f.changed = make(chan struct{})
+}
+
+// Apply implements raft.FSM. It never panics on bad input: a command that
+// is refused still occupies its log slot and returns the refusal in
+// ApplyResult.Err, identically on every node.
+func (f *FSM) Apply(l *raft.Log) any {
+	if l.Type != raft.LogCommand {
+		return ApplyResult{}
+	}
+	t, m, err := DecodeCommand(l.Data)
+	if err != nil {
+		f.log.Error("raft entry not applied", zap.Uint64("index", l.Index), zap.Error(err))
+		return ApplyResult{Err: err}
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.applied = l.Index
+	var res ApplyResult
+	switch c := m.(type) {
+	case *api.CmdInitCluster:
+		res = f.st.initCluster(c)
+	case *api.CmdPutCoordinator:
+		res = f.st.putCoordinator(c)
+	case *api.CmdRemoveCoordinator:
+		res = f.st.removeCoordinator(c)
+	case *api.CmdSubmitJob:
+		res = f.st.submitJob(c)
+	case *api.CmdCancelJob:
+		res = f.st.cancelJob(c)
+	case *api.CmdRegisterWorker:
+		res = f.st.registerWorker(c)
+	case *api.CmdHeartbeat:
+		res = f.st.heartbeat(c)
+	case *api.CmdRemoveWorker:
+		res = f.st.removeWorker(c)
+	case *api.CmdPutPlan:
+		res = f.st.putPlan(c)
+	case *api.CmdReportProgress:
+		res = f.st.reportProgress(c)
+	case *api.CmdCommitCheckpoint:
+		res = f.st.commitCheckpoint(c)
+	default:
+		res = ApplyResult{Err: fmt.Errorf("%w: %s has no case in Apply", ErrUnknownCommand, t)}
+	}
+	if res.Err == nil {
+		f.notifyLocked()
+	}
+	return res
+}
+
+func (s *state) initCluster(c *api.CmdInitCluster) ApplyResult {
+	if c.GetClusterId() == "" {
+		return ApplyResult{Err: fmt.Errorf("%w: empty cluster id", ErrInvalidArgument)}
+	}
+	if s.clusterID != "" && s.clusterID != c.GetClusterId() {
+		return ApplyResult{Err: fmt.Errorf("%w: cluster is %q, not %q", ErrClusterIDMismatch, s.clusterID, c.GetClusterId())}
+	}
+	s.clusterID = c.GetClusterId()
+	return ApplyResult{}
+}
+
+func (s *state) putCoordinator(c *api.CmdPutCoordinator) ApplyResult {
+	m := c.GetMember()
+	if m.GetId() == "" || m.GetRaftAddr() == "" {
+		return ApplyResult{Err: fmt.Errorf("%w: coordinator needs id and raft address", ErrInvalidArgument)}
+	}
+	m = proto.CloneOf(m)
+	m.Leader, m.Suffrage = false, "" // live facts, read from raft, not stored
+	s.coordinators[m.GetId()] = m
+	return ApplyResult{}
+}
+
+func (s *state) removeCoordinator(c *api.CmdRemoveCoordinator) ApplyResult {
+	if _, ok := s.coordinators[c.GetNodeId()]; !ok {
+		return ApplyResult{Err: fmt.Errorf("%w: %q", ErrUnknownNode, c.GetNodeId())}
+	}
+	delete(s.coordinators, c.GetNodeId())
+	return ApplyResult{}
+}
+
+func (s *state) submitJob(c *api.CmdSubmitJob) ApplyResult {
+	if err := validateSpec(c.GetSpec()); err != nil {
+		return ApplyResult{Err: err}
+	}
+	s.nextJob++
+	j := &api.Job{
+		Id:                fmt.Sprintf("job-%04d", s.nextJob),
+		Spec:              proto.CloneOf(c.GetSpec()),
+		State:             api.JobState_JOB_STATE_PENDING,
+		SubmittedUnixNano: c.GetNowUnixNano(),
+		Reason:            "waiting for the first plan",
+	}
+	s.jobs[j.Id] = j
+	return ApplyResult{Msg: proto.CloneOf(j)}
+}
+
+// validateSpec checks a job spec; the scheduler decides what it can plan.
+func validateSpec(spec *api.JobSpec) error {
+	if spec == nil || spec.GetName() == "" {
+		return fmt.Errorf("%w: job needs a name", ErrInvalidArgument)
+	}
+	if err := scheduler.ValidateJob(schedJob(spec)); err != nil {
+		return fmt.Errorf("%w: job %q: %v", ErrInvalidArgument, spec.GetName(), err)
+	}
+	return nil
+}
+
+func (s *state) cancelJob(c *api.CmdCancelJob) ApplyResult {
+	j, ok := s.jobs[c.GetJobId()]
+	if !ok {
+		return ApplyResult{Err: fmt.Errorf("%w: %q", ErrUnknownJob, c.GetJobId())}
+	}
+	if j.State != api.JobState_JOB_STATE_CANCELLED { // cancelling twice is a no-op
+		j.State = api.JobState_JOB_STATE_CANCELLED
+		j.Reason = c.GetReason()
+	}
+	return ApplyResult{Msg: proto.CloneOf(j)}
+}
+
+// liveJob returns job id if it exists and is not cancelled.
+func (s *state) liveJob(id string) (*api.Job, error) {
+	j, ok := s.jobs[id]
+	if !ok {
+		return nil, fmt.Errorf("%w: %q", ErrUnknownJob, id)
+	}
+	if j.State == api.JobState_JOB_STATE_CANCELLED {
+		return nil, fmt.Errorf("%w: %q (%s)", ErrJobCancelled, id, j.Reason)
+	}
+	return j, nil
+}
+
+func (s *state) registerWorker(c *api.CmdRegisterWorker) ApplyResult {
+	w := c.GetWorker()
+	if w.GetId() == "" {
+		return ApplyResult{Err: fmt.Errorf("%w: worker needs an id", ErrInvalidArgument)}
+	}
+	if _, ok := s.workers[w.GetId()]; ok {
+		return ApplyResult{Err: fmt.Errorf("%w: %q is already registered and holds a lease; pick another id or wait for its lease to expire", ErrDuplicateWorker, w.GetId())}
+	}
+	if w.GetJobId() != "" {
+		if _, err := s.liveJob(w.GetJobId()); err != nil {
+			return ApplyResult{Err: err}
+		}
+	}
+	s.workers[w.GetId()] = proto.CloneOf(w)
+	return ApplyResult{Msg: proto.CloneOf(w)}
+}
+
+func (s *state) heartbeat(c *api.CmdHeartbeat) ApplyResult {
+	w, ok := s.workers[c.GetWorkerId()]
+	if !ok {
+		return ApplyResult{Err: fmt.Errorf("%w: %q (its lease may have expired; register again)", ErrUnknownWorker, c.GetWorkerId())}
+	}
+	w.LeaseExpiryUnixNano = max(w.LeaseExpiryUnixNano, c.GetLeaseExpiryUnixNano())
+	return ApplyResult{Msg: proto.CloneOf(w)}
+}
+
+func (s *state) removeWorker(c *api.CmdRemoveWorker) ApplyResult {
+	if _, ok := s.workers[c.GetWorkerId()]; !ok {
+		return ApplyResult{Err: fmt.Errorf("%w: %q", ErrUnknownWorker, c.GetWorkerId())}
+	}
+	delete(s.workers, c.GetWorkerId())
+	return ApplyResult{}
+}
+
+func (s *state) putPlan(c *api.CmdPutPlan) ApplyResult {
+	p := c.GetPlan()
+	j, err := s.liveJob(p.GetJobId())
+	if err != nil {
+		return ApplyResult{Err: err}
+	}
+	if p.GetGeneration() != j.Generation+1 {
+		return ApplyResult{Err: fmt.Errorf("%w: plan generation %d for job %q, current is %d", ErrStaleGeneration, p.GetGeneration(), j.Id, j.Generation)}
+	}
+	for _, r := range p.GetRanks() {
+		if _, ok := s.workers[r.GetWorkerId()]; !ok {
+			return ApplyResult{Err: fmt.Errorf("%w: plan for %q names %q", ErrUnknownWorker, j.Id, r.GetWorkerId())}
+		}
+	}
+	s.plans[j.Id] = proto.CloneOf(p)
+	j.Generation = p.GetGeneration()
+	if len(p.GetRanks()) > 0 {
+		j.State, j.Reason = api.JobState_JOB_STATE_RUNNING, ""
+	} else {
+		j.State, j.Reason = api.JobState_JOB_STATE_PENDING, p.GetReason()
+	}
+	return ApplyResult{Msg: proto.CloneOf(p)}
+}
+
+// checkProgress validates a progress report against the state; shared by
+// the leader's pre-check and Apply.
+func (s *state) checkProgress(r *api.ReportProgressRequest) (*api.Job, error) {
+	j, err := s.liveJob(r.GetJobId())
+	if err != nil {
+		return nil, err
+	}
+	if r.GetGeneration() != j.Generation {
+		return nil, fmt.Errorf("%w: report for generation %d of %q, current is %d", ErrStaleGeneration, r.GetGeneration(), j.Id, j.Generation)
+	}
+	for _, rk := range s.plans[j.Id].GetRanks() {
+		if rk.GetWorkerId() == r.GetWorkerId() {
+			return j, nil
+		}
+	}
+	return nil, fmt.Errorf("%w: %q is not a rank of %q generation %d", ErrNotInPlan, r.GetWorkerId(), j.Id, j.Generation)
+}
+
+func (s *state) reportProgress(c *api.CmdReportProgress) ApplyResult {
+	r := c.GetReport()
+	j, err := s.checkProgress(r)
+	if err != nil {
+		return ApplyResult{Err: err}
+	}
+	if r.GetStep() >= j.Step {
+		j.Step, j.LastLoss = r.GetStep(), r.GetLoss()
+	}
+	if w, ok := s.workers[r.GetWorkerId()]; ok && c.GetSamplesPerSecond() > 0 {
+		w.SamplesPerSecond = c.GetSamplesPerSecond()
+	}
+	return ApplyResult{Msg: &api.ReportProgressResponse{Generation: j.Generation}}
+}
+
+func (s *state) commitCheckpoint(c *api.CmdCommitCheckpoint) ApplyResult {
+	ck := c.GetCheckpoint()
+	j, ok := s.jobs[ck.GetJobId()]
+	if !ok {
+		return ApplyResult{Err: fmt.Errorf("%w: %q", ErrUnknownJob, ck.GetJobId())}
+	}
+	if ck.GetPath() == "" || ck.GetManifestSha256() == "" || ck.GetStep() < 0 {
+		return ApplyResult{Err: fmt.Errorf("%w: checkpoint needs a path, a manifest sha256 and a step >= 0", ErrInvalidArgument)}
+	}
+	if n := len(j.Checkpoints); n > 0 {
+		last := j.Checkpoints[n-1]
+		if last.Step == ck.GetStep() && last.Path == ck.GetPath() && last.ManifestSha256 == ck.GetManifestSha256() {
+			return ApplyResult{Msg: proto.CloneOf(j)} // a retried commit
+		}
+		if ck.GetStep() <= last.Step {
+			return ApplyResult{Err: fmt.Errorf("%w: step %d for %q, newest committed is step %d", ErrStaleCheckpoint, ck.GetStep(), j.Id, last.Step)}
+		}
+	}
+	ck = proto.CloneOf(ck)
+	ck.CommittedUnixNano = c.GetNowUnixNano()
+	j.Checkpoints = append(j.Checkpoints, ck)
+	return ApplyResult{Msg: proto.CloneOf(j)}
+}
+
+// Snapshot implements raft.FSM: a deep copy taken under the lock; encoding
+// and writing happen in Persist, concurrently with further Applies.
+func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return &fsmSnapshot{st: f.st.toProto()}, nil
+}
+
+// Restore implements raft.FSM: replaces the whole state.
+func (f *FSM) Restore(rc io.ReadCloser) error {
+	defer rc.Close()
+	b, err := io.ReadAll(rc)
+	if err != nil {
+		return fmt.Errorf("read snapshot: %w", err)
+	}
+	st, err := decodeSnapshot(b)
+	if err != nil {
+		return err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.st = stateFromProto(st)
+	f.notifyLocked()
+	return nil
+}
+
+func decodeSnapshot(b []byte) (*api.SnapshotState, error) {
+	if !bytes.HasPrefix(b, snapshotMagic) || len(b) < len(snapshotMagic)+1 {
+		return nil, fmt.Errorf("snapshot: not a loom coordinator snapshot")
+	}
+	if v := b[len(snapshotMagic)]; v != snapshotVersion {
+		return nil, fmt.Errorf("snapshot: version %d, this build reads %d", v, snapshotVersion)
+	}
+	st := &api.SnapshotState{}
+	if err := proto.Unmarshal(b[len(snapshotMagic)+1:], st); err != nil {
+		return nil, fmt.Errorf("snapshot: %w", err)
+	}
+	return st, nil
+}
+
+type fsmSnapshot struct{ st *api.SnapshotState }
+
+func (s *fsmSnapshot) Persist(sink raft.SnapshotSink) error {
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(s.st)
+	if err == nil {
+		_, err = sink.Write(append(append(append([]byte{}, snapshotMagic...), snapshotVersion), b...))
+	}
+	if err != nil {
+		_ = sink.Cancel()
+		return fmt.Errorf("persist snapshot: %w", err)
+	}
+	return sink.Close()
+}
+
+func (s *fsmSnapshot) Release() {}

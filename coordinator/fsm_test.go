@@ -1,0 +1,192 @@
+package coordinator
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"testing"
+
+	"github.com/hashicorp/raft"
+	"go.uber.org/zap"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/loomtrain/loom/api"
+)
+
+// applyAt applies one command to f at log index i, returning its result.
+func applyAt(t *testing.T, f *FSM, i uint64, m proto.Message) ApplyResult {
+	t.Helper()
+	b, err := EncodeCommand(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f.Apply(&raft.Log{Index: i, Type: raft.LogCommand, Data: b}).(ApplyResult)
+}
+
+// everyCommand is a log exercising every command type at least once, each
+// accepted. The test below checks it covers cmdTypes.
+func everyCommand() []proto.Message {
+	prof := func(addr string) *api.DeviceProfile {
+		return &api.DeviceProfile{DeviceName: "cpu", Cores: 2, Threads: 4, Gflops: map[string]float64{"f32": 50, "bf16": 90}, MemoryBytes: 1 << 30, CollectiveAddr: addr}
+	}
+	return []proto.Message{
+		&api.CmdInitCluster{ClusterId: "c1"},
+		&api.CmdPutCoordinator{Member: &api.CoordinatorMember{Id: "n1", RaftAddr: "127.0.0.1:1", GrpcAddr: "127.0.0.1:2"}},
+		&api.CmdPutCoordinator{Member: &api.CoordinatorMember{Id: "n2", RaftAddr: "127.0.0.1:3", GrpcAddr: "127.0.0.1:4"}},
+		&api.CmdRemoveCoordinator{NodeId: "n2"},
+		&api.CmdSubmitJob{Spec: &api.JobSpec{Name: "mnist", ConfigYaml: []byte("model: mlp\n"), GlobalBatch: 64, MaxWorkers: 4}, NowUnixNano: 100},
+		&api.CmdSubmitJob{Spec: &api.JobSpec{Name: "gone", GlobalBatch: 8}, NowUnixNano: 101},
+		&api.CmdCancelJob{JobId: "job-0002", Reason: "test"},
+		&api.CmdRegisterWorker{Worker: &api.Worker{Id: "w1", Profile: prof("127.0.0.1:9001"), LeaseExpiryUnixNano: 1000, RegisteredUnixNano: 10}},
+		&api.CmdRegisterWorker{Worker: &api.Worker{Id: "w2", Profile: prof("127.0.0.1:9002"), JobId: "job-0001", LeaseExpiryUnixNano: 1000}},
+		&api.CmdRegisterWorker{Worker: &api.Worker{Id: "w3", Profile: prof("127.0.0.1:9003"), LeaseExpiryUnixNano: 1000}},
+		&api.CmdHeartbeat{WorkerId: "w1", LeaseExpiryUnixNano: 5000},
+		&api.CmdRemoveWorker{WorkerId: "w3", Reason: "lease expired"},
+		&api.CmdPutPlan{Plan: &api.Plan{JobId: "job-0001", Generation: 1, PipelineStages: 1, Replicas: 2, GlobalBatch: 64, Ranks: []*api.Rank{
+			{Rank: 0, WorkerId: "w1", CollectiveAddr: "127.0.0.1:9001", BatchShare: 40},
+			{Rank: 1, WorkerId: "w2", CollectiveAddr: "127.0.0.1:9002", BatchShare: 24, Replica: 1},
+		}}},
+		&api.CmdReportProgress{Report: &api.ReportProgressRequest{JobId: "job-0001", WorkerId: "w1", Generation: 1, Step: 7, Loss: 0.5, Samples: 40, StepSeconds: 0.1}, SamplesPerSecond: 400},
+		&api.CmdCommitCheckpoint{Checkpoint: &api.Checkpoint{JobId: "job-0001", Step: 7, Path: "/ck/7", ManifestSha256: "ab"}, NowUnixNano: 200},
+	}
+}
+
+func TestSnapshotRestoreEveryCommand(t *testing.T) {
+	f := NewFSM(zap.NewNop())
+	seen := map[CmdType]bool{}
+	for i, m := range everyCommand() {
+		if r := applyAt(t, f, uint64(i+1), m); r.Err != nil {
+			t.Fatalf("entry %d %T refused: %v", i+1, m, r.Err)
+		}
+		typ, _ := typeOf(m)
+		seen[typ] = true
+	}
+	for typ := range cmdTypes {
+		if !seen[typ] {
+			t.Errorf("command %s not exercised by the snapshot test", typ)
+		}
+	}
+	want := f.State()
+	// The state reflects every command.
+	if want.ClusterId != "c1" || len(want.Coordinators) != 1 || len(want.Jobs) != 2 || len(want.Workers) != 2 || len(want.Plans) != 1 {
+		t.Fatalf("unexpected state %v", want)
+	}
+	j, _ := f.Job("job-0001")
+	if j.Step != 7 || j.Generation != 1 || j.State != api.JobState_JOB_STATE_RUNNING || len(j.Checkpoints) != 1 || j.Checkpoints[0].CommittedUnixNano != 200 {
+		t.Fatalf("job after log: %v", j)
+	}
+	if w, _ := f.Worker("w1"); w.LeaseExpiryUnixNano != 5000 || w.SamplesPerSecond != 400 {
+		t.Fatalf("worker after log: %v", w)
+	}
+	if j2, _ := f.Job("job-0002"); j2.State != api.JobState_JOB_STATE_CANCELLED {
+		t.Fatalf("job-0002 not cancelled: %v", j2)
+	}
+
+	snap, err := f.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sink := &memSink{}
+	if err := snap.Persist(sink); err != nil {
+		t.Fatal(err)
+	}
+	g := NewFSM(zap.NewNop())
+	changed := g.Changed()
+	if err := g.Restore(io.NopCloser(bytes.NewReader(sink.Bytes()))); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-changed:
+	default:
+		t.Fatal("Restore did not notify watchers")
+	}
+	if got := g.State(); !proto.Equal(got, want) {
+		t.Fatalf("restored state differs:\n got %v\nwant %v", got, want)
+	}
+	// The restored FSM keeps counting job ids where the original stopped.
+	r := applyAt(t, g, 100, &api.CmdSubmitJob{Spec: &api.JobSpec{Name: "next", GlobalBatch: 1}})
+	if r.Err != nil || r.Msg.(*api.Job).Id != "job-0003" {
+		t.Fatalf("submit after restore: %v %v", r.Msg, r.Err)
+	}
+	// Snapshots are deterministic: same state, same bytes.
+	snap2, _ := f.Snapshot()
+	sink2 := &memSink{}
+	_ = snap2.Persist(sink2)
+	if !bytes.Equal(sink.Bytes(), sink2.Bytes()) {
+		t.Fatal("two snapshots of one state differ")
+	}
+	// Garbage is refused by name.
+	if err := g.Restore(io.NopCloser(bytes.NewReader([]byte("nope")))); err == nil {
+		t.Fatal("restore of garbage succeeded")
+	}
+}
+
+func TestApplyRefusals(t *testing.T) {
+	f := NewFSM(zap.NewNop())
+	log := everyCommand()
+	for i, m := range log {
+		applyAt(t, f, uint64(i+1), m)
+	}
+	before := f.State()
+	cases := []struct {
+		cmd  proto.Message
+		want error
+	}{
+		{&api.CmdInitCluster{ClusterId: "other"}, ErrClusterIDMismatch},
+		{&api.CmdRegisterWorker{Worker: &api.Worker{Id: "w1"}}, ErrDuplicateWorker},
+		{&api.CmdRegisterWorker{Worker: &api.Worker{Id: "w9", JobId: "job-0009"}}, ErrUnknownJob},
+		{&api.CmdRegisterWorker{Worker: &api.Worker{Id: "w9", JobId: "job-0002"}}, ErrJobCancelled},
+		{&api.CmdHeartbeat{WorkerId: "w3"}, ErrUnknownWorker},
+		{&api.CmdRemoveWorker{WorkerId: "nobody"}, ErrUnknownWorker},
+		{&api.CmdPutPlan{Plan: &api.Plan{JobId: "job-0001", Generation: 1}}, ErrStaleGeneration},
+		{&api.CmdPutPlan{Plan: &api.Plan{JobId: "job-0001", Generation: 3}}, ErrStaleGeneration},
+		{&api.CmdPutPlan{Plan: &api.Plan{JobId: "job-0001", Generation: 2, Ranks: []*api.Rank{{WorkerId: "w3"}}}}, ErrUnknownWorker},
+		{&api.CmdPutPlan{Plan: &api.Plan{JobId: "nope", Generation: 1}}, ErrUnknownJob},
+		{&api.CmdReportProgress{Report: &api.ReportProgressRequest{JobId: "job-0001", WorkerId: "w1", Generation: 0}}, ErrStaleGeneration},
+		{&api.CmdReportProgress{Report: &api.ReportProgressRequest{JobId: "job-0001", WorkerId: "w3", Generation: 1}}, ErrNotInPlan},
+		{&api.CmdCommitCheckpoint{Checkpoint: &api.Checkpoint{JobId: "job-0001", Step: 5, Path: "/ck/5", ManifestSha256: "cd"}}, ErrStaleCheckpoint},
+		{&api.CmdCommitCheckpoint{Checkpoint: &api.Checkpoint{JobId: "job-0001", Step: 9}}, ErrInvalidArgument},
+		{&api.CmdSubmitJob{Spec: &api.JobSpec{Name: "x", GlobalBatch: 0}}, ErrInvalidArgument},
+		{&api.CmdSubmitJob{Spec: &api.JobSpec{Name: "x", GlobalBatch: 8, MinWorkers: 3, MaxWorkers: 2}}, ErrInvalidArgument},
+		{&api.CmdRemoveCoordinator{NodeId: "n9"}, ErrUnknownNode},
+	}
+	for i, c := range cases {
+		r := applyAt(t, f, uint64(100+i), c.cmd)
+		if !errors.Is(r.Err, c.want) {
+			t.Errorf("%T %v: err %v, want %v", c.cmd, c.cmd, r.Err, c.want)
+		}
+	}
+	after := f.State()
+	if !proto.Equal(before, after) {
+		t.Fatalf("refused commands changed the state:\n%v\n%v", before, after)
+	}
+	// A retried checkpoint commit is accepted without a duplicate.
+	r := applyAt(t, f, 200, log[len(log)-1])
+	if j, _ := f.Job("job-0001"); r.Err != nil || len(j.Checkpoints) != 1 {
+		t.Fatalf("retried commit: %v, %d checkpoints", r.Err, len(j.Checkpoints))
+	}
+}
+
+func TestDecodeRefusesUnknown(t *testing.T) {
+	if _, _, err := DecodeCommand([]byte{200, 1}); !errors.Is(err, ErrUnknownCommand) {
+		t.Fatalf("unknown type: %v", err)
+	}
+	if _, _, err := DecodeCommand([]byte{byte(CmdSubmitJob), 9}); !errors.Is(err, ErrUnknownCommand) {
+		t.Fatalf("future version: %v", err)
+	}
+	f := NewFSM(zap.NewNop())
+	r := f.Apply(&raft.Log{Index: 1, Type: raft.LogCommand, Data: []byte{200, 1}}).(ApplyResult)
+	if !errors.Is(r.Err, ErrUnknownCommand) {
+		t.Fatalf("Apply of unknown: %v", r.Err)
+	}
+}
+
+// memSink is an in-memory raft.SnapshotSink.
+type memSink struct {
+	bytes.Buffer
+	cancelled bool
+}
+
+func (s *memSink) ID() string    { return "mem" }
+func (s *memSink) Close() error  { return nil }
+func (s *memSink) Cancel() error { s.cancelled = true; return nil }

@@ -1,0 +1,139 @@
+package coordinator
+
+import (
+	"context"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/loomtrain/loom/api"
+	"github.com/loomtrain/loom/coordinator/scheduler"
+)
+
+// schedJob is what the planner needs of a job spec.
+func schedJob(spec *api.JobSpec) scheduler.Job {
+	return scheduler.Job{
+		GlobalBatch: spec.GetGlobalBatch(),
+		MinWorkers:  int(spec.GetMinWorkers()),
+		MaxWorkers:  int(spec.GetMaxWorkers()),
+		Stages:      int(spec.GetPipelineStages()),
+	}
+}
+
+// workerSpeed is a worker's speed for the planner: its measured samples/s
+// once it has reported progress, else its best profiled GFLOP/s, else 1.
+// Units differ between the two sources; a plan mixes them only while some
+// workers have not yet reported a step.
+func workerSpeed(w *api.Worker) float64 {
+	if s := w.GetSamplesPerSecond(); s > 0 {
+		return s
+	}
+	best := 0.0
+	for _, g := range w.GetProfile().GetGflops() {
+		best = max(best, g)
+	}
+	if best > 0 {
+		return best
+	}
+	return 1
+}
+
+func fromSchedPlan(jobID string, gen int64, p scheduler.Plan) *api.Plan {
+	out := &api.Plan{
+		JobId: jobID, Generation: gen, PipelineStages: int32(p.Stages),
+		Replicas: int32(p.Replicas), GlobalBatch: p.GlobalBatch, Reason: p.Reason,
+	}
+	for _, r := range p.Ranks {
+		out.Ranks = append(out.Ranks, &api.Rank{
+			Rank: int32(r.Rank), WorkerId: r.WorkerID, CollectiveAddr: r.Addr,
+			BatchShare: r.BatchShare, Stage: int32(r.Stage), Replica: int32(r.Replica),
+		})
+	}
+	return out
+}
+
+func toSchedPlan(p *api.Plan) scheduler.Plan {
+	out := scheduler.Plan{Stages: int(p.GetPipelineStages()), Replicas: int(p.GetReplicas()), GlobalBatch: p.GetGlobalBatch(), Reason: p.GetReason()}
+	for _, r := range p.GetRanks() {
+		out.Ranks = append(out.Ranks, scheduler.Rank{
+			Rank: int(r.GetRank()), WorkerID: r.GetWorkerId(), Addr: r.GetCollectiveAddr(),
+			BatchShare: r.GetBatchShare(), Stage: int(r.GetStage()), Replica: int(r.GetReplica()),
+		})
+	}
+	return out
+}
+
+// desiredPlans computes, from one consistent copy of the state, the plans
+// that differ from the current ones: pinned workers go to their job; pool
+// workers go to live jobs in submission order, each taking up to its
+// max_workers. tolerance is scheduler.Changed's share tolerance.
+func desiredPlans(st *api.SnapshotState, tolerance float64) []*api.Plan {
+	plans := map[string]*api.Plan{}
+	for _, p := range st.GetPlans() {
+		plans[p.GetJobId()] = p
+	}
+	var pool []*api.Worker
+	pinned := map[string][]*api.Worker{}
+	for _, w := range st.GetWorkers() {
+		if w.GetJobId() == "" {
+			pool = append(pool, w)
+		} else {
+			pinned[w.GetJobId()] = append(pinned[w.GetJobId()], w)
+		}
+	}
+	var out []*api.Plan
+	for _, j := range st.GetJobs() { // sorted by id = submission order
+		if j.GetState() == api.JobState_JOB_STATE_CANCELLED {
+			continue
+		}
+		ws := pinned[j.GetId()]
+		if max := int(j.GetSpec().GetMaxWorkers()); max == 0 || len(ws) < max {
+			take := len(pool)
+			if max > 0 {
+				take = min(take, max-len(ws))
+			}
+			ws = append(ws, pool[:take]...)
+			pool = pool[take:]
+		}
+		in := make([]scheduler.Worker, len(ws))
+		for i, w := range ws {
+			in[i] = scheduler.Worker{ID: w.GetId(), Addr: w.GetProfile().GetCollectiveAddr(), Speed: workerSpeed(w)}
+		}
+		sp, err := scheduler.Compute(schedJob(j.GetSpec()), in)
+		if err != nil {
+			continue // refused at submit; cannot happen for a stored job
+		}
+		cur, ok := plans[j.GetId()]
+		if ok && !scheduler.Changed(toSchedPlan(cur), sp, tolerance) && cur.GetReason() == sp.Reason {
+			continue
+		}
+		out = append(out, fromSchedPlan(j.GetId(), j.GetGeneration()+1, sp))
+	}
+	return out
+}
+
+// reconcile runs on the leader only, until ctx ends (leadership lost or
+// shutdown): after every state change it writes the plans that differ from
+// the current ones, one log entry per new generation.
+func (s *Server) reconcile(ctx context.Context) {
+	for {
+		ch := s.fsm.Changed()
+		for _, p := range desiredPlans(s.fsm.State(), s.cfg.ReplanTolerance) {
+			if _, _, err := s.apply(ctx, &api.CmdPutPlan{Plan: p}); err != nil {
+				if ctx.Err() != nil {
+					return
+				}
+				s.log.Warn("write plan", zap.String("job", p.GetJobId()), zap.Int64("generation", p.GetGeneration()), zap.Error(err))
+				continue
+			}
+			s.log.Info("new plan", zap.String("job", p.GetJobId()), zap.Int64("generation", p.GetGeneration()),
+				zap.Int("ranks", len(p.GetRanks())), zap.String("reason", p.GetReason()))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-ch:
+		case <-time.After(s.cfg.ReplanInterval):
+		}
+	}
+}

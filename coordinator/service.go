@@ -1,0 +1,261 @@
+package coordinator
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/loomtrain/loom/api"
+)
+
+// service implements api.CoordinatorServer. Write handlers run on the
+// leader only (the forwarder sees to it) and write through Server.apply;
+// read handlers answer from this node's replica. Handlers return internal
+// errors; the interceptor turns them into gRPC statuses.
+type service struct {
+	api.UnimplementedCoordinatorServer
+	s *Server
+}
+
+func (v *service) SubmitJob(ctx context.Context, req *api.SubmitJobRequest) (*api.SubmitJobResponse, error) {
+	if err := validateSpec(req.GetSpec()); err != nil {
+		return nil, err
+	}
+	m, _, err := v.s.apply(ctx, &api.CmdSubmitJob{Spec: req.GetSpec(), NowUnixNano: time.Now().UnixNano()})
+	if err != nil {
+		return nil, err
+	}
+	return &api.SubmitJobResponse{Job: m.(*api.Job)}, nil
+}
+
+func (v *service) GetJob(_ context.Context, req *api.GetJobRequest) (*api.GetJobResponse, error) {
+	j, ok := v.s.fsm.Job(req.GetJobId())
+	if !ok {
+		return nil, fmt.Errorf("%w: %q", ErrUnknownJob, req.GetJobId())
+	}
+	p, _ := v.s.fsm.Plan(j.GetId())
+	return &api.GetJobResponse{Job: j, Plan: p}, nil
+}
+
+func (v *service) ListJobs(context.Context, *api.ListJobsRequest) (*api.ListJobsResponse, error) {
+	return &api.ListJobsResponse{Jobs: v.s.fsm.Jobs()}, nil
+}
+
+func (v *service) CancelJob(ctx context.Context, req *api.CancelJobRequest) (*api.CancelJobResponse, error) {
+	reason := req.GetReason()
+	if reason == "" {
+		reason = "cancelled by request"
+	}
+	m, _, err := v.s.apply(ctx, &api.CmdCancelJob{JobId: req.GetJobId(), Reason: reason})
+	if err != nil {
+		return nil, err
+	}
+	return &api.CancelJobResponse{Job: m.(*api.Job)}, nil
+}
+
+func (v *service) RegisterWorker(ctx context.Context, req *api.RegisterWorkerRequest) (*api.RegisterWorkerResponse, error) {
+	if req.GetWorkerId() == "" {
+		return nil, fmt.Errorf("%w: worker id is empty", ErrInvalidArgument)
+	}
+	if req.GetProfile().GetCollectiveAddr() == "" {
+		return nil, fmt.Errorf("%w: worker %q: profile.collective_addr is empty", ErrInvalidArgument, req.GetWorkerId())
+	}
+	if _, dup := v.s.fsm.Worker(req.GetWorkerId()); dup {
+		return nil, fmt.Errorf("%w: %q is already registered and holds a lease", ErrDuplicateWorker, req.GetWorkerId())
+	}
+	now := time.Now()
+	w := &api.Worker{
+		Id: req.GetWorkerId(), Profile: req.GetProfile(), JobId: req.GetJobId(),
+		LeaseExpiryUnixNano: now.Add(v.s.cfg.LeaseTTL).UnixNano(), RegisteredUnixNano: now.UnixNano(),
+	}
+	m, _, err := v.s.apply(ctx, &api.CmdRegisterWorker{Worker: w})
+	if err != nil {
+		return nil, err
+	}
+	return &api.RegisterWorkerResponse{
+		Worker:              m.(*api.Worker),
+		HeartbeatIntervalMs: (v.s.cfg.LeaseTTL / 3).Milliseconds(),
+		LeaseMs:             v.s.cfg.LeaseTTL.Milliseconds(),
+	}, nil
+}
+
+func (v *service) Heartbeat(ctx context.Context, req *api.HeartbeatRequest) (*api.HeartbeatResponse, error) {
+	exp := time.Now().Add(v.s.cfg.LeaseTTL).UnixNano()
+	m, _, err := v.s.apply(ctx, &api.CmdHeartbeat{WorkerId: req.GetWorkerId(), LeaseExpiryUnixNano: exp})
+	if err != nil {
+		return nil, err
+	}
+	w := m.(*api.Worker)
+	return &api.HeartbeatResponse{LeaseExpiryUnixNano: w.GetLeaseExpiryUnixNano(), Generation: v.s.generationOf(w)}, nil
+}
+
+// generationOf returns the current generation of the job whose plan names
+// the worker (or of its pinned job), 0 if none.
+func (s *Server) generationOf(w *api.Worker) int64 {
+	for _, j := range s.fsm.Jobs() {
+		if j.GetId() == w.GetJobId() {
+			return j.GetGeneration()
+		}
+		if p, ok := s.fsm.Plan(j.GetId()); ok && j.GetState() != api.JobState_JOB_STATE_CANCELLED {
+			for _, r := range p.GetRanks() {
+				if r.GetWorkerId() == w.GetId() {
+					return p.GetGeneration()
+				}
+			}
+		}
+	}
+	return 0
+}
+
+func (v *service) DeregisterWorker(ctx context.Context, req *api.DeregisterWorkerRequest) (*api.DeregisterWorkerResponse, error) {
+	if _, _, err := v.s.apply(ctx, &api.CmdRemoveWorker{WorkerId: req.GetWorkerId(), Reason: "deregistered"}); err != nil {
+		return nil, err
+	}
+	return &api.DeregisterWorkerResponse{}, nil
+}
+
+func (v *service) ListWorkers(context.Context, *api.ListWorkersRequest) (*api.ListWorkersResponse, error) {
+	return &api.ListWorkersResponse{Workers: v.s.fsm.Workers()}, nil
+}
+
+// WatchPlan sends the job's current plan (if newer than after_generation)
+// and then every new generation, from this node's replica. It ends with OK
+// when the job is cancelled, and with UNAVAILABLE when the node shuts down.
+func (v *service) WatchPlan(req *api.WatchPlanRequest, stream api.Coordinator_WatchPlanServer) error {
+	return toStatus(v.s.watchPlan(stream.Context(), req, stream.Send))
+}
+
+func (s *Server) watchPlan(ctx context.Context, req *api.WatchPlanRequest, send func(*api.Plan) error) error {
+	if _, ok := s.fsm.Job(req.GetJobId()); !ok {
+		return fmt.Errorf("%w: cannot watch the plan of %q: no such job", ErrUnknownJob, req.GetJobId())
+	}
+	after := req.GetAfterGeneration()
+	for {
+		ch := s.fsm.Changed()
+		j, ok := s.fsm.Job(req.GetJobId())
+		if !ok {
+			return fmt.Errorf("%w: %q", ErrUnknownJob, req.GetJobId())
+		}
+		if p, ok := s.fsm.Plan(j.GetId()); ok && p.GetGeneration() > after {
+			if err := send(p); err != nil {
+				return err
+			}
+			after = p.GetGeneration()
+		}
+		if j.GetState() == api.JobState_JOB_STATE_CANCELLED {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-s.closing():
+			return fmt.Errorf("%w: plan watch ends", ErrShuttingDown)
+		case <-ch:
+		}
+	}
+}
+
+func (v *service) ReportProgress(ctx context.Context, req *api.ReportProgressRequest) (*api.ReportProgressResponse, error) {
+	v.s.fsm.mu.RLock()
+	j, err := v.s.fsm.st.checkProgress(req)
+	var gen int64
+	if j != nil {
+		gen = j.Generation
+	}
+	v.s.fsm.mu.RUnlock()
+	if err != nil {
+		return nil, err
+	}
+	if !v.s.progressDue(req.GetWorkerId()) {
+		return &api.ReportProgressResponse{Generation: gen}, nil
+	}
+	var sps float64
+	if req.GetStepSeconds() > 0 && req.GetSamples() > 0 {
+		sps = float64(req.GetSamples()) / req.GetStepSeconds()
+	}
+	m, _, err := v.s.apply(ctx, &api.CmdReportProgress{Report: req, SamplesPerSecond: sps})
+	if err != nil {
+		return nil, err
+	}
+	return m.(*api.ReportProgressResponse), nil
+}
+
+// progressDue reports whether a progress entry for the worker may be
+// written now, and if so records that it was.
+func (s *Server) progressDue(worker string) bool {
+	s.progressMu.Lock()
+	defer s.progressMu.Unlock()
+	now := time.Now()
+	if last, ok := s.lastProgress[worker]; ok && now.Sub(last) < s.cfg.ProgressInterval {
+		return false
+	}
+	s.lastProgress[worker] = now
+	return true
+}
+
+func (v *service) CommitCheckpoint(ctx context.Context, req *api.CommitCheckpointRequest) (*api.CommitCheckpointResponse, error) {
+	if req.GetCheckpoint() == nil {
+		return nil, fmt.Errorf("%w: checkpoint is missing", ErrInvalidArgument)
+	}
+	m, _, err := v.s.apply(ctx, &api.CmdCommitCheckpoint{Checkpoint: req.GetCheckpoint(), NowUnixNano: time.Now().UnixNano()})
+	if err != nil {
+		return nil, err
+	}
+	return &api.CommitCheckpointResponse{Job: m.(*api.Job)}, nil
+}
+
+// clusterService implements api.ClusterServer.
+type clusterService struct {
+	api.UnimplementedClusterServer
+	s *Server
+}
+
+func (c *clusterService) Join(ctx context.Context, req *api.JoinRequest) (*api.JoinResponse, error) {
+	if err := c.s.addMember(ctx, req); err != nil {
+		return nil, err
+	}
+	return &api.JoinResponse{ClusterId: c.s.fsm.ClusterID()}, nil
+}
+
+func (c *clusterService) RemoveCoordinator(ctx context.Context, req *api.RemoveCoordinatorRequest) (*api.RemoveCoordinatorResponse, error) {
+	if err := c.s.removeMember(ctx, req.GetNodeId()); err != nil {
+		return nil, err
+	}
+	return &api.RemoveCoordinatorResponse{}, nil
+}
+
+func (c *clusterService) ClusterStatus(context.Context, *api.ClusterStatusRequest) (*api.ClusterStatusResponse, error) {
+	return c.s.Status(), nil
+}
+
+// Status describes the cluster as this node sees it.
+func (s *Server) Status() *api.ClusterStatusResponse {
+	lid, laddr := s.Leader()
+	out := &api.ClusterStatusResponse{
+		ClusterId: s.fsm.ClusterID(), LeaderId: lid, LeaderGrpcAddr: laddr, NodeId: s.cfg.NodeID,
+		AppliedIndex: s.fsm.AppliedIndex(), RaftState: s.raft.State().String(),
+	}
+	recorded := map[string]*api.CoordinatorMember{}
+	for _, c := range s.fsm.Coordinators() {
+		recorded[c.GetId()] = c
+	}
+	if cf := s.raft.GetConfiguration(); cf.Error() == nil {
+		for _, srv := range cf.Configuration().Servers {
+			m := &api.CoordinatorMember{Id: string(srv.ID), RaftAddr: string(srv.Address)}
+			if r, ok := recorded[m.Id]; ok {
+				m = proto.CloneOf(r)
+				delete(recorded, m.Id)
+			}
+			m.Suffrage = map[bool]string{true: "voter", false: "nonvoter"}[srv.Suffrage == raft.Voter]
+			m.Leader = m.Id == lid
+			out.Members = append(out.Members, m)
+		}
+	}
+	for _, k := range sortedKeys(recorded) {
+		out.Members = append(out.Members, recorded[k])
+	}
+	return out
+}

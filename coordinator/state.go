@@ -1,0 +1,160 @@
+package coordinator
+
+import (
+	"sort"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/loomtrain/loom/api"
+)
+
+// state is the replicated state machine's data. It is owned by FSM and
+// mutated only inside FSM.Apply and FSM.Restore under FSM.mu; readers get
+// clones through the FSM's accessors.
+type state struct {
+	clusterID    string
+	nextJob      uint64
+	jobs         map[string]*api.Job
+	workers      map[string]*api.Worker
+	plans        map[string]*api.Plan // by job id
+	coordinators map[string]*api.CoordinatorMember
+}
+
+func newState() state {
+	return state{
+		jobs:         map[string]*api.Job{},
+		workers:      map[string]*api.Worker{},
+		plans:        map[string]*api.Plan{},
+		coordinators: map[string]*api.CoordinatorMember{},
+	}
+}
+
+// toProto builds a deterministic (sorted) deep copy of s for a snapshot.
+func (s *state) toProto() *api.SnapshotState {
+	out := &api.SnapshotState{ClusterId: s.clusterID, NextJob: s.nextJob}
+	for _, k := range sortedKeys(s.jobs) {
+		out.Jobs = append(out.Jobs, proto.CloneOf(s.jobs[k]))
+	}
+	for _, k := range sortedKeys(s.workers) {
+		out.Workers = append(out.Workers, proto.CloneOf(s.workers[k]))
+	}
+	for _, k := range sortedKeys(s.plans) {
+		out.Plans = append(out.Plans, proto.CloneOf(s.plans[k]))
+	}
+	for _, k := range sortedKeys(s.coordinators) {
+		out.Coordinators = append(out.Coordinators, proto.CloneOf(s.coordinators[k]))
+	}
+	return out
+}
+
+// stateFromProto is the inverse of toProto.
+func stateFromProto(p *api.SnapshotState) state {
+	s := newState()
+	s.clusterID, s.nextJob = p.GetClusterId(), p.GetNextJob()
+	for _, j := range p.GetJobs() {
+		s.jobs[j.GetId()] = j
+	}
+	for _, w := range p.GetWorkers() {
+		s.workers[w.GetId()] = w
+	}
+	for _, pl := range p.GetPlans() {
+		s.plans[pl.GetJobId()] = pl
+	}
+	for _, c := range p.GetCoordinators() {
+		s.coordinators[c.GetId()] = c
+	}
+	return s
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	ks := make([]string, 0, len(m))
+	for k := range m {
+		ks = append(ks, k)
+	}
+	sort.Strings(ks)
+	return ks
+}
+
+// ---- read accessors: safe from any goroutine, return clones.
+
+// ClusterID returns the cluster id set at bootstrap, "" before.
+func (f *FSM) ClusterID() string {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.st.clusterID
+}
+
+// Job returns a copy of job id.
+func (f *FSM) Job(id string) (*api.Job, bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	j, ok := f.st.jobs[id]
+	if !ok {
+		return nil, false
+	}
+	return proto.CloneOf(j), true
+}
+
+// Jobs returns copies of every job, sorted by id.
+func (f *FSM) Jobs() []*api.Job {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	out := make([]*api.Job, 0, len(f.st.jobs))
+	for _, k := range sortedKeys(f.st.jobs) {
+		out = append(out, proto.CloneOf(f.st.jobs[k]))
+	}
+	return out
+}
+
+// Worker returns a copy of worker id.
+func (f *FSM) Worker(id string) (*api.Worker, bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	w, ok := f.st.workers[id]
+	if !ok {
+		return nil, false
+	}
+	return proto.CloneOf(w), true
+}
+
+// Workers returns copies of every registered worker, sorted by id.
+func (f *FSM) Workers() []*api.Worker {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	out := make([]*api.Worker, 0, len(f.st.workers))
+	for _, k := range sortedKeys(f.st.workers) {
+		out = append(out, proto.CloneOf(f.st.workers[k]))
+	}
+	return out
+}
+
+// Plan returns a copy of the current plan of a job; false if the job has
+// none yet.
+func (f *FSM) Plan(jobID string) (*api.Plan, bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	p, ok := f.st.plans[jobID]
+	if !ok {
+		return nil, false
+	}
+	return proto.CloneOf(p), true
+}
+
+// Coordinators returns copies of the coordinator members recorded in the
+// log, sorted by id.
+func (f *FSM) Coordinators() []*api.CoordinatorMember {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	out := make([]*api.CoordinatorMember, 0, len(f.st.coordinators))
+	for _, k := range sortedKeys(f.st.coordinators) {
+		out = append(out, proto.CloneOf(f.st.coordinators[k]))
+	}
+	return out
+}
+
+// Snapshot of the whole state as one proto (a deep copy).
+func (f *FSM) State() *api.SnapshotState {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.st.toProto()
+}

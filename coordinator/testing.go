@@ -1,0 +1,135 @@
+package coordinator
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest"
+	"google.golang.org/grpc"
+
+	"github.com/loomtrain/loom/api"
+)
+
+// TestConfig returns DefaultConfig tuned for tests on loopback: random
+// ports, in-memory storage, fast elections and a short worker lease.
+func TestConfig(t testing.TB, nodeID string) Config {
+	c := DefaultConfig()
+	c.NodeID = nodeID
+	c.LeaseTTL = 2 * time.Second
+	c.ReplanInterval = 500 * time.Millisecond
+	c.ProgressInterval = 0
+	c.RaftHeartbeatTimeout = 300 * time.Millisecond
+	c.RaftElectionTimeout = 300 * time.Millisecond
+	c.RaftLeaderLease = 150 * time.Millisecond
+	c.Logger = zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))
+	return c
+}
+
+// NewTestServer starts an embedded single-node coordinator for a test and
+// closes it at the test's end. mutate, if not nil, edits the config first.
+func NewTestServer(t testing.TB, mutate func(*Config)) *Server {
+	t.Helper()
+	cfg := TestConfig(t, "coord-0")
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	s, err := StartEmbedded(ctx, cfg)
+	if err != nil {
+		t.Fatalf("start embedded coordinator: %v", err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	return s
+}
+
+// TestCluster is an in-process cluster of coordinators for tests.
+type TestCluster struct {
+	t     testing.TB
+	Nodes []*Server
+}
+
+// NewTestCluster starts n in-process coordinators (node 0 bootstraps, the
+// others join through it), waits until all have joined, and closes them at
+// the test's end.
+func NewTestCluster(t testing.TB, n int) *TestCluster {
+	t.Helper()
+	c := &TestCluster{t: t}
+	t.Cleanup(c.Close)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	first := NewTestServer(t, func(cfg *Config) { cfg.NodeID = "coord-0" })
+	c.Nodes = append(c.Nodes, first)
+	for i := 1; i < n; i++ {
+		cfg := TestConfig(t, fmt.Sprintf("coord-%d", i))
+		cfg.Join = []string{first.Addr()}
+		s, err := Start(ctx, cfg)
+		if err != nil {
+			t.Fatalf("start coordinator %d: %v", i, err)
+		}
+		c.Nodes = append(c.Nodes, s)
+	}
+	for _, s := range c.Nodes {
+		if err := s.WaitLeader(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return c
+}
+
+// Leader returns the node that leads now, waiting up to 10 s for one.
+func (c *TestCluster) Leader() *Server {
+	c.t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		for _, s := range c.Nodes {
+			if s != nil && s.IsLeader() {
+				return s
+			}
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	c.t.Fatalf("no leader among %d coordinators after 10s", len(c.Nodes))
+	return nil
+}
+
+// Addrs returns the gRPC addresses of the nodes still running.
+func (c *TestCluster) Addrs() []string {
+	var out []string
+	for _, s := range c.Nodes {
+		if s != nil {
+			out = append(out, s.Addr())
+		}
+	}
+	return out
+}
+
+// Stop closes node i (it stays in the Raft configuration).
+func (c *TestCluster) Stop(i int) {
+	if c.Nodes[i] != nil {
+		_ = c.Nodes[i].Close()
+		c.Nodes[i] = nil
+	}
+}
+
+// Close stops every node.
+func (c *TestCluster) Close() {
+	for i := range c.Nodes {
+		c.Stop(i)
+	}
+}
+
+// Dial returns a client connection over every given address, closed at the
+// test's end.
+func Dial(t testing.TB, addrs ...string) *grpc.ClientConn {
+	t.Helper()
+	conn, err := api.Dial(addrs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	return conn
+}
