@@ -1,0 +1,43 @@
+//go:build amd64 && !purego
+
+package cpu
+
+import "golang.org/x/sys/cpu"
+
+// Assembly micro-kernels (kernel_amd64.s); see f32Kernel and bf16Kernel.
+
+//go:noescape
+func sgemm6x16AVX2(kc int, a, b, c *float32, ldc int, alpha, beta float32)
+
+//go:noescape
+func sgemm6x32AVX512(kc int, a, b, c *float32, ldc int, alpha, beta float32)
+
+// bgemm6x32AVX512BF16 takes kc as the number of k pairs.
+//
+//go:noescape
+func bgemm6x32AVX512BF16(kc int, a, b *uint16, c *float32, ldc int, alpha, beta float32)
+
+// Blocking: kc×nr floats of packed B (the L1-resident micro-panel) is
+// 16 KiB for AVX2 and 32 KiB for AVX-512 at kc=256; mc×kc floats of packed
+// A (L2-resident) is ~140 KiB.
+var (
+	avx2Kernel   = &kernel{name: "avx2", mr: 6, nr: 16, kc: 256, mc: 144, f32: sgemm6x16AVX2}
+	avx512Kernel = &kernel{name: "avx512", mr: 6, nr: 32, kc: 256, mc: 144, f32: sgemm6x32AVX512}
+)
+
+// platformKernels detects, via CPUID and the OS-enabled register state
+// (XCR0, which x/sys/cpu checks), which kernels this CPU runs.
+func platformKernels() []*kernel {
+	var ks []*kernel
+	if cpu.X86.HasAVX512F && cpu.X86.HasAVX512BW && cpu.X86.HasAVX512VL {
+		k := *avx512Kernel
+		if cpu.X86.HasAVX512BF16 {
+			k.bf16 = bgemm6x32AVX512BF16
+		}
+		ks = append(ks, &k)
+	}
+	if cpu.X86.HasAVX2 && cpu.X86.HasFMA {
+		ks = append(ks, avx2Kernel)
+	}
+	return ks
+}
