@@ -6,5 +6,5 @@ import "github.com/spf13/cobra"
 // is added here with one line.
 func addCommands(root, bench *cobra.Command) {
 	root.AddCommand(newLaunchCmd())
-	_ = bench
+	bench.AddCommand(newBenchGemmCmd())
 }
