@@ -137,7 +137,7 @@ func TestMLPGradientsEndToEnd(t *testing.T) {
 	}
 	_, _, g := ce.Forward(m.Forward(x, rows), labels, rows, 3, 1)
 	m.ZeroGrad()
-	m.Backward(g, rows)
+	m.Backward(g, rows, nil)
 	for _, p := range m.Params() {
 		checkGrad(t, p.Name, loss, p.Value, append([]float32(nil), p.Grad...))
 	}
@@ -155,7 +155,7 @@ func TestMixedPrecisionCloseToFP32(t *testing.T) {
 		ctx := testCtx(t, dt)
 		m, _ := NewMLP(ctx, []int{16, 32, 4}, device.ReLU, 1)
 		_, _, g := NewSoftmaxCE(ctx).Forward(m.Forward(x, rows), labels, rows, 4, 1)
-		m.Backward(g, rows)
+		m.Backward(g, rows, nil)
 		grads[dt] = append([]float32(nil), m.Params()[0].Grad...)
 	}
 	for _, dt := range []tensor.DType{tensor.BF16, tensor.F16} {

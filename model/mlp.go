@@ -45,12 +45,34 @@ func (m *MLP) Forward(x []float32, rows int) []float32 {
 }
 
 // Backward propagates the logits' gradient, accumulating parameter grads.
-// dlogits is modified.
-func (m *MLP) Backward(dlogits []float32, rows int) {
+// dlogits is modified. If done is non-nil it is called after each layer with
+// the parameters whose gradients are now final (last layer first), so a
+// data-parallel caller can start summing them while backward continues.
+func (m *MLP) Backward(dlogits []float32, rows int, done func([]*Param)) {
 	dy := dlogits
 	for i := len(m.Layers) - 1; i >= 0; i-- {
 		dy = m.Layers[i].Backward(dy, rows)
+		if done != nil {
+			done(m.Layers[i].Params())
+		}
 	}
+}
+
+// Bind moves every parameter's values and gradients into the flat buffers
+// values and grads (at least NumParams long), in Params order, copying the
+// current values. Afterwards Param.Value and Param.Grad are views into them,
+// which lets a caller all-reduce or checkpoint the whole model as one slice.
+func (m *MLP) Bind(values, grads []float32) {
+	off := 0
+	for _, p := range m.params {
+		n := len(p.Value)
+		copy(values[off:off+n], p.Value)
+		copy(grads[off:off+n], p.Grad)
+		p.Value = values[off : off+n : off+n]
+		p.Grad = grads[off : off+n : off+n]
+		off += n
+	}
+	m.WeightsChanged()
 }
 
 // Params lists all parameters in a stable order (layer by layer, W then b).

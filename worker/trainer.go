@@ -68,11 +68,32 @@ type Trainer struct {
 	scaler  *optimizer.LossScaler // nil unless fp16
 	sampler *data.Sampler
 
+	// values and grads are the flat storage of every parameter (Params
+	// order). grads has two extra trailing slots, the step's summed loss and
+	// correct count, so one all-reduce carries them with the last bucket.
+	values, grads []float32
+	offsets       map[*model.Param]int
+
 	step, total int
 	x           []float32
 	y           []int32
 	idx         []int
 }
+
+// GradSync sums gradient ranges across data-parallel ranks. The trainer calls
+// Start for disjoint ranges of the flat gradient buffer in the same order on
+// every rank (as backward makes them final), then Wait once per step.
+type GradSync interface {
+	// Start begins summing grads[lo:hi] across ranks; it may return before
+	// the sum is done.
+	Start(grads []float32, lo, hi int)
+	// Wait blocks until every started range is summed on this rank.
+	Wait(ctx context.Context) error
+}
+
+// bucketElems is the size at which a finished range of gradients is handed
+// to GradSync while backward continues (1 MiB of float32).
+const bucketElems = 1 << 18
 
 // NewTrainer builds the model, optimizer and sampler for job over split.
 func NewTrainer(job *jobspec.Job, dev device.Device, split *data.Split, log *zap.Logger) (*Trainer, error) {
@@ -97,7 +118,15 @@ func NewTrainer(job *jobspec.Job, dev device.Device, split *data.Split, log *zap
 		return nil, err
 	}
 	t.loss = model.NewSoftmaxCE(&t.ctx)
+	n := t.net.NumParams()
+	t.values = make([]float32, n)
+	t.grads = make([]float32, n+2)
+	t.net.Bind(t.values, t.grads)
+	t.offsets = map[*model.Param]int{}
+	off := 0
 	for _, p := range t.net.Params() {
+		t.offsets[p] = off
+		off += len(p.Value)
 		t.params = append(t.params, optimizer.Param{Name: p.Name, Value: p.Value, Grad: p.Grad, Decay: p.Decay})
 	}
 	o := job.Optimizer
@@ -120,51 +149,113 @@ func (t *Trainer) TotalSteps() int { return t.total }
 // Model exposes the network (for tests and checkpoints).
 func (t *Trainer) Model() *model.MLP { return t.net }
 
-// Step runs one optimizer step on the next global batch and returns the mean
-// loss of its samples.
+// Step runs one optimizer step on the next global batch, alone, and
+// returns the mean loss of its samples.
 func (t *Trainer) Step() float64 {
+	loss, _ := t.StepShare(context.Background(), nil, nil)
+	return loss
+}
+
+// StepShare runs one data-parallel optimizer step. Every rank draws the same
+// global batch from its sampler, computes gradients on its own part of it
+// (shares[rank] samples, in rank order; nil shares means the whole batch),
+// sums them across ranks through sync (nil for a single worker), and applies
+// the same update. It returns the mean loss over the whole global batch.
+// On a sync error the step is abandoned: parameters are untouched.
+func (t *Trainer) StepShare(ctx context.Context, sync GradSync, shares *Shares) (float64, error) {
 	t.idx = t.sampler.Next(t.idx[:0], t.job.Train.GlobalBatch)
 	rows := len(t.idx)
-	t.net.ZeroGrad()
-	lossSum, _ := t.accumulate(t.idx)
+	lo, hi := 0, rows
+	if shares != nil {
+		lo, hi = shares.Range(rows)
+	}
+	clear(t.grads)
+	t.accumulate(t.idx[lo:hi], sync)
+	if sync != nil {
+		if err := sync.Wait(ctx); err != nil {
+			return 0, err
+		}
+	}
+	n := len(t.values)
+	loss := float64(t.grads[n])
 	scale := float32(1)
 	if t.scaler != nil {
 		scale = t.scaler.Scale
+		// Every rank sees the same summed gradients, so all agree to skip.
+		if !t.scaler.Update(!optimizer.AllFinite(t.params)) {
+			t.step++
+			return loss / float64(rows), nil
+		}
 	}
-	apply := true
-	if t.scaler != nil {
-		apply = t.scaler.Update(!optimizer.AllFinite(t.params))
-	}
-	if apply {
-		t.opt.Step(t.params, t.sched.LR(t.step), 1/(float32(rows)*scale))
-		t.net.WeightsChanged()
-	}
+	t.opt.Step(t.params, t.sched.LR(t.step), 1/(float32(rows)*scale))
+	t.net.WeightsChanged()
 	t.step++
-	return lossSum / float64(rows)
+	return loss / float64(rows), nil
 }
 
 // accumulate runs forward and backward over the samples idx, adding their
-// summed (loss-scaled) gradients to the parameters' Grad. It returns the
-// summed loss and the number of correct predictions.
-func (t *Trainer) accumulate(idx []int) (float64, int) {
+// summed (loss-scaled) gradients to the flat gradient buffer, plus the
+// summed loss and correct count in its two trailing slots. With a sync, each
+// finished range (at least bucketElems, or the rest) is started as soon as
+// backward has produced it.
+func (t *Trainer) accumulate(idx []int, sync GradSync) {
 	rows, dim := len(idx), t.split.Train.Dim
-	t.x = grow(t.x, rows*dim)
-	if cap(t.y) < rows {
-		t.y = make([]int32, rows)
+	n := len(t.values)
+	if rows > 0 {
+		t.x = grow(t.x, rows*dim)
+		if cap(t.y) < rows {
+			t.y = make([]int32, rows)
+		}
+		t.y = t.y[:rows]
+		for r, i := range idx {
+			copy(t.x[r*dim:(r+1)*dim], t.split.Train.Example(i))
+			t.y[r] = t.split.Train.Y[i]
+		}
+		scale := float32(1)
+		if t.scaler != nil {
+			scale = t.scaler.Scale
+		}
+		logits := t.net.Forward(t.x, rows)
+		loss, correct, grad := t.loss.Forward(logits, t.y, rows, t.net.Classes(), scale)
+		t.grads[n], t.grads[n+1] = float32(loss), float32(correct)
+		if sync == nil {
+			t.net.Backward(grad, rows, nil)
+			return
+		}
+		pendingHi := n + 2
+		t.net.Backward(grad, rows, func(ps []*model.Param) {
+			lo := pendingHi
+			for _, p := range ps {
+				lo = min(lo, t.offset(p))
+			}
+			if pendingHi-lo >= bucketElems || lo == 0 {
+				sync.Start(t.grads, lo, pendingHi)
+				pendingHi = lo
+			}
+		})
+		return
 	}
-	t.y = t.y[:rows]
-	for r, i := range idx {
-		copy(t.x[r*dim:(r+1)*dim], t.split.Train.Example(i))
-		t.y[r] = t.split.Train.Y[i]
+	// A rank with no samples this step (a short last batch) still takes
+	// part in the sums, with zero gradients, in the same buckets.
+	if sync != nil {
+		t.emptyBuckets(sync)
 	}
-	scale := float32(1)
-	if t.scaler != nil {
-		scale = t.scaler.Scale
+}
+
+// offset is where p's gradient starts in the flat buffer.
+func (t *Trainer) offset(p *model.Param) int { return t.offsets[p] }
+
+// emptyBuckets starts the same ranges a backward pass would have.
+func (t *Trainer) emptyBuckets(sync GradSync) {
+	pendingHi := len(t.values) + 2
+	layers := t.net.Layers
+	for i := len(layers) - 1; i >= 0; i-- {
+		lo := t.offset(layers[i].W)
+		if pendingHi-lo >= bucketElems || lo == 0 {
+			sync.Start(t.grads, lo, pendingHi)
+			pendingHi = lo
+		}
 	}
-	logits := t.net.Forward(t.x, rows)
-	loss, correct, grad := t.loss.Forward(logits, t.y, rows, t.net.Classes(), scale)
-	t.net.Backward(grad, rows)
-	return loss, correct
 }
 
 func grow(b []float32, n int) []float32 {
@@ -201,7 +292,10 @@ func (t *Trainer) Run(ctx context.Context, onProgress func(Progress)) (*Summary,
 			s.Status = "interrupted"
 			break
 		}
-		loss := t.Step()
+		loss, err := t.StepShare(ctx, nil, nil)
+		if err != nil {
+			return nil, err
+		}
 		if math.IsNaN(loss) {
 			return nil, fmt.Errorf("step %d: loss is NaN (lower optimizer.lr or use fp32)", t.step)
 		}

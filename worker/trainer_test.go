@@ -118,3 +118,38 @@ func TestTrainerRejectsMismatchedModel(t *testing.T) {
 		t.Fatal("input width 100 accepted for 784-feature data")
 	}
 }
+
+// BenchmarkTrainStep times one optimizer step of the example MLP
+// (784-512-256-10, AdamW) at the given global batch and precision.
+func BenchmarkTrainStep(b *testing.B) {
+	split, err := data.Open("mnist", "")
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, prec := range []string{"fp32", "bf16"} {
+		for _, batch := range []int{64, 256} {
+			b.Run(prec+"/batch="+strconv.Itoa(batch), func(b *testing.B) {
+				job, err := jobspec.Parse("bench.yaml", []byte(`name: bench
+model: {kind: mlp, layers: [784, 512, 256, 10]}
+train: {epochs: 100, global_batch: `+strconv.Itoa(batch)+`, precision: `+prec+`}
+`))
+				if err != nil {
+					b.Fatal(err)
+				}
+				dev, _ := cpu.New(cpu.DefaultConfig())
+				tr, err := NewTrainer(job, dev, split, nil)
+				if err != nil {
+					b.Fatal(err)
+				}
+				tr.Step()
+				b.ReportAllocs()
+				b.ResetTimer()
+				for i := 0; i < b.N; i++ {
+					tr.Step()
+				}
+				b.ReportMetric(float64(b.Elapsed().Microseconds())/1000/float64(b.N), "ms/step")
+				b.ReportMetric(float64(batch*b.N)/b.Elapsed().Seconds(), "samples/s")
+			})
+		}
+	}
+}

@@ -1,0 +1,109 @@
+package worker
+
+import (
+	"context"
+	"math"
+	"testing"
+
+	"github.com/loomtrain/loom/collective"
+)
+
+// flatParams returns a copy of every parameter value.
+func flatParams(tr *Trainer) []float32 { return append([]float32(nil), tr.values...) }
+
+// The data-parallel contract: 3 ranks with shares 128/64/64 of a global batch
+// of 256, summing gradients over a real TCP ring on loopback, end with
+// the parameters of one worker taking the whole batch, to relative 1e-5
+// after 20 fp32 steps.
+func TestDataParallelEquivalence(t *testing.T) {
+	const steps = 20
+	job := smallJob(t, "fp32", steps)
+	job.Train.GlobalBatch = 256
+
+	single := newTrainer(t, job, 1)
+	var singleLoss []float64
+	for i := 0; i < steps; i++ {
+		singleLoss = append(singleLoss, single.Step())
+	}
+	want := flatParams(single)
+
+	shares := []int{128, 64, 64}
+	comms := collective.NewTestGroup(t, collective.TransportTCP, 3, collective.DefaultConfig())
+	trainers := make([]*Trainer, 3)
+	losses := make([][]float64, 3)
+	for r := range trainers {
+		trainers[r] = newTrainer(t, job, 1)
+	}
+	errs := collective.RunRanks(3, func(r int) error {
+		sync := NewRingSync(comms[r])
+		defer sync.Close()
+		sh, err := NewShares(shares, r, 256)
+		if err != nil {
+			return err
+		}
+		for i := 0; i < steps; i++ {
+			l, err := trainers[r].StepShare(context.Background(), sync, sh)
+			if err != nil {
+				return err
+			}
+			losses[r] = append(losses[r], l)
+		}
+		return nil
+	})
+	for r, err := range errs {
+		if err != nil {
+			t.Fatalf("rank %d: %v", r, err)
+		}
+	}
+	for r, tr := range trainers {
+		got := flatParams(tr)
+		var num, den float64
+		for i := range want {
+			num += math.Pow(float64(got[i]-want[i]), 2)
+			den += float64(want[i]) * float64(want[i])
+		}
+		if rel := math.Sqrt(num / den); rel > 1e-5 {
+			t.Errorf("rank %d: parameters differ from the single worker by relative %g", r, rel)
+		}
+		for i, l := range losses[r] {
+			if math.Abs(l-singleLoss[i]) > 1e-5*math.Abs(singleLoss[i]) {
+				t.Errorf("rank %d step %d: loss %g, single worker %g", r, i, l, singleLoss[i])
+				break
+			}
+		}
+	}
+	// Every rank holds bitwise the same parameters (the ring gives all ranks
+	// the same sums).
+	p0 := flatParams(trainers[0])
+	for r := 1; r < 3; r++ {
+		for i, v := range flatParams(trainers[r]) {
+			if v != p0[i] {
+				t.Fatalf("rank %d differs from rank 0 at %d", r, i)
+			}
+		}
+	}
+}
+
+func TestSharesSplitShortBatchExactlyOnce(t *testing.T) {
+	all := []int{128, 64, 64}
+	for _, rows := range []int{256, 96, 1, 0, 255} {
+		next := 0
+		for r := range all {
+			sh, err := NewShares(all, r, 256)
+			if err != nil {
+				t.Fatal(err)
+			}
+			lo, hi := sh.Range(rows)
+			if lo != next || hi < lo {
+				t.Fatalf("rows %d rank %d: range [%d,%d) after %d", rows, r, lo, hi, next)
+			}
+			next = hi
+		}
+		if next != rows {
+			t.Fatalf("rows %d: ranges cover %d", rows, next)
+		}
+	}
+	if _, err := NewShares([]int{100, 100}, 0, 256); err == nil {
+		t.Fatal("shares not summing to the global batch accepted")
+	}
+}
