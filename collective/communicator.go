@@ -53,6 +53,8 @@ type Communicator struct {
 	// Pipeline between the receiving (calling) goroutine and the sender.
 	ready   atomic.Int64  // units received and reduced in the current operation
 	wake    chan struct{} // cap 1: "ready moved"
+	sent    atomic.Int64  // units sent in the current operation
+	sentAck chan struct{} // cap 1: "sent moved"
 	aborted atomic.Bool   // the current operation failed; the sender stops
 	jobs    chan context.Context
 	results chan error
@@ -94,7 +96,7 @@ func New(t Transport, cfg Config) (*Communicator, error) {
 		cfg: cfg, t: t, log: log, n: n, pos: pos, order: order,
 		left: order[(pos+n-1)%n], right: order[(pos+1)%n],
 		p2pSend: make([]uint64, n), p2pRecv: make([]uint64, n),
-		wake: make(chan struct{}, 1), jobs: make(chan context.Context),
+		wake: make(chan struct{}, 1), sentAck: make(chan struct{}, 1), jobs: make(chan context.Context),
 		results: make(chan error, 1), quit: make(chan struct{}), exited: make(chan struct{}),
 	}
 	c.plan.segLo = make([]int, n)
@@ -156,10 +158,14 @@ func (c *Communicator) fail(err error) {
 	})
 }
 
-// signal wakes the sender if it waits for received units.
+// signal wakes both goroutines of the current operation if they wait.
 func (c *Communicator) signal() {
 	select {
 	case c.wake <- struct{}{}:
+	default:
+	}
+	select {
+	case c.sentAck <- struct{}{}:
 	default:
 	}
 }

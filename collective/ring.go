@@ -24,7 +24,11 @@ import (
 // segment, so sub-chunk k of step t+1 depends only on sub-chunk k of step t).
 // The calling goroutine receives and reduces; a sender goroutine sends unit
 // (t, k) as soon as unit (t-1, k) has been received, so the two directions of
-// the link and the reduction all overlap.
+// the link and the reduction all overlap. In the all-gather half the receiver
+// overwrites memory the sender read n-1 steps earlier; data can only arrive
+// after that send (it went round the ring), and the receiver also waits on the
+// sender's counter so that the ordering is visible to the memory model (and
+// the race detector), not only to the network.
 
 // planKind distinguishes the ring schedule from the broadcast chain.
 type planKind uint8
@@ -121,8 +125,13 @@ func (c *Communicator) chain(ctx context.Context, root int, b Buffer) error {
 // goroutine, and joins the two. The caller holds c.mu.
 func (c *Communicator) run(ctx context.Context, op Op, recv func(context.Context) error) error {
 	c.ready.Store(0)
+	c.sent.Store(0)
 	select {
 	case <-c.wake:
+	default:
+	}
+	select {
+	case <-c.sentAck:
 	default:
 	}
 	select {
@@ -179,7 +188,31 @@ func (c *Communicator) waitReady(need int64) error {
 // received publishes one more received unit to the sender.
 func (c *Communicator) received() {
 	c.ready.Add(1)
-	c.signal()
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+// sentOne publishes one more sent unit to the receiver.
+func (c *Communicator) sentOne() {
+	c.sent.Add(1)
+	select {
+	case c.sentAck <- struct{}{}:
+	default:
+	}
+}
+
+// waitSent blocks until at least need units have been sent in the current
+// operation, or the operation is aborted.
+func (c *Communicator) waitSent(need int64) error {
+	for c.sent.Load() < need {
+		if c.aborted.Load() {
+			return errAborted
+		}
+		<-c.sentAck
+	}
+	return nil
 }
 
 func (c *Communicator) sendRing(ctx context.Context) error {
@@ -211,6 +244,7 @@ func (c *Communicator) sendRing(ctx context.Context) error {
 				return err
 			}
 			u++
+			c.sentOne()
 		}
 	}
 	return nil
@@ -225,6 +259,11 @@ func (c *Communicator) recvRing(ctx context.Context) error {
 		reduce := t < c.n-1
 		for k := range p.nsub {
 			lo, hi := p.sub(q, k)
+			if back := t + 1 - c.n; !reduce && back >= p.first { // the sender read this range at step back
+				if err := c.waitSent(int64((back-p.first)*p.nsub + k + 1)); err != nil {
+					return err
+				}
+			}
 			var err error
 			switch {
 			case b.DType == tensor.F32 && p.wire == tensor.F32:

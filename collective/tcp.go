@@ -85,7 +85,8 @@ type tcpLink struct {
 
 	smu   sync.Mutex
 	shdr  [headerSize]byte
-	bufs  net.Buffers
+	iov   [2][]byte   // header and payload of the frame being written
+	bufs  net.Buffers // view of iov consumed by WriteTo; reset per frame
 	swant ctxWatch
 
 	rmu   sync.Mutex
@@ -94,7 +95,7 @@ type tcpLink struct {
 }
 
 func newTCPLink(c *net.TCPConn, peer int) *tcpLink {
-	l := &tcpLink{conn: c, peer: peer, bufs: make(net.Buffers, 0, 2)}
+	l := &tcpLink{conn: c, peer: peer}
 	l.swant.set = c.SetWriteDeadline
 	l.rwant.set = c.SetReadDeadline
 	return l
@@ -170,8 +171,7 @@ func (t *TCPTransport) Send(ctx context.Context, to int, h Header, payload []byt
 	}
 	h.Generation, h.Src, h.Dst, h.Len = t.cfg.Generation, uint32(t.cfg.Rank), uint32(to), uint32(len(payload))
 	EncodeHeader(l.shdr[:], h)
-	l.bufs = append(l.bufs[:0], l.shdr[:], payload)
-	if _, err := l.bufs.WriteTo(l.conn); err != nil {
+	if err := l.writeFrame(payload); err != nil {
 		return t.ioErr(ctx, "send", to, err)
 	}
 	t.stats.sent(len(payload))
@@ -225,8 +225,16 @@ func (t *TCPTransport) sendRaw(to int, h Header, payload []byte) error {
 	l.smu.Lock()
 	defer l.smu.Unlock()
 	EncodeHeader(l.shdr[:], h)
-	l.bufs = append(l.bufs[:0], l.shdr[:], payload)
-	_, err = l.bufs.WriteTo(l.conn)
+	return l.writeFrame(payload)
+}
+
+// writeFrame writes the encoded header and payload with one writev, without
+// copying or allocating. The caller holds l.smu.
+func (l *tcpLink) writeFrame(payload []byte) error {
+	l.iov[0], l.iov[1] = l.shdr[:], payload
+	l.bufs = l.iov[:]
+	_, err := l.bufs.WriteTo(l.conn)
+	l.iov[1] = nil // do not retain the caller's buffer
 	return err
 }
 

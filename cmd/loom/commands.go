@@ -7,4 +7,5 @@ import "github.com/spf13/cobra"
 func addCommands(root, bench *cobra.Command) {
 	root.AddCommand(newLaunchCmd())
 	bench.AddCommand(newBenchGemmCmd())
+	bench.AddCommand(newBenchAllreduceCmd())
 }

@@ -1,0 +1,288 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/loomtrain/loom/collective"
+)
+
+// allreduceOpts are the flags of `loom bench allreduce`.
+type allreduceOpts struct {
+	ranks      int
+	sizes      []string
+	compress   string
+	chunk      string
+	iters      int
+	warmup     int
+	target     string
+	order      []int
+	jsonOut    bool
+	timeout    time.Duration
+	rank       int      // join mode: this process's rank (-1: launch locally)
+	peers      []string // join mode: every rank's address
+	listenFD   int      // set by the launcher: inherited listener fd
+	generation uint64
+}
+
+func newBenchAllreduceCmd() *cobra.Command {
+	o := allreduceOpts{rank: -1}
+	cmd := &cobra.Command{
+		Use:   "allreduce",
+		Short: "Measure ring all-reduce bandwidth over TCP (algbw and busbw, nccl-tests convention)",
+		Long: `Measure collective.AllReduce (float32 sum, ring over TCP) and print, per size,
+the time per call (max over ranks), algbw = size/time and busbw = algbw·2(n-1)/n,
+the convention of nccl-tests and of the anchors in shared/anchors.
+
+By default it launches --ranks local processes on 127.0.0.1 (re-running this
+binary) and rank 0 prints the results. To measure across machines, start one
+process per rank with --rank and the same --peers list on each; rank 0 prints.
+
+Sizes are MiB unless suffixed (B, KiB, MiB, GiB). Before timing each size the
+result of summing all-ones buffers is checked on every rank.`,
+		Example: `  loom bench allreduce --ranks 2 --size 1,16,64
+  loom bench allreduce --ranks 4 --size 16MiB --compress bf16 --json
+  loom bench allreduce --rank 1 --peers 10.0.0.1:7000,10.0.0.2:7000 --size 64`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, cancel := context.WithTimeout(cmd.Context(), o.timeout)
+			defer cancel()
+			if o.rank < 0 {
+				return launchAllreduceRanks(ctx, cmd.OutOrStdout(), cmd.ErrOrStderr(), o)
+			}
+			return runAllreduceRank(ctx, cmd.OutOrStdout(), o)
+		},
+	}
+	f := cmd.Flags()
+	f.IntVar(&o.ranks, "ranks", 2, "number of local rank processes to launch")
+	f.StringSliceVar(&o.sizes, "size", []string{"1", "16", "64"}, "buffer sizes (comma list; MiB unless suffixed)")
+	f.StringVar(&o.compress, "compress", "none", "wire compression: none, bf16 or fp16")
+	f.StringVar(&o.chunk, "chunk", "512KiB", "pipelining chunk size")
+	f.IntVar(&o.iters, "iters", 0, "timed iterations per size (0: enough to move --target bytes, at least 5)")
+	f.IntVar(&o.warmup, "warmup", 3, "untimed iterations per size")
+	f.StringVar(&o.target, "target", "1GiB", "bytes to all-reduce per size when --iters is 0")
+	f.IntSliceVar(&o.order, "order", nil, "ring order as a permutation of ranks (default 0..n-1)")
+	f.BoolVar(&o.jsonOut, "json", false, "print one JSON object per size")
+	f.DurationVar(&o.timeout, "timeout", 10*time.Minute, "give up after this long")
+	f.IntVar(&o.rank, "rank", -1, "join an existing group as this rank (needs --peers)")
+	f.StringSliceVar(&o.peers, "peers", nil, "every rank's host:port, in rank order (join mode)")
+	f.IntVar(&o.listenFD, "listen-fd", 0, "inherited listener file descriptor (set by the launcher)")
+	f.Uint64Var(&o.generation, "generation", 1, "plan generation of the group")
+	_ = f.MarkHidden("listen-fd")
+	return cmd
+}
+
+// parseByteSize reads "64", "64MiB", "4KiB", "1GiB", "512B" (plain numbers are MiB).
+func parseByteSize(s string) (int, error) {
+	s = strings.TrimSpace(s)
+	units := []struct {
+		suffix string
+		mult   int
+	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"G", 1 << 30}, {"M", 1 << 20}, {"K", 1 << 10}, {"B", 1}}
+	mult := 1 << 20
+	for _, u := range units {
+		if strings.HasSuffix(s, u.suffix) {
+			s, mult = strings.TrimSuffix(s, u.suffix), u.mult
+			break
+		}
+	}
+	v, err := strconv.ParseFloat(strings.TrimSpace(s), 64)
+	if err != nil || v < 0 {
+		return 0, fmt.Errorf("size %q: want a non-negative number with optional B/KiB/MiB/GiB suffix", s)
+	}
+	return int(v * float64(mult)), nil
+}
+
+// launchAllreduceRanks starts o.ranks copies of this binary in join mode on
+// 127.0.0.1, each given its pre-bound listener, relays rank 0's output, and
+// kills every rank if one fails or ctx ends.
+func launchAllreduceRanks(ctx context.Context, stdout, stderr io.Writer, o allreduceOpts) error {
+	if o.ranks < 1 {
+		return fmt.Errorf("--ranks %d: need at least 1", o.ranks)
+	}
+	lns, addrs, err := collective.LoopbackListeners(o.ranks)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		for _, l := range lns {
+			_ = l.Close()
+		}
+	}()
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errs := make([]error, o.ranks)
+	var wg sync.WaitGroup
+	for r := range o.ranks {
+		f, err := lns[r].(*net.TCPListener).File()
+		if err != nil {
+			return err
+		}
+		args := []string{"bench", "allreduce", "--rank", strconv.Itoa(r), "--listen-fd", "3",
+			"--peers", strings.Join(addrs, ","), "--size", strings.Join(o.sizes, ","),
+			"--compress", o.compress, "--chunk", o.chunk, "--iters", strconv.Itoa(o.iters),
+			"--warmup", strconv.Itoa(o.warmup), "--target", o.target, "--timeout", o.timeout.String(),
+			"--generation", strconv.FormatUint(o.generation, 10), "--json=" + strconv.FormatBool(o.jsonOut)}
+		if len(o.order) > 0 {
+			args = append(args, "--order", strings.Trim(strings.Join(strings.Fields(fmt.Sprint(o.order)), ","), "[]"))
+		}
+		cmd := exec.CommandContext(ctx, exe, args...)
+		cmd.ExtraFiles = []*os.File{f}
+		cmd.Stderr = stderr
+		if r == 0 {
+			cmd.Stdout = stdout
+		}
+		if err := cmd.Start(); err != nil {
+			_ = f.Close()
+			return err
+		}
+		_ = f.Close()
+		wg.Go(func() {
+			if err := cmd.Wait(); err != nil {
+				errs[r] = fmt.Errorf("rank %d: %w", r, err)
+				cancel() // one rank failed: the others cannot finish
+			}
+		})
+	}
+	for _, l := range lns { // the children hold their own copies
+		_ = l.Close()
+	}
+	lns = nil
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// allreduceResult is one size's measurement, as rank 0 prints it.
+type allreduceResult struct {
+	Impl     string  `json:"impl"`
+	World    int     `json:"world"`
+	SizeMiB  float64 `json:"size_mib"`
+	Bytes    int     `json:"bytes"`
+	Compress string  `json:"compress"`
+	Iters    int     `json:"iters"`
+	TimeMs   float64 `json:"time_ms"`
+	AlgBW    float64 `json:"algbw_GBps"`
+	BusBW    float64 `json:"busbw_GBps"`
+}
+
+// runAllreduceRank is one rank of the benchmark (launched or joining).
+func runAllreduceRank(ctx context.Context, stdout io.Writer, o allreduceOpts) error {
+	comp, err := collective.ParseCompression(o.compress)
+	if err != nil {
+		return err
+	}
+	chunk, err := parseByteSize(o.chunk)
+	if err != nil {
+		return err
+	}
+	target, err := parseByteSize(o.target)
+	if err != nil {
+		return err
+	}
+	sizes := make([]int, len(o.sizes))
+	for i, s := range o.sizes {
+		if sizes[i], err = parseByteSize(s); err != nil {
+			return err
+		}
+	}
+	tcfg := collective.DefaultTCPConfig()
+	tcfg.Generation, tcfg.Rank, tcfg.Peers = o.generation, o.rank, o.peers
+	if o.listenFD > 0 {
+		if tcfg.Listener, err = net.FileListener(os.NewFile(uintptr(o.listenFD), "listener")); err != nil {
+			return fmt.Errorf("inherited listener: %w", err)
+		}
+	}
+	tr, err := collective.NewTCPTransport(ctx, tcfg)
+	if err != nil {
+		return err
+	}
+	cfg := collective.DefaultConfig()
+	cfg.Generation, cfg.Rank, cfg.Order, cfg.Compress, cfg.ChunkBytes = o.generation, o.rank, o.order, comp, chunk
+	c, err := collective.New(tr, cfg)
+	if err != nil {
+		_ = tr.Close()
+		return err
+	}
+	defer c.Close()
+	n := c.Size()
+	if o.rank == 0 && !o.jsonOut {
+		fmt.Fprintf(stdout, "# loom ring all-reduce over TCP: ranks=%d compress=%s chunk=%s order=%v\n", n, comp, o.chunk, c.Order())
+		fmt.Fprintf(stdout, "# %12s %8s %10s %12s %12s\n", "size(B)", "iters", "time(ms)", "algbw(GB/s)", "busbw(GB/s)")
+	}
+	times := make([]float32, n) // per-rank seconds per call, gathered to find the max
+	for _, size := range sizes {
+		buf := make([]float32, size/4)
+		iters := o.iters
+		if iters <= 0 {
+			iters = max(5, target/max(1, size))
+		}
+		for range o.warmup {
+			if err := c.AllReduce(ctx, collective.F32(buf)); err != nil {
+				return err
+			}
+		}
+		for i := range buf { // correctness: all-ones summed over n ranks
+			buf[i] = 1
+		}
+		if err := c.AllReduce(ctx, collective.F32(buf)); err != nil {
+			return err
+		}
+		for i, v := range buf {
+			if v != float32(n) {
+				return fmt.Errorf("rank %d: element %d of %d is %v after summing ones over %d ranks", o.rank, i, len(buf), v, n)
+			}
+		}
+		if err := c.Barrier(ctx); err != nil {
+			return err
+		}
+		start := time.Now()
+		for range iters {
+			if err := c.AllReduce(ctx, collective.F32(buf)); err != nil {
+				return err
+			}
+		}
+		per := time.Since(start).Seconds() / float64(iters)
+		clear(times)
+		times[o.rank] = float32(per)
+		if err := c.AllGather(ctx, collective.F32(times)); err != nil {
+			return err
+		}
+		if o.rank != 0 {
+			continue
+		}
+		worst := 0.0
+		for _, t := range times {
+			worst = max(worst, float64(t))
+		}
+		bytes := len(buf) * 4
+		alg := float64(bytes) / worst / 1e9
+		res := allreduceResult{Impl: "loom-ring-tcp", World: n, SizeMiB: float64(bytes) / (1 << 20), Bytes: bytes,
+			Compress: comp.String(), Iters: iters, TimeMs: worst * 1e3, AlgBW: alg, BusBW: alg * 2 * float64(n-1) / float64(n)}
+		if n == 1 {
+			res.BusBW = 0
+		}
+		if o.jsonOut {
+			b, _ := json.Marshal(res)
+			fmt.Fprintln(stdout, string(b))
+		} else {
+			fmt.Fprintf(stdout, "  %12d %8d %10.3f %12.3f %12.3f\n", bytes, iters, res.TimeMs, res.AlgBW, res.BusBW)
+		}
+	}
+	return c.Barrier(ctx)
+}
