@@ -6,13 +6,14 @@ import "math"
 // w -= lr·wd·w, then the Adam update with bias-corrected moments.
 type AdamW struct {
 	b1, b2, eps, wd float64
+	threads         int
 	m, v            [][]float32
 	names           []string
 	steps           int
 }
 
 func newAdamW(cfg Config, params []Param) *AdamW {
-	a := &AdamW{b1: cfg.Beta1, b2: cfg.Beta2, eps: cfg.Eps, wd: cfg.WeightDecay, m: stateFor(params), v: stateFor(params)}
+	a := &AdamW{b1: cfg.Beta1, b2: cfg.Beta2, eps: cfg.Eps, wd: cfg.WeightDecay, threads: threadsOf(cfg), m: stateFor(params), v: stateFor(params)}
 	for _, p := range params {
 		a.names = append(a.names, p.Name)
 	}
@@ -34,14 +35,16 @@ func (a *AdamW) Step(params []Param, lr, gradScale float32) {
 		if p.Decay {
 			decay = 1 - lr*float32(a.wd)
 		}
-		for j, w := range p.Value {
-			g := grad[j] * gradScale
-			m[j] = b1*m[j] + (1-b1)*g
-			v[j] = b2*v[j] + (1-b2)*g*g
-			mh := m[j] * c1
-			vh := v[j] * c2
-			p.Value[j] = w*decay - lr*mh/(float32(math.Sqrt(float64(vh)))+eps)
-		}
+		chunked(a.threads, len(p.Value), func(lo, hi int) {
+			val, grad, m, v := p.Value[lo:hi], grad[lo:hi], m[lo:hi], v[lo:hi]
+			for j, w := range val {
+				g := grad[j] * gradScale
+				mj := b1*m[j] + (1-b1)*g
+				vj := b2*v[j] + (1-b2)*g*g
+				m[j], v[j] = mj, vj
+				val[j] = w*decay - lr*(mj*c1)/(float32(math.Sqrt(float64(vj*c2)))+eps)
+			}
+		})
 	}
 }
 

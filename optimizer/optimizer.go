@@ -10,6 +10,8 @@ package optimizer
 import (
 	"fmt"
 	"math"
+	"runtime"
+	"sync"
 )
 
 // Param is one trainable tensor as the optimizer sees it.
@@ -46,6 +48,9 @@ type Config struct {
 	Beta1       float64 // adamw
 	Beta2       float64 // adamw
 	Eps         float64 // adamw
+	// Threads splits each update across goroutines; 0 means every core.
+	// The result is bitwise the same for any value: elements are independent.
+	Threads int
 }
 
 // New builds the optimizer for params (state sized to match).
@@ -70,6 +75,31 @@ func AllFinite(params []Param) bool {
 		}
 	}
 	return true
+}
+
+// chunked runs body over [0, n) in contiguous ranges of at least
+// minParallel elements on up to threads goroutines, and waits.
+func chunked(threads, n int, body func(lo, hi int)) {
+	const minParallel = 1 << 15
+	w := min(threads, n/minParallel)
+	if w <= 1 {
+		body(0, n)
+		return
+	}
+	var wg sync.WaitGroup
+	per := (n + w - 1) / w
+	for lo := 0; lo < n; lo += per {
+		hi := min(lo+per, n)
+		wg.Go(func() { body(lo, hi) })
+	}
+	wg.Wait()
+}
+
+func threadsOf(c Config) int {
+	if c.Threads > 0 {
+		return c.Threads
+	}
+	return runtime.NumCPU()
 }
 
 func stateFor(params []Param) [][]float32 {

@@ -4,13 +4,14 @@ package optimizer
 // PyTorch's semantics: buf = μ·buf + (g + wd·w); w -= lr·buf.
 type SGD struct {
 	momentum, wd float32
+	threads      int
 	buf          [][]float32
 	names        []string
 	steps        int
 }
 
 func newSGD(cfg Config, params []Param) *SGD {
-	s := &SGD{momentum: float32(cfg.Momentum), wd: float32(cfg.WeightDecay), buf: stateFor(params)}
+	s := &SGD{momentum: float32(cfg.Momentum), wd: float32(cfg.WeightDecay), threads: threadsOf(cfg), buf: stateFor(params)}
 	for _, p := range params {
 		s.names = append(s.names, p.Name)
 	}
@@ -26,18 +27,22 @@ func (s *SGD) Step(params []Param, lr, gradScale float32) {
 		if p.Decay {
 			wd = s.wd
 		}
-		for j, w := range p.Value {
-			g := grad[j]*gradScale + wd*w
-			if s.momentum != 0 {
-				if s.steps == 0 {
-					buf[j] = g
-				} else {
-					buf[j] = s.momentum*buf[j] + g
+		first, mu := s.steps == 0, s.momentum
+		chunked(s.threads, len(p.Value), func(lo, hi int) {
+			val, grad, buf := p.Value[lo:hi], grad[lo:hi], buf[lo:hi]
+			for j, w := range val {
+				g := grad[j]*gradScale + wd*w
+				if mu != 0 {
+					if first {
+						buf[j] = g
+					} else {
+						buf[j] = mu*buf[j] + g
+					}
+					g = buf[j]
 				}
-				g = buf[j]
+				val[j] = w - lr*g
 			}
-			p.Value[j] = w - lr*g
-		}
+		})
 	}
 	s.steps++
 }
