@@ -183,7 +183,11 @@ func (s *Server) addMember(ctx context.Context, req *api.JoinRequest) error {
 	if req.GetNodeId() == "" || req.GetRaftAddr() == "" || req.GetGrpcAddr() == "" {
 		return fmt.Errorf("%w: join needs node id, raft and grpc addresses", ErrInvalidArgument)
 	}
-	if have := s.fsm.ClusterID(); req.GetClusterId() != have {
+	have := s.fsm.ClusterID()
+	if have == "" {
+		return fmt.Errorf("%w: leader %s has not recorded the cluster id yet", ErrNoLeader, s.cfg.NodeID)
+	}
+	if req.GetClusterId() != have {
 		return fmt.Errorf("%w: node %q asked to join cluster %q, this is cluster %q", ErrClusterIDMismatch, req.GetNodeId(), req.GetClusterId(), have)
 	}
 	f := s.raft.AddVoter(raft.ServerID(req.GetNodeId()), raft.ServerAddress(req.GetRaftAddr()), 0, s.cfg.ApplyTimeout)

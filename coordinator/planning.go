@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"context"
+	"math"
 	"time"
 
 	"go.uber.org/zap"
@@ -20,22 +21,30 @@ func schedJob(spec *api.JobSpec) scheduler.Job {
 	}
 }
 
-// workerSpeed is a worker's speed for the planner: its measured samples/s
-// once it has reported progress, else its best profiled GFLOP/s, else 1.
-// Units differ between the two sources; a plan mixes them only while some
-// workers have not yet reported a step.
-func workerSpeed(w *api.Worker) float64 {
-	if s := w.GetSamplesPerSecond(); s > 0 {
-		return s
+// workerSpeeds gives the planner one speed per worker, in one unit: the
+// measured samples/s from progress reports when every worker has reported,
+// else the best profiled GFLOP/s (1 when a profile has none).
+func workerSpeeds(ws []*api.Worker) []float64 {
+	out := make([]float64, len(ws))
+	measured := true
+	for i, w := range ws {
+		out[i] = w.GetSamplesPerSecond()
+		measured = measured && out[i] > 0
 	}
-	best := 0.0
-	for _, g := range w.GetProfile().GetGflops() {
-		best = max(best, g)
+	if measured {
+		return out
 	}
-	if best > 0 {
-		return best
+	for i, w := range ws {
+		best := 0.0
+		for _, g := range w.GetProfile().GetGflops() {
+			best = max(best, g)
+		}
+		out[i] = best
+		if !(best > 0) || math.IsInf(best, 0) {
+			out[i] = 1
+		}
 	}
-	return 1
+	return out
 }
 
 func fromSchedPlan(jobID string, gen int64, p scheduler.Plan) *api.Plan {
@@ -96,8 +105,9 @@ func desiredPlans(st *api.SnapshotState, tolerance float64) []*api.Plan {
 			pool = pool[take:]
 		}
 		in := make([]scheduler.Worker, len(ws))
+		speeds := workerSpeeds(ws)
 		for i, w := range ws {
-			in[i] = scheduler.Worker{ID: w.GetId(), Addr: w.GetProfile().GetCollectiveAddr(), Speed: workerSpeed(w)}
+			in[i] = scheduler.Worker{ID: w.GetId(), Addr: w.GetProfile().GetCollectiveAddr(), Speed: speeds[i]}
 		}
 		sp, err := scheduler.Compute(schedJob(j.GetSpec()), in)
 		if err != nil {

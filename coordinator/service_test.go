@@ -1,0 +1,269 @@
+package coordinator
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/loomtrain/loom/api"
+)
+
+func ctxT(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func profile(addr string, gflops float64) *api.DeviceProfile {
+	return &api.DeviceProfile{DeviceName: "cpu", Cores: 1, Threads: 2, Gflops: map[string]float64{"f32": gflops}, MemoryBytes: 1 << 30, CollectiveAddr: addr}
+}
+
+// wantReason asserts err is a gRPC status with code and loom reason.
+func wantReason(t *testing.T, err error, code codes.Code, reason string) {
+	t.Helper()
+	if err == nil {
+		t.Fatalf("want %s/%s, got success", code, reason)
+	}
+	if st, _ := status.FromError(err); st.Code() != code || api.ReasonOf(err) != reason {
+		t.Fatalf("want %s/%s, got %s/%s: %v", code, reason, st.Code(), api.ReasonOf(err), err)
+	}
+}
+
+// nextPlan receives from a plan stream, failing the test on error.
+func nextPlan(t *testing.T, s api.Coordinator_WatchPlanClient) *api.Plan {
+	t.Helper()
+	p, err := s.Recv()
+	if err != nil {
+		t.Fatalf("watch plan: %v", err)
+	}
+	return p
+}
+
+// TestEmbeddedJobLifecycle: submit, register, plan, progress, checkpoint,
+// lease expiry and a new generation, cancel.
+func TestEmbeddedJobLifecycle(t *testing.T) {
+	s := NewTestServer(t, func(c *Config) { c.LeaseTTL = 600 * time.Millisecond })
+	ctx := ctxT(t, 30*time.Second)
+	c := api.NewCoordinatorClient(Dial(t, s.Addr()))
+
+	sub, err := c.SubmitJob(ctx, &api.SubmitJobRequest{Spec: &api.JobSpec{Name: "mnist", ConfigYaml: []byte("a: 1\n"), GlobalBatch: 100, MinWorkers: 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	job := sub.GetJob().GetId()
+	watch, err := c.WatchPlan(ctx, &api.WatchPlanRequest{JobId: job})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := nextPlan(t, watch)
+	if len(p.Ranks) != 0 || p.Reason == "" {
+		t.Fatalf("first plan should wait for workers: %v", p)
+	}
+	for i, g := range []float64{30, 10} {
+		if _, err := c.RegisterWorker(ctx, &api.RegisterWorkerRequest{WorkerId: fmt.Sprintf("w%d", i), Profile: profile(fmt.Sprintf("127.0.0.1:%d", 9000+i), g)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Keep both alive while waiting for the two-rank plan.
+	for len(p.Ranks) < 2 {
+		p = nextPlan(t, watch)
+	}
+	if p.Ranks[0].WorkerId != "w0" || p.Ranks[0].BatchShare != 75 || p.Ranks[1].BatchShare != 25 {
+		t.Fatalf("plan shares not proportional to speed: %v", p)
+	}
+	gen := p.Generation
+	// Progress on the current generation is accepted and recorded.
+	if _, err := c.ReportProgress(ctx, &api.ReportProgressRequest{JobId: job, WorkerId: "w0", Generation: gen, Step: 3, Loss: 1.5, Samples: 75, StepSeconds: 0.5}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.CommitCheckpoint(ctx, &api.CommitCheckpointRequest{Checkpoint: &api.Checkpoint{JobId: job, Step: 3, Path: "/tmp/ck3", ManifestSha256: "aa"}}); err != nil {
+		t.Fatal(err)
+	}
+	gj, err := c.GetJob(ctx, &api.GetJobRequest{JobId: job})
+	if err != nil || gj.Job.Step != 3 || len(gj.Job.Checkpoints) != 1 || gj.Plan.GetGeneration() != gen || gj.Job.State != api.JobState_JOB_STATE_RUNNING {
+		t.Fatalf("get job: %v %v", gj, err)
+	}
+	// w0 heartbeats, w1 goes silent: its lease expires through Raft and a
+	// new generation without it appears.
+	start := time.Now()
+	hbCtx, stopHB := context.WithCancel(ctx)
+	defer stopHB()
+	go func() {
+		for hbCtx.Err() == nil {
+			_, _ = c.Heartbeat(hbCtx, &api.HeartbeatRequest{WorkerId: "w0"})
+			time.Sleep(100 * time.Millisecond)
+		}
+	}()
+	for len(p.Ranks) != 1 {
+		p = nextPlan(t, watch)
+	}
+	if p.Ranks[0].WorkerId != "w0" || p.Ranks[0].BatchShare != 100 || p.Generation <= gen {
+		t.Fatalf("plan after expiry: %v", p)
+	}
+	if el := time.Since(start); el > 3*time.Second {
+		t.Fatalf("lease expiry took %v with a 600ms lease", el)
+	}
+	ws, _ := c.ListWorkers(ctx, &api.ListWorkersRequest{})
+	if len(ws.Workers) != 1 || ws.Workers[0].Id != "w0" {
+		t.Fatalf("workers after expiry: %v", ws.Workers)
+	}
+	// The old generation is now stale.
+	_, err = c.ReportProgress(ctx, &api.ReportProgressRequest{JobId: job, WorkerId: "w0", Generation: gen, Step: 4})
+	wantReason(t, err, codes.FailedPrecondition, api.ReasonStaleGeneration)
+	// An expired worker's heartbeat is refused; it must register again.
+	_, err = c.Heartbeat(ctx, &api.HeartbeatRequest{WorkerId: "w1"})
+	wantReason(t, err, codes.NotFound, api.ReasonUnknownWorker)
+
+	// Cancel ends the watch cleanly.
+	if _, err := c.CancelJob(ctx, &api.CancelJobRequest{JobId: job}); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		_, err := watch.Recv()
+		if err != nil {
+			if status.Code(err) != codes.OK && err.Error() != "EOF" {
+				t.Fatalf("watch after cancel: %v", err)
+			}
+			break
+		}
+	}
+}
+
+// TestBadInputRefused: each bad request is refused with a code and reason.
+func TestBadInputRefused(t *testing.T) {
+	s := NewTestServer(t, nil)
+	ctx := ctxT(t, 20*time.Second)
+	c := api.NewCoordinatorClient(Dial(t, s.Addr()))
+
+	reg := &api.RegisterWorkerRequest{WorkerId: "dup", Profile: profile("127.0.0.1:9100", 1)}
+	if _, err := c.RegisterWorker(ctx, reg); err != nil {
+		t.Fatal(err)
+	}
+	_, err := c.RegisterWorker(ctx, reg)
+	wantReason(t, err, codes.AlreadyExists, api.ReasonDuplicateWorker)
+
+	w, err := c.WatchPlan(ctx, &api.WatchPlanRequest{JobId: "job-9999"})
+	if err == nil {
+		_, err = w.Recv()
+	}
+	wantReason(t, err, codes.NotFound, api.ReasonUnknownJob)
+
+	_, err = c.SubmitJob(ctx, &api.SubmitJobRequest{Spec: &api.JobSpec{Name: "x", GlobalBatch: -1}})
+	wantReason(t, err, codes.InvalidArgument, api.ReasonInvalidArgument)
+
+	sub, err := c.SubmitJob(ctx, &api.SubmitJobRequest{Spec: &api.JobSpec{Name: "j", GlobalBatch: 8}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	job := sub.Job.Id
+	// Wait for the plan that includes "dup".
+	watch, err := c.WatchPlan(ctx, &api.WatchPlanRequest{JobId: job})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := nextPlan(t, watch)
+	for len(p.Ranks) == 0 {
+		p = nextPlan(t, watch)
+	}
+	_, err = c.ReportProgress(ctx, &api.ReportProgressRequest{JobId: job, WorkerId: "dup", Generation: p.Generation + 5, Step: 1})
+	wantReason(t, err, codes.FailedPrecondition, api.ReasonStaleGeneration)
+	_, err = c.ReportProgress(ctx, &api.ReportProgressRequest{JobId: job, WorkerId: "stranger", Generation: p.Generation, Step: 1})
+	wantReason(t, err, codes.FailedPrecondition, api.ReasonNotInPlan)
+	_, err = c.ReportProgress(ctx, &api.ReportProgressRequest{JobId: "job-4242", WorkerId: "dup", Generation: 1})
+	wantReason(t, err, codes.NotFound, api.ReasonUnknownJob)
+	_, err = c.CommitCheckpoint(ctx, &api.CommitCheckpointRequest{Checkpoint: &api.Checkpoint{JobId: job, Step: 2, Path: "/a", ManifestSha256: "x"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.CommitCheckpoint(ctx, &api.CommitCheckpointRequest{Checkpoint: &api.Checkpoint{JobId: job, Step: 1, Path: "/b", ManifestSha256: "y"}})
+	wantReason(t, err, codes.FailedPrecondition, api.ReasonStaleCheckpoint)
+	_, err = c.RegisterWorker(ctx, &api.RegisterWorkerRequest{WorkerId: "noaddr", Profile: &api.DeviceProfile{}})
+	wantReason(t, err, codes.InvalidArgument, api.ReasonInvalidArgument)
+
+	// A node of another cluster cannot join.
+	cfg := TestConfig(t, "intruder")
+	cfg.ClusterID = "someone-else"
+	cfg.Join = []string{s.Addr()}
+	_, err = Start(ctx, cfg)
+	if err == nil || api.ReasonOf(errorsUnwrapStatus(err)) != api.ReasonClusterIDMismatch {
+		t.Fatalf("join with another cluster id: %v", err)
+	}
+	cl := api.NewClusterClient(Dial(t, s.Addr()))
+	_, err = cl.Join(ctx, &api.JoinRequest{ClusterId: "zzz", NodeId: "n", RaftAddr: "127.0.0.1:1", GrpcAddr: "127.0.0.1:2"})
+	wantReason(t, err, codes.FailedPrecondition, api.ReasonClusterIDMismatch)
+	st, err := cl.ClusterStatus(ctx, &api.ClusterStatusRequest{})
+	if err != nil || len(st.Members) != 1 || st.ClusterId != "loom" {
+		t.Fatalf("refused joins changed membership: %v %v", st, err)
+	}
+}
+
+// errorsUnwrapStatus digs the gRPC status error out of a wrapped error.
+func errorsUnwrapStatus(err error) error {
+	for e := err; e != nil; {
+		if _, ok := status.FromError(e); ok && api.ReasonOf(e) != "" {
+			return e
+		}
+		u, ok := e.(interface{ Unwrap() error })
+		if !ok {
+			break
+		}
+		e = u.Unwrap()
+	}
+	return err
+}
+
+// TestInProcessClusterForwards: writes sent to a follower reach the leader;
+// reads on a follower see them; stopping the leader elects another.
+func TestInProcessClusterForwards(t *testing.T) {
+	tc := NewTestCluster(t, 3)
+	ctx := ctxT(t, 40*time.Second)
+	leader := tc.Leader()
+	var follower *Server
+	for _, n := range tc.Nodes {
+		if n != leader {
+			follower = n
+			break
+		}
+	}
+	fc := api.NewCoordinatorClient(Dial(t, follower.Addr()))
+	sub, err := fc.SubmitJob(ctx, &api.SubmitJobRequest{Spec: &api.JobSpec{Name: "fwd", GlobalBatch: 10}})
+	if err != nil {
+		t.Fatalf("submit via follower: %v", err)
+	}
+	if _, err := fc.RegisterWorker(ctx, &api.RegisterWorkerRequest{WorkerId: "w", Profile: profile("127.0.0.1:9200", 1)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := leader.FSM().Job(sub.Job.Id); !ok {
+		t.Fatal("leader lacks the job written through a follower")
+	}
+	// A plan watched on a follower sees the leader's plan.
+	w, err := fc.WatchPlan(ctx, &api.WatchPlanRequest{JobId: sub.Job.Id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for p := nextPlan(t, w); len(p.Ranks) != 1; p = nextPlan(t, w) {
+	}
+	st, err := api.NewClusterClient(Dial(t, follower.Addr())).ClusterStatus(ctx, &api.ClusterStatusRequest{})
+	if err != nil || len(st.Members) != 3 || st.LeaderId != leader.ID() {
+		t.Fatalf("cluster status from follower: %v %v", st, err)
+	}
+	for _, m := range st.Members {
+		if m.GrpcAddr == "" || m.Suffrage != "voter" {
+			t.Fatalf("member %v lacks address or vote", m)
+		}
+	}
+	// Remove a follower through the API: the cluster shrinks to two.
+	cl := api.NewClusterClient(Dial(t, tc.Addrs()...))
+	if _, err := cl.RemoveCoordinator(ctx, &api.RemoveCoordinatorRequest{NodeId: follower.ID()}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = cl.RemoveCoordinator(ctx, &api.RemoveCoordinatorRequest{NodeId: "ghost"})
+	wantReason(t, err, codes.NotFound, api.ReasonUnknownNode)
+	if st := leader.Status(); len(st.Members) != 2 {
+		t.Fatalf("members after remove: %v", st.Members)
+	}
+}
