@@ -53,6 +53,9 @@ type Device struct {
 	bpF []float32  // packed op(B), shared by the threads of one call
 	bpH []uint16
 	ws  []workspace // one per thread
+
+	ceLoss []float64 // SoftmaxCrossEntropy per-row results
+	ceHit  []bool
 }
 
 // workspace is one thread's reusable scratch: its packed slice of op(A) and

@@ -259,3 +259,20 @@ func BenchmarkGemm(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkMicroKernel measures the register kernel alone on L1-resident
+// panels: the ceiling the blocked GEMM can reach.
+func BenchmarkMicroKernel(b *testing.B) {
+	for _, k := range supportedKernels() {
+		b.Run(k.name, func(b *testing.B) {
+			const kc = 256
+			ap := make([]float32, kc*k.mr)
+			bp := make([]float32, kc*k.nr)
+			c := make([]float32, k.mr*k.nr)
+			for i := 0; i < b.N; i++ {
+				k.f32(kc, &ap[0], &bp[0], &c[0], k.nr, 1, 0)
+			}
+			b.ReportMetric(2*float64(kc*k.mr*k.nr)*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOP/s")
+		})
+	}
+}
