@@ -64,13 +64,15 @@ func newEtcdClient(raw string) (*clientv3.Client, string, error) {
 // Discover reads the coordinators published under an etcd:// URL. It
 // returns the leader's gRPC address ("" while none is published) and every
 // live coordinator's address, leader first; clients pass the list to
-// api.Dial.
+// api.Dial. It gives up after 5 s (or ctx) when etcd does not answer.
 func Discover(ctx context.Context, raw string) (leader string, addrs []string, err error) {
 	cli, prefix, err := newEtcdClient(raw)
 	if err != nil {
 		return "", nil, err
 	}
 	defer cli.Close()
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
 	resp, err := cli.Get(ctx, prefix+"/", clientv3.WithPrefix())
 	if err != nil {
 		return "", nil, fmt.Errorf("discovery: read %s: %w", prefix, err)

@@ -183,16 +183,22 @@ func (s *state) cancelJob(c *api.CmdCancelJob) ApplyResult {
 	return ApplyResult{Msg: proto.CloneOf(j)}
 }
 
-// liveJob returns job id if it exists and is not cancelled.
+// liveJob returns job id if it exists and has not ended.
 func (s *state) liveJob(id string) (*api.Job, error) {
 	j, ok := s.jobs[id]
 	if !ok {
 		return nil, fmt.Errorf("%w: %q", ErrUnknownJob, id)
 	}
-	if j.State == api.JobState_JOB_STATE_CANCELLED {
+	if jobEnded(j) {
 		return nil, fmt.Errorf("%w: %q (%s)", ErrJobCancelled, id, j.Reason)
 	}
 	return j, nil
+}
+
+// jobEnded reports whether the job was cancelled or completed: it gets no
+// plan, no workers and no progress.
+func jobEnded(j *api.Job) bool {
+	return j.GetState() == api.JobState_JOB_STATE_CANCELLED || j.GetState() == api.JobState_JOB_STATE_COMPLETED
 }
 
 func (s *state) registerWorker(c *api.CmdRegisterWorker) ApplyResult {
@@ -279,6 +285,12 @@ func (s *state) reportProgress(c *api.CmdReportProgress) ApplyResult {
 	}
 	if r.GetStep() >= j.Step {
 		j.Step, j.LastLoss = r.GetStep(), r.GetLoss()
+	}
+	if r.TestAccuracy != nil {
+		j.TestAccuracy, j.TestLoss = r.GetTestAccuracy(), r.GetTestLoss()
+	}
+	if r.GetDone() {
+		j.State, j.Reason, j.CompletedUnixNano = api.JobState_JOB_STATE_COMPLETED, "completed", c.GetNowUnixNano()
 	}
 	if w, ok := s.workers[r.GetWorkerId()]; ok && c.GetSamplesPerSecond() > 0 {
 		w.SamplesPerSecond = c.GetSamplesPerSecond()

@@ -92,7 +92,7 @@ func desiredPlans(st *api.SnapshotState, tolerance float64) []*api.Plan {
 	}
 	var out []*api.Plan
 	for _, j := range st.GetJobs() { // sorted by id = submission order
-		if j.GetState() == api.JobState_JOB_STATE_CANCELLED {
+		if jobEnded(j) {
 			continue
 		}
 		ws := pinned[j.GetId()]

@@ -99,7 +99,7 @@ func (s *Server) generationOf(w *api.Worker) int64 {
 		if j.GetId() == w.GetJobId() {
 			return j.GetGeneration()
 		}
-		if p, ok := s.fsm.Plan(j.GetId()); ok && j.GetState() != api.JobState_JOB_STATE_CANCELLED {
+		if p, ok := s.fsm.Plan(j.GetId()); ok && !jobEnded(j) {
 			for _, r := range p.GetRanks() {
 				if r.GetWorkerId() == w.GetId() {
 					return p.GetGeneration()
@@ -123,7 +123,7 @@ func (v *service) ListWorkers(context.Context, *api.ListWorkersRequest) (*api.Li
 
 // WatchPlan sends the job's current plan (if newer than after_generation)
 // and then every new generation, from this node's replica. It ends with OK
-// when the job is cancelled, and with UNAVAILABLE when the node shuts down.
+// when the job is cancelled or completed, and with UNAVAILABLE when the node shuts down.
 func (v *service) WatchPlan(req *api.WatchPlanRequest, stream api.Coordinator_WatchPlanServer) error {
 	return toStatus(v.s.watchPlan(stream.Context(), req, stream.Send))
 }
@@ -145,7 +145,7 @@ func (s *Server) watchPlan(ctx context.Context, req *api.WatchPlanRequest, send 
 			}
 			after = p.GetGeneration()
 		}
-		if j.GetState() == api.JobState_JOB_STATE_CANCELLED {
+		if jobEnded(j) {
 			return nil
 		}
 		select {
@@ -169,14 +169,16 @@ func (v *service) ReportProgress(ctx context.Context, req *api.ReportProgressReq
 	if err != nil {
 		return nil, err
 	}
-	if !v.s.progressDue(req.GetWorkerId()) {
+	// Evaluations and the final report are always written; plain step
+	// reports at most once per ProgressInterval per worker.
+	if req.TestAccuracy == nil && !req.GetDone() && !v.s.progressDue(req.GetWorkerId()) {
 		return &api.ReportProgressResponse{Generation: gen}, nil
 	}
 	var sps float64
 	if req.GetStepSeconds() > 0 && req.GetSamples() > 0 {
 		sps = float64(req.GetSamples()) / req.GetStepSeconds()
 	}
-	m, _, err := v.s.apply(ctx, &api.CmdReportProgress{Report: req, SamplesPerSecond: sps})
+	m, _, err := v.s.apply(ctx, &api.CmdReportProgress{Report: req, SamplesPerSecond: sps, NowUnixNano: time.Now().UnixNano()})
 	if err != nil {
 		return nil, err
 	}
