@@ -78,7 +78,7 @@ func Shard(size, n, rank int) (lo, hi int) {
 // addF32 sets dst[i] += src[i].
 func addF32(dst, src []float32) {
 	src = src[:len(dst)]
-	i := 0
+	i := simdAddF32(dst, src)
 	for ; i+8 <= len(dst); i += 8 {
 		d, s := dst[i:i+8:i+8], src[i:i+8:i+8]
 		d[0] += s[0]
@@ -99,8 +99,9 @@ func addF32(dst, src []float32) {
 func addWire(d tensor.DType, dst []float32, src []uint16) {
 	src = src[:len(dst)]
 	if d == tensor.BF16 {
-		for i, h := range src {
-			dst[i] += tensor.FromBF16(h)
+		i := simdAddBF16(dst, src)
+		for ; i < len(src); i++ {
+			dst[i] += tensor.FromBF16(src[i])
 		}
 		return
 	}
@@ -123,9 +124,22 @@ func addHalf(d tensor.DType, dst, src []uint16) {
 	}
 }
 
-// roundTo narrows b to the wire dtype d and widens it back in place, so a
-// rank's own copy equals what its peers decode.
-func roundTo(d tensor.DType, b []float32, scratch []uint16) {
-	tensor.EncodeHalf(d, scratch, b)
-	tensor.DecodeHalf(d, b, scratch[:len(b)])
+// encodeWire narrows src into dst (len(dst) >= len(src)) in the 16-bit dtype
+// d, exactly as tensor.EncodeHalf, with a SIMD path for bf16.
+func encodeWire(d tensor.DType, dst []uint16, src []float32) {
+	i := 0
+	if d == tensor.BF16 {
+		i = simdEncodeBF16(dst, src)
+	}
+	tensor.EncodeHalf(d, dst[i:], src[i:])
+}
+
+// decodeWire widens src into dst (len(dst) >= len(src)), exactly as
+// tensor.DecodeHalf, with a SIMD path for bf16.
+func decodeWire(d tensor.DType, dst []float32, src []uint16) {
+	i := 0
+	if d == tensor.BF16 {
+		i = simdDecodeBF16(dst, src)
+	}
+	tensor.DecodeHalf(d, dst[i:], src[i:])
 }

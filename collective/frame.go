@@ -165,10 +165,10 @@ func readHeader(r io.Reader, scratch []byte, maxLen int) (Header, error) {
 type verdict int
 
 const (
-	accept       verdict = iota
-	rejectGen            // another generation: count, discard, keep reading
-	rejectRank           // wrong source or destination rank: count, discard, keep reading
-	fatalMismatch        // right peer and generation, wrong operation: fail
+	accept        verdict = iota
+	rejectGen             // another generation: count, discard, keep reading
+	rejectRank            // wrong source or destination rank: count, discard, keep reading
+	fatalMismatch         // right peer and generation, wrong operation: fail
 )
 
 // judge compares a received header with the one the receiver expects: want

@@ -232,9 +232,9 @@ func (c *Communicator) sendRing(ctx context.Context) error {
 			var payload []byte
 			if compress {
 				enc := u16View(c.sbuf)[:hi-lo]
-				tensor.EncodeHalf(p.wire, enc, p.buf.F32[lo:hi])
+				encodeWire(p.wire, enc, p.buf.F32[lo:hi])
 				if t == c.n-1 { // first send of my finished segment: round my copy alike
-					tensor.DecodeHalf(p.wire, p.buf.F32[lo:hi], enc)
+					decodeWire(p.wire, p.buf.F32[lo:hi], enc)
 				}
 				payload = u16Bytes(enc)
 			} else {
@@ -281,7 +281,7 @@ func (c *Communicator) recvRing(ctx context.Context) error {
 					if reduce {
 						addWire(p.wire, b.F32[lo:hi], tmp)
 					} else {
-						tensor.DecodeHalf(p.wire, b.F32[lo:hi], tmp)
+						decodeWire(p.wire, b.F32[lo:hi], tmp)
 					}
 				}
 			default: // 16-bit buffer, its own dtype on the wire

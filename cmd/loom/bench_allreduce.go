@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -35,6 +36,8 @@ type allreduceOpts struct {
 	peers      []string // join mode: every rank's address
 	listenFD   int      // set by the launcher: inherited listener fd
 	generation uint64
+	cpuProfile string // per-rank CPU profile path prefix
+	sockBuf    string
 }
 
 func newBenchAllreduceCmd() *cobra.Command {
@@ -80,6 +83,8 @@ result of summing all-ones buffers is checked on every rank.`,
 	f.StringSliceVar(&o.peers, "peers", nil, "every rank's host:port, in rank order (join mode)")
 	f.IntVar(&o.listenFD, "listen-fd", 0, "inherited listener file descriptor (set by the launcher)")
 	f.Uint64Var(&o.generation, "generation", 1, "plan generation of the group")
+	f.StringVar(&o.cpuProfile, "cpuprofile", "", "write each rank's CPU profile to PREFIX.rankN")
+	f.StringVar(&o.sockBuf, "sockbuf", "4MiB", "TCP socket buffer size (SO_SNDBUF/SO_RCVBUF); 0 keeps the OS autotuning")
 	_ = f.MarkHidden("listen-fd")
 	return cmd
 }
@@ -138,7 +143,8 @@ func launchAllreduceRanks(ctx context.Context, stdout, stderr io.Writer, o allre
 			"--peers", strings.Join(addrs, ","), "--size", strings.Join(o.sizes, ","),
 			"--compress", o.compress, "--chunk", o.chunk, "--iters", strconv.Itoa(o.iters),
 			"--warmup", strconv.Itoa(o.warmup), "--target", o.target, "--timeout", o.timeout.String(),
-			"--generation", strconv.FormatUint(o.generation, 10), "--json=" + strconv.FormatBool(o.jsonOut)}
+			"--generation", strconv.FormatUint(o.generation, 10), "--json=" + strconv.FormatBool(o.jsonOut),
+			"--cpuprofile", o.cpuProfile, "--sockbuf", o.sockBuf}
 		if len(o.order) > 0 {
 			args = append(args, "--order", strings.Trim(strings.Join(strings.Fields(fmt.Sprint(o.order)), ","), "[]"))
 		}
@@ -201,8 +207,23 @@ func runAllreduceRank(ctx context.Context, stdout io.Writer, o allreduceOpts) er
 			return err
 		}
 	}
+	sockBuf, err := parseByteSize(o.sockBuf)
+	if err != nil {
+		return err
+	}
+	if o.cpuProfile != "" {
+		f, err := os.Create(fmt.Sprintf("%s.rank%d", o.cpuProfile, o.rank))
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
 	tcfg := collective.DefaultTCPConfig()
-	tcfg.Generation, tcfg.Rank, tcfg.Peers = o.generation, o.rank, o.peers
+	tcfg.Generation, tcfg.Rank, tcfg.Peers, tcfg.SocketBufferBytes = o.generation, o.rank, o.peers, sockBuf
 	if o.listenFD > 0 {
 		if tcfg.Listener, err = net.FileListener(os.NewFile(uintptr(o.listenFD), "listener")); err != nil {
 			return fmt.Errorf("inherited listener: %w", err)
