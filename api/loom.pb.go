@@ -37,6 +37,8 @@ const (
 	// A plan with ranks exists.
 	JobState_JOB_STATE_RUNNING   JobState = 2
 	JobState_JOB_STATE_CANCELLED JobState = 3
+	// A rank reported the last step done (with the test-set evaluation).
+	JobState_JOB_STATE_COMPLETED JobState = 4
 )
 
 // Enum value maps for JobState.
@@ -46,12 +48,14 @@ var (
 		1: "JOB_STATE_PENDING",
 		2: "JOB_STATE_RUNNING",
 		3: "JOB_STATE_CANCELLED",
+		4: "JOB_STATE_COMPLETED",
 	}
 	JobState_value = map[string]int32{
 		"JOB_STATE_UNSPECIFIED": 0,
 		"JOB_STATE_PENDING":     1,
 		"JOB_STATE_RUNNING":     2,
 		"JOB_STATE_CANCELLED":   3,
+		"JOB_STATE_COMPLETED":   4,
 	}
 )
 
@@ -263,6 +267,11 @@ type Job struct {
 	Checkpoints       []*Checkpoint `protobuf:"bytes,8,rep,name=checkpoints,proto3" json:"checkpoints,omitempty"`
 	SubmittedUnixNano int64         `protobuf:"varint,9,opt,name=submitted_unix_nano,json=submittedUnixNano,proto3" json:"submitted_unix_nano,omitempty"`
 	Reason            string        `protobuf:"bytes,10,opt,name=reason,proto3" json:"reason,omitempty"`
+	// Test-set accuracy and mean loss of the newest evaluation (one rank
+	// evaluates, at eval_every steps and at the end); 0 before the first.
+	TestAccuracy      float64 `protobuf:"fixed64,11,opt,name=test_accuracy,json=testAccuracy,proto3" json:"test_accuracy,omitempty"`
+	TestLoss          float64 `protobuf:"fixed64,12,opt,name=test_loss,json=testLoss,proto3" json:"test_loss,omitempty"`
+	CompletedUnixNano int64   `protobuf:"varint,13,opt,name=completed_unix_nano,json=completedUnixNano,proto3" json:"completed_unix_nano,omitempty"`
 	unknownFields     protoimpl.UnknownFields
 	sizeCache         protoimpl.SizeCache
 }
@@ -358,6 +367,27 @@ func (x *Job) GetReason() string {
 		return x.Reason
 	}
 	return ""
+}
+
+func (x *Job) GetTestAccuracy() float64 {
+	if x != nil {
+		return x.TestAccuracy
+	}
+	return 0
+}
+
+func (x *Job) GetTestLoss() float64 {
+	if x != nil {
+		return x.TestLoss
+	}
+	return 0
+}
+
+func (x *Job) GetCompletedUnixNano() int64 {
+	if x != nil {
+		return x.CompletedUnixNano
+	}
+	return 0
 }
 
 type SubmitJobRequest struct {
@@ -1517,8 +1547,13 @@ type ReportProgressRequest struct {
 	Step       int64                  `protobuf:"varint,4,opt,name=step,proto3" json:"step,omitempty"`
 	Loss       float64                `protobuf:"fixed64,5,opt,name=loss,proto3" json:"loss,omitempty"`
 	// Samples this worker processed in this step.
-	Samples       int64   `protobuf:"varint,6,opt,name=samples,proto3" json:"samples,omitempty"`
-	StepSeconds   float64 `protobuf:"fixed64,7,opt,name=step_seconds,json=stepSeconds,proto3" json:"step_seconds,omitempty"`
+	Samples     int64   `protobuf:"varint,6,opt,name=samples,proto3" json:"samples,omitempty"`
+	StepSeconds float64 `protobuf:"fixed64,7,opt,name=step_seconds,json=stepSeconds,proto3" json:"step_seconds,omitempty"`
+	// Set by the rank that evaluated the model on the test set at this step.
+	TestAccuracy *float64 `protobuf:"fixed64,8,opt,name=test_accuracy,json=testAccuracy,proto3,oneof" json:"test_accuracy,omitempty"`
+	TestLoss     float64  `protobuf:"fixed64,9,opt,name=test_loss,json=testLoss,proto3" json:"test_loss,omitempty"`
+	// The job's last step is done: the job becomes COMPLETED.
+	Done          bool `protobuf:"varint,10,opt,name=done,proto3" json:"done,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1600,6 +1635,27 @@ func (x *ReportProgressRequest) GetStepSeconds() float64 {
 		return x.StepSeconds
 	}
 	return 0
+}
+
+func (x *ReportProgressRequest) GetTestAccuracy() float64 {
+	if x != nil && x.TestAccuracy != nil {
+		return *x.TestAccuracy
+	}
+	return 0
+}
+
+func (x *ReportProgressRequest) GetTestLoss() float64 {
+	if x != nil {
+		return x.TestLoss
+	}
+	return 0
+}
+
+func (x *ReportProgressRequest) GetDone() bool {
+	if x != nil {
+		return x.Done
+	}
+	return false
 }
 
 type ReportProgressResponse struct {
@@ -2155,7 +2211,7 @@ const file_loom_proto_rawDesc = "" +
 	"\x04step\x18\x02 \x01(\x03R\x04step\x12\x12\n" +
 	"\x04path\x18\x03 \x01(\tR\x04path\x12'\n" +
 	"\x0fmanifest_sha256\x18\x04 \x01(\tR\x0emanifestSha256\x12.\n" +
-	"\x13committed_unix_nano\x18\x05 \x01(\x03R\x11committedUnixNano\"\xba\x02\n" +
+	"\x13committed_unix_nano\x18\x05 \x01(\x03R\x11committedUnixNano\"\xac\x03\n" +
 	"\x03Job\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12$\n" +
 	"\x04spec\x18\x02 \x01(\v2\x10.loom.v1.JobSpecR\x04spec\x12'\n" +
@@ -2168,7 +2224,10 @@ const file_loom_proto_rawDesc = "" +
 	"\vcheckpoints\x18\b \x03(\v2\x13.loom.v1.CheckpointR\vcheckpoints\x12.\n" +
 	"\x13submitted_unix_nano\x18\t \x01(\x03R\x11submittedUnixNano\x12\x16\n" +
 	"\x06reason\x18\n" +
-	" \x01(\tR\x06reasonJ\x04\b\x06\x10\a\"8\n" +
+	" \x01(\tR\x06reason\x12#\n" +
+	"\rtest_accuracy\x18\v \x01(\x01R\ftestAccuracy\x12\x1b\n" +
+	"\ttest_loss\x18\f \x01(\x01R\btestLoss\x12.\n" +
+	"\x13completed_unix_nano\x18\r \x01(\x03R\x11completedUnixNanoJ\x04\b\x06\x10\a\"8\n" +
 	"\x10SubmitJobRequest\x12$\n" +
 	"\x04spec\x18\x01 \x01(\v2\x10.loom.v1.JobSpecR\x04spec\"3\n" +
 	"\x11SubmitJobResponse\x12\x1e\n" +
@@ -2245,7 +2304,7 @@ const file_loom_proto_rawDesc = "" +
 	"\x06reason\x18\a \x01(\tR\x06reason\"T\n" +
 	"\x10WatchPlanRequest\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12)\n" +
-	"\x10after_generation\x18\x02 \x01(\x03R\x0fafterGeneration\"\xd0\x01\n" +
+	"\x10after_generation\x18\x02 \x01(\x03R\x0fafterGeneration\"\xbd\x02\n" +
 	"\x15ReportProgressRequest\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x1b\n" +
 	"\tworker_id\x18\x02 \x01(\tR\bworkerId\x12\x1e\n" +
@@ -2255,7 +2314,12 @@ const file_loom_proto_rawDesc = "" +
 	"\x04step\x18\x04 \x01(\x03R\x04step\x12\x12\n" +
 	"\x04loss\x18\x05 \x01(\x01R\x04loss\x12\x18\n" +
 	"\asamples\x18\x06 \x01(\x03R\asamples\x12!\n" +
-	"\fstep_seconds\x18\a \x01(\x01R\vstepSeconds\"8\n" +
+	"\fstep_seconds\x18\a \x01(\x01R\vstepSeconds\x12(\n" +
+	"\rtest_accuracy\x18\b \x01(\x01H\x00R\ftestAccuracy\x88\x01\x01\x12\x1b\n" +
+	"\ttest_loss\x18\t \x01(\x01R\btestLoss\x12\x12\n" +
+	"\x04done\x18\n" +
+	" \x01(\bR\x04doneB\x10\n" +
+	"\x0e_test_accuracy\"8\n" +
 	"\x16ReportProgressResponse\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x01 \x01(\x03R\n" +
@@ -2294,12 +2358,13 @@ const file_loom_proto_rawDesc = "" +
 	"\anode_id\x18\x05 \x01(\tR\x06nodeId\x12#\n" +
 	"\rapplied_index\x18\x06 \x01(\x04R\fappliedIndex\x12\x1d\n" +
 	"\n" +
-	"raft_state\x18\a \x01(\tR\traftState*l\n" +
+	"raft_state\x18\a \x01(\tR\traftState*\x85\x01\n" +
 	"\bJobState\x12\x19\n" +
 	"\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11JOB_STATE_PENDING\x10\x01\x12\x15\n" +
 	"\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n" +
-	"\x13JOB_STATE_CANCELLED\x10\x032\xb0\x06\n" +
+	"\x13JOB_STATE_CANCELLED\x10\x03\x12\x17\n" +
+	"\x13JOB_STATE_COMPLETED\x10\x042\xb0\x06\n" +
 	"\vCoordinator\x12B\n" +
 	"\tSubmitJob\x12\x19.loom.v1.SubmitJobRequest\x1a\x1a.loom.v1.SubmitJobResponse\x129\n" +
 	"\x06GetJob\x12\x16.loom.v1.GetJobRequest\x1a\x17.loom.v1.GetJobResponse\x12?\n" +
@@ -2429,6 +2494,7 @@ func file_loom_proto_init() {
 	if File_loom_proto != nil {
 		return
 	}
+	file_loom_proto_msgTypes[24].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{

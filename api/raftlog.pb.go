@@ -459,8 +459,10 @@ type CmdReportProgress struct {
 	Report *ReportProgressRequest `protobuf:"bytes,1,opt,name=report,proto3" json:"report,omitempty"`
 	// Measured by the leader from the report; 0 when unknown.
 	SamplesPerSecond float64 `protobuf:"fixed64,2,opt,name=samples_per_second,json=samplesPerSecond,proto3" json:"samples_per_second,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Leader's clock when the report was accepted (used when it completes the job).
+	NowUnixNano   int64 `protobuf:"varint,3,opt,name=now_unix_nano,json=nowUnixNano,proto3" json:"now_unix_nano,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CmdReportProgress) Reset() {
@@ -503,6 +505,13 @@ func (x *CmdReportProgress) GetReport() *ReportProgressRequest {
 func (x *CmdReportProgress) GetSamplesPerSecond() float64 {
 	if x != nil {
 		return x.SamplesPerSecond
+	}
+	return 0
+}
+
+func (x *CmdReportProgress) GetNowUnixNano() int64 {
+	if x != nil {
+		return x.NowUnixNano
 	}
 	return 0
 }
@@ -673,10 +682,11 @@ const file_raftlog_proto_rawDesc = "" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\"/\n" +
 	"\n" +
 	"CmdPutPlan\x12!\n" +
-	"\x04plan\x18\x01 \x01(\v2\r.loom.v1.PlanR\x04plan\"y\n" +
+	"\x04plan\x18\x01 \x01(\v2\r.loom.v1.PlanR\x04plan\"\x9d\x01\n" +
 	"\x11CmdReportProgress\x126\n" +
 	"\x06report\x18\x01 \x01(\v2\x1e.loom.v1.ReportProgressRequestR\x06report\x12,\n" +
-	"\x12samples_per_second\x18\x02 \x01(\x01R\x10samplesPerSecond\"n\n" +
+	"\x12samples_per_second\x18\x02 \x01(\x01R\x10samplesPerSecond\x12\"\n" +
+	"\rnow_unix_nano\x18\x03 \x01(\x03R\vnowUnixNano\"n\n" +
 	"\x13CmdCommitCheckpoint\x123\n" +
 	"\n" +
 	"checkpoint\x18\x01 \x01(\v2\x13.loom.v1.CheckpointR\n" +

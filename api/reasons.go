@@ -17,6 +17,7 @@ const (
 	ReasonInvalidArgument   = "INVALID_ARGUMENT"
 	ReasonUnknownJob        = "UNKNOWN_JOB"
 	ReasonJobCancelled      = "JOB_CANCELLED"
+	ReasonJobCompleted      = "JOB_COMPLETED"
 	ReasonUnknownWorker     = "UNKNOWN_WORKER"
 	ReasonDuplicateWorker   = "DUPLICATE_WORKER"
 	ReasonStaleGeneration   = "STALE_GENERATION"

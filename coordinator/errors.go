@@ -18,6 +18,7 @@ var (
 	ErrInvalidArgument   = errors.New("invalid argument")
 	ErrUnknownJob        = errors.New("unknown job")
 	ErrJobCancelled      = errors.New("job cancelled")
+	ErrJobCompleted      = errors.New("job completed")
 	ErrUnknownWorker     = errors.New("unknown worker")
 	ErrDuplicateWorker   = errors.New("duplicate worker id")
 	ErrStaleGeneration   = errors.New("stale plan generation")
@@ -39,6 +40,7 @@ var errTable = []struct {
 	{ErrInvalidArgument, codes.InvalidArgument, api.ReasonInvalidArgument},
 	{ErrUnknownJob, codes.NotFound, api.ReasonUnknownJob},
 	{ErrJobCancelled, codes.FailedPrecondition, api.ReasonJobCancelled},
+	{ErrJobCompleted, codes.FailedPrecondition, api.ReasonJobCompleted},
 	{ErrUnknownWorker, codes.NotFound, api.ReasonUnknownWorker},
 	{ErrDuplicateWorker, codes.AlreadyExists, api.ReasonDuplicateWorker},
 	{ErrStaleGeneration, codes.FailedPrecondition, api.ReasonStaleGeneration},

@@ -176,7 +176,7 @@ func (s *state) cancelJob(c *api.CmdCancelJob) ApplyResult {
 	if !ok {
 		return ApplyResult{Err: fmt.Errorf("%w: %q", ErrUnknownJob, c.GetJobId())}
 	}
-	if j.State != api.JobState_JOB_STATE_CANCELLED { // cancelling twice is a no-op
+	if !jobEnded(j) { // cancelling twice, or after completion, is a no-op
 		j.State = api.JobState_JOB_STATE_CANCELLED
 		j.Reason = c.GetReason()
 	}
@@ -189,8 +189,11 @@ func (s *state) liveJob(id string) (*api.Job, error) {
 	if !ok {
 		return nil, fmt.Errorf("%w: %q", ErrUnknownJob, id)
 	}
-	if jobEnded(j) {
+	switch j.State {
+	case api.JobState_JOB_STATE_CANCELLED:
 		return nil, fmt.Errorf("%w: %q (%s)", ErrJobCancelled, id, j.Reason)
+	case api.JobState_JOB_STATE_COMPLETED:
+		return nil, fmt.Errorf("%w: %q finished at step %d", ErrJobCompleted, id, j.Step)
 	}
 	return j, nil
 }
@@ -260,28 +263,39 @@ func (s *state) putPlan(c *api.CmdPutPlan) ApplyResult {
 }
 
 // checkProgress validates a progress report against the state; shared by
-// the leader's pre-check and Apply.
-func (s *state) checkProgress(r *api.ReportProgressRequest) (*api.Job, error) {
+// the leader's pre-check and Apply. A final report (done) skips the
+// generation check (the last step may precede a re-plan) and is a no-op on
+// a job that another rank already completed. It returns the job and whether
+// the report changes nothing.
+func (s *state) checkProgress(r *api.ReportProgressRequest) (*api.Job, bool, error) {
+	if r.GetDone() {
+		if j, ok := s.jobs[r.GetJobId()]; ok && j.State == api.JobState_JOB_STATE_COMPLETED {
+			return j, true, nil
+		}
+	}
 	j, err := s.liveJob(r.GetJobId())
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
-	if r.GetGeneration() != j.Generation {
-		return nil, fmt.Errorf("%w: report for generation %d of %q, current is %d", ErrStaleGeneration, r.GetGeneration(), j.Id, j.Generation)
+	if !r.GetDone() && r.GetGeneration() != j.Generation {
+		return nil, false, fmt.Errorf("%w: report for generation %d of %q, current is %d", ErrStaleGeneration, r.GetGeneration(), j.Id, j.Generation)
 	}
 	for _, rk := range s.plans[j.Id].GetRanks() {
 		if rk.GetWorkerId() == r.GetWorkerId() {
-			return j, nil
+			return j, false, nil
 		}
 	}
-	return nil, fmt.Errorf("%w: %q is not a rank of %q generation %d", ErrNotInPlan, r.GetWorkerId(), j.Id, j.Generation)
+	return nil, false, fmt.Errorf("%w: %q is not a rank of %q generation %d", ErrNotInPlan, r.GetWorkerId(), j.Id, j.Generation)
 }
 
 func (s *state) reportProgress(c *api.CmdReportProgress) ApplyResult {
 	r := c.GetReport()
-	j, err := s.checkProgress(r)
+	j, noop, err := s.checkProgress(r)
 	if err != nil {
 		return ApplyResult{Err: err}
+	}
+	if noop {
+		return ApplyResult{Msg: &api.ReportProgressResponse{Generation: j.Generation}}
 	}
 	if r.GetStep() >= j.Step {
 		j.Step, j.LastLoss = r.GetStep(), r.GetLoss()
@@ -290,7 +304,7 @@ func (s *state) reportProgress(c *api.CmdReportProgress) ApplyResult {
 		j.TestAccuracy, j.TestLoss = r.GetTestAccuracy(), r.GetTestLoss()
 	}
 	if r.GetDone() {
-		j.State, j.Reason, j.CompletedUnixNano = api.JobState_JOB_STATE_COMPLETED, "completed", c.GetNowUnixNano()
+		j.State, j.Reason, j.CompletedUnixNano = api.JobState_JOB_STATE_COMPLETED, "", c.GetNowUnixNano()
 	}
 	if w, ok := s.workers[r.GetWorkerId()]; ok && c.GetSamplesPerSecond() > 0 {
 		w.SamplesPerSecond = c.GetSamplesPerSecond()

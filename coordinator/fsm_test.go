@@ -190,3 +190,41 @@ type memSink struct {
 func (s *memSink) ID() string    { return "mem" }
 func (s *memSink) Close() error  { return nil }
 func (s *memSink) Cancel() error { s.cancelled = true; return nil }
+
+// TestJobCompletion: a final report completes the job once; later reports
+// and registrations are refused with JOB_COMPLETED; a second final report
+// from another rank is a harmless no-op.
+func TestJobCompletion(t *testing.T) {
+	f := NewFSM(zap.NewNop())
+	for i, m := range everyCommand() {
+		applyAt(t, f, uint64(i+1), m)
+	}
+	acc := 0.97
+	r := applyAt(t, f, 50, &api.CmdReportProgress{Report: &api.ReportProgressRequest{JobId: "job-0001", WorkerId: "w1", Generation: 1, Step: 8, Loss: 0.2, TestAccuracy: &acc, TestLoss: 0.1}})
+	if r.Err != nil {
+		t.Fatal(r.Err)
+	}
+	r = applyAt(t, f, 51, &api.CmdReportProgress{Report: &api.ReportProgressRequest{JobId: "job-0001", WorkerId: "w2", Step: 9, Done: true}, NowUnixNano: 777})
+	if r.Err != nil {
+		t.Fatal(r.Err)
+	}
+	j, _ := f.Job("job-0001")
+	if j.State != api.JobState_JOB_STATE_COMPLETED || j.Step != 9 || j.TestAccuracy != acc || j.TestLoss != 0.1 || j.CompletedUnixNano != 777 {
+		t.Fatalf("job after final report: %v", j)
+	}
+	if r := applyAt(t, f, 52, &api.CmdReportProgress{Report: &api.ReportProgressRequest{JobId: "job-0001", WorkerId: "w1", Done: true}}); r.Err != nil {
+		t.Fatalf("second final report: %v", r.Err)
+	}
+	if r := applyAt(t, f, 53, &api.CmdReportProgress{Report: &api.ReportProgressRequest{JobId: "job-0001", WorkerId: "w1", Generation: 1, Step: 10}}); !errors.Is(r.Err, ErrJobCompleted) {
+		t.Fatalf("report after completion: %v", r.Err)
+	}
+	if r := applyAt(t, f, 54, &api.CmdRegisterWorker{Worker: &api.Worker{Id: "late", JobId: "job-0001"}}); !errors.Is(r.Err, ErrJobCompleted) {
+		t.Fatalf("register to a completed job: %v", r.Err)
+	}
+	if r := applyAt(t, f, 55, &api.CmdCancelJob{JobId: "job-0001"}); r.Err != nil || r.Msg.(*api.Job).State != api.JobState_JOB_STATE_COMPLETED {
+		t.Fatalf("cancel after completion must leave it completed: %v %v", r.Msg, r.Err)
+	}
+	if len(desiredPlans(f.State(), 0.2)) != 0 {
+		t.Fatal("planner plans for an ended job")
+	}
+}

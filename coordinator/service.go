@@ -160,7 +160,7 @@ func (s *Server) watchPlan(ctx context.Context, req *api.WatchPlanRequest, send 
 
 func (v *service) ReportProgress(ctx context.Context, req *api.ReportProgressRequest) (*api.ReportProgressResponse, error) {
 	v.s.fsm.mu.RLock()
-	j, err := v.s.fsm.st.checkProgress(req)
+	j, noop, err := v.s.fsm.st.checkProgress(req)
 	var gen int64
 	if j != nil {
 		gen = j.Generation
@@ -169,9 +169,10 @@ func (v *service) ReportProgress(ctx context.Context, req *api.ReportProgressReq
 	if err != nil {
 		return nil, err
 	}
-	// Evaluations and the final report are always written; plain step
-	// reports at most once per ProgressInterval per worker.
-	if req.TestAccuracy == nil && !req.GetDone() && !v.s.progressDue(req.GetWorkerId()) {
+	// Final and evaluation reports are always written; step reports at most
+	// once per ProgressInterval per worker.
+	must := req.GetDone() || req.TestAccuracy != nil
+	if noop || (!must && !v.s.progressDue(req.GetWorkerId())) {
 		return &api.ReportProgressResponse{Generation: gen}, nil
 	}
 	var sps float64
