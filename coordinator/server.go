@@ -100,6 +100,9 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	s.wg.Add(1)
 	go func() { defer s.wg.Done(); s.watchLeadership(runCtx) }()
+	if !existing && !cfg.Bootstrap && len(cfg.Join) == 0 {
+		return nil, fmt.Errorf("coordinator: %w: no raft state in %q and neither Bootstrap nor Join: a new node must start a cluster or join one", ErrInvalidArgument, cfg.DataDir)
+	}
 	if cfg.Bootstrap && !existing {
 		f := s.raft.BootstrapCluster(raft.Configuration{Servers: []raft.Server{{
 			ID: raft.ServerID(cfg.NodeID), Address: s.transport.LocalAddr(),

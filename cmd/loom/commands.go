@@ -6,6 +6,9 @@ import "github.com/spf13/cobra"
 // is added here with one line.
 func addCommands(root, bench *cobra.Command) {
 	root.AddCommand(newLaunchCmd())
+	root.AddCommand(newCoordinatorCmd())
+	root.AddCommand(newStatusCmd())
+	root.AddCommand(newWorkersCmd())
 	bench.AddCommand(newBenchGemmCmd())
 	bench.AddCommand(newBenchAllreduceCmd())
 }

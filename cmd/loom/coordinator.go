@@ -1,0 +1,133 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/loomtrain/loom/api"
+	"github.com/loomtrain/loom/coordinator"
+)
+
+func newCoordinatorCmd() *cobra.Command {
+	cfg := coordinator.DefaultConfig()
+	cfg.NodeID = ""
+	cfg.RaftAddr, cfg.GRPCAddr = "127.0.0.1:7071", "127.0.0.1:7070"
+	var join, level string
+	cmd := &cobra.Command{
+		Use:   "coordinator --id ID --data-dir DIR (--bootstrap | --join ADDR)",
+		Short: "Run one node of a Raft-replicated coordinator cluster",
+		Long: `Runs one coordinator node. Three nodes survive the loss of any one: the
+first starts with --bootstrap, the others with --join pointing at any running
+node. A node restarted on the same --data-dir rejoins with its old identity
+and needs neither flag. With --discovery, nodes publish themselves and the
+current leader in etcd, and a new node with neither flag joins through it.`,
+		Example: `  loom coordinator --id c1 --data-dir /var/lib/loom/c1 --raft-addr 10.0.0.1:7071 --grpc-addr 10.0.0.1:7070 --bootstrap
+  loom coordinator --id c2 --data-dir /var/lib/loom/c2 --raft-addr 10.0.0.2:7071 --grpc-addr 10.0.0.2:7070 --join 10.0.0.1:7070
+  loom coordinator members --coordinator 10.0.0.1:7070
+  loom coordinator remove c3 --coordinator 10.0.0.1:7070`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			lvl, err := zapcore.ParseLevel(level)
+			if err != nil {
+				return fmt.Errorf("--log-level: %w", err)
+			}
+			log := newLogger(lvl)
+			defer func() { _ = log.Sync() }()
+			cfg.Logger = log
+			if join != "" {
+				cfg.Join = strings.Split(join, ",")
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			if !cfg.Bootstrap && len(cfg.Join) == 0 && cfg.Discovery != "" {
+				dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+				_, addrs, derr := coordinator.Discover(dctx, cfg.Discovery)
+				cancel()
+				if derr == nil {
+					cfg.Join = addrs
+				}
+			}
+			if cfg.DataDir == "" {
+				return fmt.Errorf("--data-dir is required: a cluster node must keep its raft log")
+			}
+			if err := cfg.Validate(); err != nil {
+				return err
+			}
+			sctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+			srv, err := coordinator.Start(sctx, cfg)
+			cancel()
+			if err != nil {
+				return err
+			}
+			log.Info("serving", zap.String("id", cfg.NodeID), zap.String("grpc", srv.Addr()), zap.String("raft", srv.RaftAddr()))
+			<-ctx.Done()
+			log.Info("shutting down")
+			return srv.Close()
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.NodeID, "id", "", "node id, unique in the cluster (required)")
+	f.StringVar(&cfg.DataDir, "data-dir", "", "directory for the raft log and snapshots (required)")
+	f.StringVar(&cfg.RaftAddr, "raft-addr", cfg.RaftAddr, "host:port for raft traffic between coordinators")
+	f.StringVar(&cfg.GRPCAddr, "grpc-addr", cfg.GRPCAddr, "host:port for the gRPC API (workers, CLI, other coordinators)")
+	f.BoolVar(&cfg.Bootstrap, "bootstrap", false, "start a new cluster with this node as its first member")
+	f.StringVar(&join, "join", "", "gRPC address(es) of running coordinators to join, comma-separated")
+	f.StringVar(&cfg.ClusterID, "cluster-id", cfg.ClusterID, "cluster name; a node cannot join a cluster with another id")
+	f.StringVar(&cfg.Discovery, "discovery", "", "publish this node and the leader in etcd: etcd://host:port/prefix")
+	f.DurationVar(&cfg.LeaseTTL, "lease", cfg.LeaseTTL, "worker lease: a worker silent this long is removed and its job re-planned")
+	f.StringVar(&level, "log-level", "info", "debug, info, warn or error")
+	_ = cmd.MarkFlagRequired("id")
+	cmd.MarkFlagsMutuallyExclusive("bootstrap", "join")
+	cmd.AddCommand(newCoordinatorMembersCmd(), newCoordinatorRemoveCmd())
+	return cmd
+}
+
+func newCoordinatorMembersCmd() *cobra.Command {
+	var t coordTarget
+	cmd := &cobra.Command{
+		Use:   "members",
+		Short: "List the coordinator nodes, their addresses and the leader",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return t.with(cmd.Context(), func(ctx context.Context, c *coordClients) error {
+				st, err := c.cluster.ClusterStatus(ctx, &api.ClusterStatusRequest{})
+				if err != nil {
+					return err
+				}
+				printMembers(cmd.OutOrStdout(), st)
+				return nil
+			})
+		},
+	}
+	t.flags(cmd)
+	return cmd
+}
+
+func newCoordinatorRemoveCmd() *cobra.Command {
+	var t coordTarget
+	cmd := &cobra.Command{
+		Use:   "remove NODE_ID",
+		Short: "Remove a coordinator node from the cluster's raft membership",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return t.with(cmd.Context(), func(ctx context.Context, c *coordClients) error {
+				if _, err := c.cluster.RemoveCoordinator(ctx, &api.RemoveCoordinatorRequest{NodeId: args[0]}); err != nil {
+					return fmt.Errorf("remove %s: %w", args[0], err)
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "removed %s\n", args[0])
+				return nil
+			})
+		},
+	}
+	t.flags(cmd)
+	return cmd
+}

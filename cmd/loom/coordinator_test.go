@@ -1,0 +1,109 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/loomtrain/loom/api"
+	"github.com/loomtrain/loom/coordinator"
+)
+
+// runLoom executes the CLI in-process, returning stdout+stderr and the error.
+func runLoom(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	var out bytes.Buffer
+	root := newRootCmd()
+	root.SetArgs(args)
+	root.SetOut(&out)
+	root.SetErr(&out)
+	err := root.ExecuteContext(context.Background())
+	return out.String(), err
+}
+
+func TestStatusAndWorkersCommands(t *testing.T) {
+	s := coordinator.NewTestServer(t, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	c := api.NewCoordinatorClient(coordinator.Dial(t, s.Addr()))
+	sub, err := c.SubmitJob(ctx, &api.SubmitJobRequest{Spec: &api.JobSpec{Name: "mnist-mlp", GlobalBatch: 32}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.RegisterWorker(ctx, &api.RegisterWorkerRequest{WorkerId: "cpu-w1", Profile: &api.DeviceProfile{
+		DeviceName: "cpu:avx512", Cores: 2, Gflops: map[string]float64{"f32": 80}, CollectiveAddr: "127.0.0.1:9999"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for { // wait for the plan with the worker
+		r, err := c.GetJob(ctx, &api.GetJobRequest{JobId: sub.Job.Id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(r.Plan.GetRanks()) == 1 {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+
+	out, err := runLoom(t, "status", "--coordinator", s.Addr())
+	if err != nil {
+		t.Fatalf("status: %v\n%s", err, out)
+	}
+	for _, want := range []string{"cluster loom", "leader coord-0", sub.Job.Id, "mnist-mlp", "running", s.Addr()} {
+		if !strings.Contains(out, want) {
+			t.Errorf("status output lacks %q:\n%s", want, out)
+		}
+	}
+	out, err = runLoom(t, "workers", "--coordinator", s.Addr())
+	if err != nil {
+		t.Fatalf("workers: %v\n%s", err, out)
+	}
+	for _, want := range []string{"cpu-w1", "cpu:avx512", "f32=80", "127.0.0.1:9999"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("workers output lacks %q:\n%s", want, out)
+		}
+	}
+	out, err = runLoom(t, "status", "--coordinator", s.Addr(), "--json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc struct {
+		Cluster struct {
+			LeaderID string `json:"leader_id"`
+		} `json:"cluster"`
+		Jobs []struct {
+			ID    string `json:"id"`
+			State string `json:"state"`
+		} `json:"jobs"`
+	}
+	if err := json.Unmarshal([]byte(out), &doc); err != nil {
+		t.Fatalf("status --json is not JSON: %v\n%s", err, out)
+	}
+	if doc.Cluster.LeaderID != "coord-0" || len(doc.Jobs) != 1 || doc.Jobs[0].State != "JOB_STATE_RUNNING" {
+		t.Fatalf("status --json: %+v", doc)
+	}
+	out, err = runLoom(t, "coordinator", "members", "--coordinator", s.Addr())
+	if err != nil || !strings.Contains(out, "coord-0  leader") {
+		t.Fatalf("coordinator members: %v\n%s", err, out)
+	}
+}
+
+func TestCoordinatorCommandsRefuseBadInput(t *testing.T) {
+	cases := [][]string{
+		{"status"}, // no target
+		{"coordinator", "--id", "c1"},
+		{"coordinator", "--id", "c1", "--data-dir", t.TempDir(), "--bootstrap", "--join", "127.0.0.1:1"},
+		{"coordinator", "--id", "c1", "--data-dir", t.TempDir(), "--discovery", "http://nope"},
+		{"coordinator", "--id", "c1", "--data-dir", t.TempDir(), "--raft-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"},
+		{"workers", "--coordinator", "127.0.0.1:1", "--timeout", "300ms"},
+	}
+	for _, args := range cases {
+		if out, err := runLoom(t, args...); err == nil {
+			t.Errorf("loom %v succeeded:\n%s", args, out)
+		}
+	}
+}

@@ -1,0 +1,253 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/loomtrain/loom/api"
+	"github.com/loomtrain/loom/coordinator"
+)
+
+// coordTarget is how a command finds the coordinators: addresses, or
+// an etcd discovery URL.
+type coordTarget struct {
+	coordinator string
+	discovery   string
+	timeout     time.Duration
+	json        bool
+}
+
+func (t *coordTarget) flags(cmd *cobra.Command) {
+	f := cmd.Flags()
+	f.StringVar(&t.coordinator, "coordinator", "", "any coordinator's gRPC address(es), comma-separated")
+	f.StringVar(&t.discovery, "discovery", "", "find the coordinators in etcd: etcd://host:port/prefix")
+	f.DurationVar(&t.timeout, "timeout", 10*time.Second, "give up after this long")
+	f.BoolVar(&t.json, "json", false, "print JSON instead of a table")
+	cmd.MarkFlagsMutuallyExclusive("coordinator", "discovery")
+}
+
+type coordClients struct {
+	coord   api.CoordinatorClient
+	cluster api.ClusterClient
+}
+
+// with dials the coordTarget and runs fn under the command's timeout.
+func (t *coordTarget) with(ctx context.Context, fn func(context.Context, *coordClients) error) error {
+	ctx, cancel := context.WithTimeout(ctx, t.timeout)
+	defer cancel()
+	var addrs []string
+	switch {
+	case t.coordinator != "":
+		addrs = strings.Split(t.coordinator, ",")
+	case t.discovery != "":
+		_, as, err := coordinator.Discover(ctx, t.discovery)
+		if err != nil {
+			return err
+		}
+		addrs = as
+	default:
+		return fmt.Errorf("give --coordinator ADDR or --discovery etcd://host:port/prefix")
+	}
+	conn, err := api.Dial(addrs)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	err = fn(ctx, &coordClients{coord: api.NewCoordinatorClient(conn), cluster: api.NewClusterClient(conn)})
+	if err != nil && ctx.Err() != nil {
+		return fmt.Errorf("no answer from %v within %v: %w", addrs, t.timeout, err)
+	}
+	return err
+}
+
+func newStatusCmd() *cobra.Command {
+	var t coordTarget
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show the coordinator cluster and every job",
+		Long: `Shows the cluster (id, leader, members) and every job with its state, step,
+plan generation and newest checkpoint. Any coordinator answers from its
+replica, which may trail the leader by a moment.`,
+		Example: `  loom status --coordinator 127.0.0.1:7070
+  loom status --discovery etcd://127.0.0.1:2379/loom --json`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return t.with(cmd.Context(), func(ctx context.Context, c *coordClients) error {
+				st, err := c.cluster.ClusterStatus(ctx, &api.ClusterStatusRequest{})
+				if err != nil {
+					return err
+				}
+				jobs, err := c.coord.ListJobs(ctx, &api.ListJobsRequest{})
+				if err != nil {
+					return err
+				}
+				plans := map[string]*api.Plan{}
+				for _, j := range jobs.Jobs {
+					if r, err := c.coord.GetJob(ctx, &api.GetJobRequest{JobId: j.Id}); err == nil && r.Plan != nil {
+						plans[j.Id] = r.Plan
+					}
+				}
+				out := cmd.OutOrStdout()
+				if t.json {
+					return printProtoJSON(out, map[string]any{"cluster": st, "jobs": jobs.Jobs, "plans": plans})
+				}
+				printMembers(out, st)
+				fmt.Fprintln(out)
+				printJobs(out, jobs.Jobs, plans)
+				return nil
+			})
+		},
+	}
+	t.flags(cmd)
+	return cmd
+}
+
+func newWorkersCmd() *cobra.Command {
+	var t coordTarget
+	cmd := &cobra.Command{
+		Use:     "workers",
+		Short:   "List registered workers, their devices and leases",
+		Example: `  loom workers --coordinator 127.0.0.1:7070`,
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return t.with(cmd.Context(), func(ctx context.Context, c *coordClients) error {
+				ws, err := c.coord.ListWorkers(ctx, &api.ListWorkersRequest{})
+				if err != nil {
+					return err
+				}
+				if t.json {
+					return printProtoJSON(cmd.OutOrStdout(), ws.Workers)
+				}
+				printWorkers(cmd.OutOrStdout(), ws.Workers, time.Now())
+				return nil
+			})
+		},
+	}
+	t.flags(cmd)
+	return cmd
+}
+
+func printMembers(w io.Writer, st *api.ClusterStatusResponse) {
+	fmt.Fprintf(w, "cluster %s  leader %s  (answered by %s, %s, applied index %d)\n",
+		st.ClusterId, dashIfEmpty(st.LeaderId), st.NodeId, strings.ToLower(st.RaftState), st.AppliedIndex)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NODE\tROLE\tGRPC\tRAFT")
+	for _, m := range st.Members {
+		role := dashIfEmpty(m.Suffrage)
+		if m.Leader {
+			role = "leader"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", m.Id, role, dashIfEmpty(m.GrpcAddr), m.RaftAddr)
+	}
+	_ = tw.Flush()
+}
+
+func printJobs(w io.Writer, jobs []*api.Job, plans map[string]*api.Plan) {
+	if len(jobs) == 0 {
+		fmt.Fprintln(w, "no jobs")
+		return
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "JOB\tNAME\tSTATE\tSTEP\tLOSS\tGEN\tRANKS\tCHECKPOINT\tREASON")
+	for _, j := range jobs {
+		ck := "-"
+		if n := len(j.Checkpoints); n > 0 {
+			ck = fmt.Sprintf("step %d", j.Checkpoints[n-1].Step)
+		}
+		p := plans[j.Id]
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%.4g\t%d\t%d\t%s\t%s\n", j.Id, j.Spec.GetName(),
+			strings.ToLower(strings.TrimPrefix(j.State.String(), "JOB_STATE_")), j.Step, j.LastLoss,
+			j.Generation, len(p.GetRanks()), ck, dashIfEmpty(j.Reason))
+	}
+	_ = tw.Flush()
+}
+
+func printWorkers(w io.Writer, ws []*api.Worker, now time.Time) {
+	if len(ws) == 0 {
+		fmt.Fprintln(w, "no workers")
+		return
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "WORKER\tJOB\tDEVICE\tCORES\tGFLOP/S\tSAMPLES/S\tLEASE\tCOLLECTIVE")
+	for _, x := range ws {
+		p := x.GetProfile()
+		var g []string
+		for _, k := range sortedGflopKeys(p.GetGflops()) {
+			g = append(g, fmt.Sprintf("%s=%.0f", k, p.GetGflops()[k]))
+		}
+		lease := time.Unix(0, x.LeaseExpiryUnixNano).Sub(now).Round(100 * time.Millisecond)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%.1f\t%v\t%s\n", x.Id, dashIfEmpty(x.JobId), dashIfEmpty(p.GetDeviceName()),
+			p.GetCores(), dashIfEmpty(strings.Join(g, ",")), x.SamplesPerSecond, lease, p.GetCollectiveAddr())
+	}
+	_ = tw.Flush()
+}
+
+func sortedGflopKeys(m map[string]float64) []string {
+	ks := make([]string, 0, len(m))
+	for k := range m {
+		ks = append(ks, k)
+	}
+	sort.Strings(ks)
+	return ks
+}
+
+func dashIfEmpty(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// printProtoJSON prints protobuf messages (alone, in slices or maps) with their
+// proto field names.
+func printProtoJSON(w io.Writer, v any) error {
+	b, err := json.MarshalIndent(protoJSONValue(v), "", "  ")
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintln(w, string(b))
+	return err
+}
+
+func protoJSONValue(v any) any {
+	switch x := v.(type) {
+	case proto.Message:
+		b, _ := protojson.MarshalOptions{UseProtoNames: true}.Marshal(x)
+		return json.RawMessage(b)
+	case []*api.Job:
+		out := make([]any, len(x))
+		for i := range x {
+			out[i] = protoJSONValue(x[i])
+		}
+		return out
+	case []*api.Worker:
+		out := make([]any, len(x))
+		for i := range x {
+			out[i] = protoJSONValue(x[i])
+		}
+		return out
+	case map[string]*api.Plan:
+		out := map[string]any{}
+		for k, p := range x {
+			out[k] = protoJSONValue(p)
+		}
+		return out
+	case map[string]any:
+		out := map[string]any{}
+		for k, e := range x {
+			out[k] = protoJSONValue(e)
+		}
+		return out
+	}
+	return v
+}
