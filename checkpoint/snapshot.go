@@ -18,6 +18,11 @@ var littleEndian = func() bool {
 	return *(*byte)(unsafe.Pointer(&x)) == 1
 }()
 
+// copyChunk is the largest single memmove of a capture: large enough for
+// memmove's non-temporal path (about 1.5× faster here than 256 KiB chunks),
+// small enough (~100 µs) not to hold off a GC stop-the-world for long.
+const copyChunk = 1 << 20
+
 // fileBuf is one tensor file's captured content, reused from save to save:
 // the layout (names, shapes, offsets) is rebuilt only when the State's
 // tensors change names or shapes, and the data buffer only when it grows.
@@ -87,8 +92,12 @@ func (f *fileBuf) copyData() {
 		e := &f.entries[i]
 		dst := f.data[e.Begin:e.End]
 		if littleEndian {
-			if len(src) > 0 {
-				copy(dst, unsafe.Slice((*byte)(unsafe.Pointer(&src[0])), len(src)*4))
+			// In chunks: one memmove is not preemptible, and a copy of
+			// many megabytes would delay the GC's stop-the-world phases
+			// for the training loop's goroutines.
+			b := f32Bytes(src)
+			for off := 0; off < len(b); off += copyChunk {
+				copy(dst[off:], b[off:min(off+copyChunk, len(b))])
 			}
 		} else {
 			for j, v := range src {
