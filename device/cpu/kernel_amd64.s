@@ -13,6 +13,18 @@
 // Accumulators live in Y4..Y15 (AVX2) or Z4..Z15 (AVX-512), row r in
 // registers 4+2r (columns 0..W-1) and 5+2r (columns W..2W-1), W = lanes.
 
+// PREFETCH_C touches the six C rows (DX, stride R8) the store will update,
+// so their cache misses overlap the multiply loop instead of stalling it.
+#define PREFETCH_C \
+	LEAQ (R8)(R8*2), R9; \
+	PREFETCHT0 (DX); \
+	PREFETCHT0 (DX)(R8*1); \
+	PREFETCHT0 (DX)(R8*2); \
+	PREFETCHT0 (DX)(R9*1); \
+	PREFETCHT0 (DX)(R8*4); \
+	LEAQ (DX)(R8*4), R10; \
+	PREFETCHT0 (R10)(R8*1)
+
 // ---- AVX2 + FMA: 6×16 f32 ----
 
 #define FMA_ROW_Y(off, bc, acc0, acc1) \
@@ -55,6 +67,7 @@ TEXT ·sgemm6x16AVX2(SB), NOSPLIT, $0-48
 	MOVQ c+24(FP), DX
 	MOVQ ldc+32(FP), R8
 	SHLQ $2, R8
+	PREFETCH_C
 	VXORPS Y4, Y4, Y4
 	VXORPS Y5, Y5, Y5
 	VXORPS Y6, Y6, Y6
@@ -195,6 +208,7 @@ TEXT ·sgemm6x32AVX512(SB), NOSPLIT, $0-48
 	MOVQ c+24(FP), DX
 	MOVQ ldc+32(FP), R8
 	SHLQ $2, R8
+	PREFETCH_C
 	ZERO_ACC_Z
 	CMPQ CX, $4
 	JLT  z32tail
@@ -280,6 +294,7 @@ TEXT ·bgemm6x32AVX512BF16(SB), NOSPLIT, $0-48
 	MOVQ c+24(FP), DX
 	MOVQ ldc+32(FP), R8
 	SHLQ $2, R8
+	PREFETCH_C
 	ZERO_ACC_Z
 	CMPQ CX, $2
 	JLT  bf16tail

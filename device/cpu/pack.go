@@ -1,6 +1,8 @@
 package cpu
 
 import (
+	"math"
+
 	"github.com/loomtrain/loom/device"
 	"github.com/loomtrain/loom/tensor"
 )
@@ -29,6 +31,16 @@ func packAF32(dst []float32, op *operand, i0, rows, p0, kk, mr int) {
 	kv := max(0, min(kk, op.k-p0))
 	dst = dst[:kk*mr]
 	if !op.trans { // stored m×k: row i0+r is contiguous in p
+		if mr == 6 && rows == 6 && kv == kk {
+			switch x.DType {
+			case tensor.F32:
+				gather6(dst, x.F32, i0*x.LD+p0, x.LD, kk)
+				return
+			case tensor.BF16:
+				gather6BF16(dst, x.U16, i0*x.LD+p0, x.LD, kk)
+				return
+			}
+		}
 		for r := 0; r < mr; r++ {
 			if r >= rows {
 				for p := 0; p < kk; p++ {
@@ -82,6 +94,18 @@ func packBF32(dst []float32, op *operand, j0, cols, kpad, nr int) {
 			if p >= k {
 				clear(d)
 				continue
+			}
+			if cols == nr {
+				switch x.DType {
+				case tensor.F32:
+					copyPanelRow(d, x.F32[p*x.LD+j0:])
+					continue
+				case tensor.BF16:
+					for s, v := range x.U16[p*x.LD+j0 : p*x.LD+j0+nr] {
+						d[s] = math.Float32frombits(uint32(v) << 16)
+					}
+					continue
+				}
 			}
 			widenInto(x, d[:cols], p*x.LD+j0)
 			clear(d[cols:])
@@ -197,5 +221,51 @@ func packBPair(dst []uint16, op *operand, j0, cols, kpad, nr int) {
 		if k%2 == 1 {
 			dst[(k-1)*nr+2*s] = src[k-1]
 		}
+	}
+}
+
+// gather6 interleaves six rows of src (starting at base, stride ld) over kk
+// steps into dst in step layout: the hot case of packing A for the 6-row
+// kernels, written so the compiler drops the bounds checks.
+func gather6(dst, src []float32, base, ld, kk int) {
+	r0 := src[base : base+kk]
+	r1 := src[base+ld : base+ld+kk]
+	r2 := src[base+2*ld : base+2*ld+kk]
+	r3 := src[base+3*ld : base+3*ld+kk]
+	r4 := src[base+4*ld : base+4*ld+kk]
+	r5 := src[base+5*ld : base+5*ld+kk]
+	dst = dst[:6*kk]
+	for p := range r0 {
+		d := (*[6]float32)(dst[6*p:])
+		d[0], d[1], d[2], d[3], d[4], d[5] = r0[p], r1[p], r2[p], r3[p], r4[p], r5[p]
+	}
+}
+
+// gather6BF16 is gather6 for bf16 sources, widening to float32 (exact).
+func gather6BF16(dst []float32, src []uint16, base, ld, kk int) {
+	r0 := src[base : base+kk]
+	r1 := src[base+ld : base+ld+kk]
+	r2 := src[base+2*ld : base+2*ld+kk]
+	r3 := src[base+3*ld : base+3*ld+kk]
+	r4 := src[base+4*ld : base+4*ld+kk]
+	r5 := src[base+5*ld : base+5*ld+kk]
+	dst = dst[:6*kk]
+	w := func(h uint16) float32 { return math.Float32frombits(uint32(h) << 16) }
+	for p := range r0 {
+		d := (*[6]float32)(dst[6*p:])
+		d[0], d[1], d[2], d[3], d[4], d[5] = w(r0[p]), w(r1[p]), w(r2[p]), w(r3[p]), w(r4[p]), w(r5[p])
+	}
+}
+
+// copyPanelRow copies len(d) floats from src with fixed-size moves for the
+// kernel widths (a memmove call per 64 bytes costs more than the copy).
+func copyPanelRow(d, src []float32) {
+	switch len(d) {
+	case 16:
+		*(*[16]float32)(d) = *(*[16]float32)(src)
+	case 32:
+		*(*[32]float32)(d) = *(*[32]float32)(src)
+	default:
+		copy(d, src)
 	}
 }
