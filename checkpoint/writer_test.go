@@ -219,3 +219,69 @@ func TestSaveSteadyStateAllocs(t *testing.T) {
 		t.Fatalf("capture+copy allocates %.1f times per save, want 0", allocs)
 	}
 }
+
+// TestConcurrentFlush drives the training-loop side (Save and Begin in turn)
+// while other goroutines Flush, and checks under -race that every checkpoint
+// is published intact and in order.
+func TestConcurrentFlush(t *testing.T) {
+	st := NewMemStorage()
+	var last atomic.Int64
+	var outOfOrder atomic.Bool
+	w := newTestWriter(t, st, 3, func(i Info) {
+		if int64(i.Step) <= last.Swap(int64(i.Step)) {
+			outOfOrder.Store(true)
+		}
+	})
+	ctx := testCtx(t)
+	stop := make(chan struct{})
+	flushed := make(chan struct{})
+	go func() {
+		defer close(flushed)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if err := w.Flush(ctx); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	}()
+	s := testState("j", 0)
+	for step := 1; step <= 40; step++ {
+		s.Step = step
+		s.Params[0].Data[0] = float32(step)
+		var err error
+		if step%2 == 0 {
+			err = w.Save(ctx, s)
+		} else if err = w.Begin(ctx, s); err == nil {
+			err = w.WaitCaptured(ctx)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	close(stop)
+	<-flushed
+	if err := w.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if outOfOrder.Load() || last.Load() != 40 {
+		t.Fatalf("published out of order or incomplete: last step %d", last.Load())
+	}
+	list, err := List(ctx, st, "j")
+	if err != nil || len(list) != 3 || list[2].Step != 40 {
+		t.Fatalf("List = %+v, %v; want steps 38..40", list, err)
+	}
+	for _, info := range list {
+		got, err := Load(ctx, st, info.Path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.Params[0].Data[0] != float32(info.Step) {
+			t.Fatalf("%s holds the value of step %v", info.Path, got.Params[0].Data[0])
+		}
+	}
+}
