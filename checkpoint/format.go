@@ -32,6 +32,16 @@
 // disk; see Storage.Publish for object stores). Readers list only published
 // names, and Load verifies sizes and checksums of every byte, so a torn,
 // truncated or corrupted checkpoint is detected, named, and skipped by Latest.
+//
+// # Use
+//
+// The training loop owns a Writer (NewWriter) and calls Save at a step
+// boundary, or Begin before the next forward pass and WaitCaptured before the
+// next optimizer step; the write itself runs in the Writer's goroutine, and
+// OnPublished reports each published checkpoint so the coordinator can record
+// it. On resume, Latest(ctx, storage, job, AllowPaths(recorded...), log)
+// returns the newest recorded checkpoint that verifies. List serves
+// `loom checkpoints list`.
 package checkpoint
 
 import (

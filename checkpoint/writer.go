@@ -140,7 +140,9 @@ func (w *Writer) acquire(ctx context.Context) error {
 // and tensors into the Writer's reused buffers; when it returns, the caller
 // may change st freely. In steady state (same tensor names and shapes as the
 // previous save) it does not allocate; its cost is one memory copy of the
-// tensors.
+// tensors, bounded by memory bandwidth (6.4 MB, the MNIST MLP with AdamW
+// state, takes ~0.8–1.5 ms on the 2-core dev machine). Where that is too
+// long for the step time, use Begin and WaitCaptured instead.
 //
 // Save returns only its own errors (ctx, ErrClosed, ErrInvalidState); a
 // failure of the background write is logged and returned by Flush or Close.
