@@ -103,21 +103,23 @@ func (m *MemStorage) Publish(ctx context.Context, staging, final string) error {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	moved := 0
+	var moving []string
+	for name := range m.files {
+		if strings.HasPrefix(name, staging+"/") {
+			moving = append(moving, name)
+		}
+	}
+	if len(moving) == 0 {
+		return fmt.Errorf("publish %s: %w", staging, fs.ErrNotExist)
+	}
 	for name := range m.files {
 		if strings.HasPrefix(name, final+"/") {
 			delete(m.files, name)
 		}
 	}
-	for name, data := range m.files {
-		if rest, ok := strings.CutPrefix(name, staging+"/"); ok {
-			m.files[final+"/"+rest] = data
-			delete(m.files, name)
-			moved++
-		}
-	}
-	if moved == 0 {
-		return fmt.Errorf("publish %s: %w", staging, fs.ErrNotExist)
+	for _, name := range moving {
+		m.files[final+name[len(staging):]] = m.files[name]
+		delete(m.files, name)
 	}
 	return nil
 }

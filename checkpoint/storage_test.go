@@ -93,8 +93,11 @@ func TestStorageContract(t *testing.T) {
 			if names, _ := st.List(ctx, "p/final"); !reflect.DeepEqual(names, []string{"m", "n"}) {
 				t.Fatalf("List(p/final) = %v, want [m n]", names)
 			}
-			if err := st.Publish(ctx, "p/.tmp-missing", "p/other"); err == nil {
+			if err := st.Publish(ctx, "p/.tmp-missing", "p/final"); err == nil {
 				t.Fatal("Publish of a missing staging tree succeeded")
+			}
+			if got := string(readAll(t, st, "p/final/m")); got != "second" {
+				t.Fatalf("a failed Publish changed final: m = %q", got)
 			}
 			if err := st.RemoveAll(ctx, "p/final"); err != nil {
 				t.Fatal(err)
