@@ -7,17 +7,32 @@ import (
 	"github.com/loomtrain/loom/tensor"
 )
 
-// Rows handled per goroutine at least, so small matrices stay on one thread.
-const minRowsPerThread = 16
+// Elements handled per goroutine at least, so small matrices stay on one
+// thread (a fork costs a few microseconds). GELU does ~10× the work per
+// element, so it forks sooner.
+const (
+	minElemsPerThread     = 1 << 15
+	minGELUElemsPerThread = 1 << 12
+)
 
-// BiasAct implements device.Device: one pass adds the bias, stores the
-// pre-activation and applies the activation.
+func minRows(act device.Activation, cols int) int {
+	if act == device.GELU {
+		return max(1, minGELUElemsPerThread/max(cols, 1))
+	}
+	return max(1, minElemsPerThread/max(cols, 1))
+}
+
+// BiasAct implements device.Device in one pass per row: each element is
+// loaded once, biased, stored to pre and activated.
 func (d *Device) BiasAct(act device.Activation, x, bias, pre []float32, rows, cols int) {
-	d.parallelFor(rows, minRowsPerThread, func(lo, hi int) {
+	if act == device.None {
+		pre = nil
+	}
+	d.parallelFor(rows, minRows(act, cols), func(lo, hi int) {
 		for i := lo; i < hi; i++ {
 			row := x[i*cols : (i+1)*cols]
 			var p []float32
-			if pre != nil && act != device.None {
+			if pre != nil {
 				p = pre[i*cols : (i+1)*cols]
 			}
 			biasActRow(act, row, bias, p)
@@ -25,26 +40,52 @@ func (d *Device) BiasAct(act device.Activation, x, bias, pre []float32, rows, co
 	})
 }
 
+// relu is max(x, 0) without a branch (a sign test mispredicts half the time
+// on activations): a set sign bit, including −0, gives +0.
+func relu(x float32) float32 {
+	b := math.Float32bits(x)
+	return math.Float32frombits(b &^ uint32(int32(b)>>31))
+}
+
 func biasActRow(act device.Activation, row, bias, pre []float32) {
 	if bias != nil {
 		bias = bias[:len(row)]
-		for j := range row {
-			row[j] += bias[j]
-		}
 	}
 	if pre != nil {
-		copy(pre, row)
+		pre = pre[:len(row)]
 	}
-	switch act {
-	case device.ReLU:
-		for j, v := range row {
-			if v < 0 {
-				row[j] = 0
+	switch {
+	case act == device.None:
+		if bias != nil {
+			for j := range row {
+				row[j] += bias[j]
 			}
 		}
-	case device.GELU:
+	case act == device.ReLU && bias != nil && pre != nil:
 		for j, v := range row {
-			row[j] = gelu(v)
+			p := v + bias[j]
+			pre[j] = p
+			row[j] = relu(p)
+		}
+	case act == device.GELU && bias != nil && pre != nil:
+		for j, v := range row {
+			p := v + bias[j]
+			pre[j] = p
+			row[j] = gelu(p)
+		}
+	default: // rarer combinations: missing bias or pre
+		for j, v := range row {
+			if bias != nil {
+				v += bias[j]
+			}
+			if pre != nil {
+				pre[j] = v
+			}
+			if act == device.ReLU {
+				row[j] = relu(v)
+			} else {
+				row[j] = gelu(v)
+			}
 		}
 	}
 }
@@ -106,14 +147,22 @@ func (d *Device) ActBackward(act device.Activation, grad, pre []float32) {
 		return
 	}
 	pre = pre[:len(grad)]
-	d.parallelFor(len(grad), 4096, func(lo, hi int) {
+	minChunk := minElemsPerThread
+	if act == device.GELU {
+		minChunk = minGELUElemsPerThread
+	}
+	d.parallelFor(len(grad), minChunk, func(lo, hi int) {
 		g, p := grad[lo:hi], pre[lo:hi]
 		switch act {
 		case device.ReLU:
+			// grad stays where pre > 0; pre ≤ 0 (−0 included, whose bits
+			// are negative as int32) clears it. Integer select: no branch.
 			for j, v := range p {
-				if v <= 0 {
-					g[j] = 0
+				gb := math.Float32bits(g[j])
+				if int32(math.Float32bits(v)) <= 0 {
+					gb = 0
 				}
+				g[j] = math.Float32frombits(gb)
 			}
 		case device.GELU:
 			for j, v := range p {
@@ -146,7 +195,7 @@ func (d *Device) SoftmaxCrossEntropy(logits []float32, labels []int32, rows, col
 	// bitwise independent of the thread count.
 	losses := grow(&d.ceLoss, rows)
 	hits := grow(&d.ceHit, rows)
-	d.parallelFor(rows, minRowsPerThread, func(lo, hi int) {
+	d.parallelFor(rows, max(1, minGELUElemsPerThread/max(cols, 1)), func(lo, hi int) { // exp-bound, like GELU
 		for i := lo; i < hi; i++ {
 			var g []float32
 			if grad != nil {

@@ -42,7 +42,7 @@ func TestGELU(t *testing.T) {
 
 func TestBiasActAndBackward(t *testing.T) {
 	r := rand.New(rand.NewPCG(3, 4))
-	const rows, cols = 37, 70
+	const rows, cols = 300, 130 // big enough to fork for every activation
 	for _, threads := range []int{1, 2} {
 		d, err := New(Config{Threads: threads})
 		if err != nil {
