@@ -136,7 +136,10 @@ func loadFile(ctx context.Context, st Storage, dir string, f FileEntry, index []
 	for i := range order {
 		order[i] = i
 	}
-	sort.SliceStable(order, func(a, b int) bool { return entries[order[a]].Begin < entries[order[b]].Begin })
+	sort.SliceStable(order, func(a, b int) bool {
+		ea, eb := &entries[order[a]], &entries[order[b]]
+		return ea.Begin < eb.Begin || (ea.Begin == eb.Begin && ea.End < eb.End)
+	})
 	out := make([]Tensor, len(entries))
 	pos := h.DataStart
 	for _, i := range order {

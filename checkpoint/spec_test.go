@@ -93,7 +93,12 @@ func parseSafetensors(t *testing.T, file []byte) (map[string]specTensor, map[str
 		out[name] = specTensor{dtype: e.DType, shape: e.Shape, begin: 8 + n + b, end: 8 + n + en, values: vals}
 		spans = append(spans, span{name, b, en})
 	}
-	sort.Slice(spans, func(i, j int) bool { return spans[i].begin < spans[j].begin })
+	sort.Slice(spans, func(i, j int) bool { // by (begin, end): empty tensors share a begin
+		if spans[i].begin != spans[j].begin {
+			return spans[i].begin < spans[j].begin
+		}
+		return spans[i].end < spans[j].end
+	})
 	pos := 0
 	for _, s := range spans {
 		if s.begin != pos {
