@@ -77,6 +77,10 @@ func packAF32(dst []float32, op *operand, i0, rows, p0, kk, mr int) {
 			continue
 		}
 		base := (p0+p)*x.LD + i0
+		if mr == 6 && rows == 6 && x.DType == tensor.F32 {
+			*(*[6]float32)(d) = *(*[6]float32)(x.F32[base:])
+			continue
+		}
 		widenInto(x, d[:rows], base)
 		clear(d[rows:])
 	}
@@ -113,6 +117,12 @@ func packBF32(dst []float32, op *operand, j0, cols, kpad, nr int) {
 		return
 	}
 	// stored n×k: column j0+s is contiguous in p
+	if x.DType == tensor.F32 && cols == nr && nr%4 == 0 && kpad == k {
+		for s := 0; s < nr; s += 4 {
+			gather4(dst[s:], nr, x.F32, (j0+s)*x.LD, x.LD, k)
+		}
+		return
+	}
 	for s := 0; s < nr; s++ {
 		if s >= cols {
 			for p := 0; p < kpad; p++ {
@@ -238,6 +248,21 @@ func gather6(dst, src []float32, base, ld, kk int) {
 	for p := range r0 {
 		d := (*[6]float32)(dst[6*p:])
 		d[0], d[1], d[2], d[3], d[4], d[5] = r0[p], r1[p], r2[p], r3[p], r4[p], r5[p]
+	}
+}
+
+// gather4 interleaves four rows of src (from base, stride ld, k long) into
+// dst: step p's four values land at dst[p·stride : p·stride+4]. Packing a
+// transposed B (the X·Wᵀ of a forward pass) goes four columns at a time so
+// each step writes one 16-byte run instead of scattering single floats.
+func gather4(dst []float32, stride int, src []float32, base, ld, k int) {
+	r0 := src[base : base+k]
+	r1 := src[base+ld : base+ld+k]
+	r2 := src[base+2*ld : base+2*ld+k]
+	r3 := src[base+3*ld : base+3*ld+k]
+	for p := range r0 {
+		d := (*[4]float32)(dst[p*stride:])
+		d[0], d[1], d[2], d[3] = r0[p], r1[p], r2[p], r3[p]
 	}
 }
 
