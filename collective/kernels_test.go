@@ -92,3 +92,31 @@ func BenchmarkKernels(b *testing.B) {
 		}
 	})
 }
+
+// The wavefront enumerates every unit once, index agrees with the
+// enumeration, and each unit comes after the unit it depends on.
+func TestWavefrontOrder(t *testing.T) {
+	for _, s := range []wavefront{{1, 1, 2}, {6, 1, 2}, {6, 32, 2}, {14, 5, 2}, {3, 7, 1}, {4, 3, 100}} {
+		seen := map[[2]int]bool{}
+		var pos int64
+		for w := range s.waves() {
+			for tr := s.tmin(w); tr <= s.tmax(w); tr++ {
+				k := w - tr*s.lag
+				if k < 0 || k >= s.nsub || seen[[2]int{tr, k}] {
+					t.Fatalf("%+v: bad or repeated unit (%d,%d)", s, tr, k)
+				}
+				seen[[2]int{tr, k}] = true
+				if got := s.index(tr, k); got != pos {
+					t.Fatalf("%+v: index(%d,%d) = %d, enumerated at %d", s, tr, k, got, pos)
+				}
+				if tr > 0 && s.index(tr-1, k) >= pos {
+					t.Fatalf("%+v: unit (%d,%d) before its dependency", s, tr, k)
+				}
+				pos++
+			}
+		}
+		if len(seen) != s.steps*s.nsub {
+			t.Fatalf("%+v: %d units, want %d", s, len(seen), s.steps*s.nsub)
+		}
+	}
+}

@@ -24,11 +24,48 @@ import (
 // segment, so sub-chunk k of step t+1 depends only on sub-chunk k of step t).
 // The calling goroutine receives and reduces; a sender goroutine sends unit
 // (t, k) as soon as unit (t-1, k) has been received, so the two directions of
-// the link and the reduction all overlap. In the all-gather half the receiver
+// the link and the reduction all overlap. Units travel in wavefront order
+// (see wavefront), so a sub-chunk is forwarded while still in cache. In the all-gather half the receiver
 // overwrites memory the sender read n-1 steps earlier; data can only arrive
 // after that send (it went round the ring), and the receiver also waits on the
 // sender's counter so that the ordering is visible to the memory model (and
 // the race detector), not only to the network.
+
+// waveLag is the wavefront's lag in sub-chunks between consecutive steps;
+// see wavefront.
+const waveLag = 2
+
+// wavefront orders the units (t, k) of a ring operation (t: step relative to
+// the first, k: sub-chunk) so that a sub-chunk travels on soon after it
+// arrives, while it is still in cache, instead of after the whole step:
+// wave w holds the units with k + t·lag = w, in increasing t. Unit (t, k)
+// depends only on (t-1, k), which is lag waves earlier, so every rank can
+// follow the same order without waiting on a later unit. Sender and receiver
+// of a link walk the same order, which fixes the order of frames on it.
+type wavefront struct{ steps, nsub, lag int }
+
+func (s wavefront) waves() int { return s.nsub + (s.steps-1)*s.lag }
+
+// tmin and tmax bound the steps present in wave w.
+func (s wavefront) tmin(w int) int {
+	if v := w - s.nsub + 1; v > 0 {
+		return (v + s.lag - 1) / s.lag
+	}
+	return 0
+}
+
+func (s wavefront) tmax(w int) int { return min(s.steps-1, w/s.lag) }
+
+// index is the position of unit (t, k) in the order: the units of earlier
+// waves plus those of wave w with a smaller step.
+func (s wavefront) index(t, k int) int64 {
+	w := k + t*s.lag
+	n := t - s.tmin(w)
+	for j := range s.steps {
+		n += min(max(w-j*s.lag, 0), s.nsub)
+	}
+	return int64(n)
+}
 
 // planKind distinguishes the ring schedule from the broadcast chain.
 type planKind uint8
@@ -53,6 +90,11 @@ type plan struct {
 	segHi       []int
 
 	chainSend, chainRecv bool // broadcast: forward to the right / receive from the left
+}
+
+// sched returns the order in which this plan's ring units travel.
+func (p *plan) sched() wavefront {
+	return wavefront{steps: p.last - p.first, nsub: p.nsub, lag: waveLag}
 }
 
 // sub returns the element range of sub-chunk k of segment q.
@@ -219,16 +261,16 @@ func (c *Communicator) sendRing(ctx context.Context) error {
 	p := &c.plan
 	h := Header{Kind: KindData, Op: p.op, DType: p.wire, Seq: p.seq}
 	compress := p.buf.DType == tensor.F32 && p.wire != tensor.F32
-	u := int64(0)
-	for t := p.first; t < p.last; t++ {
-		q := mod(c.pos-t-1, c.n)
-		for k := range p.nsub {
-			if t > p.first {
-				if err := c.waitReady(u - int64(p.nsub) + 1); err != nil {
+	s := p.sched()
+	for w := range s.waves() {
+		for tr := s.tmin(w); tr <= s.tmax(w); tr++ {
+			k, t := w-tr*s.lag, p.first+tr
+			if tr > 0 { // forward what unit (t-1, k) brought
+				if err := c.waitReady(s.index(tr-1, k) + 1); err != nil {
 					return err
 				}
 			}
-			lo, hi := p.sub(q, k)
+			lo, hi := p.sub(mod(c.pos-t-1, c.n), k)
 			var payload []byte
 			if compress {
 				enc := u16View(c.sbuf)[:hi-lo]
@@ -243,7 +285,6 @@ func (c *Communicator) sendRing(ctx context.Context) error {
 			if err := c.t.Send(ctx, c.right, h, payload); err != nil {
 				return err
 			}
-			u++
 			c.sentOne()
 		}
 	}
@@ -254,13 +295,14 @@ func (c *Communicator) recvRing(ctx context.Context) error {
 	p := &c.plan
 	h := Header{Kind: KindData, Op: p.op, DType: p.wire, Seq: p.seq}
 	b := p.buf
-	for t := p.first; t < p.last; t++ {
-		q := mod(c.pos-t-2, c.n)
-		reduce := t < c.n-1
-		for k := range p.nsub {
-			lo, hi := p.sub(q, k)
+	s := p.sched()
+	for w := range s.waves() {
+		for tr := s.tmin(w); tr <= s.tmax(w); tr++ {
+			k, t := w-tr*s.lag, p.first+tr
+			reduce := t < c.n-1
+			lo, hi := p.sub(mod(c.pos-t-2, c.n), k)
 			if back := t + 1 - c.n; !reduce && back >= p.first { // the sender read this range at step back
-				if err := c.waitSent(int64((back-p.first)*p.nsub + k + 1)); err != nil {
+				if err := c.waitSent(s.index(back-p.first, k) + 1); err != nil {
 					return err
 				}
 			}

@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -183,6 +184,7 @@ type allreduceResult struct {
 	Compress string  `json:"compress"`
 	Iters    int     `json:"iters"`
 	TimeMs   float64 `json:"time_ms"`
+	CPUMs    float64 `json:"cpu_ms"` // user+sys CPU per call, summed over ranks
 	AlgBW    float64 `json:"algbw_GBps"`
 	BusBW    float64 `json:"busbw_GBps"`
 }
@@ -244,9 +246,9 @@ func runAllreduceRank(ctx context.Context, stdout io.Writer, o allreduceOpts) er
 	n := c.Size()
 	if o.rank == 0 && !o.jsonOut {
 		fmt.Fprintf(stdout, "# loom ring all-reduce over TCP: ranks=%d compress=%s chunk=%s order=%v\n", n, comp, o.chunk, c.Order())
-		fmt.Fprintf(stdout, "# %12s %8s %10s %12s %12s\n", "size(B)", "iters", "time(ms)", "algbw(GB/s)", "busbw(GB/s)")
+		fmt.Fprintf(stdout, "# %12s %8s %10s %12s %12s %12s\n", "size(B)", "iters", "time(ms)", "algbw(GB/s)", "busbw(GB/s)", "cpu(ms)")
 	}
-	times := make([]float32, n) // per-rank seconds per call, gathered to find the max
+	times := make([]float32, 2*n) // per rank: seconds per call, CPU seconds per call
 	for _, size := range sizes {
 		buf := make([]float32, size/4)
 		iters := o.iters
@@ -272,7 +274,7 @@ func runAllreduceRank(ctx context.Context, stdout io.Writer, o allreduceOpts) er
 		if err := c.Barrier(ctx); err != nil {
 			return err
 		}
-		start := time.Now()
+		start, cpu0 := time.Now(), cpuSeconds()
 		for range iters {
 			if err := c.AllReduce(ctx, collective.F32(buf)); err != nil {
 				return err
@@ -280,21 +282,23 @@ func runAllreduceRank(ctx context.Context, stdout io.Writer, o allreduceOpts) er
 		}
 		per := time.Since(start).Seconds() / float64(iters)
 		clear(times)
-		times[o.rank] = float32(per)
+		times[2*o.rank] = float32(per) // Shard(2n, n, r) is [2r, 2r+2)
+		times[2*o.rank+1] = float32((cpuSeconds() - cpu0) / float64(iters))
 		if err := c.AllGather(ctx, collective.F32(times)); err != nil {
 			return err
 		}
 		if o.rank != 0 {
 			continue
 		}
-		worst := 0.0
-		for _, t := range times {
-			worst = max(worst, float64(t))
+		worst, cpu := 0.0, 0.0
+		for r := range n {
+			worst = max(worst, float64(times[2*r]))
+			cpu += float64(times[2*r+1])
 		}
 		bytes := len(buf) * 4
 		alg := float64(bytes) / worst / 1e9
 		res := allreduceResult{Impl: "loom-ring-tcp", World: n, SizeMiB: float64(bytes) / (1 << 20), Bytes: bytes,
-			Compress: comp.String(), Iters: iters, TimeMs: worst * 1e3, AlgBW: alg, BusBW: alg * 2 * float64(n-1) / float64(n)}
+			Compress: comp.String(), Iters: iters, TimeMs: worst * 1e3, CPUMs: cpu * 1e3, AlgBW: alg, BusBW: alg * 2 * float64(n-1) / float64(n)}
 		if n == 1 {
 			res.BusBW = 0
 		}
@@ -302,8 +306,19 @@ func runAllreduceRank(ctx context.Context, stdout io.Writer, o allreduceOpts) er
 			b, _ := json.Marshal(res)
 			fmt.Fprintln(stdout, string(b))
 		} else {
-			fmt.Fprintf(stdout, "  %12d %8d %10.3f %12.3f %12.3f\n", bytes, iters, res.TimeMs, res.AlgBW, res.BusBW)
+			fmt.Fprintf(stdout, "  %12d %8d %10.3f %12.3f %12.3f %12.3f\n", bytes, iters, res.TimeMs, res.AlgBW, res.BusBW, res.CPUMs)
 		}
 	}
 	return c.Barrier(ctx)
+}
+
+// cpuSeconds is this process's user+system CPU time so far. The benchmark
+// reports it per call because on a shared machine CPU cost per byte is
+// steadier than wall time.
+func cpuSeconds() float64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
 }
