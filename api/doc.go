@@ -6,3 +6,7 @@
 //
 // It imports nothing of loom. The coordinator and the worker meet here.
 package api
+
+// Regenerate the *.pb.go files with `go generate ./api` (needs protoc,
+// protoc-gen-go v1.36.12 and protoc-gen-go-grpc v1.6.2 on PATH; see gen.sh).
+//go:generate ./gen.sh
