@@ -120,12 +120,10 @@ func (c *Communicator) Order() []int { return append([]int(nil), c.order...) }
 // Stats returns the transport's counters.
 func (c *Communicator) Stats() Stats { return c.t.Stats() }
 
-// Err returns the failure that closed the communicator, or nil.
-func (c *Communicator) Err() error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.errLocked()
-}
+// Err returns the failure that closed the communicator (wrapping ErrClosed
+// and the cause), or nil while it is usable. It does not wait for a call in
+// progress.
+func (c *Communicator) Err() error { return c.errLocked() }
 
 func (c *Communicator) errLocked() error {
 	if c.aborted.Load() {
