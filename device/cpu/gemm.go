@@ -53,7 +53,7 @@ func (d *Device) Gemm(transA, transB bool, m, n, k int, alpha float32, a, b devi
 		scaleC(c, m, n, ldc, beta)
 		return
 	}
-	g := &gemmArgs{m: m, n: n, k: k, a: operand{a, transA, k}, b: operand{b, transB, k}, alpha: alpha, beta: beta, c: c, ldc: ldc}
+	g := &gemmArgs{m: m, n: n, k: k, a: operand{x: a, trans: transA, k: k}, b: operand{x: b, trans: transB, k: k, transpose8: d.kern.transpose8}, alpha: alpha, beta: beta, c: c, ldc: ldc}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if a.DType == tensor.BF16 && d.kern.bf16 != nil {

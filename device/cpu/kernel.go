@@ -29,6 +29,9 @@ type kernel struct {
 	// bf16 is nil when the CPU has no native bf16 dot product: BF16 operands
 	// are then widened to float32 while packing (exact) and run through f32.
 	bf16 bf16Kernel
+	// transpose8, if set, packs a transposed f32 B eight columns at a time
+	// (see transpose8AVX); nil uses the portable gather.
+	transpose8 func(dst *float32, stride int, src *float32, ld int, blocks int)
 }
 
 // Name of the kernel as used by LOOM_CPU_KERNEL and the kernel= option.

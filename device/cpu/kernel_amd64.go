@@ -17,12 +17,19 @@ func sgemm6x32AVX512(kc int, a, b, c *float32, ldc int, alpha, beta float32)
 //go:noescape
 func bgemm6x32AVX512BF16(kc int, a, b *uint16, c *float32, ldc int, alpha, beta float32)
 
+// transpose8AVX writes column p of 8 rows of src (row stride ld, blocks×8
+// columns) as 8 consecutive floats at dst[p·stride:]. The caller guarantees
+// both extents.
+//
+//go:noescape
+func transpose8AVX(dst *float32, stride int, src *float32, ld int, blocks int)
+
 // Blocking: kc×nr floats of packed B (the L1-resident micro-panel) is
 // 16 KiB for AVX2 and 32 KiB for AVX-512 at kc=256; mc×kc floats of packed
 // A (L2-resident) is ~140 KiB.
 var (
-	avx2Kernel   = &kernel{name: "avx2", mr: 6, nr: 16, kc: 256, mc: 144, f32: sgemm6x16AVX2}
-	avx512Kernel = &kernel{name: "avx512", mr: 6, nr: 32, kc: 256, mc: 144, f32: sgemm6x32AVX512}
+	avx2Kernel   = &kernel{name: "avx2", mr: 6, nr: 16, kc: 256, mc: 144, f32: sgemm6x16AVX2, transpose8: transpose8AVX}
+	avx512Kernel = &kernel{name: "avx512", mr: 6, nr: 32, kc: 256, mc: 144, f32: sgemm6x32AVX512, transpose8: transpose8AVX}
 )
 
 // platformKernels detects, via CPUID and the OS-enabled register state

@@ -13,6 +13,8 @@ type operand struct {
 	x     device.Matrix
 	trans bool
 	k     int
+	// transpose8 is the kernel's 8×8 block transposer (nil: portable).
+	transpose8 func(dst *float32, stride int, src *float32, ld int, blocks int)
 }
 
 // Two packed layouts exist.
@@ -117,6 +119,20 @@ func packBF32(dst []float32, op *operand, j0, cols, kpad, nr int) {
 		return
 	}
 	// stored n×k: column j0+s is contiguous in p
+	if x.DType == tensor.F32 && cols == nr && nr%8 == 0 && kpad == k && op.transpose8 != nil && k >= 8 {
+		blocks := k / 8
+		for s := 0; s < nr; s += 8 {
+			base := (j0 + s) * x.LD
+			_ = x.F32[base+7*x.LD+k-1] // the eight rows lie inside x
+			op.transpose8(&dst[s], nr, &x.F32[base], x.LD, blocks)
+			for p := blocks * 8; p < k; p++ {
+				for r := 0; r < 8; r++ {
+					dst[p*nr+s+r] = x.F32[base+r*x.LD+p]
+				}
+			}
+		}
+		return
+	}
 	if x.DType == tensor.F32 && cols == nr && nr%4 == 0 && kpad == k {
 		for s := 0; s < nr; s += 4 {
 			gather4(dst[s:], nr, x.F32, (j0+s)*x.LD, x.LD, k)
