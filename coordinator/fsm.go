@@ -307,9 +307,20 @@ func (s *state) reportProgress(c *api.CmdReportProgress) ApplyResult {
 		j.State, j.Reason, j.CompletedUnixNano = api.JobState_JOB_STATE_COMPLETED, "", c.GetNowUnixNano()
 	}
 	if w, ok := s.workers[r.GetWorkerId()]; ok && c.GetSamplesPerSecond() > 0 {
-		w.SamplesPerSecond = c.GetSamplesPerSecond()
+		w.SamplesPerSecond = smoothSpeed(w.SamplesPerSecond, c.GetSamplesPerSecond())
 	}
 	return ApplyResult{Msg: &api.ReportProgressResponse{Generation: j.Generation}}
+}
+
+// smoothSpeed folds a new samples/s measurement into a worker's speed
+// (exponential moving average, weight 1/4 on the new value) so that one
+// noisy step does not move batch shares; the first measurement is taken
+// as is.
+func smoothSpeed(old, sample float64) float64 {
+	if old <= 0 {
+		return sample
+	}
+	return 0.75*old + 0.25*sample
 }
 
 func (s *state) commitCheckpoint(c *api.CmdCommitCheckpoint) ApplyResult {

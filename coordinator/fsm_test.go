@@ -200,6 +200,11 @@ func TestJobCompletion(t *testing.T) {
 	for i, m := range everyCommand() {
 		applyAt(t, f, uint64(i+1), m)
 	}
+	// A second speed measurement is smoothed, not taken as is.
+	applyAt(t, f, 49, &api.CmdReportProgress{Report: &api.ReportProgressRequest{JobId: "job-0001", WorkerId: "w1", Generation: 1, Step: 7}, SamplesPerSecond: 800})
+	if w, _ := f.Worker("w1"); w.SamplesPerSecond != 500 {
+		t.Fatalf("speed after 400 then 800 samples/s: %v, want 500", w.SamplesPerSecond)
+	}
 	acc := 0.97
 	r := applyAt(t, f, 50, &api.CmdReportProgress{Report: &api.ReportProgressRequest{JobId: "job-0001", WorkerId: "w1", Generation: 1, Step: 8, Loss: 0.2, TestAccuracy: &acc, TestLoss: 0.1}})
 	if r.Err != nil {
