@@ -21,6 +21,7 @@ type Job struct {
 	Train     Train     `yaml:"train"`
 	Optimizer Optimizer `yaml:"optimizer"`
 	Schedule  Schedule  `yaml:"schedule"`
+	Cluster   Cluster   `yaml:"cluster"`
 
 	// file and lines are filled by Load so semantic errors can point at
 	// the line a field came from.
@@ -69,6 +70,13 @@ type Schedule struct {
 	MinLRRatio  float64 `yaml:"min_lr_ratio"` // cosine floor as a fraction of lr
 }
 
+// Cluster holds the distributed settings.
+type Cluster struct {
+	MinWorkers int    `yaml:"min_workers"` // the job waits below this many; 0 means 1
+	MaxWorkers int    `yaml:"max_workers"` // extra workers stand by; 0: no limit
+	Compress   string `yaml:"compress"`    // gradient wire format: none | bf16 | fp16
+}
+
 // Default returns a job with every optional field at its default.
 func Default() Job {
 	return Job{
@@ -78,6 +86,7 @@ func Default() Job {
 		Train:     Train{Epochs: 1, GlobalBatch: 256, Precision: "fp32", LogEvery: 50},
 		Optimizer: Optimizer{Kind: "adamw", LR: 1e-3, WeightDecay: 0.01, Momentum: 0.9, Beta1: 0.9, Beta2: 0.999, Eps: 1e-8},
 		Schedule:  Schedule{Kind: "cosine"},
+		Cluster:   Cluster{Compress: "none"},
 	}
 }
 

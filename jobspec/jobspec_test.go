@@ -99,3 +99,24 @@ func TestDataPathRelativeToConfig(t *testing.T) {
 		t.Fatalf("DataPath = %s, want %s", j.DataPath(), ds)
 	}
 }
+
+func TestMarshalRoundTrip(t *testing.T) {
+	j, err := Parse("job.yaml", []byte(good+"cluster: {min_workers: 2, max_workers: 4, compress: bf16}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := j.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := Parse("again.yaml", b)
+	if err != nil {
+		t.Fatalf("marshalled job does not parse: %v\n%s", err, b)
+	}
+	if k.Cluster != j.Cluster || k.Train != j.Train || k.Optimizer != j.Optimizer || k.Seed != j.Seed {
+		t.Fatalf("round trip changed the job:\n%+v\n%+v", j, k)
+	}
+	if _, err := Parse("j.yaml", []byte(good+"cluster: {min_workers: 3, max_workers: 2}\n")); err == nil || !strings.Contains(err.Error(), "cluster.max_workers") {
+		t.Fatalf("max below min: %v", err)
+	}
+}

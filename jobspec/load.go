@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"reflect"
 	"sort"
 	"strings"
@@ -186,4 +187,18 @@ func yamlFields(t reflect.Type) []string {
 	}
 	sort.Strings(names)
 	return names
+}
+
+// Marshal returns the job as YAML that Parse accepts, with data.path made
+// absolute, so a worker on another directory (or machine with the same
+// layout) reads the same files.
+func (j *Job) Marshal() ([]byte, error) {
+	c := *j
+	c.Data.Path = j.DataPath()
+	if c.Data.Path != "" {
+		if abs, err := filepath.Abs(c.Data.Path); err == nil {
+			c.Data.Path = abs
+		}
+	}
+	return yaml.Marshal(&c)
 }

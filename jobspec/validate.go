@@ -48,6 +48,19 @@ func (j *Job) Validate() error {
 	if err := j.validateOptimizer(); err != nil {
 		return err
 	}
+	c := j.Cluster
+	switch {
+	case c.MinWorkers < 0:
+		return j.errf("cluster.min_workers", "must be >= 0, got %d", c.MinWorkers)
+	case c.MaxWorkers < 0:
+		return j.errf("cluster.max_workers", "must be >= 0, got %d", c.MaxWorkers)
+	case c.MaxWorkers > 0 && c.MaxWorkers < c.MinWorkers:
+		return j.errf("cluster.max_workers", "%d is below min_workers %d", c.MaxWorkers, c.MinWorkers)
+	case c.Compress != "none" && c.Compress != "bf16" && c.Compress != "fp16":
+		return j.errf("cluster.compress", "%q unknown (want none, bf16 or fp16)", c.Compress)
+	case c.MaxWorkers > t.GlobalBatch:
+		return j.errf("cluster.max_workers", "%d workers cannot share a global batch of %d", c.MaxWorkers, t.GlobalBatch)
+	}
 	s := j.Schedule
 	switch {
 	case s.Kind != "constant" && s.Kind != "cosine":

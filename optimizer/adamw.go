@@ -59,3 +59,6 @@ func (a *AdamW) State() []NamedTensor {
 
 // Steps implements Optimizer.
 func (a *AdamW) Steps() int { return a.steps }
+
+// SetSteps implements Optimizer.
+func (a *AdamW) SetSteps(n int) { a.steps = n }

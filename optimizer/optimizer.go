@@ -32,6 +32,9 @@ type Optimizer interface {
 	State() []NamedTensor
 	// Steps is the number of updates applied so far.
 	Steps() int
+	// SetSteps restores the update count (AdamW's bias correction depends
+	// on it) when state is loaded from a checkpoint or a peer.
+	SetSteps(n int)
 }
 
 // NamedTensor is one named float32 state tensor.

@@ -58,3 +58,6 @@ func (s *SGD) State() []NamedTensor {
 
 // Steps implements Optimizer.
 func (s *SGD) Steps() int { return s.steps }
+
+// SetSteps implements Optimizer.
+func (s *SGD) SetSteps(n int) { s.steps = n }

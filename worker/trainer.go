@@ -161,8 +161,10 @@ func (t *Trainer) Step() float64 {
 // (shares[rank] samples, in rank order; nil shares means the whole batch),
 // sums them across ranks through sync (nil for a single worker), and applies
 // the same update. It returns the mean loss over the whole global batch.
-// On a sync error the step is abandoned: parameters are untouched.
+// On a sync error the step is abandoned: parameters, step count and
+// sampler position are as before the call.
 func (t *Trainer) StepShare(ctx context.Context, sync GradSync, shares *Shares) (float64, error) {
+	startPos := t.sampler.Position()
 	t.idx = t.sampler.Next(t.idx[:0], t.job.Train.GlobalBatch)
 	rows := len(t.idx)
 	lo, hi := 0, rows
@@ -173,6 +175,9 @@ func (t *Trainer) StepShare(ctx context.Context, sync GradSync, shares *Shares) 
 	t.accumulate(t.idx[lo:hi], sync)
 	if sync != nil {
 		if err := sync.Wait(ctx); err != nil {
+			// Abandon the step: the samples go back to the sampler so the
+			// retried step uses exactly them; parameters are untouched.
+			_ = t.sampler.Seek(startPos)
 			return 0, err
 		}
 	}

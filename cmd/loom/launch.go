@@ -24,15 +24,20 @@ import (
 )
 
 type launchOpts struct {
-	workers  int
-	device   string
-	json     bool
-	maxSteps int
-	quiet    bool
+	workers       int
+	workerDevices []string
+	coordinator   string
+	detach        bool
+	device        string
+	json          bool
+	maxSteps      int
+	quiet         bool
+	logLevel      string
 }
 
 func newLaunchCmd() *cobra.Command {
 	var o launchOpts
+	var devs string
 	cmd := &cobra.Command{
 		Use:   "launch JOB.yaml",
 		Short: "Validate a job config and train it",
@@ -42,21 +47,34 @@ terminal, log lines otherwise) and a summary with the test-set accuracy.
 The config is checked before any work starts: an unknown key, a value of the
 wrong type or a missing dataset path is reported with its file, line and field.
 
-Ctrl-C stops at the next step boundary and still prints the summary.`,
+With --workers N (N > 1) loom starts an embedded coordinator and N local
+worker processes that train data-parallel, summing gradients over a TCP ring;
+with --coordinator it submits to a running cluster and follows the job
+(--detach prints the job id and returns).
+
+Ctrl-C stops at the next step boundary and still prints the summary (with
+workers: cancels the job and stops them).`,
 		Example: `  loom launch examples/mnist-mlp.yaml
   loom launch examples/mnist-mlp-bf16.yaml --json
-  loom launch examples/mnist-mlp.yaml --device cpu:threads=1 --max-steps 100`,
+  loom launch examples/mnist-mlp.yaml --device cpu:threads=1 --max-steps 100
+  loom launch examples/mnist-mlp.yaml --workers 2 --device cpu:threads=1
+  loom launch examples/mnist-mlp.yaml --coordinator 10.0.0.5:7070 --detach`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			o.workerDevices = parseWorkerDevices(devs)
 			return runLaunch(cmd.Context(), cmd.OutOrStdout(), args[0], o)
 		},
 	}
 	f := cmd.Flags()
-	f.IntVar(&o.workers, "workers", 1, "number of worker processes (only 1 until distributed training lands)")
+	f.IntVar(&o.workers, "workers", 1, "local worker processes; 1 trains in this process, N > 1 starts an embedded coordinator and N workers")
 	f.StringVar(&o.device, "device", "cpu", "device spec, e.g. cpu or cpu:threads=2")
+	f.StringVar(&devs, "worker-devices", "", `per-worker device specs separated by ';' (e.g. "cpu:threads=1;cpu:threads=2"), overriding --device`)
+	f.StringVar(&o.coordinator, "coordinator", "", "submit to a running coordinator cluster (comma-separated addresses) and follow the job")
+	f.BoolVar(&o.detach, "detach", false, "with --coordinator: print the job id and return")
 	f.BoolVar(&o.json, "json", false, "print the summary as one JSON object on stdout")
 	f.IntVar(&o.maxSteps, "max-steps", 0, "stop after this many steps (overrides train.max_steps)")
 	f.BoolVarP(&o.quiet, "quiet", "q", false, "no progress output, only the summary")
+	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error (workers log at warn unless debug)")
 	return cmd
 }
 
@@ -65,8 +83,13 @@ func runLaunch(ctx context.Context, stdout io.Writer, path string, o launchOpts)
 	if err != nil {
 		return err
 	}
-	if o.workers != 1 {
-		return fmt.Errorf("--workers %d: this build trains with one in-process worker; multi-worker launch is not available yet", o.workers)
+	switch {
+	case o.workers < 1 || o.workers > 64:
+		return fmt.Errorf("--workers %d: want 1 to 64 local workers", o.workers)
+	case o.detach && o.coordinator == "":
+		return fmt.Errorf("--detach needs --coordinator: an embedded coordinator ends with this process")
+	case len(o.workerDevices) > o.workers:
+		return fmt.Errorf("--worker-devices lists %d devices for %d workers", len(o.workerDevices), o.workers)
 	}
 	if o.maxSteps < 0 {
 		return fmt.Errorf("--max-steps %d: must be >= 0", o.maxSteps)
@@ -82,12 +105,26 @@ func runLaunch(ctx context.Context, stdout io.Writer, path string, o launchOpts)
 	if err != nil {
 		return fmt.Errorf("--device: %w", err)
 	}
-	level := zapcore.InfoLevel
+	for _, spec := range o.workerDevices {
+		if _, err := reg.Open(spec); err != nil {
+			return fmt.Errorf("--worker-devices %q: %w", spec, err)
+		}
+	}
+	level, err := zapcore.ParseLevel(o.logLevel)
+	if err != nil {
+		return fmt.Errorf("--log-level: %w", err)
+	}
 	if o.quiet {
-		level = zapcore.WarnLevel
+		level = max(level, zapcore.WarnLevel)
 	}
 	log := newLogger(level)
 	defer log.Sync()
+
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if o.workers > 1 || o.coordinator != "" {
+		return runCluster(ctx, stdout, job, o, log)
+	}
 
 	split, err := data.Open(job.Data.Dataset, job.DataPath())
 	if err != nil {
@@ -101,8 +138,6 @@ func runLaunch(ctx context.Context, stdout io.Writer, path string, o launchOpts)
 		zap.Int("params", tr.Model().NumParams()), zap.String("precision", job.Train.Precision), zap.String("device", dev.Name()),
 		zap.Int("threads", dev.Threads()), zap.Int("steps", tr.TotalSteps()))
 
-	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
-	defer stop()
 	var onProgress func(worker.Progress)
 	var view *progressView
 	if !o.quiet {

@@ -1,0 +1,262 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/loomtrain/loom/api"
+	"github.com/loomtrain/loom/coordinator"
+	"github.com/loomtrain/loom/data"
+	"github.com/loomtrain/loom/jobspec"
+	"github.com/loomtrain/loom/worker"
+)
+
+// runCluster launches job through a coordinator: the embedded one (plus
+// o.workers local worker processes) when o.coordinator is empty, else a
+// running cluster. It follows the job until it completes, is cancelled, or
+// ctx ends (then it cancels the job and stops its workers).
+func runCluster(ctx context.Context, stdout io.Writer, job *jobspec.Job, o launchOpts, log *zap.Logger) error {
+	addrs := []string{o.coordinator}
+	if o.coordinator == "" {
+		cfg := coordinator.DefaultConfig()
+		cfg.Logger = log.Named("coordinator").WithOptions(zap.IncreaseLevel(zapcore.WarnLevel))
+		srv, err := coordinator.StartEmbedded(ctx, cfg)
+		if err != nil {
+			return err
+		}
+		defer srv.Close()
+		addrs = []string{srv.Addr()}
+	}
+	conn, err := api.Dial(addrs)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	client := api.NewCoordinatorClient(conn)
+
+	body, err := job.Marshal()
+	if err != nil {
+		return err
+	}
+	minW := job.Cluster.MinWorkers
+	if o.coordinator == "" && o.workers > minW && (job.Cluster.MaxWorkers == 0 || o.workers <= job.Cluster.MaxWorkers) {
+		minW = o.workers // start once every local worker is up
+	}
+	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	resp, err := client.SubmitJob(sctx, &api.SubmitJobRequest{Spec: &api.JobSpec{
+		Name: job.Name, ConfigYaml: body, GlobalBatch: int64(job.Train.GlobalBatch),
+		MinWorkers: int32(minW), MaxWorkers: int32(job.Cluster.MaxWorkers), PipelineStages: 1}})
+	cancel()
+	if err != nil {
+		return fmt.Errorf("submit %s: %w", job.Name, err)
+	}
+	jobID := resp.GetJob().GetId()
+	if o.detach {
+		fmt.Fprintln(stdout, jobID)
+		return nil
+	}
+	log.Info("submitted", zap.String("job", jobID), zap.Strings("coordinator", addrs))
+
+	var procs *workerProcs
+	if o.coordinator == "" {
+		if procs, err = startWorkers(addrs[0], jobID, o, log); err != nil {
+			return err
+		}
+		defer procs.stop(5 * time.Second)
+	}
+	return follow(ctx, stdout, client, job, jobID, o, procs, log)
+}
+
+// follow polls the job until it ends and prints the summary.
+func follow(ctx context.Context, stdout io.Writer, client api.CoordinatorClient, job *jobspec.Job, jobID string, o launchOpts, procs *workerProcs, log *zap.Logger) error {
+	total := job.TotalSteps(trainSize(job))
+	var view *progressView
+	if !o.quiet {
+		view = newProgressView(os.Stderr, job.Train.LogEvery, log)
+	}
+	start := time.Now()
+	var firstStep time.Time
+	lastStep := int64(-1)
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	var exited <-chan error
+	if procs != nil {
+		exited = procs.failed
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			_, _ = client.CancelJob(cctx, &api.CancelJobRequest{JobId: jobID, Reason: "launch interrupted"})
+			cancel()
+			if view != nil {
+				view.Done()
+			}
+			fmt.Fprintf(os.Stderr, "job %s cancelled at step %d\n", jobID, max(lastStep, 0))
+			return exitError{code: 130}
+		case err := <-exited:
+			return fmt.Errorf("job %s: %w", jobID, err)
+		case <-tick.C:
+		}
+		gctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		resp, err := client.GetJob(gctx, &api.GetJobRequest{JobId: jobID})
+		cancel()
+		if err != nil {
+			if ctx.Err() == nil {
+				log.Warn("job status unavailable", zap.Error(err))
+			}
+			continue
+		}
+		j := resp.GetJob()
+		if j.GetStep() > 0 && firstStep.IsZero() {
+			firstStep = time.Now()
+		}
+		if view != nil && j.GetStep() != lastStep && j.GetStep() > 0 {
+			el := time.Since(start)
+			sps := float64(j.GetStep()*int64(job.Train.GlobalBatch)) / el.Seconds()
+			eta := time.Duration(float64(el) / float64(j.GetStep()) * float64(int64(total)-j.GetStep()))
+			view.Update(worker.Progress{Step: int(j.GetStep()), TotalSteps: total, Loss: j.GetLastLoss(), SamplesPerSec: sps,
+				Elapsed: el, ETA: eta, TestAccuracy: math.NaN()})
+		}
+		lastStep = j.GetStep()
+		switch j.GetState() {
+		case api.JobState_JOB_STATE_COMPLETED:
+			wall := time.Since(start).Seconds()
+			s := &worker.Summary{Job: job.Name, Status: "completed", Steps: int(j.GetStep()), Samples: j.GetStep() * int64(job.Train.GlobalBatch),
+				FinalLoss: j.GetLastLoss(), TestAccuracy: j.GetTestAccuracy(), TestLoss: j.GetTestLoss(), WallSeconds: wall,
+				Precision: job.Train.Precision, Device: o.device, Workers: int(resp.GetPlan().GetReplicas())}
+			s.Epochs = float64(s.Samples) / float64(max(1, trainSize(job)))
+			if !firstStep.IsZero() {
+				s.SamplesPerSec = float64(s.Samples) / time.Since(firstStep).Seconds()
+			}
+			if procs != nil {
+				procs.wait(10 * time.Second)
+			}
+			if o.json {
+				b, _ := json.Marshal(s)
+				fmt.Fprintln(stdout, string(b))
+			} else {
+				printSummary(stdout, s)
+			}
+			return nil
+		case api.JobState_JOB_STATE_CANCELLED:
+			return fmt.Errorf("job %s cancelled: %s", jobID, j.GetReason())
+		}
+	}
+}
+
+// trainSize is the number of training examples of the job's dataset (for
+// step counts and ETA); 0 if it cannot be read here.
+func trainSize(job *jobspec.Job) int {
+	s, err := data.Open(job.Data.Dataset, job.DataPath())
+	if err != nil {
+		return 0
+	}
+	return s.Train.N
+}
+
+// workerProcs are the local worker processes of an embedded launch.
+type workerProcs struct {
+	cmds   []*exec.Cmd
+	failed chan error // a worker exited with an error
+	done   sync.WaitGroup
+}
+
+// startWorkers re-executes this binary as n `loom worker` processes. Their
+// warnings and errors are shown prefixed with the worker id.
+func startWorkers(coord, jobID string, o launchOpts, log *zap.Logger) (*workerProcs, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	p := &workerProcs{failed: make(chan error, o.workers)}
+	for i := 0; i < o.workers; i++ {
+		id := fmt.Sprintf("w%d", i)
+		dev := o.device
+		if i < len(o.workerDevices) {
+			dev = o.workerDevices[i]
+		}
+		level := "warn"
+		if o.logLevel == "debug" {
+			level = "debug"
+		}
+		cmd := exec.Command(exe, "worker", "--coordinator", coord, "--job", jobID, "--id", id, "--device", dev, "--log-level", level)
+		cmd.Stdout = io.Discard
+		stderr, err := cmd.StderrPipe()
+		if err != nil {
+			return nil, err
+		}
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		if err := cmd.Start(); err != nil {
+			p.stop(time.Second)
+			return nil, fmt.Errorf("start worker %s: %w", id, err)
+		}
+		p.cmds = append(p.cmds, cmd)
+		p.done.Add(1)
+		go func() {
+			defer p.done.Done()
+			sc := bufio.NewScanner(stderr)
+			for sc.Scan() {
+				fmt.Fprintf(os.Stderr, "[%s] %s\n", id, sc.Text())
+			}
+			if err := cmd.Wait(); err != nil {
+				var ee *exec.ExitError
+				if errors.As(err, &ee) && ee.ExitCode() == 3 {
+					return // job cancelled: reported by follow
+				}
+				p.failed <- fmt.Errorf("worker %s exited: %v", id, err)
+			}
+		}()
+	}
+	log.Info("started local workers", zap.Int("workers", o.workers), zap.String("device", o.device))
+	return p, nil
+}
+
+// wait gives the workers up to d to exit on their own.
+func (p *workerProcs) wait(d time.Duration) {
+	ch := make(chan struct{})
+	go func() { p.done.Wait(); close(ch) }()
+	select {
+	case <-ch:
+	case <-time.After(d):
+	}
+}
+
+// stop sends SIGTERM, waits up to grace, then kills what is left.
+func (p *workerProcs) stop(grace time.Duration) {
+	for _, c := range p.cmds {
+		_ = c.Process.Signal(syscall.SIGTERM) // an exited process just refuses
+	}
+	ch := make(chan struct{})
+	go func() { p.done.Wait(); close(ch) }()
+	select {
+	case <-ch:
+	case <-time.After(grace):
+		for _, c := range p.cmds {
+			_ = c.Process.Kill()
+		}
+		<-ch
+	}
+}
+
+// parseWorkerDevices splits "cpu:threads=1;cpu:threads=2" into per-worker specs.
+func parseWorkerDevices(s string) []string {
+	if s == "" {
+		return nil
+	}
+	return strings.Split(s, ";")
+}

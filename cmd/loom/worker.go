@@ -1,0 +1,88 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/spf13/cobra"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/loomtrain/loom/device"
+	"github.com/loomtrain/loom/device/cpu"
+	"github.com/loomtrain/loom/worker"
+)
+
+func newWorkerCmd() *cobra.Command {
+	var (
+		coord, job, id, dev, listen, level string
+	)
+	cmd := &cobra.Command{
+		Use:   "worker --coordinator ADDR --job JOB_ID",
+		Short: "Run a worker: register, follow the job's plan and train its share",
+		Long: `Run a training worker for one job. The worker measures its device (GEMM
+GFLOP/s per dtype, cores, memory), registers with the coordinator, renews its
+lease by heartbeat, follows the job's plan and trains its share of every
+global batch, summing gradients with the other ranks over a TCP ring.
+
+It exits 0 when the job completes, 3 when the job is cancelled, and stops
+cleanly (deregistering) on SIGINT or SIGTERM.`,
+		Example: `  loom worker --coordinator 10.0.0.5:7070 --job job-1
+  loom worker --coordinator c1:7070,c2:7070 --job job-1 --device cpu:threads=1`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			lvl, err := zapcore.ParseLevel(level)
+			if err != nil {
+				return fmt.Errorf("--log-level: %w", err)
+			}
+			log := newLogger(lvl)
+			defer log.Sync()
+			var reg device.Registry
+			if err := cpu.Register(&reg); err != nil {
+				return err
+			}
+			d, err := reg.Open(dev)
+			if err != nil {
+				return fmt.Errorf("--device: %w", err)
+			}
+			if id == "" {
+				host, _ := os.Hostname()
+				id = fmt.Sprintf("%s-%d", host, os.Getpid())
+			}
+			cfg := worker.DefaultAgentConfig()
+			cfg.ID, cfg.JobID, cfg.Device, cfg.Logger = id, job, d, log
+			cfg.Coordinators = strings.Split(coord, ",")
+			if listen != "" {
+				cfg.Listen = listen
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			err = worker.RunAgent(ctx, cfg)
+			switch {
+			case err == nil:
+				log.Info("job complete; worker exiting")
+				return nil
+			case errors.Is(err, worker.ErrJobCancelled):
+				log.Warn("job cancelled; worker exiting")
+				return exitError{code: 3}
+			case ctx.Err() != nil:
+				log.Info("stopped by signal")
+				return nil
+			}
+			return err
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&coord, "coordinator", "", "coordinator gRPC address(es), comma-separated (required)")
+	f.StringVar(&job, "job", "", "job id to work on (required)")
+	f.StringVar(&id, "id", "", "worker id (default HOSTNAME-PID)")
+	f.StringVar(&dev, "device", "cpu", "device spec, e.g. cpu or cpu:threads=1")
+	f.StringVar(&listen, "listen", "", "collective listen address host:port (default 127.0.0.1:0)")
+	f.StringVar(&level, "log-level", "info", "debug, info, warn or error")
+	_ = cmd.MarkFlagRequired("coordinator")
+	_ = cmd.MarkFlagRequired("job")
+	return cmd
+}

@@ -1,0 +1,356 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/loomtrain/loom/api"
+	"github.com/loomtrain/loom/collective"
+	"github.com/loomtrain/loom/data"
+	"github.com/loomtrain/loom/device"
+	"github.com/loomtrain/loom/jobspec"
+)
+
+// AgentConfig configures a worker agent.
+type AgentConfig struct {
+	// ID names the worker; unique among live workers.
+	ID string
+	// Coordinators are gRPC addresses of any coordinators of the cluster.
+	Coordinators []string
+	// JobID pins the worker to one job.
+	JobID string
+	// Listen is the collective (ring) listen address; port 0 picks one.
+	Listen string
+	// Device computes the steps.
+	Device device.Device
+	// RPCTimeout bounds each coordinator call.
+	RPCTimeout time.Duration
+	// Logger; nil logs nothing.
+	Logger *zap.Logger
+}
+
+// DefaultAgentConfig listens on loopback with a random port.
+func DefaultAgentConfig() AgentConfig {
+	return AgentConfig{Listen: "127.0.0.1:0", RPCTimeout: 10 * time.Second}
+}
+
+// Validate reports the first missing or invalid field.
+func (c AgentConfig) Validate() error {
+	switch {
+	case c.ID == "":
+		return errors.New("worker: an id is required")
+	case len(c.Coordinators) == 0:
+		return errors.New("worker: a coordinator address is required")
+	case c.JobID == "":
+		return errors.New("worker: a job id is required")
+	case c.Device == nil:
+		return errors.New("worker: no device")
+	case c.RPCTimeout <= 0:
+		return errors.New("worker: RPCTimeout must be positive")
+	}
+	_, _, err := net.SplitHostPort(c.Listen)
+	return err
+}
+
+// Agent is one worker process's membership in a job: it registers, holds
+// its lease, follows the job's plan and trains its share of every step.
+type Agent struct {
+	cfg    AgentConfig
+	log    *zap.Logger
+	client api.CoordinatorClient
+	conn   *grpc.ClientConn
+	addr   string // collective address as registered
+
+	plans   chan *api.Plan // newest plan, capacity 1
+	planMu  sync.Mutex
+	newest  *api.Plan
+	jobDone chan struct{} // closed when the plan stream ends (job over)
+}
+
+// RunAgent runs a worker until its job completes (nil), the job is
+// cancelled (ErrJobCancelled), or ctx ends (ctx.Err()). It deregisters on
+// the way out.
+func RunAgent(ctx context.Context, cfg AgentConfig) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	a := &Agent{cfg: cfg, log: cfg.Logger, plans: make(chan *api.Plan, 1), jobDone: make(chan struct{})}
+	if a.log == nil {
+		a.log = zap.NewNop()
+	}
+	a.log = a.log.With(zap.String("worker", cfg.ID))
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("worker: collective listen: %w", err)
+	}
+	defer func() {
+		if ln != nil {
+			ln.Close()
+		}
+	}()
+	a.addr = ln.Addr().String()
+	a.cfg.Listen = a.addr // later generations bind the registered address again
+	if a.conn, err = api.Dial(cfg.Coordinators); err != nil {
+		return err
+	}
+	defer a.conn.Close()
+	a.client = api.NewCoordinatorClient(a.conn)
+
+	jobResp, err := a.call(ctx, func(c context.Context) (any, error) {
+		return a.client.GetJob(c, &api.GetJobRequest{JobId: cfg.JobID})
+	})
+	if err != nil {
+		return fmt.Errorf("worker: job %s: %w", cfg.JobID, err)
+	}
+	spec := jobResp.(*api.GetJobResponse).GetJob().GetSpec()
+	job, err := jobspec.Parse(spec.GetName()+".yaml", spec.GetConfigYaml())
+	if err != nil {
+		return fmt.Errorf("worker: job %s config: %w", cfg.JobID, err)
+	}
+	compress, err := collective.ParseCompression(job.Cluster.Compress)
+	if err != nil {
+		return err
+	}
+	split, err := data.Open(job.Data.Dataset, job.Data.Path)
+	if err != nil {
+		return fmt.Errorf("worker: job %s data: %w", cfg.JobID, err)
+	}
+	tr, err := NewTrainer(job, cfg.Device, split, a.log)
+	if err != nil {
+		return err
+	}
+
+	profile := MeasureProfile(cfg.Device, a.addr)
+	reg, err := a.call(ctx, func(c context.Context) (any, error) {
+		return a.client.RegisterWorker(c, &api.RegisterWorkerRequest{WorkerId: cfg.ID, Profile: profile, JobId: cfg.JobID})
+	})
+	if err != nil {
+		return fmt.Errorf("worker: register %s: %w", cfg.ID, err)
+	}
+	a.log.Info("registered", zap.String("collective", a.addr), zap.Any("gflops", profile.GetGflops()))
+	hbEvery := time.Duration(reg.(*api.RegisterWorkerResponse).GetHeartbeatIntervalMs()) * time.Millisecond
+
+	rctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var bg sync.WaitGroup
+	bg.Go(func() { a.heartbeat(rctx, hbEvery, profile) })
+	bg.Go(func() { a.watchPlans(rctx) })
+	rep := newReporter(a, job)
+	bg.Go(func() { rep.run(rctx) })
+	defer func() {
+		cancel()
+		bg.Wait()
+		dctx, dcancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer dcancel()
+		_, _ = a.client.DeregisterWorker(dctx, &api.DeregisterWorkerRequest{WorkerId: cfg.ID})
+	}()
+
+	err = a.train(rctx, tr, &ln, compress, rep)
+	if err == nil {
+		rep.flush(ctx)
+	}
+	return err
+}
+
+// ErrJobCancelled is returned when the job was cancelled while running.
+var ErrJobCancelled = errors.New("job cancelled")
+
+// train follows plan generations until the job's last step.
+func (a *Agent) train(ctx context.Context, tr *Trainer, ln *net.Listener, compress collective.Compression, rep *reporter) error {
+	var gen *generation
+	defer func() { gen.close() }()
+	hasState := false
+	var current int64
+	for !tr.Done() {
+		plan, err := a.nextPlan(ctx, current)
+		if err != nil {
+			return err
+		}
+		gen.close()
+		gen = nil
+		current = plan.GetGeneration()
+		g, err := joinGeneration(ctx, plan, a.cfg.ID, *ln, a.cfg.Listen, compress, a.log)
+		if g != nil || err != nil {
+			*ln = nil // consumed by the transport, or closed
+		}
+		if err != nil {
+			a.log.Warn("generation setup failed; waiting for the next plan", zap.Int64("generation", current), zap.Error(err))
+			continue
+		}
+		if g == nil {
+			a.log.Info("not in this generation: standing by", zap.Int64("generation", current), zap.String("reason", plan.GetReason()))
+			continue
+		}
+		gen = g
+		src, err := gen.syncState(ctx, tr, hasState)
+		if err != nil {
+			a.log.Warn("state sync failed; waiting for the next plan", zap.Int64("generation", current), zap.Error(err))
+			continue
+		}
+		hasState = true
+		a.log.Info("generation started", zap.Int64("generation", current), zap.Int("rank", gen.rank), zap.Int("ranks", gen.comm.Size()),
+			zap.Int("share", gen.shares.All[gen.rank]), zap.Int("step", tr.Steps()), zap.Int("state_from", src))
+		if err := a.runSteps(ctx, tr, gen, rep); err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			a.log.Warn("step abandoned; waiting for the next plan", zap.Int64("generation", current), zap.Int("step", tr.Steps()+1), zap.Error(err))
+		}
+	}
+	if gen != nil && gen.rank == 0 {
+		acc, loss := tr.Evaluate(tr.split.Test)
+		rep.final(acc, loss)
+		return nil
+	}
+	// The other ranks stay registered until rank 0 has completed the job,
+	// so their leaving does not start a new generation under its report.
+	select {
+	case <-a.jobDone:
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(30 * time.Second):
+		a.log.Warn("job not marked complete 30 s after the last step; leaving")
+	}
+	return nil
+}
+
+// runSteps trains until the job is done, a newer plan exists, or a step fails.
+func (a *Agent) runSteps(ctx context.Context, tr *Trainer, gen *generation, rep *reporter) error {
+	evalEvery := tr.job.Train.EvalEvery
+	for !tr.Done() {
+		if a.newerPlan(gen.plan.GetGeneration()) {
+			return nil
+		}
+		start := time.Now()
+		rows := gen.shares.All[gen.rank]
+		loss, err := tr.StepShare(ctx, gen.sync, gen.shares)
+		if err != nil {
+			return err
+		}
+		acc := math.NaN()
+		if gen.rank == 0 && evalEvery > 0 && tr.Steps()%evalEvery == 0 && !tr.Done() {
+			acc, _ = tr.Evaluate(tr.split.Test)
+		}
+		rep.step(gen.plan.GetGeneration(), tr.Steps(), loss, rows, time.Since(start), acc)
+	}
+	return nil
+}
+
+// nextPlan waits for a plan of a generation after current.
+func (a *Agent) nextPlan(ctx context.Context, current int64) (*api.Plan, error) {
+	for {
+		a.planMu.Lock()
+		p := a.newest
+		a.planMu.Unlock()
+		if p != nil && p.GetGeneration() > current {
+			return p, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-a.jobDone:
+			return nil, ErrJobCancelled
+		case <-a.plans:
+		}
+	}
+}
+
+func (a *Agent) newerPlan(gen int64) bool {
+	a.planMu.Lock()
+	defer a.planMu.Unlock()
+	return a.newest != nil && a.newest.GetGeneration() > gen
+}
+
+// watchPlans follows the job's plan stream, reconnecting (through any
+// coordinator) when it breaks, until the job ends or ctx does.
+func (a *Agent) watchPlans(ctx context.Context) {
+	var after int64
+	backoff := 50 * time.Millisecond
+	for ctx.Err() == nil {
+		stream, err := a.client.WatchPlan(ctx, &api.WatchPlanRequest{JobId: a.cfg.JobID, AfterGeneration: after})
+		if err == nil {
+			for {
+				p, rerr := stream.Recv()
+				if rerr != nil {
+					err = rerr
+					break
+				}
+				backoff = 50 * time.Millisecond
+				after = p.GetGeneration()
+				a.planMu.Lock()
+				a.newest = p
+				a.planMu.Unlock()
+				select {
+				case a.plans <- p:
+				default:
+				}
+			}
+		}
+		if errors.Is(err, io.EOF) || api.ReasonOf(err) == api.ReasonJobCancelled || api.ReasonOf(err) == api.ReasonUnknownJob {
+			close(a.jobDone)
+			return
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		a.log.Debug("plan stream broke; reconnecting", zap.Error(err))
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, time.Second)
+	}
+}
+
+// heartbeat renews the lease; if the coordinator forgot the worker (lease
+// expired), it registers again.
+func (a *Agent) heartbeat(ctx context.Context, every time.Duration, profile *api.DeviceProfile) {
+	if every <= 0 {
+		every = time.Second
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		_, err := a.call(ctx, func(c context.Context) (any, error) {
+			return a.client.Heartbeat(c, &api.HeartbeatRequest{WorkerId: a.cfg.ID})
+		})
+		if api.ReasonOf(err) == api.ReasonUnknownWorker {
+			a.log.Warn("lease lost; registering again")
+			_, err = a.call(ctx, func(c context.Context) (any, error) {
+				return a.client.RegisterWorker(c, &api.RegisterWorkerRequest{WorkerId: a.cfg.ID, Profile: profile, JobId: a.cfg.JobID})
+			})
+		}
+		if err != nil && ctx.Err() == nil {
+			a.log.Warn("heartbeat failed", zap.Error(err))
+		}
+	}
+}
+
+// call runs one RPC with the configured timeout.
+func (a *Agent) call(ctx context.Context, f func(context.Context) (any, error)) (any, error) {
+	c, cancel := context.WithTimeout(ctx, a.cfg.RPCTimeout)
+	defer cancel()
+	return f(c)
+}
+
+// isUnavailable reports a transient coordinator error.
+func isUnavailable(err error) bool {
+	return status.Code(err) == codes.Unavailable || status.Code(err) == codes.DeadlineExceeded
+}

@@ -1,0 +1,176 @@
+package worker
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"net"
+	"sort"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/loomtrain/loom/api"
+	"github.com/loomtrain/loom/collective"
+)
+
+// generation is this worker's place in one plan generation: its rank, its
+// batch share, and the communicator joining it to the other ranks.
+type generation struct {
+	plan   *api.Plan
+	rank   int
+	shares *Shares
+	comm   *collective.Communicator
+	sync   *RingSync
+}
+
+// setupTimeout bounds how long ranks wait for each other to connect.
+const setupTimeout = 15 * time.Second
+
+// joinGeneration connects to every rank of plan. ln, if non-nil, is the
+// already-bound collective listener; otherwise listen is bound again. It
+// returns nil, nil if this worker is not in the plan (ln is then left
+// open); otherwise ln is consumed by the transport or closed.
+func joinGeneration(ctx context.Context, plan *api.Plan, me string, ln net.Listener, listen string, compress collective.Compression, log *zap.Logger) (_ *generation, err error) {
+	defer func() {
+		if err != nil && ln != nil {
+			ln.Close()
+		}
+	}()
+	ranks := append([]*api.Rank(nil), plan.GetRanks()...)
+	sort.Slice(ranks, func(i, j int) bool { return ranks[i].GetRank() < ranks[j].GetRank() })
+	g := &generation{plan: plan, rank: -1}
+	peers := make([]string, len(ranks))
+	shares := make([]int, len(ranks))
+	for i, r := range ranks {
+		if int(r.GetRank()) != i {
+			return nil, fmt.Errorf("plan generation %d: ranks are not 0..%d", plan.GetGeneration(), len(ranks)-1)
+		}
+		if r.GetStage() != 0 {
+			return nil, fmt.Errorf("plan generation %d: pipeline stages are not supported by this worker yet", plan.GetGeneration())
+		}
+		peers[i] = r.GetCollectiveAddr()
+		shares[i] = int(r.GetBatchShare())
+		if r.GetWorkerId() == me {
+			g.rank = i
+		}
+	}
+	if g.rank < 0 {
+		return nil, nil
+	}
+	if g.shares, err = NewShares(shares, g.rank, int(plan.GetGlobalBatch())); err != nil {
+		return nil, fmt.Errorf("plan generation %d: %w", plan.GetGeneration(), err)
+	}
+	order := make([]int, 0, len(plan.GetRanks()))
+	for _, r := range plan.GetRanks() { // plan order is ring order
+		order = append(order, int(r.GetRank()))
+	}
+	if ln == nil && len(peers) > 1 {
+		if ln, err = listenRetry(ctx, listen); err != nil {
+			return nil, err
+		}
+	}
+	tcfg := collective.DefaultTCPConfig()
+	tcfg.Generation, tcfg.Rank, tcfg.Peers, tcfg.Listener, tcfg.Logger = uint64(plan.GetGeneration()), g.rank, peers, ln, log
+	sctx, cancel := context.WithTimeout(ctx, setupTimeout)
+	defer cancel()
+	tr, err := collective.NewTCPTransport(sctx, tcfg)
+	ln = nil // owned by the transport from here on
+	if err != nil {
+		return nil, fmt.Errorf("generation %d: connect ranks: %w", plan.GetGeneration(), err)
+	}
+	ccfg := collective.DefaultConfig()
+	ccfg.Generation, ccfg.Rank, ccfg.Order, ccfg.Compress, ccfg.Logger = uint64(plan.GetGeneration()), g.rank, order, compress, log
+	if g.comm, err = collective.New(tr, ccfg); err != nil {
+		tr.Close()
+		return nil, err
+	}
+	g.sync = NewRingSync(g.comm)
+	return g, nil
+}
+
+// listenRetry binds addr again (the previous generation's transport closed
+// it); the port can take a moment to be free.
+func listenRetry(ctx context.Context, addr string) (net.Listener, error) {
+	var lastErr error
+	for i := 0; i < 50; i++ {
+		ln, err := net.Listen("tcp", addr)
+		if err == nil {
+			return ln, nil
+		}
+		lastErr = err
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	return nil, fmt.Errorf("listen %s: %w", addr, lastErr)
+}
+
+func (g *generation) close() {
+	if g == nil {
+		return
+	}
+	g.sync.Close()
+	g.comm.Close()
+}
+
+// syncState makes every rank's training state equal at the start of a
+// generation: the ranks exchange their step counts (a worker without state
+// counts as -1) and, unless they already agree, the rank furthest ahead (the
+// lowest such rank) broadcasts its weights, optimizer state, step, sampler
+// position and loss scaler to the others. This is how a joining worker
+// receives its state from a live peer, and how ranks that disagree after a
+// failed step converge. hasState is false for a worker that has trained no
+// step of this job yet and has not loaded state.
+func (g *generation) syncState(ctx context.Context, t *Trainer, hasState bool) (src int, err error) {
+	n := g.comm.Size()
+	steps := make([]int, n)
+	one := make([]float32, 1)
+	for r := 0; r < n; r++ {
+		mine := -1
+		if hasState {
+			mine = t.Steps()
+		}
+		one[0] = math.Float32frombits(uint32(int32(mine)))
+		if err := g.comm.Broadcast(ctx, r, collective.F32(one)); err != nil {
+			return -1, fmt.Errorf("exchange steps: %w", err)
+		}
+		steps[r] = int(int32(math.Float32bits(one[0])))
+	}
+	src = 0
+	agree := true
+	for r, s := range steps {
+		if s > steps[src] {
+			src = r
+		}
+		agree = agree && s == steps[0]
+	}
+	if agree && steps[0] >= 0 {
+		return -1, nil // every rank trained the same steps in lockstep
+	}
+	if agree && steps[0] < 0 {
+		return -1, nil // a fresh job: every rank initialised from the same seed
+	}
+	meta := make([]float32, metaWords)
+	if g.rank == src {
+		t.State().encode(meta)
+	}
+	if err := g.comm.Broadcast(ctx, src, collective.F32(meta)); err != nil {
+		return -1, fmt.Errorf("broadcast state from rank %d: %w", src, err)
+	}
+	for _, buf := range t.Tensors() {
+		if err := g.comm.Broadcast(ctx, src, collective.F32(buf)); err != nil {
+			return -1, fmt.Errorf("broadcast state from rank %d: %w", src, err)
+		}
+	}
+	st, err := decodeState(meta)
+	if err != nil {
+		return -1, err
+	}
+	if err := t.Restore(st); err != nil {
+		return -1, fmt.Errorf("state from rank %d: %w", src, err)
+	}
+	return src, nil
+}

@@ -1,0 +1,112 @@
+package worker
+
+import (
+	"context"
+	"math"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/loomtrain/loom/api"
+	"github.com/loomtrain/loom/jobspec"
+	"google.golang.org/protobuf/proto"
+)
+
+// reporter sends step progress to the coordinator off the training loop:
+// the loop records each step in memory and a goroutine sends the newest
+// every reportEvery. Evaluations and the final report are never dropped.
+type reporter struct {
+	a   *Agent
+	job *jobspec.Job
+
+	mu      sync.Mutex
+	latest  *api.ReportProgressRequest // newest step not yet sent
+	last    *api.ReportProgressRequest // newest step recorded
+	pending []*api.ReportProgressRequest
+	wake    chan struct{}
+}
+
+const reportEvery = 200 * time.Millisecond
+
+func newReporter(a *Agent, job *jobspec.Job) *reporter {
+	return &reporter{a: a, job: job, wake: make(chan struct{}, 1)}
+}
+
+// step records one finished step (acc is NaN unless this rank evaluated).
+func (r *reporter) step(gen int64, step int, loss float64, samples int, took time.Duration, acc float64) {
+	req := &api.ReportProgressRequest{JobId: r.a.cfg.JobID, WorkerId: r.a.cfg.ID, Generation: gen, Step: int64(step),
+		Loss: loss, Samples: int64(samples), StepSeconds: took.Seconds()}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.last = req
+	if !math.IsNaN(acc) {
+		req.TestAccuracy = &acc
+		r.pending = append(r.pending, req)
+		r.signal()
+		return
+	}
+	r.latest = req
+}
+
+// final records the job's end with its test-set accuracy.
+func (r *reporter) final(acc, loss float64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	req := &api.ReportProgressRequest{JobId: r.a.cfg.JobID, WorkerId: r.a.cfg.ID}
+	if r.last != nil {
+		req = proto.CloneOf(r.last)
+	}
+	req.Done, req.TestAccuracy, req.TestLoss = true, &acc, loss
+	r.latest = nil
+	r.pending = append(r.pending, req)
+	r.signal()
+}
+
+func (r *reporter) signal() {
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (r *reporter) run(ctx context.Context) {
+	t := time.NewTicker(reportEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-r.wake:
+		}
+		r.send(ctx)
+	}
+}
+
+// flush sends whatever is queued (the final report) before the agent exits.
+func (r *reporter) flush(ctx context.Context) { r.send(ctx) }
+
+func (r *reporter) send(ctx context.Context) {
+	r.mu.Lock()
+	batch := r.pending
+	r.pending = nil
+	if r.latest != nil {
+		batch = append([]*api.ReportProgressRequest{r.latest}, batch...)
+		r.latest = nil
+	}
+	r.mu.Unlock()
+	for _, req := range batch {
+		_, err := r.a.call(ctx, func(c context.Context) (any, error) { return r.a.client.ReportProgress(c, req) })
+		if err != nil && ctx.Err() == nil {
+			r.a.log.Debug("progress report refused", zap.Int64("step", req.GetStep()), zap.Error(err))
+			if req.GetDone() || req.TestAccuracy != nil {
+				if isUnavailable(err) { // keep what must not be lost for the next try
+					r.mu.Lock()
+					r.pending = append(r.pending, req)
+					r.mu.Unlock()
+				}
+			}
+		}
+	}
+}
