@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/loomtrain/loom/api"
 )
 
 // Config configures one coordinator node. Build it with DefaultConfig and
@@ -125,7 +127,7 @@ func (c Config) Validate() error {
 		bad("coordinator: RaftLeaderLease %v exceeds RaftHeartbeatTimeout %v", c.RaftLeaderLease, c.RaftHeartbeatTimeout)
 	}
 	if c.Discovery != "" {
-		if _, _, err := ParseDiscovery(c.Discovery); err != nil {
+		if _, _, err := api.ParseDiscovery(c.Discovery); err != nil {
 			errs = append(errs, err)
 		}
 	}

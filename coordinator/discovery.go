@@ -4,103 +4,18 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/url"
-	"sort"
-	"strings"
 	"sync"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+
+	"github.com/loomtrain/loom/api"
 )
 
-// Discovery keys under the prefix of an etcd:// URL:
-//
-//	<prefix>/nodes/<node id> = <grpc addr>   one per live coordinator
-//	<prefix>/leader          = <grpc addr>   the current leader
-//
-// Both are attached to the publishing node's etcd lease (DiscoveryTTL), so a
-// dead node's keys vanish on their own; a new leader overwrites the leader
-// key as soon as it is elected.
-const (
-	discoveryNodes  = "/nodes/"
-	discoveryLeader = "/leader"
-	// DiscoveryTTL is the etcd lease of published keys, in seconds.
-	DiscoveryTTL = 5
-)
-
-// ParseDiscovery splits "etcd://host:port[,host:port]/prefix" into etcd
-// endpoints and a key prefix (no trailing slash, "/loom" if empty).
-func ParseDiscovery(raw string) (endpoints []string, prefix string, err error) {
-	u, err := url.Parse(raw)
-	if err != nil {
-		return nil, "", fmt.Errorf("discovery %q: %w", raw, err)
-	}
-	if u.Scheme != "etcd" || u.Host == "" {
-		return nil, "", fmt.Errorf("discovery %q: want etcd://host:port[,host:port]/prefix", raw)
-	}
-	for _, h := range strings.Split(u.Host, ",") {
-		endpoints = append(endpoints, "http://"+h)
-	}
-	prefix = strings.TrimRight(u.Path, "/")
-	if prefix == "" {
-		prefix = "/loom"
-	}
-	return endpoints, prefix, nil
-}
-
-func newEtcdClient(raw string) (*clientv3.Client, string, error) {
-	eps, prefix, err := ParseDiscovery(raw)
-	if err != nil {
-		return nil, "", err
-	}
-	cli, err := clientv3.New(clientv3.Config{Endpoints: eps, DialTimeout: 3 * time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		return nil, "", fmt.Errorf("discovery: etcd %v: %w", eps, err)
-	}
-	return cli, prefix, nil
-}
-
-// Discover reads the coordinators published under an etcd:// URL. It
-// returns the leader's gRPC address ("" while none is published) and every
-// live coordinator's address, leader first; clients pass the list to
-// api.Dial. It gives up after 5 s (or ctx) when etcd does not answer.
-func Discover(ctx context.Context, raw string) (leader string, addrs []string, err error) {
-	cli, prefix, err := newEtcdClient(raw)
-	if err != nil {
-		return "", nil, err
-	}
-	defer cli.Close()
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	resp, err := cli.Get(ctx, prefix+"/", clientv3.WithPrefix())
-	if err != nil {
-		return "", nil, fmt.Errorf("discovery: read %s: %w", prefix, err)
-	}
-	for _, kv := range resp.Kvs {
-		k, v := string(kv.Key), string(kv.Value)
-		switch {
-		case k == prefix+discoveryLeader:
-			leader = v
-		case strings.HasPrefix(k, prefix+discoveryNodes):
-			addrs = append(addrs, v)
-		}
-	}
-	sort.Strings(addrs)
-	if leader != "" {
-		out := []string{leader}
-		for _, a := range addrs {
-			if a != leader {
-				out = append(out, a)
-			}
-		}
-		addrs = out
-	}
-	if len(addrs) == 0 {
-		return "", nil, fmt.Errorf("discovery: no coordinator published under %s", raw)
-	}
-	return leader, addrs, nil
-}
+// Discovery: the key layout and the client side (api.Discover,
+// api.ResolveAddrs) live in package api so that workers can use them; this
+// file is the coordinator's side, which keeps the keys alive.
 
 // publisher keeps this node's discovery keys alive in etcd.
 type publisher struct {
@@ -117,7 +32,7 @@ type publisher struct {
 // alive until close. If etcd loses the lease (e.g. a long partition) it
 // grants a new one and republishes.
 func startPublisher(ctx context.Context, s *Server) (*publisher, error) {
-	cli, prefix, err := newEtcdClient(s.cfg.Discovery)
+	cli, prefix, err := api.NewEtcdClient(s.cfg.Discovery)
 	if err != nil {
 		return nil, err
 	}
@@ -136,14 +51,14 @@ func startPublisher(ctx context.Context, s *Server) (*publisher, error) {
 }
 
 func (p *publisher) publish(ctx context.Context) error {
-	g, err := p.cli.Grant(ctx, DiscoveryTTL)
+	g, err := p.cli.Grant(ctx, api.DiscoveryTTL)
 	if err != nil {
 		return fmt.Errorf("discovery: grant lease: %w", err)
 	}
 	p.mu.Lock()
 	p.lease = g.ID
 	p.mu.Unlock()
-	if _, err := p.cli.Put(ctx, p.prefix+discoveryNodes+p.s.cfg.NodeID, p.s.Addr(), clientv3.WithLease(g.ID)); err != nil {
+	if _, err := p.cli.Put(ctx, p.prefix+api.DiscoveryNodes+p.s.cfg.NodeID, p.s.Addr(), clientv3.WithLease(g.ID)); err != nil {
 		return fmt.Errorf("discovery: publish node: %w", err)
 	}
 	if p.s.IsLeader() {
@@ -186,7 +101,7 @@ func (p *publisher) leaseID() clientv3.LeaseID {
 func (p *publisher) setLeader(ctx context.Context, leader bool) {
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
-	key, me := p.prefix+discoveryLeader, p.s.Addr()
+	key, me := p.prefix+api.DiscoveryLeader, p.s.Addr()
 	var err error
 	if leader {
 		_, err = p.cli.Put(ctx, key, me, clientv3.WithLease(p.leaseID()))

@@ -64,10 +64,14 @@ func TestEtcdDiscovery(t *testing.T) {
 	waitFor(t, 10*time.Second, func() bool {
 		var l string
 		var err error
-		l, addrs, err = Discover(ctx, disc)
+		l, addrs, err = api.Discover(ctx, disc)
 		return err == nil && l == leader.Addr() && len(addrs) == 3
 	})
 	// A client given only the discovery URL works.
+	resolved, err := api.ResolveAddrs(ctx, []string{disc, "10.9.9.9:7070"})
+	if err != nil || len(resolved) != 4 || resolved[0] != leader.Addr() || resolved[3] != "10.9.9.9:7070" {
+		t.Fatalf("ResolveAddrs: %v %v", resolved, err)
+	}
 	c := api.NewCoordinatorClient(Dial(t, addrs...))
 	if _, err := c.SubmitJob(ctx, &api.SubmitJobRequest{Spec: &api.JobSpec{Name: "via-etcd", GlobalBatch: 4}}); err != nil {
 		t.Fatal(err)
@@ -80,15 +84,15 @@ func TestEtcdDiscovery(t *testing.T) {
 	}
 	newLeader := tc.Leader()
 	waitFor(t, 10*time.Second, func() bool {
-		l, as, err := Discover(ctx, disc)
+		l, as, err := api.Discover(ctx, disc)
 		return err == nil && l == newLeader.Addr() && len(as) == 2
 	})
 	dctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
-	if _, _, err := Discover(dctx, "etcd://"+freeAddr(t)+"/nothing-here"); err == nil {
+	if _, _, err := api.Discover(dctx, "etcd://"+freeAddr(t)+"/nothing-here"); err == nil {
 		t.Fatal("discovery against a dead etcd succeeded")
 	}
-	if _, _, err := ParseDiscovery("http://x/y"); err == nil {
+	if _, _, err := api.ParseDiscovery("http://x/y"); err == nil {
 		t.Fatal("non-etcd discovery URL accepted")
 	}
 }

@@ -50,7 +50,7 @@ current leader in etcd, and a new node with neither flag joins through it.`,
 			defer stop()
 			if !cfg.Bootstrap && len(cfg.Join) == 0 && cfg.Discovery != "" {
 				dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-				_, addrs, derr := coordinator.Discover(dctx, cfg.Discovery)
+				_, addrs, derr := api.Discover(dctx, cfg.Discovery)
 				cancel()
 				if derr == nil {
 					cfg.Join = addrs

@@ -15,7 +15,6 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/loomtrain/loom/api"
-	"github.com/loomtrain/loom/coordinator"
 )
 
 // coordTarget is how a command finds the coordinators: addresses, or
@@ -29,7 +28,7 @@ type coordTarget struct {
 
 func (t *coordTarget) flags(cmd *cobra.Command) {
 	f := cmd.Flags()
-	f.StringVar(&t.coordinator, "coordinator", "", "any coordinator's gRPC address(es), comma-separated")
+	f.StringVar(&t.coordinator, "coordinator", "", "any coordinator's gRPC address(es), comma-separated (etcd://host:port/prefix also works)")
 	f.StringVar(&t.discovery, "discovery", "", "find the coordinators in etcd: etcd://host:port/prefix")
 	f.DurationVar(&t.timeout, "timeout", 10*time.Second, "give up after this long")
 	f.BoolVar(&t.json, "json", false, "print JSON instead of a table")
@@ -45,18 +44,18 @@ type coordClients struct {
 func (t *coordTarget) with(ctx context.Context, fn func(context.Context, *coordClients) error) error {
 	ctx, cancel := context.WithTimeout(ctx, t.timeout)
 	defer cancel()
-	var addrs []string
+	var specs []string
 	switch {
 	case t.coordinator != "":
-		addrs = strings.Split(t.coordinator, ",")
+		specs = strings.Split(t.coordinator, ",")
 	case t.discovery != "":
-		_, as, err := coordinator.Discover(ctx, t.discovery)
-		if err != nil {
-			return err
-		}
-		addrs = as
+		specs = []string{t.discovery}
 	default:
 		return fmt.Errorf("give --coordinator ADDR or --discovery etcd://host:port/prefix")
+	}
+	addrs, err := api.ResolveAddrs(ctx, specs)
+	if err != nil {
+		return err
 	}
 	conn, err := api.Dial(addrs)
 	if err != nil {
