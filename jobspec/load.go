@@ -2,6 +2,8 @@ package jobspec
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -189,8 +191,8 @@ func yamlFields(t reflect.Type) []string {
 	return names
 }
 
-// Marshal returns the job as YAML that Parse accepts, with data.path made
-// absolute, so a worker on another directory (or machine with the same
+// Marshal returns the job as YAML that Parse accepts, with data.path,
+// checkpoint.dir and checkpoint.resume made absolute, so a worker on another directory (or machine with the same
 // layout) reads the same files.
 func (j *Job) Marshal() ([]byte, error) {
 	c := *j
@@ -200,5 +202,31 @@ func (j *Job) Marshal() ([]byte, error) {
 			c.Data.Path = abs
 		}
 	}
+	if c.Checkpoint.Dir != "" {
+		if abs, err := filepath.Abs(c.Checkpoint.Dir); err == nil {
+			c.Checkpoint.Dir = abs
+		}
+	}
+	if r := c.Checkpoint.Resume; r != "" && r != "latest" {
+		if abs, err := filepath.Abs(r); err == nil {
+			c.Checkpoint.Resume = abs
+		}
+	}
 	return yaml.Marshal(&c)
+}
+
+// Hash identifies what a checkpoint must agree with to be resumed: the
+// model, the seed (the data order) and the global batch. Step counts,
+// logging and cluster settings may change between runs.
+func (j *Job) Hash() string {
+	b, _ := yaml.Marshal(struct {
+		Seed   uint64
+		Model  Model
+		Batch  int
+		Opt    string
+		Sched  string
+		Warmup int
+	}{j.Seed, j.Model, j.Train.GlobalBatch, j.Optimizer.Kind, j.Schedule.Kind, j.Schedule.WarmupSteps})
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:8])
 }

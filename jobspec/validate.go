@@ -61,6 +61,14 @@ func (j *Job) Validate() error {
 	case c.MaxWorkers > t.GlobalBatch:
 		return j.errf("cluster.max_workers", "%d workers cannot share a global batch of %d", c.MaxWorkers, t.GlobalBatch)
 	}
+	switch k := j.Checkpoint; {
+	case k.Dir == "" && !k.Disabled:
+		return j.errf("checkpoint.dir", "required unless checkpoint.disabled is true")
+	case k.EverySteps < 0:
+		return j.errf("checkpoint.every_steps", "must be >= 0, got %d", k.EverySteps)
+	case k.Keep < 0:
+		return j.errf("checkpoint.keep", "must be >= 0 (0 keeps all), got %d", k.Keep)
+	}
 	s := j.Schedule
 	switch {
 	case s.Kind != "constant" && s.Kind != "cosine":

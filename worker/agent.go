@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/loomtrain/loom/api"
+	"github.com/loomtrain/loom/checkpoint"
 	"github.com/loomtrain/loom/collective"
 	"github.com/loomtrain/loom/data"
 	"github.com/loomtrain/loom/device"
@@ -130,6 +131,28 @@ func RunAgent(ctx context.Context, cfg AgentConfig) error {
 	if err != nil {
 		return err
 	}
+	hasState := false
+	if job.Checkpoint.Resume != "" && !job.Checkpoint.Disabled {
+		// The launcher resolves "latest" among the recorded checkpoints
+		// and hands every worker the same directory.
+		info, err := ResumeFrom(ctx, tr, nil, a.log)
+		if err != nil {
+			return fmt.Errorf("worker: %w", err)
+		}
+		hasState = true
+		a.log.Info("resumed", zap.String("checkpoint", info.Path), zap.Int("step", info.Step))
+	}
+	var ck *Checkpointer
+	if !job.Checkpoint.Disabled {
+		if ck, err = NewCheckpointer(job, a.log, a.commitCheckpoint); err != nil {
+			return err
+		}
+		defer func() {
+			if err := ck.Close(); err != nil {
+				a.log.Warn("checkpoint write failed", zap.Error(err))
+			}
+		}()
+	}
 
 	profile := MeasureProfile(cfg.Device, a.addr)
 	reg, err := a.call(ctx, func(c context.Context) (any, error) {
@@ -156,7 +179,7 @@ func RunAgent(ctx context.Context, cfg AgentConfig) error {
 		_, _ = a.client.DeregisterWorker(dctx, &api.DeregisterWorkerRequest{WorkerId: cfg.ID})
 	}()
 
-	err = a.train(rctx, tr, &ln, compress, rep)
+	err = a.train(rctx, tr, ck, hasState, &ln, compress, rep)
 	if err == nil {
 		rep.flush(ctx)
 	}
@@ -167,10 +190,9 @@ func RunAgent(ctx context.Context, cfg AgentConfig) error {
 var ErrJobCancelled = errors.New("job cancelled")
 
 // train follows plan generations until the job's last step.
-func (a *Agent) train(ctx context.Context, tr *Trainer, ln *net.Listener, compress collective.Compression, rep *reporter) error {
+func (a *Agent) train(ctx context.Context, tr *Trainer, ck *Checkpointer, hasState bool, ln *net.Listener, compress collective.Compression, rep *reporter) error {
 	var gen *generation
 	defer func() { gen.close() }()
-	hasState := false
 	var current int64
 	for !tr.Done() {
 		plan, err := a.nextPlan(ctx, current)
@@ -201,8 +223,14 @@ func (a *Agent) train(ctx context.Context, tr *Trainer, ln *net.Listener, compre
 		hasState = true
 		a.log.Info("generation started", zap.Int64("generation", current), zap.Int("rank", gen.rank), zap.Int("ranks", gen.comm.Size()),
 			zap.Int("share", gen.shares.All[gen.rank]), zap.Int("step", tr.Steps()), zap.Int("state_from", src))
-		if err := a.runSteps(ctx, tr, gen, rep); err != nil {
+		if err := a.runSteps(ctx, tr, gen, ck, rep); err != nil {
 			if ctx.Err() != nil {
+				if ck != nil && gen.rank == 0 && tr.Steps() > 0 && ck.last != tr.Steps() {
+					// Clean shutdown: keep the steps since the last checkpoint.
+					if err := ck.Begin(context.Background(), tr, gen.comm.Size()); err != nil {
+						a.log.Warn("shutdown checkpoint not started", zap.Error(err))
+					}
+				}
 				return ctx.Err()
 			}
 			a.log.Warn("step abandoned; waiting for the next plan", zap.Int64("generation", current), zap.Int("step", tr.Steps()+1), zap.Error(err))
@@ -226,7 +254,7 @@ func (a *Agent) train(ctx context.Context, tr *Trainer, ln *net.Listener, compre
 }
 
 // runSteps trains until the job is done, a newer plan exists, or a step fails.
-func (a *Agent) runSteps(ctx context.Context, tr *Trainer, gen *generation, rep *reporter) error {
+func (a *Agent) runSteps(ctx context.Context, tr *Trainer, gen *generation, ck *Checkpointer, rep *reporter) error {
 	evalEvery := tr.job.Train.EvalEvery
 	for !tr.Done() {
 		if a.newerPlan(gen.plan.GetGeneration()) {
@@ -243,8 +271,28 @@ func (a *Agent) runSteps(ctx context.Context, tr *Trainer, gen *generation, rep 
 			acc, _ = tr.Evaluate(tr.split.Test)
 		}
 		rep.step(gen.plan.GetGeneration(), tr.Steps(), loss, rows, time.Since(start), acc)
+		// Every rank holds the same state: rank 0 writes the checkpoint.
+		if ck != nil && gen.rank == 0 && ck.Due(tr) {
+			if err := ck.Begin(ctx, tr, gen.comm.Size()); err != nil {
+				a.log.Warn("checkpoint not started", zap.Int("step", tr.Steps()), zap.Error(err))
+			}
+		}
 	}
 	return nil
+}
+
+// commitCheckpoint records a published checkpoint with the coordinator
+// (through Raft): only recorded checkpoints are resumed from.
+func (a *Agent) commitCheckpoint(info checkpoint.Info) {
+	ctx, cancel := context.WithTimeout(context.Background(), a.cfg.RPCTimeout)
+	defer cancel()
+	_, err := a.client.CommitCheckpoint(ctx, &api.CommitCheckpointRequest{Checkpoint: &api.Checkpoint{
+		JobId: a.cfg.JobID, Step: int64(info.Step), Path: info.Path, ManifestSha256: info.ManifestSHA256}})
+	if err != nil {
+		a.log.Warn("checkpoint not recorded by the coordinator", zap.String("path", info.Path), zap.Error(err))
+		return
+	}
+	a.log.Info("checkpoint recorded", zap.String("path", info.Path), zap.Int("step", info.Step))
 }
 
 // nextPlan waits for a plan of a generation after current.

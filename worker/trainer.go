@@ -74,6 +74,10 @@ type Trainer struct {
 	values, grads []float32
 	offsets       map[*model.Param]int
 
+	// beforeUpdate, if set, runs before the next optimizer update (the
+	// checkpointer waits there for its copy of the weights).
+	beforeUpdate func() error
+
 	step, total int
 	x           []float32
 	y           []int32
@@ -192,6 +196,12 @@ func (t *Trainer) StepShare(ctx context.Context, sync GradSync, shares *Shares) 
 			return loss / float64(rows), nil
 		}
 	}
+	if t.beforeUpdate != nil {
+		if err := t.beforeUpdate(); err != nil {
+			_ = t.sampler.Seek(startPos)
+			return 0, err
+		}
+	}
 	t.opt.Step(t.params, t.sched.LR(t.step), 1/(float32(rows)*scale))
 	t.net.WeightsChanged()
 	t.step++
@@ -286,9 +296,12 @@ func (t *Trainer) Evaluate(ds *data.Dataset) (acc, loss float64) {
 
 // Run trains until the job's step count or until ctx is cancelled (then it
 // stops at the next step boundary and reports status "interrupted").
-// onProgress, if non-nil, is called after every step.
-func (t *Trainer) Run(ctx context.Context, onProgress func(Progress)) (*Summary, error) {
+// onProgress, if non-nil, is called after every step. With a checkpointer,
+// checkpoints are written as the job config asks, at the end, and when
+// interrupted; Run returns once the last one is on disk.
+func (t *Trainer) Run(ctx context.Context, ck *Checkpointer, onProgress func(Progress)) (*Summary, error) {
 	start := time.Now()
+	first := t.step
 	var samples int64
 	var recent []float64
 	s := &Summary{Job: t.job.Name, Status: "completed", Precision: t.job.Train.Precision, Device: t.dev.Name(), Workers: 1}
@@ -299,15 +312,20 @@ func (t *Trainer) Run(ctx context.Context, onProgress func(Progress)) (*Summary,
 		}
 		loss, err := t.StepShare(ctx, nil, nil)
 		if err != nil {
-			return nil, err
+			return nil, errors.Join(err, closeCheckpointer(ck))
 		}
 		if math.IsNaN(loss) {
-			return nil, fmt.Errorf("step %d: loss is NaN (lower optimizer.lr or use fp32)", t.step)
+			return nil, errors.Join(fmt.Errorf("step %d: loss is NaN (lower optimizer.lr or use fp32)", t.step), closeCheckpointer(ck))
 		}
 		samples += int64(len(t.idx))
 		recent = append(recent, loss)
 		if len(recent) > 50 {
 			recent = recent[1:]
+		}
+		if ck != nil && ck.Due(t) {
+			if err := ck.Begin(ctx, t, 1); err != nil {
+				t.log.Warn("checkpoint not started", zap.Int("step", t.step), zap.Error(err))
+			}
 		}
 		if onProgress == nil {
 			continue
@@ -315,16 +333,23 @@ func (t *Trainer) Run(ctx context.Context, onProgress func(Progress)) (*Summary,
 		el := time.Since(start)
 		p := Progress{Step: t.step, TotalSteps: t.total, Epoch: t.sampler.Position().Epoch, Loss: loss, LR: t.sched.LR(t.step - 1),
 			SamplesPerSec: float64(samples) / el.Seconds(), Elapsed: el, TestAccuracy: math.NaN()}
-		p.ETA = time.Duration(float64(el) / float64(t.step) * float64(t.total-t.step))
+		p.ETA = time.Duration(float64(el) / float64(t.step-first) * float64(t.total-t.step))
 		if ev := t.job.Train.EvalEvery; ev > 0 && t.step%ev == 0 && t.step < t.total {
 			p.TestAccuracy, _ = t.Evaluate(t.split.Test)
 		}
 		onProgress(p)
 	}
+	if ck != nil && s.Status == "interrupted" && t.step > first && ck.last != t.step {
+		// A clean shutdown keeps the work done since the last checkpoint.
+		if err := ck.Begin(context.Background(), t, 1); err != nil {
+			t.log.Warn("shutdown checkpoint not started", zap.Error(err))
+		}
+	}
 	wall := time.Since(start)
 	s.Steps = t.step
 	s.Samples = samples
-	s.Epochs = float64(samples) / float64(t.split.Train.N)
+	pos := t.sampler.Position()
+	s.Epochs = float64(pos.Epoch) + float64(pos.Offset)/float64(t.split.Train.N)
 	s.WallSeconds = wall.Seconds()
 	if wall > 0 {
 		s.SamplesPerSec = float64(samples) / wall.Seconds()
@@ -336,10 +361,23 @@ func (t *Trainer) Run(ctx context.Context, onProgress func(Progress)) (*Summary,
 		s.SkippedSteps = t.scaler.Skipped
 	}
 	s.TestAccuracy, s.TestLoss = t.Evaluate(t.split.Test)
+	if err := closeCheckpointer(ck); err != nil {
+		return s, err
+	}
 	if s.Status == "interrupted" {
 		return s, errors.Join(ErrInterrupted, ctx.Err())
 	}
 	return s, nil
+}
+
+func closeCheckpointer(ck *Checkpointer) error {
+	if ck == nil {
+		return nil
+	}
+	if err := ck.Close(); err != nil {
+		return fmt.Errorf("checkpoint: %w", err)
+	}
+	return nil
 }
 
 // ErrInterrupted is returned (with a summary) when Run stopped early.

@@ -62,7 +62,7 @@ func TestTrainerLearnsMNIST(t *testing.T) {
 		t.Run(prec, func(t *testing.T) {
 			tr := newTrainer(t, smallJob(t, prec, 120), 2)
 			var steps []int
-			s, err := tr.Run(context.Background(), func(p Progress) { steps = append(steps, p.Step) })
+			s, err := tr.Run(context.Background(), nil, func(p Progress) { steps = append(steps, p.Step) })
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -100,7 +100,7 @@ func TestTrainerDeterministic(t *testing.T) {
 func TestTrainerStopsOnCancel(t *testing.T) {
 	tr := newTrainer(t, smallJob(t, "fp32", 1000), 1)
 	ctx, cancel := context.WithCancel(context.Background())
-	s, err := tr.Run(ctx, func(p Progress) {
+	s, err := tr.Run(ctx, nil, func(p Progress) {
 		if p.Step == 5 {
 			cancel()
 		}

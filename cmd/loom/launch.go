@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/loomtrain/loom/checkpoint"
 	"github.com/loomtrain/loom/data"
 	"github.com/loomtrain/loom/device"
 	"github.com/loomtrain/loom/device/cpu"
@@ -33,6 +34,7 @@ type launchOpts struct {
 	maxSteps      int
 	quiet         bool
 	logLevel      string
+	resume        string
 }
 
 func newLaunchCmd() *cobra.Command {
@@ -74,6 +76,7 @@ workers: cancels the job and stops them).`,
 	f.BoolVar(&o.json, "json", false, "print the summary as one JSON object on stdout")
 	f.IntVar(&o.maxSteps, "max-steps", 0, "stop after this many steps (overrides train.max_steps)")
 	f.BoolVarP(&o.quiet, "quiet", "q", false, "no progress output, only the summary")
+	f.StringVar(&o.resume, "resume", "", `continue from a checkpoint: "latest" (newest valid one of this job) or a checkpoint directory`)
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error (workers log at warn unless debug)")
 	return cmd
 }
@@ -96,6 +99,12 @@ func runLaunch(ctx context.Context, stdout io.Writer, path string, o launchOpts)
 	}
 	if o.maxSteps > 0 {
 		job.Train.MaxSteps = o.maxSteps
+	}
+	if o.resume != "" {
+		if job.Checkpoint.Disabled {
+			return fmt.Errorf("--resume: %s has checkpoint.disabled: true", path)
+		}
+		job.Checkpoint.Resume = o.resume
 	}
 	var reg device.Registry
 	if err := cpu.Register(&reg); err != nil {
@@ -144,7 +153,22 @@ func runLaunch(ctx context.Context, stdout io.Writer, path string, o launchOpts)
 		view = newProgressView(os.Stderr, job.Train.LogEvery, log)
 		onProgress = view.Update
 	}
-	sum, runErr := tr.Run(ctx, onProgress)
+	var ck *worker.Checkpointer
+	if !job.Checkpoint.Disabled {
+		if job.Checkpoint.Resume != "" {
+			info, err := worker.ResumeFrom(ctx, tr, nil, log)
+			if err != nil {
+				return err
+			}
+			log.Info("resumed", zap.String("checkpoint", info.Path), zap.Int("step", info.Step), zap.Int("of", tr.TotalSteps()))
+		}
+		if ck, err = worker.NewCheckpointer(job, log, func(i checkpoint.Info) {
+			log.Debug("checkpoint published", zap.String("path", i.Path), zap.Int("step", i.Step))
+		}); err != nil {
+			return err
+		}
+	}
+	sum, runErr := tr.Run(ctx, ck, onProgress)
 	if view != nil && runErr != nil {
 		view.Done()
 	}

@@ -10,6 +10,7 @@ import (
 	"math"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -19,6 +20,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/loomtrain/loom/api"
+	"github.com/loomtrain/loom/checkpoint"
 	"github.com/loomtrain/loom/coordinator"
 	"github.com/loomtrain/loom/data"
 	"github.com/loomtrain/loom/jobspec"
@@ -48,6 +50,11 @@ func runCluster(ctx context.Context, stdout io.Writer, job *jobspec.Job, o launc
 	defer conn.Close()
 	client := api.NewCoordinatorClient(conn)
 
+	if job.Checkpoint.Resume == "latest" {
+		if err := resolveLatest(ctx, client, job, o.coordinator == "", log); err != nil {
+			return err
+		}
+	}
 	body, err := job.Marshal()
 	if err != nil {
 		return err
@@ -259,4 +266,41 @@ func parseWorkerDevices(s string) []string {
 		return nil
 	}
 	return strings.Split(s, ";")
+}
+
+// resolveLatest replaces checkpoint.resume "latest" with the newest valid
+// checkpoint of the job's name, so every worker loads the same one. With a
+// cluster coordinator only checkpoints it recorded count; the embedded
+// coordinator starts empty, so there every published (complete and
+// checksummed) checkpoint counts.
+func resolveLatest(ctx context.Context, client api.CoordinatorClient, job *jobspec.Job, embedded bool, log *zap.Logger) error {
+	var allowed func(string) bool
+	if !embedded {
+		lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		resp, err := client.ListJobs(lctx, &api.ListJobsRequest{})
+		cancel()
+		if err != nil {
+			return fmt.Errorf("--resume latest: list recorded checkpoints: %w", err)
+		}
+		var paths []string
+		for _, j := range resp.GetJobs() {
+			if j.GetSpec().GetName() == job.Name {
+				for _, c := range j.GetCheckpoints() {
+					paths = append(paths, c.GetPath())
+				}
+			}
+		}
+		allowed = checkpoint.AllowPaths(paths...)
+	}
+	store, err := checkpoint.NewLocalStorage(job.Checkpoint.Dir)
+	if err != nil {
+		return err
+	}
+	_, info, err := checkpoint.Latest(ctx, store, job.Name, allowed, log)
+	if err != nil {
+		return fmt.Errorf("--resume latest: %w", err)
+	}
+	job.Checkpoint.Resume = filepath.Join(job.Checkpoint.Dir, filepath.FromSlash(info.Path))
+	log.Info("resuming", zap.String("checkpoint", info.Path), zap.Int("step", info.Step))
+	return nil
 }

@@ -1,0 +1,188 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"strings"
+
+	"go.uber.org/zap"
+
+	"github.com/loomtrain/loom/checkpoint"
+	"github.com/loomtrain/loom/data"
+	"github.com/loomtrain/loom/jobspec"
+)
+
+// Checkpointer saves a trainer's state in the background every
+// checkpoint.every_steps steps, at the end and on clean shutdown. The copy
+// of the state overlaps the next step's forward and backward pass (Begin)
+// and is only waited for before that step's optimizer update.
+type Checkpointer struct {
+	job   *jobspec.Job
+	w     *checkpoint.Writer
+	store checkpoint.Storage
+	log   *zap.Logger
+	state checkpoint.State // reused: tensor views into the trainer
+	last  int              // step of the newest saved checkpoint
+}
+
+// NewCheckpointer opens job's checkpoint directory. onPublished, if set, is
+// called (from the writer goroutine) after each checkpoint is published:
+// the distributed worker records it with the coordinator there.
+func NewCheckpointer(job *jobspec.Job, log *zap.Logger, onPublished func(checkpoint.Info)) (*Checkpointer, error) {
+	store, err := checkpoint.NewLocalStorage(job.Checkpoint.Dir)
+	if err != nil {
+		return nil, fmt.Errorf("checkpoint.dir %s: %w", job.Checkpoint.Dir, err)
+	}
+	cfg := checkpoint.DefaultConfig()
+	cfg.Keep, cfg.Logger, cfg.OnPublished = job.Checkpoint.Keep, log, onPublished
+	w, err := checkpoint.NewWriter(store, cfg)
+	if err != nil {
+		return nil, err
+	}
+	return &Checkpointer{job: job, w: w, store: store, log: log, last: -1}, nil
+}
+
+// Due reports whether the trainer's current step should be checkpointed.
+func (c *Checkpointer) Due(t *Trainer) bool {
+	every := c.job.Checkpoint.EverySteps
+	s := t.Steps()
+	return s != c.last && s > 0 && (t.Done() || (every > 0 && s%every == 0))
+}
+
+// Begin starts saving t's current state; the trainer waits for the copy
+// before its next optimizer update.
+func (c *Checkpointer) Begin(ctx context.Context, t *Trainer, world int) error {
+	t.fillCheckpoint(&c.state, world)
+	if err := c.w.Begin(ctx, &c.state); err != nil {
+		return err
+	}
+	c.last = t.Steps()
+	t.beforeUpdate = func() error {
+		t.beforeUpdate = nil
+		return c.w.WaitCaptured(ctx)
+	}
+	return nil
+}
+
+// Close waits for the write in flight and returns the first write error.
+func (c *Checkpointer) Close() error { return c.w.Close() }
+
+// fillCheckpoint points s at t's live state (no copy).
+func (t *Trainer) fillCheckpoint(s *checkpoint.State, world int) {
+	st := t.State()
+	s.Job, s.ConfigHash, s.Step, s.Epoch = t.job.Name, t.job.Hash(), st.Step, st.Sampler.Epoch
+	s.SamplerEpoch, s.SamplerOffset, s.WorldSize, s.Precision = st.Sampler.Epoch, st.Sampler.Offset, world, t.job.Train.Precision
+	s.RNG = map[string]uint64{"seed": t.job.Seed, "optimizer_steps": uint64(st.OptSteps)}
+	s.Scaler = checkpoint.ScalerState{Scale: st.Scaler.Scale, GoodSteps: st.Scaler.Good, Skipped: st.Scaler.Skipped}
+	if len(s.Params) == 0 {
+		for _, p := range t.net.Params() {
+			s.Params = append(s.Params, checkpoint.Tensor{Name: p.Name, Shape: p.Shape, Data: p.Value})
+		}
+		for _, o := range t.opt.State() {
+			s.Optim = append(s.Optim, checkpoint.Tensor{Name: o.Name, Shape: t.shapeOfState(o.Name), Data: o.Data})
+		}
+	}
+	if t.scaler == nil {
+		s.Scaler.Scale = 1
+	}
+}
+
+// shapeOfState gives an optimizer state tensor the shape of its parameter
+// (state names are "<param name>.<kind>").
+func (t *Trainer) shapeOfState(name string) []int {
+	for _, p := range t.net.Params() {
+		if strings.HasPrefix(name, p.Name+".") {
+			return p.Shape
+		}
+	}
+	return nil
+}
+
+// LoadCheckpoint replaces t's state with s: every parameter and optimizer
+// tensor must be present with the same shape.
+func (t *Trainer) LoadCheckpoint(s *checkpoint.State) error {
+	if s.Job != t.job.Name {
+		return fmt.Errorf("checkpoint is of job %q, not %q", s.Job, t.job.Name)
+	}
+	if s.ConfigHash != t.job.Hash() {
+		t.log.Warn("checkpoint was saved under a different model, seed or batch configuration", zap.String("saved", s.ConfigHash), zap.String("now", t.job.Hash()))
+	}
+	byName := map[string]checkpoint.Tensor{}
+	for _, x := range append(append([]checkpoint.Tensor(nil), s.Params...), s.Optim...) {
+		byName[x.Name] = x
+	}
+	restore := func(name string, dst []float32) error {
+		x, ok := byName[name]
+		if !ok {
+			return fmt.Errorf("checkpoint lacks tensor %q", name)
+		}
+		if len(x.Data) != len(dst) {
+			return fmt.Errorf("checkpoint tensor %q has %d values, the model needs %d", name, len(x.Data), len(dst))
+		}
+		copy(dst, x.Data)
+		return nil
+	}
+	for _, p := range t.net.Params() {
+		if err := restore(p.Name, p.Value); err != nil {
+			return err
+		}
+	}
+	for _, o := range t.opt.State() {
+		if err := restore(o.Name, o.Data); err != nil {
+			return err
+		}
+	}
+	st := TrainState{Step: s.Step, Sampler: data.Position{Epoch: s.SamplerEpoch, Offset: s.SamplerOffset},
+		OptSteps: int(s.RNG["optimizer_steps"])}
+	st.Scaler.Scale, st.Scaler.Good, st.Scaler.Skipped = s.Scaler.Scale, s.Scaler.GoodSteps, s.Scaler.Skipped
+	return t.Restore(st)
+}
+
+// ResumeFrom loads the checkpoint job.Checkpoint.Resume names into t:
+// "latest" is the newest valid checkpoint of the job among those allowed
+// accepts (nil: every published one); otherwise a checkpoint directory.
+// Corrupt or torn checkpoints are named in warnings and skipped for older
+// ones. It returns the loaded checkpoint's description.
+func ResumeFrom(ctx context.Context, t *Trainer, allowed func(string) bool, log *zap.Logger) (checkpoint.Info, error) {
+	job := t.job
+	store, err := checkpoint.NewLocalStorage(job.Checkpoint.Dir)
+	if err != nil {
+		return checkpoint.Info{}, err
+	}
+	var st *checkpoint.State
+	var info checkpoint.Info
+	if job.Checkpoint.Resume == "latest" {
+		st, info, err = checkpoint.Latest(ctx, store, job.Name, allowed, log)
+	} else {
+		var rel string
+		if rel, err = relativeCheckpoint(job.Checkpoint.Dir, job.Checkpoint.Resume); err == nil {
+			info.Path = rel
+			st, err = checkpoint.Load(ctx, store, rel)
+		}
+	}
+	if err != nil {
+		return info, fmt.Errorf("resume: %w", err)
+	}
+	info.Step = st.Step
+	if err := t.LoadCheckpoint(st); err != nil {
+		return info, fmt.Errorf("resume from %s: %w", info.Path, err)
+	}
+	return info, nil
+}
+
+// relativeCheckpoint turns a checkpoint directory (absolute, or relative to
+// the working directory) into its path within root ("job/step-00000050").
+func relativeCheckpoint(root, dir string) (string, error) {
+	absRoot, err1 := filepath.Abs(root)
+	absDir, err2 := filepath.Abs(dir)
+	if err := errors.Join(err1, err2); err != nil {
+		return "", err
+	}
+	rel, err := filepath.Rel(absRoot, absDir)
+	if err != nil || strings.HasPrefix(rel, "..") {
+		return "", fmt.Errorf("%s is not inside checkpoint.dir %s", dir, root)
+	}
+	return filepath.ToSlash(rel), nil
+}
