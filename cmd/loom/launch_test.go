@@ -35,6 +35,7 @@ func TestLaunchJSONSummary(t *testing.T) {
 	p := writeJob(t, `name: cli
 model: {kind: mlp, layers: [784, 32, 10]}
 train: {epochs: 1, global_batch: 200, precision: bf16}
+checkpoint: {dir: `+t.TempDir()+`}
 `)
 	out, err := run(t, "launch", p, "--json", "--quiet", "--max-steps", "40")
 	if err != nil {
