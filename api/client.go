@@ -83,9 +83,10 @@ func ErrorInfoOf(err error) *errdetails.ErrorInfo {
 
 // retryServiceConfig balances over every coordinator address and retries a
 // call that failed with UNAVAILABLE (a node died or is electing) on another
-// address with backoff, for about 5 s in all. Writes may be retried after a
-// node died mid-call; the coordinator's write handlers are written so that a
-// retried register/heartbeat/progress/commit is refused or harmless.
+// address with backoff, for about 5 s in all. A write may be retried after
+// the node it went to died mid-call: registration and checkpoint commits are
+// idempotent, heartbeats and progress reports harmless to repeat, and a
+// submit is idempotent when it carries a request_id.
 const retryServiceConfig = `{
   "loadBalancingConfig": [{"round_robin":{}}],
   "methodConfig": [{

@@ -272,8 +272,10 @@ type Job struct {
 	TestAccuracy      float64 `protobuf:"fixed64,11,opt,name=test_accuracy,json=testAccuracy,proto3" json:"test_accuracy,omitempty"`
 	TestLoss          float64 `protobuf:"fixed64,12,opt,name=test_loss,json=testLoss,proto3" json:"test_loss,omitempty"`
 	CompletedUnixNano int64   `protobuf:"varint,13,opt,name=completed_unix_nano,json=completedUnixNano,proto3" json:"completed_unix_nano,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// The request_id the job was submitted with, if any.
+	RequestId     string `protobuf:"bytes,14,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Job) Reset() {
@@ -390,9 +392,19 @@ func (x *Job) GetCompletedUnixNano() int64 {
 	return 0
 }
 
+func (x *Job) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
 type SubmitJobRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Spec          *JobSpec               `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Spec  *JobSpec               `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
+	// Optional idempotency key: a retried submit with the same request_id
+	// returns the job the first one created instead of a second job.
+	RequestId     string `protobuf:"bytes,2,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -432,6 +444,13 @@ func (x *SubmitJobRequest) GetSpec() *JobSpec {
 		return x.Spec
 	}
 	return nil
+}
+
+func (x *SubmitJobRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
 }
 
 type SubmitJobResponse struct {
@@ -925,6 +944,9 @@ func (x *Worker) GetSamplesPerSecond() float64 {
 	return 0
 }
 
+// Registering an id that is already registered with the same profile and
+// job is a retry and renews the lease; with a different profile (another
+// process: its collective_addr differs) it is refused with DUPLICATE_WORKER.
 type RegisterWorkerRequest struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	WorkerId string                 `protobuf:"bytes,1,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
@@ -2211,7 +2233,7 @@ const file_loom_proto_rawDesc = "" +
 	"\x04step\x18\x02 \x01(\x03R\x04step\x12\x12\n" +
 	"\x04path\x18\x03 \x01(\tR\x04path\x12'\n" +
 	"\x0fmanifest_sha256\x18\x04 \x01(\tR\x0emanifestSha256\x12.\n" +
-	"\x13committed_unix_nano\x18\x05 \x01(\x03R\x11committedUnixNano\"\xac\x03\n" +
+	"\x13committed_unix_nano\x18\x05 \x01(\x03R\x11committedUnixNano\"\xcb\x03\n" +
 	"\x03Job\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12$\n" +
 	"\x04spec\x18\x02 \x01(\v2\x10.loom.v1.JobSpecR\x04spec\x12'\n" +
@@ -2227,9 +2249,13 @@ const file_loom_proto_rawDesc = "" +
 	" \x01(\tR\x06reason\x12#\n" +
 	"\rtest_accuracy\x18\v \x01(\x01R\ftestAccuracy\x12\x1b\n" +
 	"\ttest_loss\x18\f \x01(\x01R\btestLoss\x12.\n" +
-	"\x13completed_unix_nano\x18\r \x01(\x03R\x11completedUnixNanoJ\x04\b\x06\x10\a\"8\n" +
+	"\x13completed_unix_nano\x18\r \x01(\x03R\x11completedUnixNano\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x0e \x01(\tR\trequestIdJ\x04\b\x06\x10\a\"W\n" +
 	"\x10SubmitJobRequest\x12$\n" +
-	"\x04spec\x18\x01 \x01(\v2\x10.loom.v1.JobSpecR\x04spec\"3\n" +
+	"\x04spec\x18\x01 \x01(\v2\x10.loom.v1.JobSpecR\x04spec\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x02 \x01(\tR\trequestId\"3\n" +
 	"\x11SubmitJobResponse\x12\x1e\n" +
 	"\x03job\x18\x01 \x01(\v2\f.loom.v1.JobR\x03job\"&\n" +
 	"\rGetJobRequest\x12\x15\n" +

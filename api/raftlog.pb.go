@@ -162,6 +162,7 @@ type CmdSubmitJob struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Spec          *JobSpec               `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
 	NowUnixNano   int64                  `protobuf:"varint,2,opt,name=now_unix_nano,json=nowUnixNano,proto3" json:"now_unix_nano,omitempty"`
+	RequestId     string                 `protobuf:"bytes,3,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -208,6 +209,13 @@ func (x *CmdSubmitJob) GetNowUnixNano() int64 {
 		return x.NowUnixNano
 	}
 	return 0
+}
+
+func (x *CmdSubmitJob) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
 }
 
 type CmdCancelJob struct {
@@ -665,10 +673,12 @@ const file_raftlog_proto_rawDesc = "" +
 	"\x11CmdPutCoordinator\x122\n" +
 	"\x06member\x18\x01 \x01(\v2\x1a.loom.v1.CoordinatorMemberR\x06member\"/\n" +
 	"\x14CmdRemoveCoordinator\x12\x17\n" +
-	"\anode_id\x18\x01 \x01(\tR\x06nodeId\"X\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\"w\n" +
 	"\fCmdSubmitJob\x12$\n" +
 	"\x04spec\x18\x01 \x01(\v2\x10.loom.v1.JobSpecR\x04spec\x12\"\n" +
-	"\rnow_unix_nano\x18\x02 \x01(\x03R\vnowUnixNano\"=\n" +
+	"\rnow_unix_nano\x18\x02 \x01(\x03R\vnowUnixNano\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x03 \x01(\tR\trequestId\"=\n" +
 	"\fCmdCancelJob\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\"<\n" +

@@ -148,16 +148,33 @@ func (s *state) submitJob(c *api.CmdSubmitJob) ApplyResult {
 	if err := validateSpec(c.GetSpec()); err != nil {
 		return ApplyResult{Err: err}
 	}
+	if j := s.jobByRequest(c.GetRequestId()); j != nil {
+		return ApplyResult{Msg: proto.CloneOf(j)} // a retried submit
+	}
 	s.nextJob++
 	j := &api.Job{
 		Id:                fmt.Sprintf("job-%04d", s.nextJob),
 		Spec:              proto.CloneOf(c.GetSpec()),
 		State:             api.JobState_JOB_STATE_PENDING,
 		SubmittedUnixNano: c.GetNowUnixNano(),
+		RequestId:         c.GetRequestId(),
 		Reason:            "waiting for the first plan",
 	}
 	s.jobs[j.Id] = j
 	return ApplyResult{Msg: proto.CloneOf(j)}
+}
+
+// jobByRequest returns the job submitted with request id rid, or nil.
+func (s *state) jobByRequest(rid string) *api.Job {
+	if rid == "" {
+		return nil
+	}
+	for _, j := range s.jobs {
+		if j.RequestId == rid {
+			return j
+		}
+	}
+	return nil
 }
 
 // validateSpec checks a job spec; the scheduler decides what it can plan.
@@ -209,8 +226,12 @@ func (s *state) registerWorker(c *api.CmdRegisterWorker) ApplyResult {
 	if w.GetId() == "" {
 		return ApplyResult{Err: fmt.Errorf("%w: worker needs an id", ErrInvalidArgument)}
 	}
-	if _, ok := s.workers[w.GetId()]; ok {
-		return ApplyResult{Err: fmt.Errorf("%w: %q is already registered and holds a lease; pick another id or wait for its lease to expire", ErrDuplicateWorker, w.GetId())}
+	if old, ok := s.workers[w.GetId()]; ok {
+		if err := sameWorker(old, w); err != nil {
+			return ApplyResult{Err: err}
+		}
+		old.LeaseExpiryUnixNano = max(old.LeaseExpiryUnixNano, w.GetLeaseExpiryUnixNano())
+		return ApplyResult{Msg: proto.CloneOf(old)} // a retried registration
 	}
 	if w.GetJobId() != "" {
 		if _, err := s.liveJob(w.GetJobId()); err != nil {
@@ -219,6 +240,17 @@ func (s *state) registerWorker(c *api.CmdRegisterWorker) ApplyResult {
 	}
 	s.workers[w.GetId()] = proto.CloneOf(w)
 	return ApplyResult{Msg: proto.CloneOf(w)}
+}
+
+// sameWorker decides whether a registration of an id that is already
+// registered is a retry by the same worker (same profile, including its
+// collective address, and same job) or a second worker claiming the id.
+func sameWorker(old, w *api.Worker) error {
+	if old.GetJobId() == w.GetJobId() && proto.Equal(old.GetProfile(), w.GetProfile()) {
+		return nil
+	}
+	return fmt.Errorf("%w: %q is already registered (collective address %s, job %q) and holds a lease; pick another id or wait for its lease to expire",
+		ErrDuplicateWorker, w.GetId(), old.GetProfile().GetCollectiveAddr(), old.GetJobId())
 }
 
 func (s *state) heartbeat(c *api.CmdHeartbeat) ApplyResult {

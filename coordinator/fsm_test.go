@@ -35,7 +35,7 @@ func everyCommand() []proto.Message {
 		&api.CmdPutCoordinator{Member: &api.CoordinatorMember{Id: "n1", RaftAddr: "127.0.0.1:1", GrpcAddr: "127.0.0.1:2"}},
 		&api.CmdPutCoordinator{Member: &api.CoordinatorMember{Id: "n2", RaftAddr: "127.0.0.1:3", GrpcAddr: "127.0.0.1:4"}},
 		&api.CmdRemoveCoordinator{NodeId: "n2"},
-		&api.CmdSubmitJob{Spec: &api.JobSpec{Name: "mnist", ConfigYaml: []byte("model: mlp\n"), GlobalBatch: 64, MaxWorkers: 4}, NowUnixNano: 100},
+		&api.CmdSubmitJob{Spec: &api.JobSpec{Name: "mnist", ConfigYaml: []byte("model: mlp\n"), GlobalBatch: 64, MaxWorkers: 4}, NowUnixNano: 100, RequestId: "r1"},
 		&api.CmdSubmitJob{Spec: &api.JobSpec{Name: "gone", GlobalBatch: 8}, NowUnixNano: 101},
 		&api.CmdCancelJob{JobId: "job-0002", Reason: "test"},
 		&api.CmdRegisterWorker{Worker: &api.Worker{Id: "w1", Profile: prof("127.0.0.1:9001"), LeaseExpiryUnixNano: 1000, RegisteredUnixNano: 10}},

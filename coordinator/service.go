@@ -24,7 +24,7 @@ func (v *service) SubmitJob(ctx context.Context, req *api.SubmitJobRequest) (*ap
 	if err := validateSpec(req.GetSpec()); err != nil {
 		return nil, err
 	}
-	m, _, err := v.s.apply(ctx, &api.CmdSubmitJob{Spec: req.GetSpec(), NowUnixNano: time.Now().UnixNano()})
+	m, _, err := v.s.apply(ctx, &api.CmdSubmitJob{Spec: req.GetSpec(), NowUnixNano: time.Now().UnixNano(), RequestId: req.GetRequestId()})
 	if err != nil {
 		return nil, err
 	}
@@ -63,13 +63,15 @@ func (v *service) RegisterWorker(ctx context.Context, req *api.RegisterWorkerReq
 	if req.GetProfile().GetCollectiveAddr() == "" {
 		return nil, fmt.Errorf("%w: worker %q: profile.collective_addr is empty", ErrInvalidArgument, req.GetWorkerId())
 	}
-	if _, dup := v.s.fsm.Worker(req.GetWorkerId()); dup {
-		return nil, fmt.Errorf("%w: %q is already registered and holds a lease", ErrDuplicateWorker, req.GetWorkerId())
-	}
 	now := time.Now()
 	w := &api.Worker{
 		Id: req.GetWorkerId(), Profile: req.GetProfile(), JobId: req.GetJobId(),
 		LeaseExpiryUnixNano: now.Add(v.s.cfg.LeaseTTL).UnixNano(), RegisteredUnixNano: now.UnixNano(),
+	}
+	if old, ok := v.s.fsm.Worker(req.GetWorkerId()); ok {
+		if err := sameWorker(old, w); err != nil {
+			return nil, err // refused without a log entry
+		}
 	}
 	m, _, err := v.s.apply(ctx, &api.CmdRegisterWorker{Worker: w})
 	if err != nil {

@@ -3,6 +3,7 @@ package coordinator
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -143,8 +144,28 @@ func TestBadInputRefused(t *testing.T) {
 	if _, err := c.RegisterWorker(ctx, reg); err != nil {
 		t.Fatal(err)
 	}
-	_, err := c.RegisterWorker(ctx, reg)
+	// The same worker retrying (same profile) is accepted; a second process
+	// claiming the id (another collective address) is refused.
+	if _, err := c.RegisterWorker(ctx, reg); err != nil {
+		t.Fatalf("retried registration: %v", err)
+	}
+	_, err := c.RegisterWorker(ctx, &api.RegisterWorkerRequest{WorkerId: "dup", Profile: profile("127.0.0.1:9101", 1)})
 	wantReason(t, err, codes.AlreadyExists, api.ReasonDuplicateWorker)
+	if !strings.Contains(err.Error(), "127.0.0.1:9100") {
+		t.Fatalf("duplicate refusal does not name the holder: %v", err)
+	}
+	// A retried submit with a request id returns the same job.
+	s1, err := c.SubmitJob(ctx, &api.SubmitJobRequest{Spec: &api.JobSpec{Name: "idem", GlobalBatch: 4}, RequestId: "req-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s2, err := c.SubmitJob(ctx, &api.SubmitJobRequest{Spec: &api.JobSpec{Name: "idem", GlobalBatch: 4}, RequestId: "req-1"})
+	if err != nil || s2.Job.Id != s1.Job.Id {
+		t.Fatalf("retried submit made %v (first %s): %v", s2.GetJob().GetId(), s1.Job.Id, err)
+	}
+	if _, err := c.CancelJob(ctx, &api.CancelJobRequest{JobId: s1.Job.Id}); err != nil {
+		t.Fatal(err)
+	}
 
 	w, err := c.WatchPlan(ctx, &api.WatchPlanRequest{JobId: "job-9999"})
 	if err == nil {
