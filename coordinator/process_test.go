@@ -61,9 +61,22 @@ func runChild() int {
 	fmt.Println("READY")
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
-	<-sig
-	_ = s.Close()
-	return 0
+	// If the test process dies without stopping us, exit too: no orphans.
+	parent := os.Getppid()
+	orphaned := time.NewTicker(200 * time.Millisecond)
+	defer orphaned.Stop()
+	for {
+		select {
+		case <-sig:
+			_ = s.Close()
+			return 0
+		case <-orphaned.C:
+			if os.Getppid() != parent {
+				_ = s.Close()
+				return 2
+			}
+		}
+	}
 }
 
 // childNode is a coordinator running in its own process.
