@@ -106,9 +106,6 @@ func (t *Trainer) LoadCheckpoint(s *checkpoint.State) error {
 	if s.Job != t.job.Name {
 		return fmt.Errorf("checkpoint is of job %q, not %q", s.Job, t.job.Name)
 	}
-	if s.ConfigHash != t.job.Hash() {
-		t.log.Warn("checkpoint was saved under a different model, seed or batch configuration", zap.String("saved", s.ConfigHash), zap.String("now", t.job.Hash()))
-	}
 	byName := map[string]checkpoint.Tensor{}
 	for _, x := range append(append([]checkpoint.Tensor(nil), s.Params...), s.Optim...) {
 		byName[x.Name] = x
@@ -166,6 +163,10 @@ func ResumeFrom(ctx context.Context, t *Trainer, allowed func(string) bool, log 
 		return info, fmt.Errorf("resume: %w", err)
 	}
 	info.Step = st.Step
+	if st.ConfigHash != job.Hash() {
+		log.Warn("resuming a checkpoint saved under a different model, seed, batch or optimizer configuration",
+			zap.String("checkpoint", info.Path), zap.String("saved_hash", st.ConfigHash), zap.String("config_hash", job.Hash()))
+	}
 	if err := t.LoadCheckpoint(st); err != nil {
 		return info, fmt.Errorf("resume from %s: %w", info.Path, err)
 	}

@@ -10,6 +10,8 @@ func addCommands(root, bench *cobra.Command) {
 	root.AddCommand(newStatusCmd())
 	root.AddCommand(newWorkersCmd())
 	root.AddCommand(newWorkerCmd())
+	root.AddCommand(newCheckpointsCmd())
+	root.AddCommand(newEvalCmd())
 	bench.AddCommand(newBenchGemmCmd())
 	bench.AddCommand(newBenchAllreduceCmd())
 }

@@ -1,0 +1,222 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/loomtrain/loom/api"
+	"github.com/loomtrain/loom/checkpoint"
+	"github.com/loomtrain/loom/data"
+	"github.com/loomtrain/loom/device"
+	"github.com/loomtrain/loom/device/cpu"
+	"github.com/loomtrain/loom/jobspec"
+	"github.com/loomtrain/loom/worker"
+)
+
+func newCheckpointsCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "checkpoints", Short: "Inspect a job's checkpoints"}
+	var dir, coord string
+	var asJSON bool
+	list := &cobra.Command{
+		Use:   "list JOB",
+		Short: "List the published checkpoints of job JOB (by name), oldest first",
+		Long: `List the published checkpoints of a job: step, epoch, world size at save,
+precision, size and age. A checkpoint whose manifest cannot be read is listed
+with its problem. With --coordinator, a column says which ones the
+coordinator recorded (only recorded checkpoints are resumed from a cluster).
+Tensor checksums are verified by resume and eval, not by list.`,
+		Example: `  loom checkpoints list mnist-mlp
+  loom checkpoints list mnist-mlp --dir /shared/ckpt --coordinator 10.0.0.5:7070`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return listCheckpoints(cmd.Context(), cmd.OutOrStdout(), dir, args[0], coord, asJSON)
+		},
+	}
+	list.Flags().StringVar(&dir, "dir", "checkpoints", "checkpoint root directory (the job config's checkpoint.dir)")
+	list.Flags().StringVar(&coord, "coordinator", "", "coordinator address(es): mark the checkpoints it recorded")
+	list.Flags().BoolVar(&asJSON, "json", false, "print a JSON array")
+	cmd.AddCommand(list)
+	return cmd
+}
+
+func listCheckpoints(ctx context.Context, out io.Writer, dir, job, coord string, asJSON bool) error {
+	store, err := checkpoint.NewLocalStorage(dir)
+	if err != nil {
+		return err
+	}
+	infos, err := checkpoint.List(ctx, store, job)
+	if err != nil {
+		return err
+	}
+	recorded := map[string]bool{}
+	if coord != "" {
+		conn, err := api.Dial(strings.Split(coord, ","))
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		resp, err := api.NewCoordinatorClient(conn).ListJobs(lctx, &api.ListJobsRequest{})
+		if err != nil {
+			return fmt.Errorf("coordinator: %w", err)
+		}
+		for _, j := range resp.GetJobs() {
+			if j.GetSpec().GetName() == job {
+				for _, c := range j.GetCheckpoints() {
+					recorded[c.GetPath()] = true
+				}
+			}
+		}
+	}
+	if asJSON {
+		b, _ := json.MarshalIndent(infos, "", "  ")
+		fmt.Fprintln(out, string(b))
+		return nil
+	}
+	if len(infos) == 0 {
+		fmt.Fprintf(out, "no checkpoints of %q under %s\n", job, dir)
+		return nil
+	}
+	w := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+	head := "STEP\tEPOCH\tWORLD\tPRECISION\tSIZE\tCREATED\tPATH"
+	if coord != "" {
+		head += "\tRECORDED"
+	}
+	fmt.Fprintln(w, head)
+	for _, i := range infos {
+		if i.Problem != "" {
+			fmt.Fprintf(w, "%d\t-\t-\t-\t-\t-\t%s\tINVALID: %s\n", i.Step, i.Path, i.Problem)
+			continue
+		}
+		line := fmt.Sprintf("%d\t%d\t%d\t%s\t%.1f MB\t%s\t%s", i.Step, i.Epoch, i.WorldSize, i.Precision, float64(i.Bytes)/1e6,
+			i.Created.Local().Format("2006-01-02 15:04:05"), filepath.Join(dir, filepath.FromSlash(i.Path)))
+		if coord != "" {
+			line += fmt.Sprintf("\t%v", recorded[i.Path])
+		}
+		fmt.Fprintln(w, line)
+	}
+	return w.Flush()
+}
+
+func newEvalCmd() *cobra.Command {
+	var configPath, dataset, dataPath, dev, act string
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "eval CHECKPOINT_DIR",
+		Short: "Test-set accuracy of a checkpoint",
+		Long: `Load a checkpoint (verifying every tensor's checksum) and report the model's
+accuracy and mean loss on the dataset's test split.
+
+With --config the model and dataset come from the job config; otherwise the
+MLP's widths are read from the checkpoint's tensor shapes and --activation and
+--data say the rest.`,
+		Example: `  loom eval checkpoints/mnist-mlp/step-00000703
+  loom eval checkpoints/mnist-mlp/step-00000703 --config examples/mnist-mlp.yaml --json`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runEval(cmd.Context(), cmd.OutOrStdout(), args[0], configPath, dataset, dataPath, dev, act, asJSON)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&configPath, "config", "", "job config the checkpoint was trained with")
+	f.StringVar(&dataset, "data", "mnist", "dataset without --config: mnist or idx")
+	f.StringVar(&dataPath, "data-path", "", "dataset directory (required for idx)")
+	f.StringVar(&act, "activation", "relu", "hidden activation without --config: relu or gelu")
+	f.StringVar(&dev, "device", "cpu", "device spec")
+	f.BoolVar(&asJSON, "json", false, "print the result as one JSON object")
+	return cmd
+}
+
+func runEval(ctx context.Context, out io.Writer, dir, configPath, dataset, dataPath, devSpec, act string, asJSON bool) error {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return err
+	}
+	root := filepath.Dir(filepath.Dir(abs))
+	rel := filepath.ToSlash(filepath.Join(filepath.Base(filepath.Dir(abs)), filepath.Base(abs)))
+	store, err := checkpoint.NewLocalStorage(root)
+	if err != nil {
+		return err
+	}
+	st, err := checkpoint.Load(ctx, store, rel)
+	if err != nil {
+		return err
+	}
+	var job *jobspec.Job
+	if configPath != "" {
+		if job, err = jobspec.Load(configPath); err != nil {
+			return err
+		}
+	} else {
+		if job, err = jobFromCheckpoint(st, dataset, dataPath, act); err != nil {
+			return err
+		}
+	}
+	job.Name = st.Job
+	var reg device.Registry
+	if err := cpu.Register(&reg); err != nil {
+		return err
+	}
+	d, err := reg.Open(devSpec)
+	if err != nil {
+		return fmt.Errorf("--device: %w", err)
+	}
+	split, err := data.Open(job.Data.Dataset, job.DataPath())
+	if err != nil {
+		return err
+	}
+	tr, err := worker.NewTrainer(job, d, split, newLogger(zapcore.WarnLevel))
+	if err != nil {
+		return err
+	}
+	if err := tr.LoadCheckpoint(st); err != nil {
+		return fmt.Errorf("%s: %w", dir, err)
+	}
+	acc, loss := tr.Evaluate(split.Test)
+	if asJSON {
+		b, _ := json.Marshal(map[string]any{"checkpoint": dir, "job": st.Job, "step": st.Step, "test_accuracy": acc, "test_loss": loss, "test_examples": split.Test.N})
+		fmt.Fprintln(out, string(b))
+		return nil
+	}
+	fmt.Fprintf(out, "%s (job %s, step %d): test accuracy %.2f%%, loss %.4f over %d examples\n", dir, st.Job, st.Step, 100*acc, loss, split.Test.N)
+	return nil
+}
+
+// jobFromCheckpoint rebuilds an MLP job from the shapes of the checkpoint's
+// layers.N.weight tensors ([out, in]).
+func jobFromCheckpoint(st *checkpoint.State, dataset, dataPath, act string) (*jobspec.Job, error) {
+	shapes := map[string][]int{}
+	for _, p := range st.Params {
+		shapes[p.Name] = p.Shape
+	}
+	var widths []int
+	for i := 0; ; i++ {
+		s, ok := shapes[fmt.Sprintf("layers.%d.weight", i)]
+		if !ok {
+			break
+		}
+		if len(s) != 2 {
+			return nil, fmt.Errorf("layers.%d.weight has shape %v, want [out in]", i, s)
+		}
+		if i == 0 {
+			widths = append(widths, s[1])
+		}
+		widths = append(widths, s[0])
+	}
+	if len(widths) < 2 {
+		return nil, fmt.Errorf("checkpoint holds no MLP layers (layers.0.weight ...): pass --config")
+	}
+	y := fmt.Sprintf("name: %s\nseed: %d\nmodel: {kind: mlp, layers: %s, activation: %s}\ndata: {dataset: %s, path: %q}\ntrain: {precision: %s}\n",
+		st.Job, st.RNG["seed"], strings.ReplaceAll(fmt.Sprint(widths), " ", ", "), act, dataset, dataPath, st.Precision)
+	return jobspec.Parse("(from checkpoint)", []byte(y))
+}
