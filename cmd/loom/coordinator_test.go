@@ -107,3 +107,29 @@ func TestCoordinatorCommandsRefuseBadInput(t *testing.T) {
 		}
 	}
 }
+
+func TestCoordinatorRemoveCommand(t *testing.T) {
+	tc := coordinator.NewTestCluster(t, 3)
+	addrs := strings.Join(tc.Addrs(), ",")
+	victim := "coord-2"
+	if tc.Leader().ID() == victim {
+		victim = "coord-1"
+	}
+	out, err := runLoom(t, "coordinator", "remove", victim, "--coordinator", addrs)
+	if err != nil || !strings.Contains(out, "removed "+victim) {
+		t.Fatalf("remove: %v\n%s", err, out)
+	}
+	out, err = runLoom(t, "coordinator", "members", "--coordinator", tc.Leader().Addr())
+	rows := 0
+	for _, l := range strings.Split(out, "\n") {
+		if strings.HasPrefix(l, "coord-") {
+			rows++
+		}
+	}
+	if err != nil || strings.Contains(out, victim+" ") || rows != 2 {
+		t.Fatalf("members after remove: %v\n%s", err, out)
+	}
+	if out, err := runLoom(t, "coordinator", "remove", "ghost", "--coordinator", addrs); err == nil || !strings.Contains(err.Error(), "unknown coordinator node") {
+		t.Fatalf("removing an unknown node: %v\n%s", err, out)
+	}
+}
