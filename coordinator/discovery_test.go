@@ -76,6 +76,18 @@ func TestEtcdDiscovery(t *testing.T) {
 	if _, err := c.SubmitJob(ctx, &api.SubmitJobRequest{Spec: &api.JobSpec{Name: "via-etcd", GlobalBatch: 4}}); err != nil {
 		t.Fatal(err)
 	}
+	// A new node given only the discovery URL joins through it.
+	cfg := TestConfig(t, "coord-3")
+	cfg.Discovery = disc
+	n3, err := Start(ctx, cfg)
+	if err != nil {
+		t.Fatalf("join through discovery: %v", err)
+	}
+	tc.Nodes = append(tc.Nodes, n3)
+	if st := leader.Status(); len(st.Members) != 4 {
+		t.Fatalf("members after discovery join: %v", st.Members)
+	}
+	waitFor(t, 10*time.Second, func() bool { _, as, err := api.Discover(ctx, disc); return err == nil && len(as) == 4 })
 	// Stop the leader: its keys are withdrawn and the new leader's published.
 	for i, n := range tc.Nodes {
 		if n == leader {
@@ -85,7 +97,7 @@ func TestEtcdDiscovery(t *testing.T) {
 	newLeader := tc.Leader()
 	waitFor(t, 10*time.Second, func() bool {
 		l, as, err := api.Discover(ctx, disc)
-		return err == nil && l == newLeader.Addr() && len(as) == 2
+		return err == nil && l == newLeader.Addr() && len(as) == 3
 	})
 	dctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()

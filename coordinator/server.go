@@ -61,7 +61,8 @@ type Server struct {
 }
 
 // Start opens storage, starts Raft and the gRPC API, and bootstraps or joins
-// as configured. It returns once the node serves gRPC (and, for Join, once
+// as configured. A new node (no Raft state) with neither Bootstrap nor Join
+// joins through the coordinators published under cfg.Discovery. It returns once the node serves gRPC (and, for Join, once
 // the leader has added it); it does not wait for a leader otherwise
 // (WaitLeader does). ctx bounds the start only.
 func Start(ctx context.Context, cfg Config) (*Server, error) {
@@ -100,6 +101,16 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	s.wg.Add(1)
 	go func() { defer s.wg.Done(); s.watchLeadership(runCtx) }()
+	if !existing && !cfg.Bootstrap && len(cfg.Join) == 0 && cfg.Discovery != "" {
+		// A new node with neither flag joins through the coordinators
+		// published in etcd.
+		_, addrs, err := api.Discover(ctx, cfg.Discovery)
+		if err != nil {
+			return nil, fmt.Errorf("coordinator: no --bootstrap or --join, and %w", err)
+		}
+		cfg.Join = addrs
+		s.cfg.Join = addrs
+	}
 	if !existing && !cfg.Bootstrap && len(cfg.Join) == 0 {
 		return nil, fmt.Errorf("coordinator: %w: no raft state in %q and neither Bootstrap nor Join: a new node must start a cluster or join one", ErrInvalidArgument, cfg.DataDir)
 	}

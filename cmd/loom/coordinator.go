@@ -48,14 +48,6 @@ current leader in etcd, and a new node with neither flag joins through it.`,
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			if !cfg.Bootstrap && len(cfg.Join) == 0 && cfg.Discovery != "" {
-				dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-				_, addrs, derr := api.Discover(dctx, cfg.Discovery)
-				cancel()
-				if derr == nil {
-					cfg.Join = addrs
-				}
-			}
 			if cfg.DataDir == "" {
 				return fmt.Errorf("--data-dir is required: a cluster node must keep its raft log")
 			}
