@@ -104,11 +104,12 @@ func gemmBlocked[T float32 | uint16](d *Device, f *packFuncs[T], g *gemmArgs) {
 			j := jc + jp*nr
 			f.packB(bp[jp*nr*kpad:(jp+1)*nr*kpad], &g.b, j, min(nr, n-j), kpad, nr)
 		})
-		// Few row blocks (small m): split the panels too, so every thread
-		// has work; each such task packs its own copy of the A slice.
+		// Fewer row blocks than threads (small m): split the panels too,
+		// so every thread has work; each such task packs its own copy of
+		// the A slice, so the split is no finer than needed.
 		nJ := 1
-		if threads > 1 && nIC < 2*threads {
-			nJ = min(npan, ceilDiv(2*threads, nIC))
+		if threads > 1 && nIC < threads {
+			nJ = min(npan, ceilDiv(threads, nIC))
 		}
 		per := ceilDiv(npan, nJ)
 		nJ = ceilDiv(npan, per)
