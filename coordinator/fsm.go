@@ -45,7 +45,8 @@ func NewFSM(log *zap.Logger) *FSM {
 	return &FSM{log: log, st: newState(), changed: make(chan struct{})}
 }
 
-// Changed returns a channel that is closed at the next change of the state.
+// Changed returns a channel that is closed at the next change of the state
+// other than a lease renewal.
 // Callers re-read the state after it fires, then call Changed again.
 func (f *FSM) Changed() <-chan struct{} {
 	f.mu.RLock()
@@ -108,7 +109,9 @@ func (f *FSM) Apply(l *raft.Log) any {
 	default:
 		res = ApplyResult{Err: fmt.Errorf("%w: %s has no case in Apply", ErrUnknownCommand, t)}
 	}
-	if res.Err == nil {
+	// Lease renewals, the most frequent entry, change nothing a watcher or
+	// the planner reads, so they wake no one.
+	if res.Err == nil && t != CmdHeartbeat {
 		f.notifyLocked()
 	}
 	return res

@@ -96,10 +96,10 @@ func desiredPlans(st *api.SnapshotState, tolerance float64) []*api.Plan {
 			continue
 		}
 		ws := pinned[j.GetId()]
-		if max := int(j.GetSpec().GetMaxWorkers()); max == 0 || len(ws) < max {
+		if limit := int(j.GetSpec().GetMaxWorkers()); limit == 0 || len(ws) < limit {
 			take := len(pool)
-			if max > 0 {
-				take = min(take, max-len(ws))
+			if limit > 0 {
+				take = min(take, limit-len(ws))
 			}
 			ws = append(ws, pool[:take]...)
 			pool = pool[take:]
