@@ -2,6 +2,7 @@ package cpu
 
 import (
 	"fmt"
+	"unsafe"
 
 	"github.com/loomtrain/loom/device"
 	"github.com/loomtrain/loom/tensor"
@@ -37,7 +38,7 @@ type gemmArgs struct {
 type packFuncs[T float32 | uint16] struct {
 	kstep int
 	packA func(dst []T, op *operand, i0, rows, p0, kk, mr int)
-	packB func(dst []T, op *operand, j0, cols, kpad, nr int)
+	packB func(dst []T, op *operand, j0, cols, kpad, nr int) // cols may span panels
 	kern  func(kc int, a, b *T, c *float32, ldc int, alpha, beta float32)
 	bufA  func(*workspace) *[]T
 	bufB  func(*Device) *[]T
@@ -100,9 +101,15 @@ func gemmBlocked[T float32 | uint16](d *Device, f *packFuncs[T], g *gemmArgs) {
 		ncur := min(nc, n-jc)
 		npan := ceilDiv(ncur, nr)
 		bp := grow(f.bufB(d), npan*nr*kpad)
-		d.parallel(threads, npan, func(_, jp int) {
-			j := jc + jp*nr
-			f.packB(bp[jp*nr*kpad:(jp+1)*nr*kpad], &g.b, j, min(nr, n-j), kpad, nr)
+		// Pack in contiguous runs of panels, two per thread.
+		perPack := npan
+		if threads > 1 {
+			perPack = ceilDiv(npan, 2*threads)
+		}
+		d.parallel(threads, ceilDiv(npan, perPack), func(_, t int) {
+			jp0, jp1 := t*perPack, min(npan, (t+1)*perPack)
+			j := jc + jp0*nr
+			f.packB(bp[jp0*nr*kpad:jp1*nr*kpad], &g.b, j, min(n, jc+jp1*nr)-j, kpad, nr)
 		})
 		// Fewer row blocks than threads (small m): split the panels too,
 		// so every thread has work; each such task packs its own copy of
@@ -134,6 +141,12 @@ func gemmBlocked[T float32 | uint16](d *Device, f *packFuncs[T], g *gemmArgs) {
 					j := jc + jp*nr
 					cols := min(nr, n-j)
 					bpan := bp[jp*nr*kpad+pc*nr : jp*nr*kpad+(pc+kk)*nr]
+					if pf := kn.prefetch; pf != nil && jp+1 < jp1 {
+						// Fetch the next B micro-panel (in L3) toward L2
+						// while this one runs against every A panel.
+						next := bp[(jp+1)*nr*kpad+pc*nr:]
+						pf((*float32)(unsafe.Pointer(&next[0])), kk*nr*int(unsafe.Sizeof(next[0]))/64)
+					}
 					for ip := 0; ip < npa; ip++ {
 						i := i0 + ip*mr
 						apan := ap[ip*mr*kk : (ip+1)*mr*kk]

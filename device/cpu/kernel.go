@@ -32,6 +32,9 @@ type kernel struct {
 	// transpose8, if set, packs a transposed f32 B eight columns at a time
 	// (see transpose8AVX); nil uses the portable gather.
 	transpose8 func(dst *float32, stride int, src *float32, ld int, blocks int)
+	// prefetch, if set, hints lines 64-byte lines at p into L2; the driver
+	// uses it to fetch the next B micro-panel while the current one runs.
+	prefetch func(p *float32, lines int)
 }
 
 // Name of the kernel as used by LOOM_CPU_KERNEL and the kernel= option.

@@ -24,12 +24,18 @@ func bgemm6x32AVX512BF16(kc int, a, b *uint16, c *float32, ldc int, alpha, beta 
 //go:noescape
 func transpose8AVX(dst *float32, stride int, src *float32, ld int, blocks int)
 
+// prefetchT1 hints lines 64-byte lines from p into L2 (no fault on any
+// address).
+//
+//go:noescape
+func prefetchT1(p *float32, lines int)
+
 // Blocking: kc×nr floats of packed B (the L1-resident micro-panel) is
 // 16 KiB for AVX2 and 32 KiB for AVX-512 at kc=256; mc×kc floats of packed
 // A (L2-resident) is ~140 KiB.
 var (
-	avx2Kernel   = &kernel{name: "avx2", mr: 6, nr: 16, kc: 256, mc: 144, f32: sgemm6x16AVX2, transpose8: transpose8AVX}
-	avx512Kernel = &kernel{name: "avx512", mr: 6, nr: 32, kc: 256, mc: 144, f32: sgemm6x32AVX512, transpose8: transpose8AVX}
+	avx2Kernel   = &kernel{name: "avx2", mr: 6, nr: 16, kc: 256, mc: 144, f32: sgemm6x16AVX2, transpose8: transpose8AVX, prefetch: prefetchT1}
+	avx512Kernel = &kernel{name: "avx512", mr: 6, nr: 32, kc: 256, mc: 144, f32: sgemm6x32AVX512, transpose8: transpose8AVX, prefetch: prefetchT1}
 )
 
 // platformKernels detects, via CPUID and the OS-enabled register state

@@ -386,3 +386,20 @@ tloop:
 tdone:
 	VZEROUPPER
 	RET
+
+// func prefetchT1(p *float32, lines int)
+//
+// Hints lines consecutive 64-byte lines from p into L2: the next B
+// micro-panel is fetched from L3 while the current one is in use.
+TEXT ·prefetchT1(SB), NOSPLIT, $0-16
+	MOVQ p+0(FP), SI
+	MOVQ lines+8(FP), CX
+	TESTQ CX, CX
+	JEQ  pfdone
+pfloop:
+	PREFETCHT1 (SI)
+	ADDQ $64, SI
+	DECQ CX
+	JNE  pfloop
+pfdone:
+	RET

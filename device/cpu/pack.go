@@ -88,9 +88,34 @@ func packAF32(dst []float32, op *operand, i0, rows, p0, kk, mr int) {
 	}
 }
 
-// packBF32 packs columns [j0, j0+cols) of op(B) over all kpad steps into dst
-// in step layout of width nr; columns past cols are zero.
+// packBF32 packs columns [j0, j0+cols) of op(B) over all kpad steps into
+// ⌈cols/nr⌉ consecutive panels of kpad×nr floats in step layout; columns
+// past cols are zero.
 func packBF32(dst []float32, op *operand, j0, cols, kpad, nr int) {
+	npan := ceilDiv(cols, nr)
+	if !op.trans && op.x.DType == tensor.F32 && cols == npan*nr && kpad == op.k {
+		// Walk B by blocks of 8 rows across all panels: each source row is
+		// read sequentially. Going down one panel's columns instead touches
+		// a new cache line and page per row, and costs ~4 ns per element.
+		x, ld := op.x.F32, op.x.LD
+		for p0 := 0; p0 < kpad; p0 += 8 {
+			p1 := min(p0+8, kpad)
+			for jp := 0; jp < npan; jp++ {
+				pd := dst[jp*nr*kpad : (jp+1)*nr*kpad]
+				for p := p0; p < p1; p++ {
+					copyPanelRow(pd[p*nr:(p+1)*nr], x[p*ld+j0+jp*nr:])
+				}
+			}
+		}
+		return
+	}
+	for jp := 0; jp < npan; jp++ {
+		packBPanelF32(dst[jp*nr*kpad:(jp+1)*nr*kpad], op, j0+jp*nr, min(nr, cols-jp*nr), kpad, nr)
+	}
+}
+
+// packBPanelF32 packs one panel: columns [j0, j0+cols), cols ≤ nr.
+func packBPanelF32(dst []float32, op *operand, j0, cols, kpad, nr int) {
 	x := op.x
 	k := op.k
 	dst = dst[:kpad*nr]
@@ -218,8 +243,14 @@ func packAPair(dst []uint16, op *operand, i0, rows, p0, kk, mr int) {
 }
 
 // packBPair packs columns [j0, j0+cols) of a BF16 op(B) over kpad (even)
-// steps into dst in pair layout of width nr.
+// steps into ⌈cols/nr⌉ consecutive panels in pair layout of width nr.
 func packBPair(dst []uint16, op *operand, j0, cols, kpad, nr int) {
+	for jp := 0; jp < ceilDiv(cols, nr); jp++ {
+		packBPanelPair(dst[jp*nr*kpad:(jp+1)*nr*kpad], op, j0+jp*nr, min(nr, cols-jp*nr), kpad, nr)
+	}
+}
+
+func packBPanelPair(dst []uint16, op *operand, j0, cols, kpad, nr int) {
 	x := op.x
 	k := op.k
 	dst = dst[:kpad*nr]
