@@ -3,11 +3,13 @@ package coordinator
 import (
 	"context"
 	"fmt"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"go.uber.org/zap"
-	"go.uber.org/zap/zaptest"
+	"go.uber.org/zap/zapcore"
 	"google.golang.org/grpc"
 
 	"github.com/loomtrain/loom/api"
@@ -24,9 +26,40 @@ func TestConfig(t testing.TB, nodeID string) Config {
 	c.RaftHeartbeatTimeout = 300 * time.Millisecond
 	c.RaftElectionTimeout = 300 * time.Millisecond
 	c.RaftLeaderLease = 150 * time.Millisecond
-	c.Logger = zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))
+	c.Logger = testLogger(t)
 	return c
 }
+
+// testLogger logs warnings and errors to t, and drops whatever Raft's
+// connection goroutines still log once the test has ended (zaptest would
+// panic on those).
+func testLogger(t testing.TB) *zap.Logger {
+	w := &testLogWriter{t: t}
+	t.Cleanup(func() {
+		w.mu.Lock()
+		w.done = true
+		w.mu.Unlock()
+	})
+	enc := zap.NewDevelopmentEncoderConfig()
+	return zap.New(zapcore.NewCore(zapcore.NewConsoleEncoder(enc), w, zap.WarnLevel))
+}
+
+type testLogWriter struct {
+	mu   sync.Mutex
+	t    testing.TB
+	done bool
+}
+
+func (w *testLogWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.done {
+		w.t.Log(strings.TrimRight(string(p), "\n"))
+	}
+	return len(p), nil
+}
+
+func (w *testLogWriter) Sync() error { return nil }
 
 // NewTestServer starts an embedded single-node coordinator for a test and
 // closes it at the test's end. mutate, if not nil, edits the config first.
