@@ -91,6 +91,9 @@ Compare against /work/shared/anchors/gemm_openblas.sh and gemm_torch.sh in the
 same run: the machine is shared, so only ratios measured together mean much.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var todo []gemmShape
+			if !cmd.Flags().Changed("sizes") && (mlp || len(shapes) > 0) {
+				sizes = nil // only the shapes asked for
+			}
 			for _, n := range sizes {
 				if n <= 0 {
 					return fmt.Errorf("--sizes: %d is not positive", n)
@@ -125,7 +128,7 @@ same run: the machine is shared, so only ratios measured together mean much.`,
 		},
 	}
 	f := cmd.Flags()
-	f.IntSliceVar(&sizes, "sizes", []int{256, 512, 1024, 2048}, "square sizes N (N×N·N×N)")
+	f.IntSliceVar(&sizes, "sizes", []int{256, 512, 1024, 2048}, "square sizes N (N×N·N×N); default only without --shapes/--mlp")
 	f.StringSliceVar(&shapes, "shapes", nil, "extra shapes MxNxK[:NN|NT|TN|TT]")
 	f.BoolVar(&mlp, "mlp", false, "add the MNIST MLP shapes at batch 64")
 	f.StringSliceVar(&dtypes, "dtypes", []string{"fp32", "bf16"}, "operand dtypes: fp32, bf16, fp16")
