@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime/pprof"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -30,6 +31,7 @@ type allreduceOpts struct {
 	iters      int
 	warmup     int
 	target     string
+	trials     int
 	order      []int
 	jsonOut    bool
 	timeout    time.Duration
@@ -74,9 +76,10 @@ result of summing all-ones buffers is checked on every rank.`,
 	f.StringSliceVar(&o.sizes, "size", []string{"1", "16", "64"}, "buffer sizes (comma list; MiB unless suffixed)")
 	f.StringVar(&o.compress, "compress", "none", "wire compression: none, bf16 or fp16")
 	f.StringVar(&o.chunk, "chunk", "512KiB", "pipelining chunk size")
-	f.IntVar(&o.iters, "iters", 0, "timed iterations per size (0: enough to move --target bytes, at least 5)")
+	f.IntVar(&o.iters, "iters", 0, "timed iterations per size (0: enough to move --target bytes, 5 to 10000)")
 	f.IntVar(&o.warmup, "warmup", 3, "untimed iterations per size")
 	f.StringVar(&o.target, "target", "1GiB", "bytes to all-reduce per size when --iters is 0")
+	f.IntVar(&o.trials, "trials", 1, "timed loops per size; the median is reported")
 	f.IntSliceVar(&o.order, "order", nil, "ring order as a permutation of ranks (default 0..n-1)")
 	f.BoolVar(&o.jsonOut, "json", false, "print one JSON object per size")
 	f.DurationVar(&o.timeout, "timeout", 10*time.Minute, "give up after this long")
@@ -143,7 +146,7 @@ func launchAllreduceRanks(ctx context.Context, stdout, stderr io.Writer, o allre
 		args := []string{"bench", "allreduce", "--rank", strconv.Itoa(r), "--listen-fd", "3",
 			"--peers", strings.Join(addrs, ","), "--size", strings.Join(o.sizes, ","),
 			"--compress", o.compress, "--chunk", o.chunk, "--iters", strconv.Itoa(o.iters),
-			"--warmup", strconv.Itoa(o.warmup), "--target", o.target, "--timeout", o.timeout.String(),
+			"--warmup", strconv.Itoa(o.warmup), "--trials", strconv.Itoa(o.trials), "--target", o.target, "--timeout", o.timeout.String(),
 			"--generation", strconv.FormatUint(o.generation, 10), "--json=" + strconv.FormatBool(o.jsonOut),
 			"--cpuprofile", o.cpuProfile, "--sockbuf", o.sockBuf}
 		if len(o.order) > 0 {
@@ -183,6 +186,7 @@ type allreduceResult struct {
 	Bytes    int     `json:"bytes"`
 	Compress string  `json:"compress"`
 	Iters    int     `json:"iters"`
+	Trials   int     `json:"trials"` // timed loops; time and cpu are their medians
 	TimeMs   float64 `json:"time_ms"`
 	CPUMs    float64 `json:"cpu_ms"` // user+sys CPU per call, summed over ranks
 	AlgBW    float64 `json:"algbw_GBps"`
@@ -191,6 +195,9 @@ type allreduceResult struct {
 
 // runAllreduceRank is one rank of the benchmark (launched or joining).
 func runAllreduceRank(ctx context.Context, stdout io.Writer, o allreduceOpts) error {
+	if o.trials < 1 {
+		return fmt.Errorf("--trials %d: need at least 1", o.trials)
+	}
 	comp, err := collective.ParseCompression(o.compress)
 	if err != nil {
 		return err
@@ -253,7 +260,7 @@ func runAllreduceRank(ctx context.Context, stdout io.Writer, o allreduceOpts) er
 		buf := make([]float32, size/4)
 		iters := o.iters
 		if iters <= 0 {
-			iters = max(5, target/max(1, size))
+			iters = min(max(5, target/max(1, size)), 10000)
 		}
 		for range o.warmup {
 			if err := c.AllReduce(ctx, collective.F32(buf)); err != nil {
@@ -271,34 +278,22 @@ func runAllreduceRank(ctx context.Context, stdout io.Writer, o allreduceOpts) er
 				return fmt.Errorf("rank %d: element %d of %d is %v after summing ones over %d ranks", o.rank, i, len(buf), v, n)
 			}
 		}
-		if err := c.Barrier(ctx); err != nil {
-			return err
-		}
-		start, cpu0 := time.Now(), cpuSeconds()
-		for range iters {
-			if err := c.AllReduce(ctx, collective.F32(buf)); err != nil {
+		walls, cpus := make([]float64, 0, o.trials), make([]float64, 0, o.trials)
+		for range o.trials {
+			wall, cpu, err := timeAllreduce(ctx, c, buf, iters, times)
+			if err != nil {
 				return err
 			}
-		}
-		per := time.Since(start).Seconds() / float64(iters)
-		clear(times)
-		times[2*o.rank] = float32(per) // Shard(2n, n, r) is [2r, 2r+2)
-		times[2*o.rank+1] = float32((cpuSeconds() - cpu0) / float64(iters))
-		if err := c.AllGather(ctx, collective.F32(times)); err != nil {
-			return err
+			walls, cpus = append(walls, wall), append(cpus, cpu)
 		}
 		if o.rank != 0 {
 			continue
 		}
-		worst, cpu := 0.0, 0.0
-		for r := range n {
-			worst = max(worst, float64(times[2*r]))
-			cpu += float64(times[2*r+1])
-		}
+		worst, cpu := median(walls), median(cpus)
 		bytes := len(buf) * 4
 		alg := float64(bytes) / worst / 1e9
 		res := allreduceResult{Impl: "loom-ring-tcp", World: n, SizeMiB: float64(bytes) / (1 << 20), Bytes: bytes,
-			Compress: comp.String(), Iters: iters, TimeMs: worst * 1e3, CPUMs: cpu * 1e3, AlgBW: alg, BusBW: alg * 2 * float64(n-1) / float64(n)}
+			Compress: comp.String(), Iters: iters, Trials: o.trials, TimeMs: worst * 1e3, CPUMs: cpu * 1e3, AlgBW: alg, BusBW: alg * 2 * float64(n-1) / float64(n)}
 		if n == 1 {
 			res.BusBW = 0
 		}
@@ -310,6 +305,43 @@ func runAllreduceRank(ctx context.Context, stdout io.Writer, o allreduceOpts) er
 		}
 	}
 	return c.Barrier(ctx)
+}
+
+// timeAllreduce runs one timed loop of iters all-reduces on every rank and
+// returns, on every rank, the slowest rank's seconds per call and the CPU
+// seconds per call summed over ranks. times is 2n scratch floats.
+func timeAllreduce(ctx context.Context, c *collective.Communicator, buf []float32, iters int, times []float32) (wall, cpu float64, err error) {
+	if err := c.Barrier(ctx); err != nil {
+		return 0, 0, err
+	}
+	start, cpu0 := time.Now(), cpuSeconds()
+	for range iters {
+		if err := c.AllReduce(ctx, collective.F32(buf)); err != nil {
+			return 0, 0, err
+		}
+	}
+	per := time.Since(start).Seconds() / float64(iters)
+	r := c.Rank()
+	clear(times)
+	times[2*r] = float32(per) // Shard(2n, n, r) is [2r, 2r+2)
+	times[2*r+1] = float32((cpuSeconds() - cpu0) / float64(iters))
+	if err := c.AllGather(ctx, collective.F32(times)); err != nil {
+		return 0, 0, err
+	}
+	for r := range c.Size() {
+		wall = max(wall, float64(times[2*r]))
+		cpu += float64(times[2*r+1])
+	}
+	return wall, cpu, nil
+}
+
+// median of xs (xs is reordered).
+func median(xs []float64) float64 {
+	slices.Sort(xs)
+	if len(xs)%2 == 1 {
+		return xs[len(xs)/2]
+	}
+	return (xs[len(xs)/2-1] + xs[len(xs)/2]) / 2
 }
 
 // cpuSeconds is this process's user+system CPU time so far. The benchmark
