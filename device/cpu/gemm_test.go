@@ -122,7 +122,11 @@ func TestGemmMatchesFloat64Reference(t *testing.T) {
 	t.Logf("kernels on this CPU: %v", KernelNames())
 	sizes := [][3]int{{1, 1, 1}, {3, 5, 7}, {4, 4, 4}, {17, 9, 33}, {64, 70, 300}, {5, 130, 257}, {0, 3, 3}, {3, 3, 0},
 		{150, 40, 300}, {7, 70, 600}, {64, 200, 40}}
-	for _, threads := range []int{1, 2, 3} {
+	threadCounts := []int{1, 2, 3}
+	if raceEnabled {
+		threadCounts = []int{3}
+	}
+	for _, threads := range threadCounts {
 		for _, d := range kernelDevices(t, threads) {
 			for _, dt := range []tensor.DType{tensor.F32, tensor.BF16, tensor.F16} {
 				for _, s := range sizes {
@@ -283,7 +287,7 @@ func BenchmarkMicroKernel(b *testing.B) {
 // reference, so what remains is float32 accumulation (u = 2⁻²⁴ ≈ 6e-8 per
 // add; with random signs the error grows like u·√k, ~5e-7 here).
 func TestGemmLargeAccuracy(t *testing.T) {
-	if testing.Short() {
+	if testing.Short() || raceEnabled {
 		t.Skip("512³ float64 reference")
 	}
 	const n = 512
