@@ -315,3 +315,22 @@ func TestGemmLargeAccuracy(t *testing.T) {
 		}
 	}
 }
+
+// TestSelfCheckRejectsWrongKernel: a kernel that computes the wrong thing
+// (here: the portable tile with alpha doubled) fails the start-up check
+// that guards kernels this build cannot run on its own CI machine.
+func TestSelfCheckRejectsWrongKernel(t *testing.T) {
+	wrong := *genericKernel
+	wrong.name = "wrong"
+	wrong.f32 = func(kc int, a, b, c *float32, ldc int, alpha, beta float32) {
+		sgemm4x4Generic(kc, a, b, c, ldc, 2*alpha, beta)
+	}
+	if err := runSelfCheck(&wrong); err == nil {
+		t.Fatal("self-check accepted a wrong kernel")
+	}
+	for _, k := range supportedKernels() {
+		if err := runSelfCheck(k); err != nil {
+			t.Errorf("%s: %v", k.name, err)
+		}
+	}
+}
