@@ -37,6 +37,8 @@ type AgentConfig struct {
 	Device device.Device
 	// RPCTimeout bounds each coordinator call.
 	RPCTimeout time.Duration
+	// Ledger, if set, receives the sample ledger (see Trainer.Ledger).
+	Ledger io.Writer
 	// Logger; nil logs nothing.
 	Logger *zap.Logger
 }
@@ -131,6 +133,7 @@ func RunAgent(ctx context.Context, cfg AgentConfig) error {
 	if err != nil {
 		return err
 	}
+	tr.Ledger = cfg.Ledger
 	hasState := false
 	if job.Checkpoint.Resume != "" && !job.Checkpoint.Disabled {
 		// The launcher resolves "latest" among the recorded checkpoints

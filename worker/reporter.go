@@ -99,7 +99,11 @@ func (r *reporter) send(ctx context.Context) {
 	for _, req := range batch {
 		_, err := r.a.call(ctx, func(c context.Context) (any, error) { return r.a.client.ReportProgress(c, req) })
 		if err != nil && ctx.Err() == nil {
-			r.a.log.Debug("progress report refused", zap.Int64("step", req.GetStep()), zap.Error(err))
+			lvl := zap.DebugLevel
+			if req.GetDone() || req.TestAccuracy != nil {
+				lvl = zap.WarnLevel
+			}
+			r.a.log.Log(lvl, "progress report refused", zap.Int64("step", req.GetStep()), zap.Bool("final", req.GetDone()), zap.Error(err))
 			if req.GetDone() || req.TestAccuracy != nil {
 				if isUnavailable(err) { // keep what must not be lost for the next try
 					r.mu.Lock()

@@ -6,8 +6,10 @@ package worker
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"time"
 
@@ -73,6 +75,10 @@ type Trainer struct {
 	// correct count, so one all-reduce carries them with the last bucket.
 	values, grads []float32
 	offsets       map[*model.Param]int
+
+	// Ledger, if set, receives one JSON line per completed step with the
+	// samples this trainer computed on (see LedgerEntry).
+	Ledger io.Writer
 
 	// beforeUpdate, if set, runs before the next optimizer update (the
 	// checkpointer waits there for its copy of the weights).
@@ -193,6 +199,7 @@ func (t *Trainer) StepShare(ctx context.Context, sync GradSync, shares *Shares) 
 		// Every rank sees the same summed gradients, so all agree to skip.
 		if !t.scaler.Update(!optimizer.AllFinite(t.params)) {
 			t.step++
+			t.record(startPos.Epoch, t.idx[lo:hi])
 			return loss / float64(rows), nil
 		}
 	}
@@ -205,7 +212,28 @@ func (t *Trainer) StepShare(ctx context.Context, sync GradSync, shares *Shares) 
 	t.opt.Step(t.params, t.sched.LR(t.step), 1/(float32(rows)*scale))
 	t.net.WeightsChanged()
 	t.step++
+	t.record(startPos.Epoch, t.idx[lo:hi])
 	return loss / float64(rows), nil
+}
+
+// LedgerEntry is one line of the sample ledger: the dataset indices a
+// trainer consumed in a completed step. Across all ranks of a job, every
+// index of an epoch appears exactly once among the steps that count.
+type LedgerEntry struct {
+	Epoch   int   `json:"epoch"`
+	Step    int   `json:"step"`
+	Samples []int `json:"samples"`
+}
+
+func (t *Trainer) record(epoch int, idx []int) {
+	if t.Ledger == nil {
+		return
+	}
+	b, _ := json.Marshal(LedgerEntry{Epoch: epoch, Step: t.step, Samples: idx})
+	if _, err := t.Ledger.Write(append(b, '\n')); err != nil {
+		t.log.Warn("sample ledger write failed; ledger disabled", zap.Error(err))
+		t.Ledger = nil
+	}
 }
 
 // accumulate runs forward and backward over the samples idx, adding their

@@ -28,21 +28,24 @@ func TestCoordinatorBinaryFailover(t *testing.T) {
 	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
-	free := func() string {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer l.Close()
-		return l.Addr().String()
-	}
 	type node struct {
 		id, grpc, raft string
 		cmd            *exec.Cmd
 	}
 	nodes := []*node{{id: "c1"}, {id: "c2"}, {id: "c3"}}
+	var held []net.Listener // hold every port until all are chosen: no duplicates
 	for _, n := range nodes {
-		n.grpc, n.raft = free(), free()
+		for _, a := range []*string{&n.grpc, &n.raft} {
+			l, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			held = append(held, l)
+			*a = l.Addr().String()
+		}
+	}
+	for _, l := range held {
+		_ = l.Close()
 	}
 	start := func(n *node, extra ...string) {
 		args := append([]string{"coordinator", "--id", n.id, "--data-dir", filepath.Join(dir, n.id),

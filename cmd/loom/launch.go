@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -35,6 +36,8 @@ type launchOpts struct {
 	quiet         bool
 	logLevel      string
 	resume        string
+	ledgerDir     string
+	metrics       string
 }
 
 func newLaunchCmd() *cobra.Command {
@@ -77,6 +80,8 @@ workers: cancels the job and stops them).`,
 	f.IntVar(&o.maxSteps, "max-steps", 0, "stop after this many steps (overrides train.max_steps)")
 	f.BoolVarP(&o.quiet, "quiet", "q", false, "no progress output, only the summary")
 	f.StringVar(&o.resume, "resume", "", `continue from a checkpoint: "latest" (newest valid one of this job) or a checkpoint directory`)
+	f.StringVar(&o.ledgerDir, "sample-ledger", "", "directory for per-worker JSONL ledgers of the samples each completed step used (for audits and tests)")
+	f.StringVar(&o.metrics, "metrics", "", "write one JSON line per step (step, epoch, loss, lr) to this file (single-process launch)")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error (workers log at warn unless debug)")
 	return cmd
 }
@@ -91,6 +96,8 @@ func runLaunch(ctx context.Context, stdout io.Writer, path string, o launchOpts)
 		return fmt.Errorf("--workers %d: want 1 to 64 local workers", o.workers)
 	case o.detach && o.coordinator == "":
 		return fmt.Errorf("--detach needs --coordinator: an embedded coordinator ends with this process")
+	case o.metrics != "" && (o.workers > 1 || o.coordinator != ""):
+		return fmt.Errorf("--metrics is for single-process launches; workers report progress to the coordinator")
 	case len(o.workerDevices) > o.workers:
 		return fmt.Errorf("--worker-devices lists %d devices for %d workers", len(o.workerDevices), o.workers)
 	}
@@ -147,11 +154,34 @@ func runLaunch(ctx context.Context, stdout io.Writer, path string, o launchOpts)
 		zap.Int("params", tr.Model().NumParams()), zap.String("precision", job.Train.Precision), zap.String("device", dev.Name()),
 		zap.Int("threads", dev.Threads()), zap.Int("steps", tr.TotalSteps()))
 
-	var onProgress func(worker.Progress)
 	var view *progressView
 	if !o.quiet {
 		view = newProgressView(os.Stderr, job.Train.LogEvery, log)
-		onProgress = view.Update
+	}
+	if o.ledgerDir != "" {
+		f, err := openLedger(o.ledgerDir, "local")
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		tr.Ledger = f
+	}
+	var metrics *json.Encoder
+	if o.metrics != "" {
+		f, err := os.Create(o.metrics)
+		if err != nil {
+			return fmt.Errorf("--metrics: %w", err)
+		}
+		defer f.Close()
+		metrics = json.NewEncoder(f)
+	}
+	onProgress := func(p worker.Progress) {
+		if metrics != nil {
+			_ = metrics.Encode(map[string]any{"step": p.Step, "epoch": p.Epoch, "loss": p.Loss, "lr": p.LR})
+		}
+		if view != nil {
+			view.Update(p)
+		}
 	}
 	var ck *worker.Checkpointer
 	if !job.Checkpoint.Disabled {
@@ -200,4 +230,16 @@ func printSummary(out io.Writer, s *worker.Summary) {
 		fmt.Fprintf(w, "skipped steps\t%d (fp16 overflow)\n", s.SkippedSteps)
 	}
 	w.Flush()
+}
+
+// openLedger opens (appending) dir/name.jsonl for a sample ledger.
+func openLedger(dir, name string) (*os.File, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("--sample-ledger: %w", err)
+	}
+	f, err := os.OpenFile(filepath.Join(dir, name+".jsonl"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("--sample-ledger: %w", err)
+	}
+	return f, nil
 }

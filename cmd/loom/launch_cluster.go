@@ -101,9 +101,11 @@ func follow(ctx context.Context, stdout io.Writer, client api.CoordinatorClient,
 	tick := time.NewTicker(200 * time.Millisecond)
 	defer tick.Stop()
 	var exited <-chan error
+	var allGone <-chan struct{}
 	if procs != nil {
-		exited = procs.failed
+		exited, allGone = procs.failed, procs.allGone
 	}
+	goneSince := time.Time{}
 	for {
 		select {
 		case <-ctx.Done():
@@ -117,7 +119,15 @@ func follow(ctx context.Context, stdout io.Writer, client api.CoordinatorClient,
 			return exitError{code: 130}
 		case err := <-exited:
 			return fmt.Errorf("job %s: %w", jobID, err)
+		case <-allGone:
+			// Every local worker is gone: give the coordinator a moment
+			// to show the completion, then give up rather than wait forever.
+			allGone = nil
+			goneSince = time.Now()
 		case <-tick.C:
+		}
+		if !goneSince.IsZero() && time.Since(goneSince) > 5*time.Second {
+			return fmt.Errorf("job %s: every worker exited but the job did not complete (see the worker logs above)", jobID)
 		}
 		gctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		resp, err := client.GetJob(gctx, &api.GetJobRequest{JobId: jobID})
@@ -178,9 +188,10 @@ func trainSize(job *jobspec.Job) int {
 
 // workerProcs are the local worker processes of an embedded launch.
 type workerProcs struct {
-	cmds   []*exec.Cmd
-	failed chan error // a worker exited with an error
-	done   sync.WaitGroup
+	cmds    []*exec.Cmd
+	failed  chan error    // a worker exited with an error
+	allGone chan struct{} // closed once every worker has exited
+	done    sync.WaitGroup
 }
 
 // startWorkers re-executes this binary as n `loom worker` processes. Their
@@ -190,7 +201,7 @@ func startWorkers(coord, jobID string, o launchOpts, log *zap.Logger) (*workerPr
 	if err != nil {
 		return nil, err
 	}
-	p := &workerProcs{failed: make(chan error, o.workers)}
+	p := &workerProcs{failed: make(chan error, o.workers), allGone: make(chan struct{})}
 	for i := 0; i < o.workers; i++ {
 		id := fmt.Sprintf("w%d", i)
 		dev := o.device
@@ -201,7 +212,11 @@ func startWorkers(coord, jobID string, o launchOpts, log *zap.Logger) (*workerPr
 		if o.logLevel == "debug" {
 			level = "debug"
 		}
-		cmd := exec.Command(exe, "worker", "--coordinator", coord, "--job", jobID, "--id", id, "--device", dev, "--log-level", level)
+		args := []string{"worker", "--coordinator", coord, "--job", jobID, "--id", id, "--device", dev, "--log-level", level}
+		if o.ledgerDir != "" {
+			args = append(args, "--sample-ledger", filepath.Join(o.ledgerDir, id+".jsonl"))
+		}
+		cmd := exec.Command(exe, args...)
 		cmd.Stdout = io.Discard
 		stderr, err := cmd.StderrPipe()
 		if err != nil {
@@ -229,6 +244,7 @@ func startWorkers(coord, jobID string, o launchOpts, log *zap.Logger) (*workerPr
 			}
 		}()
 	}
+	go func() { p.done.Wait(); close(p.allGone) }()
 	log.Info("started local workers", zap.Int("workers", o.workers), zap.String("device", o.device))
 	return p, nil
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 
@@ -18,7 +19,7 @@ import (
 
 func newWorkerCmd() *cobra.Command {
 	var (
-		coord, job, id, dev, listen, level string
+		coord, job, id, dev, listen, level, ledger string
 	)
 	cmd := &cobra.Command{
 		Use:   "worker --coordinator ADDR --job JOB_ID",
@@ -58,6 +59,14 @@ cleanly (deregistering) on SIGINT or SIGTERM.`,
 			if listen != "" {
 				cfg.Listen = listen
 			}
+			if ledger != "" {
+				f, err := openLedger(filepath.Dir(ledger), strings.TrimSuffix(filepath.Base(ledger), ".jsonl"))
+				if err != nil {
+					return err
+				}
+				defer f.Close()
+				cfg.Ledger = f
+			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			err = worker.RunAgent(ctx, cfg)
@@ -82,6 +91,7 @@ cleanly (deregistering) on SIGINT or SIGTERM.`,
 	f.StringVar(&dev, "device", "cpu", "device spec, e.g. cpu or cpu:threads=1")
 	f.StringVar(&listen, "listen", "", "collective listen address host:port (default 127.0.0.1:0)")
 	f.StringVar(&level, "log-level", "info", "debug, info, warn or error")
+	f.StringVar(&ledger, "sample-ledger", "", "append one JSON line per completed step (epoch, step, samples) to this file")
 	_ = cmd.MarkFlagRequired("coordinator")
 	_ = cmd.MarkFlagRequired("job")
 	return cmd

@@ -1,0 +1,157 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/loomtrain/loom/checkpoint"
+	"github.com/loomtrain/loom/data"
+	"github.com/loomtrain/loom/worker"
+)
+
+// loomCmd returns the test binary started as the loom CLI.
+func loomCmd(t *testing.T, args ...string) *exec.Cmd {
+	t.Helper()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(exe, args...)
+	cmd.Env = append(os.Environ(), "LOOM_TEST_AS_CLI=1")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	t.Cleanup(func() {
+		if cmd.Process != nil && cmd.ProcessState == nil {
+			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+			_ = cmd.Wait()
+		}
+	})
+	return cmd
+}
+
+// summaryOf runs the loom CLI as a process and decodes its --json summary.
+func summaryOf(t *testing.T, timeout time.Duration, args ...string) worker.Summary {
+	t.Helper()
+	cmd := loomCmd(t, append(args, "--json", "--quiet")...)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	done := make(chan struct{})
+	var out []byte
+	var err error
+	go func() { out, err = cmd.Output(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(timeout):
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		<-done
+		t.Fatalf("loom %v did not finish in %v\n%s", args, timeout, stderr.String())
+	}
+	if err != nil {
+		t.Fatalf("loom %v: %v\n%s", args, err, stderr.String())
+	}
+	var s worker.Summary
+	if err := json.Unmarshal(out, &s); err != nil {
+		t.Fatalf("summary: %v\n%s\n%s", err, out, stderr.String())
+	}
+	return s
+}
+
+const smallJobYAML = `name: %s
+seed: 7
+model: {kind: mlp, layers: [784, 64, 10]}
+train: {epochs: 1, global_batch: %d, log_every: 10}
+optimizer: {kind: adamw, lr: 0.003}
+checkpoint: {dir: %s, every_steps: %d, keep: 0}
+`
+
+// Two local worker processes behind the embedded coordinator train the job
+// to completion, and the summary comes back from the coordinator.
+func TestLaunchWorkersEndToEnd(t *testing.T) {
+	dir := t.TempDir()
+	job := writeJob(t, fmt.Sprintf(smallJobYAML, "ddp", 200, filepath.Join(dir, "ckpt"), 20))
+	s := summaryOf(t, 3*time.Minute, "launch", job, "--workers", "2", "--device", "cpu:threads=1", "--max-steps", "40", "--sample-ledger", filepath.Join(dir, "ledger"))
+	if s.Status != "completed" || s.Steps != 40 || s.Workers != 2 || s.TestAccuracy < 0.85 {
+		t.Fatalf("unexpected summary %+v", s)
+	}
+	entries := readLedgers(t, filepath.Join(dir, "ledger"))
+	assertExactlyOnce(t, entries, 40, 200, 7)
+	store, _ := checkpoint.NewLocalStorage(filepath.Join(dir, "ckpt"))
+	infos, err := checkpoint.List(t.Context(), store, "ddp")
+	if err != nil || len(infos) != 2 || infos[1].Step != 40 || infos[1].WorldSize != 2 {
+		t.Fatalf("checkpoints: %v %+v", err, infos)
+	}
+}
+
+// readLedgers reads every *.jsonl sample ledger in dir.
+func readLedgers(t *testing.T, dir string) []worker.LedgerEntry {
+	t.Helper()
+	files, _ := filepath.Glob(filepath.Join(dir, "*.jsonl"))
+	if len(files) == 0 {
+		t.Fatalf("no ledgers in %s", dir)
+	}
+	var out []worker.LedgerEntry
+	for _, f := range files {
+		fh, err := os.Open(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sc := bufio.NewScanner(fh)
+		sc.Buffer(nil, 1<<24)
+		for sc.Scan() {
+			var e worker.LedgerEntry
+			if err := json.Unmarshal(sc.Bytes(), &e); err != nil {
+				t.Fatalf("%s: %v", f, err)
+			}
+			out = append(out, e)
+		}
+		fh.Close()
+	}
+	return out
+}
+
+// assertExactlyOnce checks that the ledger's steps 1..steps consumed, in
+// epoch order, exactly the first steps×batch samples of the sampler's
+// (seed, epoch) permutations, each once.
+func assertExactlyOnce(t *testing.T, entries []worker.LedgerEntry, steps, batch int, seed uint64) {
+	t.Helper()
+	const n = 60000
+	got := map[[2]int]int{} // (epoch, sample) -> count
+	for _, e := range entries {
+		if e.Step > steps {
+			continue
+		}
+		for _, s := range e.Samples {
+			got[[2]int{e.Epoch, s}]++
+		}
+	}
+	want := 0
+	for epoch := 0; want < steps*batch && epoch < 100; epoch++ {
+		perm := data.Permutation(n, seed, epoch)
+		for off := 0; off < n && want < steps*batch; off++ {
+			key := [2]int{epoch, perm[off]}
+			if got[key] != 1 {
+				t.Fatalf("epoch %d sample %d (position %d) used %d times", epoch, perm[off], off, got[key])
+			}
+			delete(got, key)
+			want++
+		}
+	}
+	if len(got) != 0 {
+		keys := slices.Collect(func(yield func([2]int) bool) {
+			for k := range got {
+				if !yield(k) {
+					return
+				}
+			}
+		})
+		t.Fatalf("%d samples used beyond the expected ones, e.g. %v", len(got), keys[0])
+	}
+}
