@@ -51,6 +51,11 @@ type Config struct {
 	ProgressInterval time.Duration
 	// ApplyTimeout bounds one Raft write on the leader.
 	ApplyTimeout time.Duration
+	// FollowerReadWait: a follower asked about a job it does not know yet
+	// (a client wrote through another node a moment ago) waits this long
+	// for replication before answering UNKNOWN_JOB. The leader answers at
+	// once.
+	FollowerReadWait time.Duration
 	// LeaderWait is how long a write waits for a leader to be elected
 	// before it is refused with NO_LEADER.
 	LeaderWait time.Duration
@@ -81,6 +86,7 @@ func DefaultConfig() Config {
 		ProgressInterval:     time.Second,
 		ApplyTimeout:         5 * time.Second,
 		LeaderWait:           3 * time.Second,
+		FollowerReadWait:     time.Second,
 		RaftHeartbeatTimeout: 500 * time.Millisecond,
 		RaftElectionTimeout:  500 * time.Millisecond,
 		RaftLeaderLease:      250 * time.Millisecond,
@@ -116,6 +122,9 @@ func (c Config) Validate() error {
 		if d <= 0 {
 			bad("coordinator: %s must be > 0, got %v", name, d)
 		}
+	}
+	if c.FollowerReadWait < 0 {
+		bad("coordinator: FollowerReadWait must be >= 0")
 	}
 	if c.ProgressInterval < 0 {
 		bad("coordinator: ProgressInterval must be >= 0")

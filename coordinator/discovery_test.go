@@ -20,7 +20,8 @@ func startEtcd(t *testing.T) string {
 	cfg.Name = "discovery-test"
 	cfg.Dir = t.TempDir()
 	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
-	client, peer := freeAddr(t), freeAddr(t)
+	ports := freeAddrs(t, 2)
+	client, peer := ports[0], ports[1]
 	cu, _ := url.Parse("http://" + client)
 	pu, _ := url.Parse("http://" + peer)
 	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{*cu}, []url.URL{*cu}

@@ -87,12 +87,23 @@ type childNode struct {
 
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	return freeAddrs(t, 1)[0]
+}
+
+// freeAddrs returns n distinct free loopback addresses: all listeners are
+// held open until every port is chosen, so no two are the same.
+func freeAddrs(t *testing.T, n int) []string {
+	t.Helper()
+	out := make([]string, n)
+	for i := range out {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		out[i] = l.Addr().String()
 	}
-	defer l.Close()
-	return l.Addr().String()
+	return out
 }
 
 // start launches the node's process and waits for READY.
@@ -176,10 +187,11 @@ func (n *childNode) stop() {
 func startProcessCluster(t *testing.T, n int) []*childNode {
 	dir := t.TempDir()
 	nodes := make([]*childNode, n)
+	addrs := freeAddrs(t, 2*n)
 	for i := range nodes {
 		nodes[i] = &childNode{
 			id: fmt.Sprintf("coord-%d", i), dataDir: filepath.Join(dir, fmt.Sprintf("n%d", i)),
-			raftAddr: freeAddr(t), grpcAddr: freeAddr(t), logPath: filepath.Join(dir, fmt.Sprintf("n%d.log", i)),
+			raftAddr: addrs[2*i], grpcAddr: addrs[2*i+1], logPath: filepath.Join(dir, fmt.Sprintf("n%d.log", i)),
 		}
 	}
 	t.Cleanup(func() {

@@ -31,13 +31,37 @@ func (v *service) SubmitJob(ctx context.Context, req *api.SubmitJobRequest) (*ap
 	return &api.SubmitJobResponse{Job: m.(*api.Job)}, nil
 }
 
-func (v *service) GetJob(_ context.Context, req *api.GetJobRequest) (*api.GetJobResponse, error) {
-	j, ok := v.s.fsm.Job(req.GetJobId())
+func (v *service) GetJob(ctx context.Context, req *api.GetJobRequest) (*api.GetJobResponse, error) {
+	j, ok := v.s.awaitJob(ctx, req.GetJobId())
 	if !ok {
 		return nil, fmt.Errorf("%w: %q", ErrUnknownJob, req.GetJobId())
 	}
 	p, _ := v.s.fsm.Plan(j.GetId())
 	return &api.GetJobResponse{Job: j, Plan: p}, nil
+}
+
+// awaitJob returns job id from this node's replica. On a follower that does
+// not know it yet it waits up to FollowerReadWait (bounded by ctx) for
+// replication, so that a client may write through one node and read
+// through another.
+func (s *Server) awaitJob(ctx context.Context, id string) (*api.Job, bool) {
+	deadline := time.NewTimer(s.cfg.FollowerReadWait)
+	defer deadline.Stop()
+	for {
+		ch := s.fsm.Changed()
+		if j, ok := s.fsm.Job(id); ok || s.IsLeader() {
+			return j, ok
+		}
+		select {
+		case <-ch:
+		case <-deadline.C:
+			return nil, false
+		case <-ctx.Done():
+			return nil, false
+		case <-s.closing():
+			return nil, false
+		}
+	}
 }
 
 func (v *service) ListJobs(context.Context, *api.ListJobsRequest) (*api.ListJobsResponse, error) {
@@ -131,7 +155,7 @@ func (v *service) WatchPlan(req *api.WatchPlanRequest, stream api.Coordinator_Wa
 }
 
 func (s *Server) watchPlan(ctx context.Context, req *api.WatchPlanRequest, send func(*api.Plan) error) error {
-	if _, ok := s.fsm.Job(req.GetJobId()); !ok {
+	if _, ok := s.awaitJob(ctx, req.GetJobId()); !ok {
 		return fmt.Errorf("%w: cannot watch the plan of %q: no such job", ErrUnknownJob, req.GetJobId())
 	}
 	after := req.GetAfterGeneration()

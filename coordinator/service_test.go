@@ -268,6 +268,10 @@ func TestInProcessClusterForwards(t *testing.T) {
 	}
 	for p := nextPlan(t, w); len(p.Ranks) != 1; p = nextPlan(t, w) {
 	}
+	// A job no node knows is refused by a follower too, after its short
+	// wait for replication.
+	_, err = fc.GetJob(ctx, &api.GetJobRequest{JobId: "job-9999"})
+	wantReason(t, err, codes.NotFound, api.ReasonUnknownJob)
 	st, err := api.NewClusterClient(Dial(t, follower.Addr())).ClusterStatus(ctx, &api.ClusterStatusRequest{})
 	if err != nil || len(st.Members) != 3 || st.LeaderId != leader.ID() {
 		t.Fatalf("cluster status from follower: %v %v", st, err)

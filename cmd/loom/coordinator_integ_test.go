@@ -138,8 +138,16 @@ func TestCoordinatorBinaryFailover(t *testing.T) {
 	}
 	t.Logf("after SIGKILL of %s, loom status answered in %v:\n%s", victim.id, time.Since(killed), out)
 	start(victim) // restart from its data dir, no --bootstrap/--join
-	out, err = exec.Command(bin, "status", "--coordinator", victim.grpc).CombinedOutput()
-	if err != nil || !strings.Contains(string(out), sub.Job.Id) {
-		t.Fatalf("restarted node's status: %v\n%s", err, out)
+	restarted := time.Now()
+	for { // it catches up from the leader within moments
+		out, err = exec.Command(bin, "status", "--coordinator", victim.grpc).CombinedOutput()
+		if err == nil && strings.Contains(string(out), sub.Job.Id) {
+			break
+		}
+		if time.Since(restarted) > 20*time.Second {
+			t.Fatalf("restarted node's status: %v\n%s", err, out)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
+	t.Logf("restarted %s shows the job %v after its restart", victim.id, time.Since(restarted))
 }
