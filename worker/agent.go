@@ -182,11 +182,7 @@ func RunAgent(ctx context.Context, cfg AgentConfig) error {
 		_, _ = a.client.DeregisterWorker(dctx, &api.DeregisterWorkerRequest{WorkerId: cfg.ID})
 	}()
 
-	err = a.train(rctx, tr, ck, hasState, &ln, compress, rep)
-	if err == nil {
-		rep.flush(ctx)
-	}
-	return err
+	return a.train(rctx, tr, ck, hasState, &ln, compress, rep)
 }
 
 // ErrJobCancelled is returned when the job was cancelled while running.
@@ -241,8 +237,7 @@ func (a *Agent) train(ctx context.Context, tr *Trainer, ck *Checkpointer, hasSta
 	}
 	if gen != nil && gen.rank == 0 {
 		acc, loss := tr.Evaluate(tr.split.Test)
-		rep.final(acc, loss)
-		return nil
+		return rep.final(ctx, acc, loss)
 	}
 	// The other ranks stay registered until rank 0 has completed the job,
 	// so their leaving does not start a new generation under its report.

@@ -2,6 +2,7 @@ package worker
 
 import (
 	"context"
+	"fmt"
 	"math"
 	"sync"
 	"time"
@@ -15,7 +16,8 @@ import (
 
 // reporter sends step progress to the coordinator off the training loop:
 // the loop records each step in memory and a goroutine sends the newest
-// every reportEvery. Evaluations and the final report are never dropped.
+// every reportEvery. Evaluations are never dropped; the final report is
+// sent synchronously (final).
 type reporter struct {
 	a   *Agent
 	job *jobspec.Job
@@ -49,18 +51,33 @@ func (r *reporter) step(gen int64, step int, loss float64, samples int, took tim
 	r.latest = req
 }
 
-// final records the job's end with its test-set accuracy.
-func (r *reporter) final(acc, loss float64) {
+// final reports the job's end with its test-set accuracy, synchronously
+// (retrying while the coordinator is unavailable, e.g. electing a leader):
+// the job is complete only once this succeeds.
+func (r *reporter) final(ctx context.Context, acc, loss float64) error {
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	req := &api.ReportProgressRequest{JobId: r.a.cfg.JobID, WorkerId: r.a.cfg.ID}
 	if r.last != nil {
 		req = proto.CloneOf(r.last)
 	}
-	req.Done, req.TestAccuracy, req.TestLoss = true, &acc, loss
 	r.latest = nil
-	r.pending = append(r.pending, req)
-	r.signal()
+	r.mu.Unlock()
+	req.Done, req.TestAccuracy, req.TestLoss = true, &acc, loss
+	var err error
+	for attempt := 0; attempt < 20; attempt++ {
+		if _, err = r.a.call(ctx, func(c context.Context) (any, error) { return r.a.client.ReportProgress(c, req) }); err == nil || !isUnavailable(err) {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("report job completion: %w", err)
+	}
+	return nil
 }
 
 func (r *reporter) signal() {
@@ -84,9 +101,6 @@ func (r *reporter) run(ctx context.Context) {
 	}
 }
 
-// flush sends whatever is queued (the final report) before the agent exits.
-func (r *reporter) flush(ctx context.Context) { r.send(ctx) }
-
 func (r *reporter) send(ctx context.Context) {
 	r.mu.Lock()
 	batch := r.pending
@@ -100,12 +114,12 @@ func (r *reporter) send(ctx context.Context) {
 		_, err := r.a.call(ctx, func(c context.Context) (any, error) { return r.a.client.ReportProgress(c, req) })
 		if err != nil && ctx.Err() == nil {
 			lvl := zap.DebugLevel
-			if req.GetDone() || req.TestAccuracy != nil {
+			if req.TestAccuracy != nil {
 				lvl = zap.WarnLevel
 			}
-			r.a.log.Log(lvl, "progress report refused", zap.Int64("step", req.GetStep()), zap.Bool("final", req.GetDone()), zap.Error(err))
-			if req.GetDone() || req.TestAccuracy != nil {
-				if isUnavailable(err) { // keep what must not be lost for the next try
+			r.a.log.Log(lvl, "progress report refused", zap.Int64("step", req.GetStep()), zap.Error(err))
+			if req.TestAccuracy != nil {
+				if isUnavailable(err) { // keep an evaluation for the next try
 					r.mu.Lock()
 					r.pending = append(r.pending, req)
 					r.mu.Unlock()

@@ -36,6 +36,7 @@ type launchOpts struct {
 	quiet         bool
 	logLevel      string
 	resume        string
+	globalBatch   int
 	ledgerDir     string
 	metrics       string
 }
@@ -77,6 +78,7 @@ workers: cancels the job and stops them).`,
 	f.StringVar(&o.coordinator, "coordinator", "", "submit to a running coordinator cluster (comma-separated addresses) and follow the job")
 	f.BoolVar(&o.detach, "detach", false, "with --coordinator: print the job id and return")
 	f.BoolVar(&o.json, "json", false, "print the summary as one JSON object on stdout")
+	f.IntVar(&o.globalBatch, "global-batch", 0, "override train.global_batch")
 	f.IntVar(&o.maxSteps, "max-steps", 0, "stop after this many steps (overrides train.max_steps)")
 	f.BoolVarP(&o.quiet, "quiet", "q", false, "no progress output, only the summary")
 	f.StringVar(&o.resume, "resume", "", `continue from a checkpoint: "latest" (newest valid one of this job) or a checkpoint directory`)
@@ -106,6 +108,12 @@ func runLaunch(ctx context.Context, stdout io.Writer, path string, o launchOpts)
 	}
 	if o.maxSteps > 0 {
 		job.Train.MaxSteps = o.maxSteps
+	}
+	if o.globalBatch != 0 {
+		job.Train.GlobalBatch = o.globalBatch
+		if err := job.Validate(); err != nil {
+			return fmt.Errorf("--global-batch: %w", err)
+		}
 	}
 	if o.resume != "" {
 		if job.Checkpoint.Disabled {
