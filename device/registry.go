@@ -61,7 +61,8 @@ func (r *Registry) Names() []string {
 	return names
 }
 
-// Open parses a spec "name[:key=value,...]" and opens that backend.
+// Open parses a spec "name[:key=value,...]" and opens that backend. The
+// option slowdown=F applies to every backend (see Throttled).
 func (r *Registry) Open(spec string) (Device, error) {
 	name, opts, err := ParseSpec(spec)
 	if err != nil {
@@ -73,7 +74,15 @@ func (r *Registry) Open(spec string) (Device, error) {
 	if f == nil {
 		return nil, fmt.Errorf("unknown device %q (have %s)", name, strings.Join(r.Names(), ", "))
 	}
-	return f(opts)
+	slow, err := takeSlowdown(opts)
+	if err != nil {
+		return nil, err
+	}
+	d, err := f(opts)
+	if err != nil || slow == 1 {
+		return d, err
+	}
+	return &Throttled{Device: d, Factor: slow}, nil
 }
 
 // ParseSpec splits "cpu:threads=2,kernel=avx2" into its name and options.
