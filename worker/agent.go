@@ -258,7 +258,6 @@ func (a *Agent) runSteps(ctx context.Context, tr *Trainer, gen *generation, ck *
 		if a.newerPlan(gen.plan.GetGeneration()) {
 			return nil
 		}
-		start := time.Now()
 		rows := gen.shares.All[gen.rank]
 		loss, err := tr.StepShare(ctx, gen.sync, gen.shares)
 		if err != nil {
@@ -268,7 +267,9 @@ func (a *Agent) runSteps(ctx context.Context, tr *Trainer, gen *generation, ck *
 		if gen.rank == 0 && evalEvery > 0 && tr.Steps()%evalEvery == 0 && !tr.Done() {
 			acc, _ = tr.Evaluate(tr.split.Test)
 		}
-		rep.step(gen.plan.GetGeneration(), tr.Steps(), loss, rows, time.Since(start), acc)
+		// The step time reported is compute only: the wait for the slower
+		// ranks' gradients would hide this device's speed from the planner.
+		rep.step(gen.plan.GetGeneration(), tr.Steps(), loss, rows, tr.LastCompute(), acc)
 		// Every rank holds the same state: rank 0 writes the checkpoint.
 		if ck != nil && gen.rank == 0 && ck.Due(tr) {
 			if err := ck.Begin(ctx, tr, gen.comm.Size()); err != nil {

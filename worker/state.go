@@ -3,6 +3,7 @@ package worker
 import (
 	"fmt"
 	"math"
+	"time"
 
 	"github.com/loomtrain/loom/data"
 	"github.com/loomtrain/loom/optimizer"
@@ -57,6 +58,11 @@ func (t *Trainer) Tensors() [][]float32 {
 
 // Done reports whether the job's last step has run.
 func (t *Trainer) Done() bool { return t.step >= t.total }
+
+// LastCompute is the forward and backward time of the last step, without
+// waiting for the gradient sum: the measure of this device's speed that the
+// planner balances shares by.
+func (t *Trainer) LastCompute() time.Duration { return t.lastCompute }
 
 // Steps is the number of steps run so far.
 func (t *Trainer) Steps() int { return t.step }

@@ -85,6 +85,7 @@ type Trainer struct {
 	beforeUpdate func() error
 
 	step, total int
+	lastCompute time.Duration // forward+backward time of the last step
 	x           []float32
 	y           []int32
 	idx         []int
@@ -182,7 +183,9 @@ func (t *Trainer) StepShare(ctx context.Context, sync GradSync, shares *Shares) 
 		lo, hi = shares.Range(rows)
 	}
 	clear(t.grads)
+	computeStart := time.Now()
 	t.accumulate(t.idx[lo:hi], sync)
+	t.lastCompute = time.Since(computeStart)
 	if sync != nil {
 		if err := sync.Wait(ctx); err != nil {
 			// Abandon the step: the samples go back to the sampler so the

@@ -90,10 +90,14 @@ func TestLaunchWorkersEndToEnd(t *testing.T) {
 	}
 }
 
-// readLedgers reads every *.jsonl sample ledger in dir.
+// readLedgers reads every *.jsonl sample ledger in dir, or the one ledger
+// dir.jsonl when dir names a worker's file without its extension.
 func readLedgers(t *testing.T, dir string) []worker.LedgerEntry {
 	t.Helper()
 	files, _ := filepath.Glob(filepath.Join(dir, "*.jsonl"))
+	if _, err := os.Stat(dir + ".jsonl"); err == nil {
+		files = []string{dir + ".jsonl"}
+	}
 	if len(files) == 0 {
 		t.Fatalf("no ledgers in %s", dir)
 	}
