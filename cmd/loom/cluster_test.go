@@ -159,3 +159,12 @@ func assertExactlyOnce(t *testing.T, entries []worker.LedgerEntry, steps, batch 
 		t.Fatalf("%d samples used beyond the expected ones, e.g. %v", len(got), keys[0])
 	}
 }
+
+func readFile(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
