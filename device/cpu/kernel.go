@@ -37,9 +37,9 @@ type kernel struct {
 	prefetch func(p *float32, lines int)
 }
 
-// Name of the kernel as used by LOOM_CPU_KERNEL and the kernel= option.
-// A bf16-capable AVX-512 kernel reports "avx512+bf16" from Device.Name but is
-// selected as "avx512".
+// displayName is k.name (what LOOM_CPU_KERNEL and kernel= take) plus
+// "+bf16" when BF16 GEMMs use native dot products: Device.Name reports
+// "cpu/avx512+bf16" for a kernel selected as "avx512".
 func (k *kernel) displayName() string {
 	if k.bf16 != nil {
 		return k.name + "+bf16"
