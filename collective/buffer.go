@@ -105,8 +105,8 @@ func addWire(d tensor.DType, dst []float32, src []uint16) {
 		}
 		return
 	}
-	for i, h := range src {
-		dst[i] += tensor.FromF16(h)
+	for i := simdAddF16(dst, src); i < len(src); i++ {
+		dst[i] += tensor.FromF16(src[i])
 	}
 }
 
@@ -125,21 +125,25 @@ func addHalf(d tensor.DType, dst, src []uint16) {
 }
 
 // encodeWire narrows src into dst (len(dst) >= len(src)) in the 16-bit dtype
-// d, exactly as tensor.EncodeHalf, with a SIMD path for bf16.
+// d, exactly as tensor.EncodeHalf, with SIMD paths.
 func encodeWire(d tensor.DType, dst []uint16, src []float32) {
-	i := 0
+	var i int
 	if d == tensor.BF16 {
 		i = simdEncodeBF16(dst, src)
+	} else {
+		i = simdEncodeF16(dst, src)
 	}
 	tensor.EncodeHalf(d, dst[i:], src[i:])
 }
 
 // decodeWire widens src into dst (len(dst) >= len(src)), exactly as
-// tensor.DecodeHalf, with a SIMD path for bf16.
+// tensor.DecodeHalf, with SIMD paths.
 func decodeWire(d tensor.DType, dst []float32, src []uint16) {
-	i := 0
+	var i int
 	if d == tensor.BF16 {
 		i = simdDecodeBF16(dst, src)
+	} else {
+		i = simdDecodeF16(dst, src)
 	}
 	tensor.DecodeHalf(d, dst[i:], src[i:])
 }

@@ -131,3 +131,71 @@ loop:
 done:
 	VZEROUPPER
 	RET
+
+// F16C kernels: VCVTPS2PH with immediate rounding 0 (nearest even) and
+// VCVTPH2PS, which convert subnormals, infinities and NaNs exactly as
+// tensor.ToF16 / tensor.FromF16 do for the quiet NaNs ToF16 produces.
+
+// func encodeF16F16C(dst *uint16, src *float32, n int)
+TEXT ·encodeF16F16C(SB), NOSPLIT, $0-24
+	MOVQ dst+0(FP), DI
+	MOVQ src+8(FP), SI
+	MOVQ n+16(FP), CX
+	SHRQ $4, CX
+	JZ   done
+loop:
+	VMOVUPS   (SI), Y0
+	VMOVUPS   32(SI), Y1
+	VCVTPS2PH $0, Y0, X2
+	VCVTPS2PH $0, Y1, X3
+	VMOVDQU   X2, (DI)
+	VMOVDQU   X3, 16(DI)
+	ADDQ      $32, DI
+	ADDQ      $64, SI
+	DECQ      CX
+	JNZ       loop
+done:
+	VZEROUPPER
+	RET
+
+// func decodeF16F16C(dst *float32, src *uint16, n int)
+TEXT ·decodeF16F16C(SB), NOSPLIT, $0-24
+	MOVQ dst+0(FP), DI
+	MOVQ src+8(FP), SI
+	MOVQ n+16(FP), CX
+	SHRQ $4, CX
+	JZ   done
+loop:
+	VCVTPH2PS (SI), Y0
+	VCVTPH2PS 16(SI), Y1
+	VMOVUPS   Y0, (DI)
+	VMOVUPS   Y1, 32(DI)
+	ADDQ      $64, DI
+	ADDQ      $32, SI
+	DECQ      CX
+	JNZ       loop
+done:
+	VZEROUPPER
+	RET
+
+// func addF16F16C(dst *float32, src *uint16, n int)
+TEXT ·addF16F16C(SB), NOSPLIT, $0-24
+	MOVQ dst+0(FP), DI
+	MOVQ src+8(FP), SI
+	MOVQ n+16(FP), CX
+	SHRQ $4, CX
+	JZ   done
+loop:
+	VCVTPH2PS (SI), Y0
+	VCVTPH2PS 16(SI), Y1
+	VADDPS    (DI), Y0, Y0
+	VADDPS    32(DI), Y1, Y1
+	VMOVUPS   Y0, (DI)
+	VMOVUPS   Y1, 32(DI)
+	ADDQ      $64, DI
+	ADDQ      $32, SI
+	DECQ      CX
+	JNZ       loop
+done:
+	VZEROUPPER
+	RET

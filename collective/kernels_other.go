@@ -10,3 +10,6 @@ func simdDecodeBF16(dst []float32, src []uint16) int {
 	return 0
 }
 func simdEncodeBF16(dst []uint16, src []float32) int { return 0 }
+func simdAddF16(dst []float32, src []uint16) int     { return 0 }
+func simdDecodeF16(dst []float32, src []uint16) int  { return 0 }
+func simdEncodeF16(dst []uint16, src []float32) int  { return 0 }

@@ -44,26 +44,28 @@ func TestKernelsMatchScalar(t *testing.T) {
 			}
 		}
 
-		enc := make([]uint16, n)
-		encodeWire(tensor.BF16, enc, src)
-		for i := range n {
-			if want := tensor.ToBF16(src[i]); enc[i] != want {
-				t.Fatalf("encode bf16 n=%d i=%d (%08x): %04x want %04x", n, i, math.Float32bits(src[i]), enc[i], want)
+		for _, d := range []tensor.DType{tensor.BF16, tensor.F16} {
+			enc := make([]uint16, n)
+			encodeWire(d, enc, src)
+			for i := range n {
+				if want := tensor.ToHalf(d, src[i]); enc[i] != want {
+					t.Fatalf("encode %s n=%d i=%d (%08x): %04x want %04x", d, n, i, math.Float32bits(src[i]), enc[i], want)
+				}
 			}
-		}
-		dec := make([]float32, n)
-		decodeWire(tensor.BF16, dec, enc)
-		for i := range n {
-			if want := tensor.FromBF16(enc[i]); !sameBits(dec[i], want) {
-				t.Fatalf("decode bf16 n=%d i=%d", n, i)
+			dec := make([]float32, n)
+			decodeWire(d, dec, enc)
+			for i := range n {
+				if want := tensor.FromHalf(d, enc[i]); !sameBits(dec[i], want) {
+					t.Fatalf("decode %s n=%d i=%d (%04x): %08x want %08x", d, n, i, enc[i], math.Float32bits(dec[i]), math.Float32bits(want))
+				}
 			}
-		}
-		acc := append([]float32(nil), dst...)
-		addWire(tensor.BF16, acc, enc)
-		for i := range n {
-			want := dst[i] + tensor.FromBF16(enc[i])
-			if !sameBits(acc[i], want) && !(want != want && acc[i] != acc[i]) {
-				t.Fatalf("addWire bf16 n=%d i=%d", n, i)
+			acc := append([]float32(nil), dst...)
+			addWire(d, acc, enc)
+			for i := range n {
+				want := dst[i] + tensor.FromHalf(d, enc[i])
+				if !sameBits(acc[i], want) && !(want != want && acc[i] != acc[i]) {
+					t.Fatalf("addWire %s n=%d i=%d", d, n, i)
+				}
 			}
 		}
 	}
@@ -89,6 +91,18 @@ func BenchmarkKernels(b *testing.B) {
 		b.SetBytes(n * 4)
 		for b.Loop() {
 			addWire(tensor.BF16, dst, enc)
+		}
+	})
+	b.Run("encodeF16", func(b *testing.B) {
+		b.SetBytes(n * 4)
+		for b.Loop() {
+			encodeWire(tensor.F16, enc, src)
+		}
+	})
+	b.Run("addWireF16", func(b *testing.B) {
+		b.SetBytes(n * 4)
+		for b.Loop() {
+			addWire(tensor.F16, dst, enc)
 		}
 	})
 }
