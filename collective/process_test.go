@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"go.uber.org/goleak"
 )
 
 // Multi-process tests: the test binary re-execs itself as rank processes
@@ -22,6 +24,15 @@ const (
 	childRank  = "LOOM_COLLECTIVE_TEST_RANK"
 	childPeers = "LOOM_COLLECTIVE_TEST_PEERS"
 )
+
+// TestMain doubles as the entry point of child rank processes: the
+// multi-process tests re-exec this test binary with childEnv set.
+func TestMain(m *testing.M) {
+	if os.Getenv(childEnv) != "" {
+		os.Exit(childMain())
+	}
+	goleak.VerifyTestMain(m)
+}
 
 // childMain runs one rank: all-reduce 4 MiB in a loop until an operation
 // fails, printing "ready" after the first success and "error <msg>" at the

@@ -11,6 +11,26 @@ import (
 	"github.com/loomtrain/loom/tensor"
 )
 
+var kinds = []TransportKind{TransportMem, TransportTCP}
+
+// forEachKind runs f as a subtest per transport kind: one suite, every
+// implementation.
+func forEachKind(t *testing.T, f func(t *testing.T, kind TransportKind)) {
+	for _, k := range kinds {
+		t.Run(string(k), func(t *testing.T) { f(t, k) })
+	}
+}
+
+// mustAll fails the test unless every rank's error is nil.
+func mustAll(t *testing.T, errs []error) {
+	t.Helper()
+	for r, err := range errs {
+		if err != nil {
+			t.Fatalf("rank %d: %v", r, err)
+		}
+	}
+}
+
 // intInput is rank r's element i: small integers, so float32 sums are exact.
 func intInput(r, i int) float32 { return float32((i*7+r*13)%1001 - 500) }
 
