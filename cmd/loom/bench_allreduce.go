@@ -50,7 +50,8 @@ func newBenchAllreduceCmd() *cobra.Command {
 		Short: "Measure ring all-reduce bandwidth over TCP (algbw and busbw, nccl-tests convention)",
 		Long: `Measure collective.AllReduce (float32 sum, ring over TCP) and print, per size,
 the time per call (max over ranks), algbw = size/time and busbw = algbw·2(n-1)/n,
-the convention of nccl-tests and of the anchors in shared/anchors.
+the convention of nccl-tests and of the anchors in shared/anchors, and the CPU
+time per call summed over ranks (steadier than wall time on a shared machine).
 
 By default it launches --ranks local processes on 127.0.0.1 (re-running this
 binary) and rank 0 prints the results. To measure across machines, start one
