@@ -75,9 +75,9 @@ type Agent struct {
 	conn   *grpc.ClientConn
 	addr   string // collective address as registered
 
-	plans   chan *api.Plan // newest plan, capacity 1
 	planMu  sync.Mutex
 	newest  *api.Plan
+	planCh  chan struct{} // closed (and replaced) when newest changes
 	jobDone chan struct{} // closed when the plan stream ends (job over)
 }
 
@@ -88,7 +88,7 @@ func RunAgent(ctx context.Context, cfg AgentConfig) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
-	a := &Agent{cfg: cfg, log: cfg.Logger, plans: make(chan *api.Plan, 1), jobDone: make(chan struct{})}
+	a := &Agent{cfg: cfg, log: cfg.Logger, planCh: make(chan struct{}), jobDone: make(chan struct{})}
 	if a.log == nil {
 		a.log = zap.NewNop()
 	}
@@ -125,11 +125,42 @@ func RunAgent(ctx context.Context, cfg AgentConfig) error {
 	if err != nil {
 		return err
 	}
-	split, err := data.Open(job.Data.Dataset, job.Data.Path)
-	if err != nil {
-		return fmt.Errorf("worker: job %s data: %w", cfg.JobID, err)
+	// Load the data while measuring the device and registering: a joining
+	// worker is ready sooner.
+	type loaded struct {
+		split *data.Split
+		err   error
 	}
-	tr, err := NewTrainer(job, cfg.Device, split, a.log)
+	dataCh := make(chan loaded, 1)
+	go func() {
+		sp, err := data.Open(job.Data.Dataset, job.Data.Path)
+		dataCh <- loaded{sp, err}
+	}()
+	profile := MeasureProfile(cfg.Device, a.addr)
+	reg, err := a.call(ctx, func(c context.Context) (any, error) {
+		return a.client.RegisterWorker(c, &api.RegisterWorkerRequest{WorkerId: cfg.ID, Profile: profile, JobId: cfg.JobID})
+	})
+	if err != nil {
+		return fmt.Errorf("worker: register %s: %w", cfg.ID, err)
+	}
+	a.log.Info("registered", zap.String("collective", a.addr), zap.Any("gflops", profile.GetGflops()))
+	hbEvery := time.Duration(reg.(*api.RegisterWorkerResponse).GetHeartbeatIntervalMs()) * time.Millisecond
+	rctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var bg sync.WaitGroup
+	bg.Go(func() { a.heartbeat(rctx, hbEvery, profile) })
+	bg.Go(func() { a.watchPlans(rctx) })
+	defer func() {
+		cancel()
+		bg.Wait()
+		a.deregister()
+	}()
+
+	ld := <-dataCh
+	if ld.err != nil {
+		return fmt.Errorf("worker: job %s data: %w", cfg.JobID, ld.err)
+	}
+	tr, err := NewTrainer(job, cfg.Device, ld.split, a.log)
 	if err != nil {
 		return err
 	}
@@ -157,32 +188,16 @@ func RunAgent(ctx context.Context, cfg AgentConfig) error {
 		}()
 	}
 
-	profile := MeasureProfile(cfg.Device, a.addr)
-	reg, err := a.call(ctx, func(c context.Context) (any, error) {
-		return a.client.RegisterWorker(c, &api.RegisterWorkerRequest{WorkerId: cfg.ID, Profile: profile, JobId: cfg.JobID})
-	})
-	if err != nil {
-		return fmt.Errorf("worker: register %s: %w", cfg.ID, err)
-	}
-	a.log.Info("registered", zap.String("collective", a.addr), zap.Any("gflops", profile.GetGflops()))
-	hbEvery := time.Duration(reg.(*api.RegisterWorkerResponse).GetHeartbeatIntervalMs()) * time.Millisecond
-
-	rctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var bg sync.WaitGroup
-	bg.Go(func() { a.heartbeat(rctx, hbEvery, profile) })
-	bg.Go(func() { a.watchPlans(rctx) })
 	rep := newReporter(a, job)
 	bg.Go(func() { rep.run(rctx) })
-	defer func() {
-		cancel()
-		bg.Wait()
-		dctx, dcancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer dcancel()
-		_, _ = a.client.DeregisterWorker(dctx, &api.DeregisterWorkerRequest{WorkerId: cfg.ID})
-	}()
-
 	return a.train(rctx, tr, ck, hasState, &ln, compress, rep)
+}
+
+// deregister leaves the job (best effort: the lease would expire anyway).
+func (a *Agent) deregister() {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_, _ = a.client.DeregisterWorker(ctx, &api.DeregisterWorkerRequest{WorkerId: a.cfg.ID})
 }
 
 // ErrJobCancelled is returned when the job was cancelled while running.
@@ -191,7 +206,13 @@ var ErrJobCancelled = errors.New("job cancelled")
 // train follows plan generations until the job's last step.
 func (a *Agent) train(ctx context.Context, tr *Trainer, ck *Checkpointer, hasState bool, ln *net.Listener, compress collective.Compression, rep *reporter) error {
 	var gen *generation
-	defer func() { gen.close() }()
+	var cancelGen context.CancelFunc
+	defer func() {
+		gen.close()
+		if cancelGen != nil {
+			cancelGen()
+		}
+	}()
 	var current int64
 	for !tr.Done() {
 		plan, err := a.nextPlan(ctx, current)
@@ -201,7 +222,12 @@ func (a *Agent) train(ctx context.Context, tr *Trainer, ck *Checkpointer, hasSta
 		gen.close()
 		gen = nil
 		current = plan.GetGeneration()
-		g, err := joinGeneration(ctx, plan, a.cfg.ID, *ln, a.cfg.Listen, compress, a.log)
+		if cancelGen != nil {
+			cancelGen()
+		}
+		var gctx context.Context
+		gctx, cancelGen = a.generationContext(ctx, current)
+		g, err := joinGeneration(gctx, plan, a.cfg.ID, *ln, a.cfg.Listen, compress, a.log)
 		if g != nil || err != nil {
 			*ln = nil // consumed by the transport, or closed
 		}
@@ -214,7 +240,7 @@ func (a *Agent) train(ctx context.Context, tr *Trainer, ck *Checkpointer, hasSta
 			continue
 		}
 		gen = g
-		src, err := gen.syncState(ctx, tr, hasState)
+		src, err := gen.syncState(gctx, tr, hasState)
 		if err != nil {
 			a.log.Warn("state sync failed; waiting for the next plan", zap.Int64("generation", current), zap.Error(err))
 			continue
@@ -222,7 +248,7 @@ func (a *Agent) train(ctx context.Context, tr *Trainer, ck *Checkpointer, hasSta
 		hasState = true
 		a.log.Info("generation started", zap.Int64("generation", current), zap.Int("rank", gen.rank), zap.Int("ranks", gen.comm.Size()),
 			zap.Int("share", gen.shares.All[gen.rank]), zap.Int("step", tr.Steps()), zap.Int("state_from", src))
-		if err := a.runSteps(ctx, tr, gen, ck, rep); err != nil {
+		if err := a.runSteps(gctx, tr, gen, ck, rep); err != nil {
 			if ctx.Err() != nil {
 				if ck != nil && gen.rank == 0 && tr.Steps() > 0 && ck.last != tr.Steps() {
 					// Clean shutdown: keep the steps since the last checkpoint.
@@ -255,8 +281,13 @@ func (a *Agent) train(ctx context.Context, tr *Trainer, ck *Checkpointer, hasSta
 func (a *Agent) runSteps(ctx context.Context, tr *Trainer, gen *generation, ck *Checkpointer, rep *reporter) error {
 	evalEvery := tr.job.Train.EvalEvery
 	for !tr.Done() {
+		// A rank that has seen a newer plan votes to switch; the votes are
+		// summed with the gradients, so every rank finishes this step and
+		// leaves the generation after it, together: no step is abandoned
+		// for a planned change.
+		tr.SwitchVote = 0
 		if a.newerPlan(gen.plan.GetGeneration()) {
-			return nil
+			tr.SwitchVote = 1
 		}
 		rows := gen.shares.All[gen.rank]
 		loss, err := tr.StepShare(ctx, gen.sync, gen.shares)
@@ -275,6 +306,9 @@ func (a *Agent) runSteps(ctx context.Context, tr *Trainer, gen *generation, ck *
 			if err := ck.Begin(ctx, tr, gen.comm.Size()); err != nil {
 				a.log.Warn("checkpoint not started", zap.Int("step", tr.Steps()), zap.Error(err))
 			}
+		}
+		if tr.SwitchVotes > 0 {
+			return nil
 		}
 	}
 	return nil
@@ -297,9 +331,7 @@ func (a *Agent) commitCheckpoint(info checkpoint.Info) {
 // nextPlan waits for a plan of a generation after current.
 func (a *Agent) nextPlan(ctx context.Context, current int64) (*api.Plan, error) {
 	for {
-		a.planMu.Lock()
-		p := a.newest
-		a.planMu.Unlock()
+		p, changed := a.latestPlan()
 		if p != nil && p.GetGeneration() > current {
 			return p, nil
 		}
@@ -308,15 +340,55 @@ func (a *Agent) nextPlan(ctx context.Context, current int64) (*api.Plan, error) 
 			return nil, ctx.Err()
 		case <-a.jobDone:
 			return nil, ErrJobCancelled
-		case <-a.plans:
+		case <-changed:
 		}
 	}
 }
 
-func (a *Agent) newerPlan(gen int64) bool {
+// latestPlan returns the newest plan seen and a channel closed when it
+// changes.
+func (a *Agent) latestPlan() (*api.Plan, <-chan struct{}) {
 	a.planMu.Lock()
 	defer a.planMu.Unlock()
-	return a.newest != nil && a.newest.GetGeneration() > gen
+	return a.newest, a.planCh
+}
+
+func (a *Agent) newerPlan(gen int64) bool {
+	p, _ := a.latestPlan()
+	return p != nil && p.GetGeneration() > gen
+}
+
+// switchGrace is how long work in a generation may go on after a newer
+// plan arrived: enough for the step in flight to finish (ranks then switch
+// together by vote), short enough that a rank blocked on a dead peer gives
+// up quickly.
+const switchGrace = 500 * time.Millisecond
+
+// generationContext returns a context for work in generation gen that is
+// cancelled switchGrace after a newer plan arrives: connecting to a dead
+// peer, or an all-reduce with one, then gives up instead of waiting for a
+// timeout.
+func (a *Agent) generationContext(ctx context.Context, gen int64) (context.Context, context.CancelFunc) {
+	gctx, cancel := context.WithCancel(ctx)
+	go func() {
+		for {
+			p, changed := a.latestPlan()
+			if p != nil && p.GetGeneration() > gen {
+				select {
+				case <-gctx.Done():
+				case <-time.After(switchGrace):
+					cancel()
+				}
+				return
+			}
+			select {
+			case <-gctx.Done():
+				return
+			case <-changed:
+			}
+		}
+	}()
+	return gctx, cancel
 }
 
 // watchPlans follows the job's plan stream, reconnecting (through any
@@ -337,11 +409,9 @@ func (a *Agent) watchPlans(ctx context.Context) {
 				after = p.GetGeneration()
 				a.planMu.Lock()
 				a.newest = p
+				close(a.planCh)
+				a.planCh = make(chan struct{})
 				a.planMu.Unlock()
-				select {
-				case a.plans <- p:
-				default:
-				}
 			}
 		}
 		if errors.Is(err, io.EOF) || api.ReasonOf(err) == api.ReasonJobCancelled || api.ReasonOf(err) == api.ReasonUnknownJob {

@@ -71,10 +71,17 @@ type Trainer struct {
 	sampler *data.Sampler
 
 	// values and grads are the flat storage of every parameter (Params
-	// order). grads has two extra trailing slots, the step's summed loss and
-	// correct count, so one all-reduce carries them with the last bucket.
+	// order). grads has tailSlots extra trailing slots (the step's summed
+	// loss, correct count and switch votes) so one all-reduce carries them
+	// with the first bucket.
 	values, grads []float32
-	offsets       map[*model.Param]int
+
+	// SwitchVote is this rank's vote, sent with the step's gradients, to
+	// end the generation after this step (1: it has seen a newer plan).
+	// SwitchVotes is the sum over ranks of the last step's votes: every
+	// rank sees the same sum, so all leave the generation at the same step.
+	SwitchVote, SwitchVotes float32
+	offsets                 map[*model.Param]int
 
 	// Ledger, if set, receives one JSON line per completed step with the
 	// samples this trainer computed on (see LedgerEntry).
@@ -101,6 +108,9 @@ type GradSync interface {
 	// Wait blocks until every started range is summed on this rank.
 	Wait(ctx context.Context) error
 }
+
+// tailSlots are the gradient buffer's extra slots: loss, correct, votes.
+const tailSlots = 3
 
 // bucketElems is the size at which a finished range of gradients is handed
 // to GradSync while backward continues (1 MiB of float32).
@@ -131,7 +141,7 @@ func NewTrainer(job *jobspec.Job, dev device.Device, split *data.Split, log *zap
 	t.loss = model.NewSoftmaxCE(&t.ctx)
 	n := t.net.NumParams()
 	t.values = make([]float32, n)
-	t.grads = make([]float32, n+2)
+	t.grads = make([]float32, n+tailSlots)
 	t.net.Bind(t.values, t.grads)
 	t.offsets = map[*model.Param]int{}
 	off := 0
@@ -196,6 +206,7 @@ func (t *Trainer) StepShare(ctx context.Context, sync GradSync, shares *Shares) 
 	}
 	n := len(t.values)
 	loss := float64(t.grads[n])
+	t.SwitchVotes = t.grads[n+2]
 	scale := float32(1)
 	if t.scaler != nil {
 		scale = t.scaler.Scale
@@ -223,16 +234,17 @@ func (t *Trainer) StepShare(ctx context.Context, sync GradSync, shares *Shares) 
 // trainer consumed in a completed step. Across all ranks of a job, every
 // index of an epoch appears exactly once among the steps that count.
 type LedgerEntry struct {
-	Epoch   int   `json:"epoch"`
-	Step    int   `json:"step"`
-	Samples []int `json:"samples"`
+	Epoch    int   `json:"epoch"`
+	Step     int   `json:"step"`
+	UnixNano int64 `json:"t"` // when the step completed
+	Samples  []int `json:"samples"`
 }
 
 func (t *Trainer) record(epoch int, idx []int) {
 	if t.Ledger == nil {
 		return
 	}
-	b, _ := json.Marshal(LedgerEntry{Epoch: epoch, Step: t.step, Samples: idx})
+	b, _ := json.Marshal(LedgerEntry{Epoch: epoch, Step: t.step, UnixNano: time.Now().UnixNano(), Samples: idx})
 	if _, err := t.Ledger.Write(append(b, '\n')); err != nil {
 		t.log.Warn("sample ledger write failed; ledger disabled", zap.Error(err))
 		t.Ledger = nil
@@ -264,11 +276,12 @@ func (t *Trainer) accumulate(idx []int, sync GradSync) {
 		logits := t.net.Forward(t.x, rows)
 		loss, correct, grad := t.loss.Forward(logits, t.y, rows, t.net.Classes(), scale)
 		t.grads[n], t.grads[n+1] = float32(loss), float32(correct)
+		t.grads[n+2] = t.SwitchVote
 		if sync == nil {
 			t.net.Backward(grad, rows, nil)
 			return
 		}
-		pendingHi := n + 2
+		pendingHi := n + tailSlots
 		t.net.Backward(grad, rows, func(ps []*model.Param) {
 			lo := pendingHi
 			for _, p := range ps {
@@ -293,7 +306,8 @@ func (t *Trainer) offset(p *model.Param) int { return t.offsets[p] }
 
 // emptyBuckets starts the same ranges a backward pass would have.
 func (t *Trainer) emptyBuckets(sync GradSync) {
-	pendingHi := len(t.values) + 2
+	t.grads[len(t.values)+2] = t.SwitchVote
+	pendingHi := len(t.values) + tailSlots
 	layers := t.net.Layers
 	for i := len(layers) - 1; i >= 0; i-- {
 		lo := t.offset(layers[i].W)

@@ -3,6 +3,8 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -36,6 +38,9 @@ func runCluster(ctx context.Context, stdout io.Writer, job *jobspec.Job, o launc
 	if o.coordinator == "" {
 		cfg := coordinator.DefaultConfig()
 		cfg.Logger = log.Named("coordinator").WithOptions(zap.IncreaseLevel(zapcore.WarnLevel))
+		// Local workers on one host: a short lease finds a killed worker
+		// (and re-plans without it) in at most 1.5 s.
+		cfg.LeaseTTL = 1500 * time.Millisecond
 		srv, err := coordinator.StartEmbedded(ctx, cfg)
 		if err != nil {
 			return err
@@ -63,8 +68,12 @@ func runCluster(ctx context.Context, stdout io.Writer, job *jobspec.Job, o launc
 	if o.coordinator == "" && o.workers > minW && (job.Cluster.MaxWorkers == 0 || o.workers <= job.Cluster.MaxWorkers) {
 		minW = o.workers // start once every local worker is up
 	}
+	// A request id makes the submit safe to retry (the client retries on a
+	// leader change): the coordinator returns the same job.
+	var rid [8]byte
+	_, _ = rand.Read(rid[:])
 	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	resp, err := client.SubmitJob(sctx, &api.SubmitJobRequest{Spec: &api.JobSpec{
+	resp, err := client.SubmitJob(sctx, &api.SubmitJobRequest{RequestId: hex.EncodeToString(rid[:]), Spec: &api.JobSpec{
 		Name: job.Name, ConfigYaml: body, GlobalBatch: int64(job.Train.GlobalBatch),
 		MinWorkers: int32(minW), MaxWorkers: int32(job.Cluster.MaxWorkers), PipelineStages: 1}})
 	cancel()
