@@ -62,7 +62,7 @@ func TestStatusAndWorkersCommands(t *testing.T) {
 	if err != nil {
 		t.Fatalf("workers: %v\n%s", err, out)
 	}
-	for _, want := range []string{"cpu-w1", "cpu:avx512", "f32=80", "127.0.0.1:9999"} {
+	for _, want := range []string{"cpu-w1", "joining", "cpu:avx512", "f32=80", "127.0.0.1:9999"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("workers output lacks %q:\n%s", want, out)
 		}

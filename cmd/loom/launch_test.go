@@ -1,26 +1,12 @@
 package main
 
 import (
-	"bytes"
-	"context"
 	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 )
-
-// run executes the loom CLI in-process and returns stdout and the error.
-func run(t *testing.T, args ...string) (string, error) {
-	t.Helper()
-	var out bytes.Buffer
-	root := newRootCmd()
-	root.SetArgs(args)
-	root.SetOut(&out)
-	root.SetErr(&out)
-	err := root.ExecuteContext(context.Background())
-	return out.String(), err
-}
 
 func writeJob(t *testing.T, body string) string {
 	t.Helper()
@@ -37,7 +23,7 @@ model: {kind: mlp, layers: [784, 32, 10]}
 train: {epochs: 1, global_batch: 200, precision: bf16}
 checkpoint: {dir: `+t.TempDir()+`}
 `)
-	out, err := run(t, "launch", p, "--json", "--quiet", "--max-steps", "40")
+	out, err := runLoom(t, "launch", p, "--json", "--quiet", "--max-steps", "40")
 	if err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
@@ -63,16 +49,16 @@ func TestLaunchRejectsBadConfigBeforeTraining(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := writeJob(t, tc.body)
-			_, err := run(t, "launch", p)
+			_, err := runLoom(t, "launch", p)
 			if err == nil || !strings.Contains(err.Error(), p+tc.want) {
 				t.Fatalf("got %v, want %q", err, p+tc.want)
 			}
 		})
 	}
-	if _, err := run(t, "launch", "/no/such/job.yaml"); err == nil || !strings.Contains(err.Error(), "no such file") {
+	if _, err := runLoom(t, "launch", "/no/such/job.yaml"); err == nil || !strings.Contains(err.Error(), "no such file") {
 		t.Fatalf("missing file: %v", err)
 	}
-	if _, err := run(t, "launch", "../../examples/mnist-mlp.yaml", "--device", "tpu"); err == nil || !strings.Contains(err.Error(), `unknown device "tpu"`) {
+	if _, err := runLoom(t, "launch", "../../examples/mnist-mlp.yaml", "--device", "tpu"); err == nil || !strings.Contains(err.Error(), `unknown device "tpu"`) {
 		t.Fatalf("bad device: %v", err)
 	}
 }
@@ -83,7 +69,7 @@ func TestExamplesAreValid(t *testing.T) {
 		t.Fatalf("examples missing: %v", files)
 	}
 	for _, f := range files {
-		if _, err := run(t, "launch", f, "--max-steps", "-1"); err == nil || !strings.Contains(err.Error(), "--max-steps -1") {
+		if _, err := runLoom(t, "launch", f, "--max-steps", "-1"); err == nil || !strings.Contains(err.Error(), "--max-steps -1") {
 			t.Errorf("%s: config should load and stop at the flag check, got %v", f, err)
 		}
 	}

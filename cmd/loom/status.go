@@ -114,8 +114,13 @@ replica, which may trail the leader by a moment.`,
 func newWorkersCmd() *cobra.Command {
 	var t coordTarget
 	cmd := &cobra.Command{
-		Use:     "workers",
-		Short:   "List registered workers, their devices and leases",
+		Use:   "workers",
+		Short: "List registered workers: state, generation, rank and share, device, lease",
+		Long: `List the registered workers. STATE is training (a rank of its job's current
+plan that has reported steps), joining (a rank that has not reported yet),
+standby (registered, not in the plan: the job is at max_workers or waiting for
+min_workers) or idle (its job has ended). A worker whose lease expired is
+removed from the list and from the plan.`,
 		Example: `  loom workers --coordinator 127.0.0.1:7070`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -127,7 +132,11 @@ func newWorkersCmd() *cobra.Command {
 				if t.json {
 					return printProtoJSON(cmd.OutOrStdout(), ws.Workers)
 				}
-				printWorkers(cmd.OutOrStdout(), ws.Workers, time.Now())
+				places, err := placements(ctx, c.coord)
+				if err != nil {
+					return err
+				}
+				printWorkers(cmd.OutOrStdout(), ws.Workers, places, time.Now())
 				return nil
 			})
 		},
@@ -171,22 +180,70 @@ func printJobs(w io.Writer, jobs []*api.Job, plans map[string]*api.Plan) {
 	_ = tw.Flush()
 }
 
-func printWorkers(w io.Writer, ws []*api.Worker, now time.Time) {
+// placement is where a worker sits in its job's current plan.
+type placement struct {
+	gen         int64
+	rank, share int64
+	ended       bool // the job is cancelled or completed
+	inPlan      bool
+}
+
+// placements maps worker ids to their place in the current plans.
+func placements(ctx context.Context, c api.CoordinatorClient) (map[string]placement, error) {
+	jobs, err := c.ListJobs(ctx, &api.ListJobsRequest{})
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]placement{}
+	for _, j := range jobs.GetJobs() {
+		ended := j.GetState() == api.JobState_JOB_STATE_CANCELLED || j.GetState() == api.JobState_JOB_STATE_COMPLETED
+		r, err := c.GetJob(ctx, &api.GetJobRequest{JobId: j.GetId()})
+		if err != nil {
+			return nil, err
+		}
+		for _, rk := range r.GetPlan().GetRanks() {
+			out[rk.GetWorkerId()] = placement{gen: r.GetPlan().GetGeneration(), rank: int64(rk.GetRank()), share: rk.GetBatchShare(), ended: ended, inPlan: !ended}
+		}
+		if ended {
+			out[j.GetId()] = placement{ended: true} // keyed by job: for pinned workers
+		}
+	}
+	return out, nil
+}
+
+func workerState(x *api.Worker, p placement, places map[string]placement) string {
+	switch {
+	case p.inPlan && x.GetSamplesPerSecond() > 0:
+		return "training"
+	case p.inPlan:
+		return "joining"
+	case places[x.GetJobId()].ended || p.ended:
+		return "idle"
+	}
+	return "standby"
+}
+
+func printWorkers(w io.Writer, ws []*api.Worker, places map[string]placement, now time.Time) {
 	if len(ws) == 0 {
 		fmt.Fprintln(w, "no workers")
 		return
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "WORKER\tJOB\tDEVICE\tCORES\tGFLOP/S\tSAMPLES/S\tLEASE\tCOLLECTIVE")
+	fmt.Fprintln(tw, "WORKER\tSTATE\tJOB\tGEN\tRANK\tSHARE\tDEVICE\tCORES\tGFLOP/S\tSAMPLES/S\tLEASE\tCOLLECTIVE")
 	for _, x := range ws {
+		pl := places[x.Id]
+		gen, rank, share := "-", "-", "-"
+		if pl.inPlan {
+			gen, rank, share = fmt.Sprint(pl.gen), fmt.Sprint(pl.rank), fmt.Sprint(pl.share)
+		}
 		p := x.GetProfile()
 		var g []string
 		for _, k := range sortedGflopKeys(p.GetGflops()) {
 			g = append(g, fmt.Sprintf("%s=%.0f", k, p.GetGflops()[k]))
 		}
 		lease := time.Unix(0, x.LeaseExpiryUnixNano).Sub(now).Round(100 * time.Millisecond)
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%.1f\t%v\t%s\n", x.Id, dashIfEmpty(x.JobId), dashIfEmpty(p.GetDeviceName()),
-			p.GetCores(), dashIfEmpty(strings.Join(g, ",")), x.SamplesPerSecond, lease, p.GetCollectiveAddr())
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%.1f\t%v\t%s\n", x.Id, workerState(x, pl, places), dashIfEmpty(x.JobId),
+			gen, rank, share, dashIfEmpty(p.GetDeviceName()), p.GetCores(), dashIfEmpty(strings.Join(g, ",")), x.SamplesPerSecond, lease, p.GetCollectiveAddr())
 	}
 	_ = tw.Flush()
 }
