@@ -160,3 +160,22 @@ func TestTCPStaleGenerationRefused(t *testing.T) {
 		}
 	}
 }
+
+// A Recv into a buffer of another size than the Send fails with ErrMismatch
+// instead of truncating or hanging.
+func TestSendRecvSizeMismatch(t *testing.T) {
+	forEachKind(t, func(t *testing.T, kind TransportKind) {
+		cs := NewTestGroup(t, kind, 2, testConfig(2, nil))
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		errs := RunRanks(2, func(r int) error {
+			if r == 0 {
+				return cs[0].Send(ctx, 1, F32(make([]float32, 10)))
+			}
+			return cs[1].Recv(ctx, 0, F32(make([]float32, 12)))
+		})
+		if !errors.Is(errs[1], ErrMismatch) {
+			t.Fatalf("receiver: %v, want ErrMismatch", errs[1])
+		}
+	})
+}
