@@ -25,12 +25,14 @@ demo-bf16: build
 
 test:
 	$(GO) test -race -timeout 12m $(PKGS)
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeFrame$$' -fuzztime 10s ./collective/
 
 integ:
 	$(GO) test -race -tags integ -timeout 30m $(PKGS)
 
 bench:
-	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./device/cpu ./worker
+	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./device/cpu ./worker ./checkpoint
+	$(GO) test -run '^$$' -bench AllReduceTCP -benchmem -benchtime 20x ./collective
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
