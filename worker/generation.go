@@ -147,11 +147,10 @@ func (g *generation) syncState(ctx context.Context, t *Trainer, hasState bool) (
 		}
 		agree = agree && s == steps[0]
 	}
-	if agree && steps[0] >= 0 {
-		return -1, nil // every rank trained the same steps in lockstep
-	}
-	if agree && steps[0] < 0 {
-		return -1, nil // a fresh job: every rank initialised from the same seed
+	if agree {
+		// Every rank trained the same steps in lockstep, or (all -1) it is
+		// a fresh job and every rank initialised from the same seed.
+		return -1, nil
 	}
 	meta := make([]float32, metaWords)
 	if g.rank == src {

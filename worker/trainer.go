@@ -151,7 +151,8 @@ func NewTrainer(job *jobspec.Job, dev device.Device, split *data.Split, log *zap
 		t.params = append(t.params, optimizer.Param{Name: p.Name, Value: p.Value, Grad: p.Grad, Decay: p.Decay})
 	}
 	o := job.Optimizer
-	t.opt, err = optimizer.New(optimizer.Config{Kind: o.Kind, WeightDecay: o.WeightDecay, Momentum: o.Momentum, Beta1: o.Beta1, Beta2: o.Beta2, Eps: o.Eps}, t.params)
+	t.opt, err = optimizer.New(optimizer.Config{Kind: o.Kind, WeightDecay: o.WeightDecay, Momentum: o.Momentum,
+		Beta1: o.Beta1, Beta2: o.Beta2, Eps: o.Eps, Threads: dev.Threads()}, t.params)
 	if err != nil {
 		return nil, err
 	}

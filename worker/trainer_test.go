@@ -120,36 +120,47 @@ func TestTrainerRejectsMismatchedModel(t *testing.T) {
 }
 
 // BenchmarkTrainStep times one optimizer step of the example MLP
-// (784-512-256-10, AdamW) at the given global batch and precision.
+// (784-512-256-10) at the given global batch and precision, AdamW on every
+// core, plus the PyTorch anchor's configuration (ddp_mlp.sh 1 synthetic: SGD
+// momentum, batch 64, one thread).
 func BenchmarkTrainStep(b *testing.B) {
 	split, err := data.Open("mnist", "")
 	if err != nil {
 		b.Fatal(err)
 	}
+	type bench struct {
+		name, opt, prec string
+		batch, threads  int
+	}
+	cases := []bench{{"anchor/sgd/fp32/threads=1/batch=64", "sgd", "fp32", 64, 1}}
 	for _, prec := range []string{"fp32", "bf16"} {
 		for _, batch := range []int{64, 256} {
-			b.Run(prec+"/batch="+strconv.Itoa(batch), func(b *testing.B) {
-				job, err := jobspec.Parse("bench.yaml", []byte(`name: bench
-model: {kind: mlp, layers: [784, 512, 256, 10]}
-train: {epochs: 100, global_batch: `+strconv.Itoa(batch)+`, precision: `+prec+`}
-`))
-				if err != nil {
-					b.Fatal(err)
-				}
-				dev, _ := cpu.New(cpu.DefaultConfig())
-				tr, err := NewTrainer(job, dev, split, nil)
-				if err != nil {
-					b.Fatal(err)
-				}
-				tr.Step()
-				b.ReportAllocs()
-				b.ResetTimer()
-				for i := 0; i < b.N; i++ {
-					tr.Step()
-				}
-				b.ReportMetric(float64(b.Elapsed().Microseconds())/1000/float64(b.N), "ms/step")
-				b.ReportMetric(float64(batch*b.N)/b.Elapsed().Seconds(), "samples/s")
-			})
+			cases = append(cases, bench{"adamw/" + prec + "/batch=" + strconv.Itoa(batch), "adamw", prec, batch, 0})
 		}
+	}
+	for _, c := range cases {
+		b.Run(c.name, func(b *testing.B) {
+			job, err := jobspec.Parse("bench.yaml", []byte(`name: bench
+model: {kind: mlp, layers: [784, 512, 256, 10]}
+train: {epochs: 100, global_batch: `+strconv.Itoa(c.batch)+`, precision: `+c.prec+`}
+optimizer: {kind: `+c.opt+`, lr: 0.01}
+`))
+			if err != nil {
+				b.Fatal(err)
+			}
+			dev, _ := cpu.New(cpu.Config{Threads: c.threads})
+			tr, err := NewTrainer(job, dev, split, nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			tr.Step()
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				tr.Step()
+			}
+			b.ReportMetric(float64(b.Elapsed().Microseconds())/1000/float64(b.N), "ms/step")
+			b.ReportMetric(float64(c.batch*b.N)/b.Elapsed().Seconds(), "samples/s")
+		})
 	}
 }
