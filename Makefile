@@ -9,7 +9,7 @@ BENCHTIME ?= 1s
 help:
 	@echo "make demo      train the MNIST MLP example end to end (embedded default)"
 	@echo "make test      unit and multi-process tests with the race detector (< 15 min on 2 cores)"
-	@echo "make integ     slower suites (tag integ), plus make test"
+	@echo "make integ     every test plus the slower multi-process suites (tag integ; no race detector)"
 	@echo "make bench     kernel and training-step benchmarks"
 	@echo "make lint      gofmt check and go vet"
 	@echo "make build     build $(BIN)"
@@ -28,7 +28,7 @@ test:
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeFrame$$' -fuzztime 10s ./collective/
 
 integ:
-	$(GO) test -race -tags integ -timeout 30m $(PKGS)
+	$(GO) test -tags integ -timeout 40m $(PKGS)
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./device/cpu ./worker ./checkpoint

@@ -249,6 +249,9 @@ func (a *Agent) train(ctx context.Context, tr *Trainer, ck *Checkpointer, hasSta
 		a.log.Info("generation started", zap.Int64("generation", current), zap.Int("rank", gen.rank), zap.Int("ranks", gen.comm.Size()),
 			zap.Int("share", gen.shares.All[gen.rank]), zap.Int("step", tr.Steps()), zap.Int("state_from", src))
 		if err := a.runSteps(gctx, tr, gen, ck, rep); err != nil {
+			if errors.Is(err, ErrJobCancelled) {
+				return err
+			}
 			if ctx.Err() != nil {
 				if ck != nil && gen.rank == 0 && tr.Steps() > 0 && ck.last != tr.Steps() {
 					// Clean shutdown: keep the steps since the last checkpoint.
@@ -285,6 +288,11 @@ func (a *Agent) runSteps(ctx context.Context, tr *Trainer, gen *generation, ck *
 		// summed with the gradients, so every rank finishes this step and
 		// leaves the generation after it, together: no step is abandoned
 		// for a planned change.
+		select {
+		case <-a.jobDone: // cancelled (a completed job has no steps left)
+			return ErrJobCancelled
+		default:
+		}
 		tr.SwitchVote = 0
 		if a.newerPlan(gen.plan.GetGeneration()) {
 			tr.SwitchVote = 1

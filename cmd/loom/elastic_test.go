@@ -1,3 +1,5 @@
+//go:build integ
+
 package main
 
 import (
@@ -26,6 +28,8 @@ var submittedRE = regexp.MustCompile(`submitted\s+\{"job": "([^"]+)", "coordinat
 // early (state from a live peer, no restart), one of them is SIGKILLed once
 // both have trained, and the job completes with every sample of the epoch used
 // exactly once. The join and recovery times are measured from the ledgers.
+// It is timing-sensitive (the job must outlast a worker's start), so it runs
+// in make integ, without the race detector's slowdown.
 func TestElasticJoinAndKill(t *testing.T) {
 	dir := t.TempDir()
 	ledger := filepath.Join(dir, "ledger")
@@ -102,7 +106,9 @@ checkpoint: {dir: %s}
 	deadline := time.Now().Add(2 * time.Minute)
 	for !hasLedger(filepath.Join(ledger, "x0.jsonl")) || !hasLedger(filepath.Join(ledger, "x1.jsonl")) {
 		if time.Now().After(deadline) {
-			t.Fatal("the joined workers trained no step")
+			mu.Lock()
+			defer mu.Unlock()
+			t.Fatalf("the joined workers trained no step\nlauncher:\n%s\nx0:\n%s\nx1:\n%s", logText.String(), extra[0].stderr, extra[1].stderr)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
