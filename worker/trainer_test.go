@@ -124,10 +124,7 @@ func TestTrainerRejectsMismatchedModel(t *testing.T) {
 // core, plus the PyTorch anchor's configuration (ddp_mlp.sh 1 synthetic: SGD
 // momentum, batch 64, one thread).
 func BenchmarkTrainStep(b *testing.B) {
-	split, err := data.Open("mnist", "")
-	if err != nil {
-		b.Fatal(err)
-	}
+	split := mnistForBench(b)
 	type bench struct {
 		name, opt, prec string
 		batch, threads  int
@@ -163,4 +160,13 @@ optimizer: {kind: `+c.opt+`, lr: 0.01}
 			b.ReportMetric(float64(c.batch*b.N)/b.Elapsed().Seconds(), "samples/s")
 		})
 	}
+}
+
+func mnistForBench(b *testing.B) *data.Split {
+	b.Helper()
+	split, err := data.Open("mnist", "")
+	if err != nil {
+		b.Fatal(err)
+	}
+	return split
 }

@@ -1,0 +1,91 @@
+package worker
+
+import (
+	"context"
+	"strconv"
+	"testing"
+
+	"github.com/loomtrain/loom/device/cpu"
+	"github.com/loomtrain/loom/jobspec"
+)
+
+// The checkpointer's state round-trips through a real checkpoint: a
+// trainer restored from it continues exactly like the original.
+func TestCheckpointRoundTripContinuesBitwise(t *testing.T) {
+	job := smallJob(t, "fp32", 30)
+	job.Checkpoint = jobspec.Checkpoint{Dir: t.TempDir(), Keep: 0}
+	a := newTrainer(t, job, 1)
+	ck, err := NewCheckpointer(job, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 10; i++ {
+		a.Step()
+	}
+	if err := ck.Begin(context.Background(), a, 1); err != nil {
+		t.Fatal(err)
+	}
+	var want []float64
+	for i := 0; i < 5; i++ {
+		want = append(want, a.Step()) // overlaps the background copy
+	}
+	if err := ck.Close(); err != nil {
+		t.Fatal(err)
+	}
+	job.Checkpoint.Resume = "latest"
+	b := newTrainer(t, job, 1)
+	info, err := ResumeFrom(context.Background(), b, nil, nil)
+	if err != nil || info.Step != 10 || b.Steps() != 10 {
+		t.Fatalf("resume: %v %+v step %d", err, info, b.Steps())
+	}
+	for i, w := range want {
+		if got := b.Step(); got != w {
+			t.Fatalf("step %d after resume: loss %v, original %v", 11+i, got, w)
+		}
+	}
+	for i, v := range a.values {
+		if b.values[i] != v {
+			t.Fatalf("parameter %d differs after resume", i)
+		}
+	}
+}
+
+// BenchmarkCheckpointOverhead: the example MLP's step time (AdamW, batch
+// 64 and 256) with a checkpoint begun every 20 steps, against none. The
+// copy overlaps the next step; only what does not overlap costs the loop.
+func BenchmarkCheckpointOverhead(b *testing.B) {
+	split := mnistForBench(b)
+	for _, batch := range []int{64, 256} {
+		for _, every := range []int{0, 20} {
+			name := "batch=" + strconv.Itoa(batch) + "/every=" + strconv.Itoa(every)
+			b.Run(name, func(b *testing.B) {
+				job, err := jobspec.Parse("bench.yaml", []byte("name: ckbench\nmodel: {kind: mlp, layers: [784, 512, 256, 10]}\ntrain: {epochs: 100, global_batch: "+strconv.Itoa(batch)+"}\n"))
+				if err != nil {
+					b.Fatal(err)
+				}
+				job.Checkpoint = jobspec.Checkpoint{Dir: b.TempDir(), Keep: 2}
+				dev, _ := cpu.New(cpu.DefaultConfig())
+				tr, err := NewTrainer(job, dev, split, nil)
+				if err != nil {
+					b.Fatal(err)
+				}
+				ck, err := NewCheckpointer(job, nil, nil)
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer ck.Close()
+				tr.Step()
+				b.ResetTimer()
+				for i := 0; i < b.N; i++ {
+					tr.Step()
+					if every > 0 && tr.Steps()%every == 0 {
+						if err := ck.Begin(context.Background(), tr, 1); err != nil {
+							b.Fatal(err)
+						}
+					}
+				}
+				b.ReportMetric(float64(b.Elapsed().Microseconds())/1000/float64(b.N), "ms/step")
+			})
+		}
+	}
+}
