@@ -214,11 +214,19 @@ func (a *Agent) train(ctx context.Context, tr *Trainer, ck *Checkpointer, hasSta
 		}
 	}()
 	var current int64
+	retry := false // the last attempt at the current generation failed
 	for !tr.Done() {
-		plan, err := a.nextPlan(ctx, current)
+		var plan *api.Plan
+		var err error
+		if retry {
+			plan, err = a.planOrRetry(ctx, current)
+		} else {
+			plan, err = a.nextPlan(ctx, current)
+		}
 		if err != nil {
 			return err
 		}
+		retry = true // until the generation is set up and stepping
 		gen.close()
 		gen = nil
 		current = plan.GetGeneration()
@@ -237,6 +245,7 @@ func (a *Agent) train(ctx context.Context, tr *Trainer, ck *Checkpointer, hasSta
 		}
 		if g == nil {
 			a.log.Info("not in this generation: standing by", zap.Int64("generation", current), zap.String("reason", plan.GetReason()))
+			retry = false
 			continue
 		}
 		gen = g
@@ -246,6 +255,7 @@ func (a *Agent) train(ctx context.Context, tr *Trainer, ck *Checkpointer, hasSta
 			continue
 		}
 		hasState = true
+		retry = false
 		a.log.Info("generation started", zap.Int64("generation", current), zap.Int("rank", gen.rank), zap.Int("ranks", gen.comm.Size()),
 			zap.Int("share", gen.shares.All[gen.rank]), zap.Int("step", tr.Steps()), zap.Int("state_from", src))
 		if err := a.runSteps(gctx, tr, gen, ck, rep); err != nil {
@@ -262,6 +272,7 @@ func (a *Agent) train(ctx context.Context, tr *Trainer, ck *Checkpointer, hasSta
 				return ctx.Err()
 			}
 			a.log.Warn("step abandoned; waiting for the next plan", zap.Int64("generation", current), zap.Int("step", tr.Steps()+1), zap.Error(err))
+			retry = true
 		}
 	}
 	if gen != nil && gen.rank == 0 {
@@ -351,6 +362,24 @@ func (a *Agent) nextPlan(ctx context.Context, current int64) (*api.Plan, error) 
 		case <-changed:
 		}
 	}
+}
+
+// retryWait is how long a rank whose generation failed waits for a newer
+// plan before it tries the same generation again: a dead peer is replaced
+// by a new plan (its lease expires), a transient fault is not.
+const retryWait = 3 * time.Second
+
+// planOrRetry waits up to retryWait for a plan after current, then returns
+// the newest plan (possibly generation current again).
+func (a *Agent) planOrRetry(ctx context.Context, current int64) (*api.Plan, error) {
+	wctx, cancel := context.WithTimeout(ctx, retryWait)
+	defer cancel()
+	p, err := a.nextPlan(wctx, current)
+	if err == nil || ctx.Err() != nil || !errors.Is(err, context.DeadlineExceeded) {
+		return p, err
+	}
+	p, _ = a.latestPlan()
+	return p, nil
 }
 
 // latestPlan returns the newest plan seen and a channel closed when it
