@@ -121,7 +121,7 @@ func kernelDevices(t testing.TB, threads int) []*Device {
 func TestGemmMatchesFloat64Reference(t *testing.T) {
 	t.Logf("kernels on this CPU: %v", KernelNames())
 	sizes := [][3]int{{1, 1, 1}, {3, 5, 7}, {4, 4, 4}, {17, 9, 33}, {64, 70, 300}, {5, 130, 257}, {0, 3, 3}, {3, 3, 0},
-		{150, 40, 300}, {7, 70, 600}, {64, 200, 40}}
+		{150, 40, 300}, {7, 70, 600}, {64, 200, 40}, {9, 96, 50}}
 	threadCounts := []int{1, 2, 3}
 	if raceEnabled {
 		threadCounts = []int{3}

@@ -93,17 +93,24 @@ func packAF32(dst []float32, op *operand, i0, rows, p0, kk, mr int) {
 // past cols are zero.
 func packBF32(dst []float32, op *operand, j0, cols, kpad, nr int) {
 	npan := ceilDiv(cols, nr)
-	if !op.trans && op.x.DType == tensor.F32 && cols == npan*nr && kpad == op.k {
+	if !op.trans && op.x.DType != tensor.F16 && cols == npan*nr && kpad == op.k {
 		// Walk B by blocks of 8 rows across all panels: each source row is
 		// read sequentially. Going down one panel's columns instead touches
 		// a new cache line and page per row, and costs ~4 ns per element.
-		x, ld := op.x.F32, op.x.LD
+		ld := op.x.LD
 		for p0 := 0; p0 < kpad; p0 += 8 {
 			p1 := min(p0+8, kpad)
 			for jp := 0; jp < npan; jp++ {
 				pd := dst[jp*nr*kpad : (jp+1)*nr*kpad]
 				for p := p0; p < p1; p++ {
-					copyPanelRow(pd[p*nr:(p+1)*nr], x[p*ld+j0+jp*nr:])
+					d := pd[p*nr : (p+1)*nr]
+					if op.x.DType == tensor.F32 {
+						copyPanelRow(d, op.x.F32[p*ld+j0+jp*nr:])
+						continue
+					}
+					for s, v := range op.x.U16[p*ld+j0+jp*nr : p*ld+j0+jp*nr+nr] {
+						d[s] = math.Float32frombits(uint32(v) << 16)
+					}
 				}
 			}
 		}
@@ -158,9 +165,13 @@ func packBPanelF32(dst []float32, op *operand, j0, cols, kpad, nr int) {
 		}
 		return
 	}
-	if x.DType == tensor.F32 && cols == nr && nr%4 == 0 && kpad == k {
+	if cols == nr && nr%4 == 0 && kpad == k && x.DType != tensor.F16 {
 		for s := 0; s < nr; s += 4 {
-			gather4(dst[s:], nr, x.F32, (j0+s)*x.LD, x.LD, k)
+			if x.DType == tensor.F32 {
+				gather4(dst[s:], nr, x.F32, (j0+s)*x.LD, x.LD, k)
+			} else {
+				gather4BF16(dst[s:], nr, x.U16, (j0+s)*x.LD, x.LD, k)
+			}
 		}
 		return
 	}
@@ -310,6 +321,19 @@ func gather4(dst []float32, stride int, src []float32, base, ld, k int) {
 	for p := range r0 {
 		d := (*[4]float32)(dst[p*stride:])
 		d[0], d[1], d[2], d[3] = r0[p], r1[p], r2[p], r3[p]
+	}
+}
+
+// gather4BF16 is gather4 for bf16 sources, widening to float32 (exact).
+func gather4BF16(dst []float32, stride int, src []uint16, base, ld, k int) {
+	r0 := src[base : base+k]
+	r1 := src[base+ld : base+ld+k]
+	r2 := src[base+2*ld : base+2*ld+k]
+	r3 := src[base+3*ld : base+3*ld+k]
+	w := func(h uint16) float32 { return math.Float32frombits(uint32(h) << 16) }
+	for p := range r0 {
+		d := (*[4]float32)(dst[p*stride:])
+		d[0], d[1], d[2], d[3] = w(r0[p]), w(r1[p]), w(r2[p]), w(r3[p])
 	}
 }
 
