@@ -273,9 +273,13 @@ type Job struct {
 	TestLoss          float64 `protobuf:"fixed64,12,opt,name=test_loss,json=testLoss,proto3" json:"test_loss,omitempty"`
 	CompletedUnixNano int64   `protobuf:"varint,13,opt,name=completed_unix_nano,json=completedUnixNano,proto3" json:"completed_unix_nano,omitempty"`
 	// The request_id the job was submitted with, if any.
-	RequestId     string `protobuf:"bytes,14,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	RequestId string `protobuf:"bytes,14,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	// Set at completion from the final report: global samples per second of
+	// training, as measured by the reporting rank (startup and the final
+	// evaluation excluded).
+	SamplesPerSecond float64 `protobuf:"fixed64,15,opt,name=samples_per_second,json=samplesPerSecond,proto3" json:"samples_per_second,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *Job) Reset() {
@@ -397,6 +401,13 @@ func (x *Job) GetRequestId() string {
 		return x.RequestId
 	}
 	return ""
+}
+
+func (x *Job) GetSamplesPerSecond() float64 {
+	if x != nil {
+		return x.SamplesPerSecond
+	}
+	return 0
 }
 
 type SubmitJobRequest struct {
@@ -1575,9 +1586,12 @@ type ReportProgressRequest struct {
 	TestAccuracy *float64 `protobuf:"fixed64,8,opt,name=test_accuracy,json=testAccuracy,proto3,oneof" json:"test_accuracy,omitempty"`
 	TestLoss     float64  `protobuf:"fixed64,9,opt,name=test_loss,json=testLoss,proto3" json:"test_loss,omitempty"`
 	// The job's last step is done: the job becomes COMPLETED.
-	Done          bool `protobuf:"varint,10,opt,name=done,proto3" json:"done,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Done bool `protobuf:"varint,10,opt,name=done,proto3" json:"done,omitempty"`
+	// With done: the job's training throughput seen by this rank (global
+	// samples per second over the steps it trained).
+	JobSamplesPerSecond float64 `protobuf:"fixed64,11,opt,name=job_samples_per_second,json=jobSamplesPerSecond,proto3" json:"job_samples_per_second,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *ReportProgressRequest) Reset() {
@@ -1678,6 +1692,13 @@ func (x *ReportProgressRequest) GetDone() bool {
 		return x.Done
 	}
 	return false
+}
+
+func (x *ReportProgressRequest) GetJobSamplesPerSecond() float64 {
+	if x != nil {
+		return x.JobSamplesPerSecond
+	}
+	return 0
 }
 
 type ReportProgressResponse struct {
@@ -2233,7 +2254,7 @@ const file_loom_proto_rawDesc = "" +
 	"\x04step\x18\x02 \x01(\x03R\x04step\x12\x12\n" +
 	"\x04path\x18\x03 \x01(\tR\x04path\x12'\n" +
 	"\x0fmanifest_sha256\x18\x04 \x01(\tR\x0emanifestSha256\x12.\n" +
-	"\x13committed_unix_nano\x18\x05 \x01(\x03R\x11committedUnixNano\"\xcb\x03\n" +
+	"\x13committed_unix_nano\x18\x05 \x01(\x03R\x11committedUnixNano\"\xf9\x03\n" +
 	"\x03Job\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12$\n" +
 	"\x04spec\x18\x02 \x01(\v2\x10.loom.v1.JobSpecR\x04spec\x12'\n" +
@@ -2251,7 +2272,8 @@ const file_loom_proto_rawDesc = "" +
 	"\ttest_loss\x18\f \x01(\x01R\btestLoss\x12.\n" +
 	"\x13completed_unix_nano\x18\r \x01(\x03R\x11completedUnixNano\x12\x1d\n" +
 	"\n" +
-	"request_id\x18\x0e \x01(\tR\trequestIdJ\x04\b\x06\x10\a\"W\n" +
+	"request_id\x18\x0e \x01(\tR\trequestId\x12,\n" +
+	"\x12samples_per_second\x18\x0f \x01(\x01R\x10samplesPerSecondJ\x04\b\x06\x10\a\"W\n" +
 	"\x10SubmitJobRequest\x12$\n" +
 	"\x04spec\x18\x01 \x01(\v2\x10.loom.v1.JobSpecR\x04spec\x12\x1d\n" +
 	"\n" +
@@ -2330,7 +2352,7 @@ const file_loom_proto_rawDesc = "" +
 	"\x06reason\x18\a \x01(\tR\x06reason\"T\n" +
 	"\x10WatchPlanRequest\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12)\n" +
-	"\x10after_generation\x18\x02 \x01(\x03R\x0fafterGeneration\"\xbd\x02\n" +
+	"\x10after_generation\x18\x02 \x01(\x03R\x0fafterGeneration\"\xf2\x02\n" +
 	"\x15ReportProgressRequest\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x1b\n" +
 	"\tworker_id\x18\x02 \x01(\tR\bworkerId\x12\x1e\n" +
@@ -2344,7 +2366,8 @@ const file_loom_proto_rawDesc = "" +
 	"\rtest_accuracy\x18\b \x01(\x01H\x00R\ftestAccuracy\x88\x01\x01\x12\x1b\n" +
 	"\ttest_loss\x18\t \x01(\x01R\btestLoss\x12\x12\n" +
 	"\x04done\x18\n" +
-	" \x01(\bR\x04doneB\x10\n" +
+	" \x01(\bR\x04done\x123\n" +
+	"\x16job_samples_per_second\x18\v \x01(\x01R\x13jobSamplesPerSecondB\x10\n" +
 	"\x0e_test_accuracy\"8\n" +
 	"\x16ReportProgressResponse\x12\x1e\n" +
 	"\n" +

@@ -340,6 +340,7 @@ func (s *state) reportProgress(c *api.CmdReportProgress) ApplyResult {
 	}
 	if r.GetDone() {
 		j.State, j.Reason, j.CompletedUnixNano = api.JobState_JOB_STATE_COMPLETED, "", c.GetNowUnixNano()
+		j.SamplesPerSecond = r.GetJobSamplesPerSecond()
 	}
 	if w, ok := s.workers[r.GetWorkerId()]; ok && c.GetSamplesPerSecond() > 0 {
 		w.SamplesPerSecond = smoothSpeed(w.SamplesPerSecond, c.GetSamplesPerSecond())

@@ -79,6 +79,11 @@ type Agent struct {
 	newest  *api.Plan
 	planCh  chan struct{} // closed (and replaced) when newest changes
 	jobDone chan struct{} // closed when the plan stream ends (job over)
+
+	// Training throughput as this worker saw it: global samples of the
+	// steps it completed, from the start of its first to the end of its last.
+	firstStep, lastStep time.Time
+	samples             int64
 }
 
 // RunAgent runs a worker until its job completes (nil), the job is
@@ -277,7 +282,11 @@ func (a *Agent) train(ctx context.Context, tr *Trainer, ck *Checkpointer, hasSta
 	}
 	if gen != nil && gen.rank == 0 {
 		acc, loss := tr.Evaluate(tr.split.Test)
-		return rep.final(ctx, acc, loss)
+		var sps float64
+		if d := a.lastStep.Sub(a.firstStep); d > 0 {
+			sps = float64(a.samples) / d.Seconds()
+		}
+		return rep.final(ctx, acc, loss, sps)
 	}
 	// The other ranks stay registered until rank 0 has completed the job,
 	// so their leaving does not start a new generation under its report.
@@ -309,10 +318,16 @@ func (a *Agent) runSteps(ctx context.Context, tr *Trainer, gen *generation, ck *
 			tr.SwitchVote = 1
 		}
 		rows := gen.shares.All[gen.rank]
+		start := time.Now()
 		loss, err := tr.StepShare(ctx, gen.sync, gen.shares)
 		if err != nil {
 			return err
 		}
+		if a.firstStep.IsZero() {
+			a.firstStep = start
+		}
+		a.lastStep = time.Now()
+		a.samples += int64(tr.LastBatch())
 		acc := math.NaN()
 		if gen.rank == 0 && evalEvery > 0 && tr.Steps()%evalEvery == 0 && !tr.Done() {
 			acc, _ = tr.Evaluate(tr.split.Test)

@@ -54,7 +54,7 @@ func (r *reporter) step(gen int64, step int, loss float64, samples int, took tim
 // final reports the job's end with its test-set accuracy, synchronously
 // (retrying while the coordinator is unavailable, e.g. electing a leader):
 // the job is complete only once this succeeds.
-func (r *reporter) final(ctx context.Context, acc, loss float64) error {
+func (r *reporter) final(ctx context.Context, acc, loss, samplesPerSec float64) error {
 	r.mu.Lock()
 	req := &api.ReportProgressRequest{JobId: r.a.cfg.JobID, WorkerId: r.a.cfg.ID}
 	if r.last != nil {
@@ -62,7 +62,7 @@ func (r *reporter) final(ctx context.Context, acc, loss float64) error {
 	}
 	r.latest = nil
 	r.mu.Unlock()
-	req.Done, req.TestAccuracy, req.TestLoss = true, &acc, loss
+	req.Done, req.TestAccuracy, req.TestLoss, req.JobSamplesPerSecond = true, &acc, loss, samplesPerSec
 	var err error
 	for attempt := 0; attempt < 20; attempt++ {
 		if _, err = r.a.call(ctx, func(c context.Context) (any, error) { return r.a.client.ReportProgress(c, req) }); err == nil || !isUnavailable(err) {

@@ -64,6 +64,10 @@ func (t *Trainer) Done() bool { return t.step >= t.total }
 // planner balances shares by.
 func (t *Trainer) LastCompute() time.Duration { return t.lastCompute }
 
+// LastBatch is the size of the last step's global batch (the last batch of
+// an epoch may be short).
+func (t *Trainer) LastBatch() int { return len(t.idx) }
+
 // Steps is the number of steps run so far.
 func (t *Trainer) Steps() int { return t.step }
 

@@ -166,7 +166,8 @@ func follow(ctx context.Context, stdout io.Writer, client api.CoordinatorClient,
 				FinalLoss: j.GetLastLoss(), TestAccuracy: j.GetTestAccuracy(), TestLoss: j.GetTestLoss(), WallSeconds: wall,
 				Precision: job.Train.Precision, Device: o.device, Workers: int(resp.GetPlan().GetReplicas())}
 			s.Epochs = float64(s.Samples) / float64(max(1, trainSize(job)))
-			if !firstStep.IsZero() {
+			s.SamplesPerSec = j.GetSamplesPerSecond() // measured by the reporting rank
+			if s.SamplesPerSec == 0 && !firstStep.IsZero() {
 				s.SamplesPerSec = float64(s.Samples) / time.Since(firstStep).Seconds()
 			}
 			if procs != nil {
