@@ -136,12 +136,14 @@ func RunAgent(ctx context.Context, cfg AgentConfig) error {
 		split *data.Split
 		err   error
 	}
+	// (The profile is measured first, alone: the planner's first shares
+	// come from it.)
+	profile := MeasureProfile(cfg.Device, a.addr)
 	dataCh := make(chan loaded, 1)
 	go func() {
 		sp, err := data.Open(job.Data.Dataset, job.Data.Path)
 		dataCh <- loaded{sp, err}
 	}()
-	profile := MeasureProfile(cfg.Device, a.addr)
 	reg, err := a.call(ctx, func(c context.Context) (any, error) {
 		return a.client.RegisterWorker(c, &api.RegisterWorkerRequest{WorkerId: cfg.ID, Profile: profile, JobId: cfg.JobID})
 	})

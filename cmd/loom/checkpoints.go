@@ -16,8 +16,6 @@ import (
 	"github.com/loomtrain/loom/api"
 	"github.com/loomtrain/loom/checkpoint"
 	"github.com/loomtrain/loom/data"
-	"github.com/loomtrain/loom/device"
-	"github.com/loomtrain/loom/device/cpu"
 	"github.com/loomtrain/loom/jobspec"
 	"github.com/loomtrain/loom/worker"
 )
@@ -163,13 +161,9 @@ func runEval(ctx context.Context, out io.Writer, dir, configPath, dataset, dataP
 		}
 	}
 	job.Name = st.Job
-	var reg device.Registry
-	if err := cpu.Register(&reg); err != nil {
-		return err
-	}
-	d, err := reg.Open(devSpec)
+	d, err := openDevice("--device", devSpec)
 	if err != nil {
-		return fmt.Errorf("--device: %w", err)
+		return err
 	}
 	split, err := data.Open(job.Data.Dataset, job.DataPath())
 	if err != nil {

@@ -121,17 +121,13 @@ func runLaunch(ctx context.Context, stdout io.Writer, path string, o launchOpts)
 		}
 		job.Checkpoint.Resume = o.resume
 	}
-	var reg device.Registry
-	if err := cpu.Register(&reg); err != nil {
+	dev, err := openDevice("--device", o.device)
+	if err != nil {
 		return err
 	}
-	dev, err := reg.Open(o.device)
-	if err != nil {
-		return fmt.Errorf("--device: %w", err)
-	}
 	for _, spec := range o.workerDevices {
-		if _, err := reg.Open(spec); err != nil {
-			return fmt.Errorf("--worker-devices %q: %w", spec, err)
+		if _, err := openDevice("--worker-devices", spec); err != nil {
+			return err
 		}
 	}
 	level, err := zapcore.ParseLevel(o.logLevel)
@@ -250,4 +246,18 @@ func openLedger(dir, name string) (*os.File, error) {
 		return nil, fmt.Errorf("--sample-ledger: %w", err)
 	}
 	return f, nil
+}
+
+// openDevice opens a device spec such as "cpu:threads=2" from the backends
+// this binary has; flag names the option it came from in errors.
+func openDevice(flag, spec string) (device.Device, error) {
+	var reg device.Registry
+	if err := cpu.Register(&reg); err != nil {
+		return nil, err
+	}
+	d, err := reg.Open(spec)
+	if err != nil {
+		return nil, fmt.Errorf("%s %q: %w", flag, spec, err)
+	}
+	return d, nil
 }

@@ -39,8 +39,10 @@ func runCluster(ctx context.Context, stdout io.Writer, job *jobspec.Job, o launc
 		cfg := coordinator.DefaultConfig()
 		cfg.Logger = log.Named("coordinator").WithOptions(zap.IncreaseLevel(zapcore.WarnLevel))
 		// Local workers on one host: a short lease finds a killed worker
-		// (and re-plans without it) in at most 1.5 s.
+		// (and re-plans without it) in at most 1.5 s,
 		cfg.LeaseTTL = 1500 * time.Millisecond
+		// and shares follow measured speed within about a second.
+		cfg.ReplanInterval = time.Second
 		srv, err := coordinator.StartEmbedded(ctx, cfg)
 		if err != nil {
 			return err

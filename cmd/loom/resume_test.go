@@ -71,31 +71,27 @@ func tensorsOf(t *testing.T, dir, job string, step int) [][]float32 {
 	return out
 }
 
+// contJob is the continuation test's job; %s is its checkpoint directory.
+const contJob = `name: cont
+seed: 11
+model: {kind: mlp, layers: [784, 512, 256, 10]}
+train: {epochs: 1, max_steps: 100, global_batch: 256}
+optimizer: {kind: adamw, lr: 0.002}
+schedule: {kind: cosine, warmup_steps: 10}
+checkpoint: {dir: %s, every_steps: 50, keep: 0}
+`
+
 // 100 steps straight vs 50 steps, kill -9 after the step-50 checkpoint,
 // resume, 50 more: identical parameters and optimizer state (bitwise) and
 // an identical loss curve.
 func TestBitwiseContinuationAfterKill(t *testing.T) {
 	dir := t.TempDir()
-	job := writeJob(t, fmt.Sprintf(`name: cont
-seed: 11
-model: {kind: mlp, layers: [784, 512, 256, 10]}
-train: {epochs: 1, max_steps: 100, global_batch: 256}
-optimizer: {kind: adamw, lr: 0.002}
-schedule: {kind: cosine, warmup_steps: 10}
-checkpoint: {dir: %s, every_steps: 50, keep: 0}
-`, filepath.Join(dir, "a")))
+	job := writeJob(t, fmt.Sprintf(contJob, filepath.Join(dir, "a")))
 	summaryOf(t, 5*time.Minute, "launch", job, "--device", "cpu:threads=1", "--metrics", filepath.Join(dir, "a.jsonl"))
 	straight := readLosses(t, filepath.Join(dir, "a.jsonl"))
 
 	// The interrupted run: same config, its own checkpoint directory.
-	jobB := writeJob(t, fmt.Sprintf(`name: cont
-seed: 11
-model: {kind: mlp, layers: [784, 512, 256, 10]}
-train: {epochs: 1, max_steps: 100, global_batch: 256}
-optimizer: {kind: adamw, lr: 0.002}
-schedule: {kind: cosine, warmup_steps: 10}
-checkpoint: {dir: %s, every_steps: 50, keep: 0}
-`, filepath.Join(dir, "b")))
+	jobB := writeJob(t, fmt.Sprintf(contJob, filepath.Join(dir, "b")))
 	cmd := loomCmd(t, "launch", jobB, "--device", "cpu:threads=1", "--quiet", "--metrics", filepath.Join(dir, "b1.jsonl"))
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -12,8 +12,6 @@ import (
 	"github.com/spf13/cobra"
 	"go.uber.org/zap/zapcore"
 
-	"github.com/loomtrain/loom/device"
-	"github.com/loomtrain/loom/device/cpu"
 	"github.com/loomtrain/loom/worker"
 )
 
@@ -41,13 +39,9 @@ cleanly (deregistering) on SIGINT or SIGTERM.`,
 			}
 			log := newLogger(lvl)
 			defer log.Sync()
-			var reg device.Registry
-			if err := cpu.Register(&reg); err != nil {
-				return err
-			}
-			d, err := reg.Open(dev)
+			d, err := openDevice("--device", dev)
 			if err != nil {
-				return fmt.Errorf("--device: %w", err)
+				return err
 			}
 			if id == "" {
 				host, _ := os.Hostname()
