@@ -51,12 +51,12 @@ func TestCheckpointRoundTripContinuesBitwise(t *testing.T) {
 }
 
 // BenchmarkCheckpointOverhead: the example MLP's step time (AdamW, batch
-// 64 and 256) with a checkpoint begun every 20 steps, against none. The
+// 64 and 256) with a checkpoint begun every 20 or 100 steps, against none. The
 // copy overlaps the next step; only what does not overlap costs the loop.
 func BenchmarkCheckpointOverhead(b *testing.B) {
 	split := mnistForBench(b)
 	for _, batch := range []int{64, 256} {
-		for _, every := range []int{0, 20} {
+		for _, every := range []int{0, 20, 100} {
 			name := "batch=" + strconv.Itoa(batch) + "/every=" + strconv.Itoa(every)
 			b.Run(name, func(b *testing.B) {
 				job, err := jobspec.Parse("bench.yaml", []byte("name: ckbench\nmodel: {kind: mlp, layers: [784, 512, 256, 10]}\ntrain: {epochs: 100, global_batch: "+strconv.Itoa(batch)+"}\n"))
