@@ -130,15 +130,14 @@ func RunAgent(ctx context.Context, cfg AgentConfig) error {
 	if err != nil {
 		return err
 	}
-	// Load the data while measuring the device and registering: a joining
-	// worker is ready sooner.
+	// Measure the device first, alone (the planner's first shares come
+	// from it), then load the data while registering: a joining worker is
+	// ready sooner.
+	profile := MeasureProfile(cfg.Device, a.addr)
 	type loaded struct {
 		split *data.Split
 		err   error
 	}
-	// (The profile is measured first, alone: the planner's first shares
-	// come from it.)
-	profile := MeasureProfile(cfg.Device, a.addr)
 	dataCh := make(chan loaded, 1)
 	go func() {
 		sp, err := data.Open(job.Data.Dataset, job.Data.Path)
