@@ -20,6 +20,7 @@ package collective
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -151,7 +152,13 @@ func (c *Communicator) fail(err error) {
 		c.aborted.Store(true)
 		c.signal()
 		_ = c.t.Close()
-		c.log.Warn("communicator closed", zap.Int("rank", c.cfg.Rank),
+		// A Close by the owner (the end of a plan generation) is routine;
+		// anything else is a failure worth a warning.
+		lvl := zap.WarnLevel
+		if errors.Is(err, ErrClosed) {
+			lvl = zap.DebugLevel
+		}
+		c.log.Log(lvl, "communicator closed", zap.Int("rank", c.cfg.Rank),
 			zap.Uint64("generation", c.cfg.Generation), zap.Error(err))
 	})
 }
