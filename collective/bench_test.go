@@ -99,9 +99,6 @@ func BenchmarkAllReduceTCP(b *testing.B) {
 // Steady-state AllReduce allocates nothing: scratch is kept between calls,
 // payloads go from and to the caller's buffer, the sender goroutine persists.
 func TestAllReduceSteadyStateAllocatesNothing(t *testing.T) {
-	if testing.Short() {
-		t.Skip()
-	}
 	for _, comp := range []Compression{CompressNone, CompressBF16} {
 		g := newBenchGroup(t, 2, 1<<18, comp)
 		if err := g.run(3); err != nil {

@@ -81,9 +81,6 @@ type childLine struct {
 }
 
 func TestKillRankProcessMidAllReduce(t *testing.T) {
-	if testing.Short() {
-		t.Skip("multi-process test")
-	}
 	const n, victim = 4, 2
 	lns, addrs, err := LoopbackListeners(n)
 	if err != nil {
