@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 
@@ -42,6 +43,13 @@ cleanly (deregistering) on SIGINT or SIGTERM.`,
 			d, err := openDevice("--device", dev)
 			if err != nil {
 				return err
+			}
+			// One OS thread per compute thread: several workers sharing a
+			// host then do not oversubscribe its cores (measured: 2 workers
+			// with threads=1 on 2 cores train ~10% faster). GOMAXPROCS in
+			// the environment still wins.
+			if os.Getenv("GOMAXPROCS") == "" && d.Threads() < runtime.NumCPU() {
+				runtime.GOMAXPROCS(max(1, d.Threads()))
 			}
 			if id == "" {
 				host, _ := os.Hostname()
