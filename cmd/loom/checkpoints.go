@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
 	"strings"
 	"text/tabwriter"
@@ -47,6 +48,9 @@ Tensor checksums are verified by resume and eval, not by list.`,
 }
 
 func listCheckpoints(ctx context.Context, out io.Writer, dir, job, coord string, asJSON bool) error {
+	if err := isDir("--dir", dir); err != nil {
+		return err
+	}
 	store, err := checkpoint.NewLocalStorage(dir)
 	if err != nil {
 		return err
@@ -136,6 +140,9 @@ MLP's widths are read from the checkpoint's tensor shapes and --activation and
 }
 
 func runEval(ctx context.Context, out io.Writer, dir, configPath, dataset, dataPath, devSpec, act string, asJSON bool) error {
+	if err := isDir("checkpoint", dir); err != nil {
+		return err
+	}
 	abs, err := filepath.Abs(dir)
 	if err != nil {
 		return err
@@ -213,4 +220,17 @@ func jobFromCheckpoint(st *checkpoint.State, dataset, dataPath, act string) (*jo
 	y := fmt.Sprintf("name: %s\nseed: %d\nmodel: {kind: mlp, layers: %s, activation: %s}\ndata: {dataset: %s, path: %q}\ntrain: {precision: %s}\n",
 		st.Job, st.RNG["seed"], strings.ReplaceAll(fmt.Sprint(widths), " ", ", "), act, dataset, dataPath, st.Precision)
 	return jobspec.Parse("(from checkpoint)", []byte(y))
+}
+
+// isDir checks that dir exists and is a directory, so that read-only
+// commands report a typo instead of creating the directory.
+func isDir(what, dir string) error {
+	st, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", what, dir, err)
+	}
+	if !st.IsDir() {
+		return fmt.Errorf("%s %s: not a directory", what, dir)
+	}
+	return nil
 }
