@@ -80,6 +80,9 @@ func TestMNISTFromModule(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if n, err := TrainSize("mnist", ""); err != nil || n != 60000 {
+		t.Fatalf("TrainSize = %d, %v", n, err)
+	}
 	if s.Train.N != 60000 || s.Test.N != 10000 || s.Train.Dim != 784 || s.Train.Classes != 10 {
 		t.Fatalf("MNIST shapes: train %d×%d test %d classes %d", s.Train.N, s.Train.Dim, s.Test.N, s.Train.Classes)
 	}

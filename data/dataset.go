@@ -189,3 +189,29 @@ func Open(name, dir string) (*Split, error) {
 	}
 	return LoadIDXDir(dir)
 }
+
+// TrainSize returns the number of training examples of the named dataset
+// (see Open) from the label file's header alone, without loading the data.
+func TrainSize(name, dir string) (int, error) {
+	if name == "mnist" && dir == "" {
+		d, err := MNISTDir()
+		if err != nil {
+			return 0, err
+		}
+		dir = d
+	}
+	path, err := findIDX(dir, idxNames[1])
+	if err != nil {
+		return 0, err
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	dims, err := readIDXHeader(f)
+	if err != nil {
+		return 0, fmt.Errorf("%s: %w", path, err)
+	}
+	return dims[0], nil
+}

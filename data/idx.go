@@ -38,6 +38,20 @@ func ReadIDXFile(path string) (*IDX, error) {
 	return x, nil
 }
 
+// readIDXHeader reads the magic and dimensions of an IDX stream (gzipped
+// or not) and checks that the element count is sane.
+func readIDXHeader(r io.Reader) ([]int, error) {
+	br := bufio.NewReader(r)
+	if magic, err := br.Peek(2); err == nil && bytes.Equal(magic, []byte{0x1f, 0x8b}) {
+		gz, err := gzip.NewReader(br)
+		if err != nil {
+			return nil, fmt.Errorf("gzip: %w", err)
+		}
+		br = bufio.NewReader(gz)
+	}
+	return readDims(br)
+}
+
 // ReadIDX decodes an IDX stream of unsigned bytes (type code 0x08).
 func ReadIDX(r io.Reader) (*IDX, error) {
 	br := bufio.NewReader(r)
@@ -49,6 +63,24 @@ func ReadIDX(r io.Reader) (*IDX, error) {
 		defer gz.Close()
 		br = bufio.NewReader(gz)
 	}
+	dims, err := readDims(br)
+	if err != nil {
+		return nil, err
+	}
+	total := 1
+	for _, d := range dims {
+		total *= d
+	}
+	buf := make([]byte, total)
+	if _, err := io.ReadFull(br, buf); err != nil {
+		return nil, fmt.Errorf("idx data: want %d bytes for dims %v: %w", total, dims, err)
+	}
+	return &IDX{Dims: dims, Data: buf}, nil
+}
+
+// readDims reads an IDX header (magic, dimensions) from an uncompressed
+// stream and rejects element counts beyond maxIDXElements.
+func readDims(br io.Reader) ([]int, error) {
 	var hdr [4]byte
 	if _, err := io.ReadFull(br, hdr[:]); err != nil {
 		return nil, fmt.Errorf("idx header: %w", err)
@@ -76,9 +108,5 @@ func ReadIDX(r io.Reader) (*IDX, error) {
 			return nil, fmt.Errorf("idx: dims %v too large", dims[:i+1])
 		}
 	}
-	buf := make([]byte, total)
-	if _, err := io.ReadFull(br, buf); err != nil {
-		return nil, fmt.Errorf("idx data: want %d bytes for dims %v: %w", total, dims, err)
-	}
-	return &IDX{Dims: dims, Data: buf}, nil
+	return dims, nil
 }

@@ -96,6 +96,8 @@ func runLaunch(ctx context.Context, stdout io.Writer, path string, o launchOpts)
 	switch {
 	case o.workers < 1 || o.workers > 64:
 		return fmt.Errorf("--workers %d: want 1 to 64 local workers", o.workers)
+	case o.workers > 1 && o.coordinator != "":
+		return fmt.Errorf("--workers starts local workers with an embedded coordinator; with --coordinator, start workers with `loom worker --coordinator ... --job ID`")
 	case o.detach && o.coordinator == "":
 		return fmt.Errorf("--detach needs --coordinator: an embedded coordinator ends with this process")
 	case o.metrics != "" && (o.workers > 1 || o.coordinator != ""):

@@ -189,13 +189,14 @@ func follow(ctx context.Context, stdout io.Writer, client api.CoordinatorClient,
 }
 
 // trainSize is the number of training examples of the job's dataset (for
-// step counts and ETA); 0 if it cannot be read here.
+// step counts and ETA), read from the label file's header; 0 if it cannot
+// be read here.
 func trainSize(job *jobspec.Job) int {
-	s, err := data.Open(job.Data.Dataset, job.DataPath())
+	n, err := data.TrainSize(job.Data.Dataset, job.DataPath())
 	if err != nil {
 		return 0
 	}
-	return s.Train.N
+	return n
 }
 
 // workerProcs are the local worker processes of an embedded launch.

@@ -58,6 +58,9 @@ func TestLaunchRejectsBadConfigBeforeTraining(t *testing.T) {
 	if _, err := runLoom(t, "launch", "/no/such/job.yaml"); err == nil || !strings.Contains(err.Error(), "no such file") {
 		t.Fatalf("missing file: %v", err)
 	}
+	if _, err := runLoom(t, "launch", "../../examples/mnist-mlp.yaml", "--workers", "2", "--coordinator", "127.0.0.1:1"); err == nil || !strings.Contains(err.Error(), "--workers starts local workers") {
+		t.Fatalf("--workers with --coordinator: %v", err)
+	}
 	if _, err := runLoom(t, "launch", "../../examples/mnist-mlp.yaml", "--device", "tpu"); err == nil || !strings.Contains(err.Error(), `unknown device "tpu"`) {
 		t.Fatalf("bad device: %v", err)
 	}
