@@ -879,8 +879,14 @@ type Worker struct {
 	// Samples per second measured from the worker's progress reports (0 until
 	// the first report); the planner prefers it over the profile.
 	SamplesPerSecond float64 `protobuf:"fixed64,6,opt,name=samples_per_second,json=samplesPerSecond,proto3" json:"samples_per_second,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Set by DrainWorker: the planner leaves the worker out of every plan,
+	// and the worker leaves once its job has switched to a plan without it.
+	Draining bool `protobuf:"varint,7,opt,name=draining,proto3" json:"draining,omitempty"`
+	// Set only in ListWorkers' lost list: when the lease expired (leader's
+	// clock, unix nanoseconds).
+	LostUnixNano  int64 `protobuf:"varint,8,opt,name=lost_unix_nano,json=lostUnixNano,proto3" json:"lost_unix_nano,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Worker) Reset() {
@@ -951,6 +957,20 @@ func (x *Worker) GetRegisteredUnixNano() int64 {
 func (x *Worker) GetSamplesPerSecond() float64 {
 	if x != nil {
 		return x.SamplesPerSecond
+	}
+	return 0
+}
+
+func (x *Worker) GetDraining() bool {
+	if x != nil {
+		return x.Draining
+	}
+	return false
+}
+
+func (x *Worker) GetLostUnixNano() int64 {
+	if x != nil {
+		return x.LostUnixNano
 	}
 	return 0
 }
@@ -1128,7 +1148,9 @@ type HeartbeatResponse struct {
 	state               protoimpl.MessageState `protogen:"open.v1"`
 	LeaseExpiryUnixNano int64                  `protobuf:"varint,1,opt,name=lease_expiry_unix_nano,json=leaseExpiryUnixNano,proto3" json:"lease_expiry_unix_nano,omitempty"`
 	// Current generation of the worker's job's plan, 0 if none.
-	Generation    int64 `protobuf:"varint,2,opt,name=generation,proto3" json:"generation,omitempty"`
+	Generation int64 `protobuf:"varint,2,opt,name=generation,proto3" json:"generation,omitempty"`
+	// The worker is being drained: it leaves once out of the plan.
+	Draining      bool `protobuf:"varint,3,opt,name=draining,proto3" json:"draining,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1175,6 +1197,13 @@ func (x *HeartbeatResponse) GetGeneration() int64 {
 		return x.Generation
 	}
 	return 0
+}
+
+func (x *HeartbeatResponse) GetDraining() bool {
+	if x != nil {
+		return x.Draining
+	}
+	return false
 }
 
 type DeregisterWorkerRequest struct {
@@ -1294,8 +1323,11 @@ func (*ListWorkersRequest) Descriptor() ([]byte, []int) {
 }
 
 type ListWorkersResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Workers       []*Worker              `protobuf:"bytes,1,rep,name=workers,proto3" json:"workers,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Workers []*Worker              `protobuf:"bytes,1,rep,name=workers,proto3" json:"workers,omitempty"`
+	// Workers whose lease expired recently (newest last; a bounded list): no
+	// longer registered nor in any plan. Registering the id again clears it.
+	Lost          []*Worker `protobuf:"bytes,2,rep,name=lost,proto3" json:"lost,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1337,6 +1369,104 @@ func (x *ListWorkersResponse) GetWorkers() []*Worker {
 	return nil
 }
 
+func (x *ListWorkersResponse) GetLost() []*Worker {
+	if x != nil {
+		return x.Lost
+	}
+	return nil
+}
+
+// DrainWorker marks a worker draining: the next plan leaves it out, its job
+// switches generation at a step boundary (no step is abandoned), and the
+// worker then deregisters and exits. Draining an unknown worker is refused.
+type DrainWorkerRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	WorkerId      string                 `protobuf:"bytes,1,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DrainWorkerRequest) Reset() {
+	*x = DrainWorkerRequest{}
+	mi := &file_loom_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DrainWorkerRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DrainWorkerRequest) ProtoMessage() {}
+
+func (x *DrainWorkerRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_loom_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DrainWorkerRequest.ProtoReflect.Descriptor instead.
+func (*DrainWorkerRequest) Descriptor() ([]byte, []int) {
+	return file_loom_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *DrainWorkerRequest) GetWorkerId() string {
+	if x != nil {
+		return x.WorkerId
+	}
+	return ""
+}
+
+type DrainWorkerResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Worker        *Worker                `protobuf:"bytes,1,opt,name=worker,proto3" json:"worker,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DrainWorkerResponse) Reset() {
+	*x = DrainWorkerResponse{}
+	mi := &file_loom_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DrainWorkerResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DrainWorkerResponse) ProtoMessage() {}
+
+func (x *DrainWorkerResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_loom_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DrainWorkerResponse.ProtoReflect.Descriptor instead.
+func (*DrainWorkerResponse) Descriptor() ([]byte, []int) {
+	return file_loom_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *DrainWorkerResponse) GetWorker() *Worker {
+	if x != nil {
+		return x.Worker
+	}
+	return nil
+}
+
 type Rank struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
 	Rank           int32                  `protobuf:"varint,1,opt,name=rank,proto3" json:"rank,omitempty"`
@@ -1354,7 +1484,7 @@ type Rank struct {
 
 func (x *Rank) Reset() {
 	*x = Rank{}
-	mi := &file_loom_proto_msgTypes[21]
+	mi := &file_loom_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1366,7 +1496,7 @@ func (x *Rank) String() string {
 func (*Rank) ProtoMessage() {}
 
 func (x *Rank) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_proto_msgTypes[21]
+	mi := &file_loom_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1379,7 +1509,7 @@ func (x *Rank) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rank.ProtoReflect.Descriptor instead.
 func (*Rank) Descriptor() ([]byte, []int) {
-	return file_loom_proto_rawDescGZIP(), []int{21}
+	return file_loom_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Rank) GetRank() int32 {
@@ -1442,7 +1572,7 @@ type Plan struct {
 
 func (x *Plan) Reset() {
 	*x = Plan{}
-	mi := &file_loom_proto_msgTypes[22]
+	mi := &file_loom_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1454,7 +1584,7 @@ func (x *Plan) String() string {
 func (*Plan) ProtoMessage() {}
 
 func (x *Plan) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_proto_msgTypes[22]
+	mi := &file_loom_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1467,7 +1597,7 @@ func (x *Plan) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Plan.ProtoReflect.Descriptor instead.
 func (*Plan) Descriptor() ([]byte, []int) {
-	return file_loom_proto_rawDescGZIP(), []int{22}
+	return file_loom_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Plan) GetJobId() string {
@@ -1530,7 +1660,7 @@ type WatchPlanRequest struct {
 
 func (x *WatchPlanRequest) Reset() {
 	*x = WatchPlanRequest{}
-	mi := &file_loom_proto_msgTypes[23]
+	mi := &file_loom_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1542,7 +1672,7 @@ func (x *WatchPlanRequest) String() string {
 func (*WatchPlanRequest) ProtoMessage() {}
 
 func (x *WatchPlanRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_proto_msgTypes[23]
+	mi := &file_loom_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1555,7 +1685,7 @@ func (x *WatchPlanRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchPlanRequest.ProtoReflect.Descriptor instead.
 func (*WatchPlanRequest) Descriptor() ([]byte, []int) {
-	return file_loom_proto_rawDescGZIP(), []int{23}
+	return file_loom_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *WatchPlanRequest) GetJobId() string {
@@ -1596,7 +1726,7 @@ type ReportProgressRequest struct {
 
 func (x *ReportProgressRequest) Reset() {
 	*x = ReportProgressRequest{}
-	mi := &file_loom_proto_msgTypes[24]
+	mi := &file_loom_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1608,7 +1738,7 @@ func (x *ReportProgressRequest) String() string {
 func (*ReportProgressRequest) ProtoMessage() {}
 
 func (x *ReportProgressRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_proto_msgTypes[24]
+	mi := &file_loom_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1621,7 +1751,7 @@ func (x *ReportProgressRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportProgressRequest.ProtoReflect.Descriptor instead.
 func (*ReportProgressRequest) Descriptor() ([]byte, []int) {
-	return file_loom_proto_rawDescGZIP(), []int{24}
+	return file_loom_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ReportProgressRequest) GetJobId() string {
@@ -1711,7 +1841,7 @@ type ReportProgressResponse struct {
 
 func (x *ReportProgressResponse) Reset() {
 	*x = ReportProgressResponse{}
-	mi := &file_loom_proto_msgTypes[25]
+	mi := &file_loom_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1723,7 +1853,7 @@ func (x *ReportProgressResponse) String() string {
 func (*ReportProgressResponse) ProtoMessage() {}
 
 func (x *ReportProgressResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_proto_msgTypes[25]
+	mi := &file_loom_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1736,7 +1866,7 @@ func (x *ReportProgressResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportProgressResponse.ProtoReflect.Descriptor instead.
 func (*ReportProgressResponse) Descriptor() ([]byte, []int) {
-	return file_loom_proto_rawDescGZIP(), []int{25}
+	return file_loom_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ReportProgressResponse) GetGeneration() int64 {
@@ -1755,7 +1885,7 @@ type CommitCheckpointRequest struct {
 
 func (x *CommitCheckpointRequest) Reset() {
 	*x = CommitCheckpointRequest{}
-	mi := &file_loom_proto_msgTypes[26]
+	mi := &file_loom_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1767,7 +1897,7 @@ func (x *CommitCheckpointRequest) String() string {
 func (*CommitCheckpointRequest) ProtoMessage() {}
 
 func (x *CommitCheckpointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_proto_msgTypes[26]
+	mi := &file_loom_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1780,7 +1910,7 @@ func (x *CommitCheckpointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommitCheckpointRequest.ProtoReflect.Descriptor instead.
 func (*CommitCheckpointRequest) Descriptor() ([]byte, []int) {
-	return file_loom_proto_rawDescGZIP(), []int{26}
+	return file_loom_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *CommitCheckpointRequest) GetCheckpoint() *Checkpoint {
@@ -1799,7 +1929,7 @@ type CommitCheckpointResponse struct {
 
 func (x *CommitCheckpointResponse) Reset() {
 	*x = CommitCheckpointResponse{}
-	mi := &file_loom_proto_msgTypes[27]
+	mi := &file_loom_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1811,7 +1941,7 @@ func (x *CommitCheckpointResponse) String() string {
 func (*CommitCheckpointResponse) ProtoMessage() {}
 
 func (x *CommitCheckpointResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_proto_msgTypes[27]
+	mi := &file_loom_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1824,7 +1954,7 @@ func (x *CommitCheckpointResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommitCheckpointResponse.ProtoReflect.Descriptor instead.
 func (*CommitCheckpointResponse) Descriptor() ([]byte, []int) {
-	return file_loom_proto_rawDescGZIP(), []int{27}
+	return file_loom_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *CommitCheckpointResponse) GetJob() *Job {
@@ -1848,7 +1978,7 @@ type CoordinatorMember struct {
 
 func (x *CoordinatorMember) Reset() {
 	*x = CoordinatorMember{}
-	mi := &file_loom_proto_msgTypes[28]
+	mi := &file_loom_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1860,7 +1990,7 @@ func (x *CoordinatorMember) String() string {
 func (*CoordinatorMember) ProtoMessage() {}
 
 func (x *CoordinatorMember) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_proto_msgTypes[28]
+	mi := &file_loom_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1873,7 +2003,7 @@ func (x *CoordinatorMember) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CoordinatorMember.ProtoReflect.Descriptor instead.
 func (*CoordinatorMember) Descriptor() ([]byte, []int) {
-	return file_loom_proto_rawDescGZIP(), []int{28}
+	return file_loom_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *CoordinatorMember) GetId() string {
@@ -1923,7 +2053,7 @@ type JoinRequest struct {
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_loom_proto_msgTypes[29]
+	mi := &file_loom_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1935,7 +2065,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_proto_msgTypes[29]
+	mi := &file_loom_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1948,7 +2078,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_loom_proto_rawDescGZIP(), []int{29}
+	return file_loom_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *JoinRequest) GetClusterId() string {
@@ -1988,7 +2118,7 @@ type JoinResponse struct {
 
 func (x *JoinResponse) Reset() {
 	*x = JoinResponse{}
-	mi := &file_loom_proto_msgTypes[30]
+	mi := &file_loom_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2000,7 +2130,7 @@ func (x *JoinResponse) String() string {
 func (*JoinResponse) ProtoMessage() {}
 
 func (x *JoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_proto_msgTypes[30]
+	mi := &file_loom_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2013,7 +2143,7 @@ func (x *JoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
 func (*JoinResponse) Descriptor() ([]byte, []int) {
-	return file_loom_proto_rawDescGZIP(), []int{30}
+	return file_loom_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *JoinResponse) GetClusterId() string {
@@ -2032,7 +2162,7 @@ type RemoveCoordinatorRequest struct {
 
 func (x *RemoveCoordinatorRequest) Reset() {
 	*x = RemoveCoordinatorRequest{}
-	mi := &file_loom_proto_msgTypes[31]
+	mi := &file_loom_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2044,7 +2174,7 @@ func (x *RemoveCoordinatorRequest) String() string {
 func (*RemoveCoordinatorRequest) ProtoMessage() {}
 
 func (x *RemoveCoordinatorRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_proto_msgTypes[31]
+	mi := &file_loom_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2057,7 +2187,7 @@ func (x *RemoveCoordinatorRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveCoordinatorRequest.ProtoReflect.Descriptor instead.
 func (*RemoveCoordinatorRequest) Descriptor() ([]byte, []int) {
-	return file_loom_proto_rawDescGZIP(), []int{31}
+	return file_loom_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *RemoveCoordinatorRequest) GetNodeId() string {
@@ -2075,7 +2205,7 @@ type RemoveCoordinatorResponse struct {
 
 func (x *RemoveCoordinatorResponse) Reset() {
 	*x = RemoveCoordinatorResponse{}
-	mi := &file_loom_proto_msgTypes[32]
+	mi := &file_loom_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2087,7 +2217,7 @@ func (x *RemoveCoordinatorResponse) String() string {
 func (*RemoveCoordinatorResponse) ProtoMessage() {}
 
 func (x *RemoveCoordinatorResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_proto_msgTypes[32]
+	mi := &file_loom_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2100,7 +2230,7 @@ func (x *RemoveCoordinatorResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveCoordinatorResponse.ProtoReflect.Descriptor instead.
 func (*RemoveCoordinatorResponse) Descriptor() ([]byte, []int) {
-	return file_loom_proto_rawDescGZIP(), []int{32}
+	return file_loom_proto_rawDescGZIP(), []int{34}
 }
 
 type ClusterStatusRequest struct {
@@ -2111,7 +2241,7 @@ type ClusterStatusRequest struct {
 
 func (x *ClusterStatusRequest) Reset() {
 	*x = ClusterStatusRequest{}
-	mi := &file_loom_proto_msgTypes[33]
+	mi := &file_loom_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2123,7 +2253,7 @@ func (x *ClusterStatusRequest) String() string {
 func (*ClusterStatusRequest) ProtoMessage() {}
 
 func (x *ClusterStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_proto_msgTypes[33]
+	mi := &file_loom_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2136,7 +2266,7 @@ func (x *ClusterStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterStatusRequest.ProtoReflect.Descriptor instead.
 func (*ClusterStatusRequest) Descriptor() ([]byte, []int) {
-	return file_loom_proto_rawDescGZIP(), []int{33}
+	return file_loom_proto_rawDescGZIP(), []int{35}
 }
 
 type ClusterStatusResponse struct {
@@ -2155,7 +2285,7 @@ type ClusterStatusResponse struct {
 
 func (x *ClusterStatusResponse) Reset() {
 	*x = ClusterStatusResponse{}
-	mi := &file_loom_proto_msgTypes[34]
+	mi := &file_loom_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2167,7 +2297,7 @@ func (x *ClusterStatusResponse) String() string {
 func (*ClusterStatusResponse) ProtoMessage() {}
 
 func (x *ClusterStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_proto_msgTypes[34]
+	mi := &file_loom_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2180,7 +2310,7 @@ func (x *ClusterStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterStatusResponse.ProtoReflect.Descriptor instead.
 func (*ClusterStatusResponse) Descriptor() ([]byte, []int) {
-	return file_loom_proto_rawDescGZIP(), []int{34}
+	return file_loom_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ClusterStatusResponse) GetClusterId() string {
@@ -2303,14 +2433,16 @@ const file_loom_proto_rawDesc = "" +
 	"\x0fcollective_addr\x18\x06 \x01(\tR\x0ecollectiveAddr\x1a9\n" +
 	"\vGflopsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01\"\xf6\x01\n" +
+	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01\"\xb8\x02\n" +
 	"\x06Worker\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x120\n" +
 	"\aprofile\x18\x02 \x01(\v2\x16.loom.v1.DeviceProfileR\aprofile\x12\x15\n" +
 	"\x06job_id\x18\x03 \x01(\tR\x05jobId\x123\n" +
 	"\x16lease_expiry_unix_nano\x18\x04 \x01(\x03R\x13leaseExpiryUnixNano\x120\n" +
 	"\x14registered_unix_nano\x18\x05 \x01(\x03R\x12registeredUnixNano\x12,\n" +
-	"\x12samples_per_second\x18\x06 \x01(\x01R\x10samplesPerSecond\"}\n" +
+	"\x12samples_per_second\x18\x06 \x01(\x01R\x10samplesPerSecond\x12\x1a\n" +
+	"\bdraining\x18\a \x01(\bR\bdraining\x12$\n" +
+	"\x0elost_unix_nano\x18\b \x01(\x03R\flostUnixNano\"}\n" +
 	"\x15RegisterWorkerRequest\x12\x1b\n" +
 	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x120\n" +
 	"\aprofile\x18\x02 \x01(\v2\x16.loom.v1.DeviceProfileR\aprofile\x12\x15\n" +
@@ -2320,18 +2452,24 @@ const file_loom_proto_rawDesc = "" +
 	"\x15heartbeat_interval_ms\x18\x02 \x01(\x03R\x13heartbeatIntervalMs\x12\x19\n" +
 	"\blease_ms\x18\x03 \x01(\x03R\aleaseMs\"/\n" +
 	"\x10HeartbeatRequest\x12\x1b\n" +
-	"\tworker_id\x18\x01 \x01(\tR\bworkerId\"h\n" +
+	"\tworker_id\x18\x01 \x01(\tR\bworkerId\"\x84\x01\n" +
 	"\x11HeartbeatResponse\x123\n" +
 	"\x16lease_expiry_unix_nano\x18\x01 \x01(\x03R\x13leaseExpiryUnixNano\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x02 \x01(\x03R\n" +
-	"generation\"6\n" +
+	"generation\x12\x1a\n" +
+	"\bdraining\x18\x03 \x01(\bR\bdraining\"6\n" +
 	"\x17DeregisterWorkerRequest\x12\x1b\n" +
 	"\tworker_id\x18\x01 \x01(\tR\bworkerId\"\x1a\n" +
 	"\x18DeregisterWorkerResponse\"\x14\n" +
-	"\x12ListWorkersRequest\"@\n" +
+	"\x12ListWorkersRequest\"e\n" +
 	"\x13ListWorkersResponse\x12)\n" +
-	"\aworkers\x18\x01 \x03(\v2\x0f.loom.v1.WorkerR\aworkers\"\xb1\x01\n" +
+	"\aworkers\x18\x01 \x03(\v2\x0f.loom.v1.WorkerR\aworkers\x12#\n" +
+	"\x04lost\x18\x02 \x03(\v2\x0f.loom.v1.WorkerR\x04lost\"1\n" +
+	"\x12DrainWorkerRequest\x12\x1b\n" +
+	"\tworker_id\x18\x01 \x01(\tR\bworkerId\">\n" +
+	"\x13DrainWorkerResponse\x12'\n" +
+	"\x06worker\x18\x01 \x01(\v2\x0f.loom.v1.WorkerR\x06worker\"\xb1\x01\n" +
 	"\x04Rank\x12\x12\n" +
 	"\x04rank\x18\x01 \x01(\x05R\x04rank\x12\x1b\n" +
 	"\tworker_id\x18\x02 \x01(\tR\bworkerId\x12'\n" +
@@ -2413,7 +2551,7 @@ const file_loom_proto_rawDesc = "" +
 	"\x11JOB_STATE_PENDING\x10\x01\x12\x15\n" +
 	"\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n" +
 	"\x13JOB_STATE_CANCELLED\x10\x03\x12\x17\n" +
-	"\x13JOB_STATE_COMPLETED\x10\x042\xb0\x06\n" +
+	"\x13JOB_STATE_COMPLETED\x10\x042\xfa\x06\n" +
 	"\vCoordinator\x12B\n" +
 	"\tSubmitJob\x12\x19.loom.v1.SubmitJobRequest\x1a\x1a.loom.v1.SubmitJobResponse\x129\n" +
 	"\x06GetJob\x12\x16.loom.v1.GetJobRequest\x1a\x17.loom.v1.GetJobResponse\x12?\n" +
@@ -2422,7 +2560,8 @@ const file_loom_proto_rawDesc = "" +
 	"\x0eRegisterWorker\x12\x1e.loom.v1.RegisterWorkerRequest\x1a\x1f.loom.v1.RegisterWorkerResponse\x12B\n" +
 	"\tHeartbeat\x12\x19.loom.v1.HeartbeatRequest\x1a\x1a.loom.v1.HeartbeatResponse\x12W\n" +
 	"\x10DeregisterWorker\x12 .loom.v1.DeregisterWorkerRequest\x1a!.loom.v1.DeregisterWorkerResponse\x12H\n" +
-	"\vListWorkers\x12\x1b.loom.v1.ListWorkersRequest\x1a\x1c.loom.v1.ListWorkersResponse\x127\n" +
+	"\vListWorkers\x12\x1b.loom.v1.ListWorkersRequest\x1a\x1c.loom.v1.ListWorkersResponse\x12H\n" +
+	"\vDrainWorker\x12\x1b.loom.v1.DrainWorkerRequest\x1a\x1c.loom.v1.DrainWorkerResponse\x127\n" +
 	"\tWatchPlan\x12\x19.loom.v1.WatchPlanRequest\x1a\r.loom.v1.Plan0\x01\x12Q\n" +
 	"\x0eReportProgress\x12\x1e.loom.v1.ReportProgressRequest\x1a\x1f.loom.v1.ReportProgressResponse\x12W\n" +
 	"\x10CommitCheckpoint\x12 .loom.v1.CommitCheckpointRequest\x1a!.loom.v1.CommitCheckpointResponse2\xea\x01\n" +
@@ -2444,7 +2583,7 @@ func file_loom_proto_rawDescGZIP() []byte {
 }
 
 var file_loom_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_loom_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
+var file_loom_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
 var file_loom_proto_goTypes = []any{
 	(JobState)(0),                     // 0: loom.v1.JobState
 	(*JobSpec)(nil),                   // 1: loom.v1.JobSpec
@@ -2468,21 +2607,23 @@ var file_loom_proto_goTypes = []any{
 	(*DeregisterWorkerResponse)(nil),  // 19: loom.v1.DeregisterWorkerResponse
 	(*ListWorkersRequest)(nil),        // 20: loom.v1.ListWorkersRequest
 	(*ListWorkersResponse)(nil),       // 21: loom.v1.ListWorkersResponse
-	(*Rank)(nil),                      // 22: loom.v1.Rank
-	(*Plan)(nil),                      // 23: loom.v1.Plan
-	(*WatchPlanRequest)(nil),          // 24: loom.v1.WatchPlanRequest
-	(*ReportProgressRequest)(nil),     // 25: loom.v1.ReportProgressRequest
-	(*ReportProgressResponse)(nil),    // 26: loom.v1.ReportProgressResponse
-	(*CommitCheckpointRequest)(nil),   // 27: loom.v1.CommitCheckpointRequest
-	(*CommitCheckpointResponse)(nil),  // 28: loom.v1.CommitCheckpointResponse
-	(*CoordinatorMember)(nil),         // 29: loom.v1.CoordinatorMember
-	(*JoinRequest)(nil),               // 30: loom.v1.JoinRequest
-	(*JoinResponse)(nil),              // 31: loom.v1.JoinResponse
-	(*RemoveCoordinatorRequest)(nil),  // 32: loom.v1.RemoveCoordinatorRequest
-	(*RemoveCoordinatorResponse)(nil), // 33: loom.v1.RemoveCoordinatorResponse
-	(*ClusterStatusRequest)(nil),      // 34: loom.v1.ClusterStatusRequest
-	(*ClusterStatusResponse)(nil),     // 35: loom.v1.ClusterStatusResponse
-	nil,                               // 36: loom.v1.DeviceProfile.GflopsEntry
+	(*DrainWorkerRequest)(nil),        // 22: loom.v1.DrainWorkerRequest
+	(*DrainWorkerResponse)(nil),       // 23: loom.v1.DrainWorkerResponse
+	(*Rank)(nil),                      // 24: loom.v1.Rank
+	(*Plan)(nil),                      // 25: loom.v1.Plan
+	(*WatchPlanRequest)(nil),          // 26: loom.v1.WatchPlanRequest
+	(*ReportProgressRequest)(nil),     // 27: loom.v1.ReportProgressRequest
+	(*ReportProgressResponse)(nil),    // 28: loom.v1.ReportProgressResponse
+	(*CommitCheckpointRequest)(nil),   // 29: loom.v1.CommitCheckpointRequest
+	(*CommitCheckpointResponse)(nil),  // 30: loom.v1.CommitCheckpointResponse
+	(*CoordinatorMember)(nil),         // 31: loom.v1.CoordinatorMember
+	(*JoinRequest)(nil),               // 32: loom.v1.JoinRequest
+	(*JoinResponse)(nil),              // 33: loom.v1.JoinResponse
+	(*RemoveCoordinatorRequest)(nil),  // 34: loom.v1.RemoveCoordinatorRequest
+	(*RemoveCoordinatorResponse)(nil), // 35: loom.v1.RemoveCoordinatorResponse
+	(*ClusterStatusRequest)(nil),      // 36: loom.v1.ClusterStatusRequest
+	(*ClusterStatusResponse)(nil),     // 37: loom.v1.ClusterStatusResponse
+	nil,                               // 38: loom.v1.DeviceProfile.GflopsEntry
 }
 var file_loom_proto_depIdxs = []int32{
 	1,  // 0: loom.v1.Job.spec:type_name -> loom.v1.JobSpec
@@ -2491,51 +2632,55 @@ var file_loom_proto_depIdxs = []int32{
 	1,  // 3: loom.v1.SubmitJobRequest.spec:type_name -> loom.v1.JobSpec
 	3,  // 4: loom.v1.SubmitJobResponse.job:type_name -> loom.v1.Job
 	3,  // 5: loom.v1.GetJobResponse.job:type_name -> loom.v1.Job
-	23, // 6: loom.v1.GetJobResponse.plan:type_name -> loom.v1.Plan
+	25, // 6: loom.v1.GetJobResponse.plan:type_name -> loom.v1.Plan
 	3,  // 7: loom.v1.ListJobsResponse.jobs:type_name -> loom.v1.Job
 	3,  // 8: loom.v1.CancelJobResponse.job:type_name -> loom.v1.Job
-	36, // 9: loom.v1.DeviceProfile.gflops:type_name -> loom.v1.DeviceProfile.GflopsEntry
+	38, // 9: loom.v1.DeviceProfile.gflops:type_name -> loom.v1.DeviceProfile.GflopsEntry
 	12, // 10: loom.v1.Worker.profile:type_name -> loom.v1.DeviceProfile
 	12, // 11: loom.v1.RegisterWorkerRequest.profile:type_name -> loom.v1.DeviceProfile
 	13, // 12: loom.v1.RegisterWorkerResponse.worker:type_name -> loom.v1.Worker
 	13, // 13: loom.v1.ListWorkersResponse.workers:type_name -> loom.v1.Worker
-	22, // 14: loom.v1.Plan.ranks:type_name -> loom.v1.Rank
-	2,  // 15: loom.v1.CommitCheckpointRequest.checkpoint:type_name -> loom.v1.Checkpoint
-	3,  // 16: loom.v1.CommitCheckpointResponse.job:type_name -> loom.v1.Job
-	29, // 17: loom.v1.ClusterStatusResponse.members:type_name -> loom.v1.CoordinatorMember
-	4,  // 18: loom.v1.Coordinator.SubmitJob:input_type -> loom.v1.SubmitJobRequest
-	6,  // 19: loom.v1.Coordinator.GetJob:input_type -> loom.v1.GetJobRequest
-	8,  // 20: loom.v1.Coordinator.ListJobs:input_type -> loom.v1.ListJobsRequest
-	10, // 21: loom.v1.Coordinator.CancelJob:input_type -> loom.v1.CancelJobRequest
-	14, // 22: loom.v1.Coordinator.RegisterWorker:input_type -> loom.v1.RegisterWorkerRequest
-	16, // 23: loom.v1.Coordinator.Heartbeat:input_type -> loom.v1.HeartbeatRequest
-	18, // 24: loom.v1.Coordinator.DeregisterWorker:input_type -> loom.v1.DeregisterWorkerRequest
-	20, // 25: loom.v1.Coordinator.ListWorkers:input_type -> loom.v1.ListWorkersRequest
-	24, // 26: loom.v1.Coordinator.WatchPlan:input_type -> loom.v1.WatchPlanRequest
-	25, // 27: loom.v1.Coordinator.ReportProgress:input_type -> loom.v1.ReportProgressRequest
-	27, // 28: loom.v1.Coordinator.CommitCheckpoint:input_type -> loom.v1.CommitCheckpointRequest
-	30, // 29: loom.v1.Cluster.Join:input_type -> loom.v1.JoinRequest
-	32, // 30: loom.v1.Cluster.RemoveCoordinator:input_type -> loom.v1.RemoveCoordinatorRequest
-	34, // 31: loom.v1.Cluster.ClusterStatus:input_type -> loom.v1.ClusterStatusRequest
-	5,  // 32: loom.v1.Coordinator.SubmitJob:output_type -> loom.v1.SubmitJobResponse
-	7,  // 33: loom.v1.Coordinator.GetJob:output_type -> loom.v1.GetJobResponse
-	9,  // 34: loom.v1.Coordinator.ListJobs:output_type -> loom.v1.ListJobsResponse
-	11, // 35: loom.v1.Coordinator.CancelJob:output_type -> loom.v1.CancelJobResponse
-	15, // 36: loom.v1.Coordinator.RegisterWorker:output_type -> loom.v1.RegisterWorkerResponse
-	17, // 37: loom.v1.Coordinator.Heartbeat:output_type -> loom.v1.HeartbeatResponse
-	19, // 38: loom.v1.Coordinator.DeregisterWorker:output_type -> loom.v1.DeregisterWorkerResponse
-	21, // 39: loom.v1.Coordinator.ListWorkers:output_type -> loom.v1.ListWorkersResponse
-	23, // 40: loom.v1.Coordinator.WatchPlan:output_type -> loom.v1.Plan
-	26, // 41: loom.v1.Coordinator.ReportProgress:output_type -> loom.v1.ReportProgressResponse
-	28, // 42: loom.v1.Coordinator.CommitCheckpoint:output_type -> loom.v1.CommitCheckpointResponse
-	31, // 43: loom.v1.Cluster.Join:output_type -> loom.v1.JoinResponse
-	33, // 44: loom.v1.Cluster.RemoveCoordinator:output_type -> loom.v1.RemoveCoordinatorResponse
-	35, // 45: loom.v1.Cluster.ClusterStatus:output_type -> loom.v1.ClusterStatusResponse
-	32, // [32:46] is the sub-list for method output_type
-	18, // [18:32] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	13, // 14: loom.v1.ListWorkersResponse.lost:type_name -> loom.v1.Worker
+	13, // 15: loom.v1.DrainWorkerResponse.worker:type_name -> loom.v1.Worker
+	24, // 16: loom.v1.Plan.ranks:type_name -> loom.v1.Rank
+	2,  // 17: loom.v1.CommitCheckpointRequest.checkpoint:type_name -> loom.v1.Checkpoint
+	3,  // 18: loom.v1.CommitCheckpointResponse.job:type_name -> loom.v1.Job
+	31, // 19: loom.v1.ClusterStatusResponse.members:type_name -> loom.v1.CoordinatorMember
+	4,  // 20: loom.v1.Coordinator.SubmitJob:input_type -> loom.v1.SubmitJobRequest
+	6,  // 21: loom.v1.Coordinator.GetJob:input_type -> loom.v1.GetJobRequest
+	8,  // 22: loom.v1.Coordinator.ListJobs:input_type -> loom.v1.ListJobsRequest
+	10, // 23: loom.v1.Coordinator.CancelJob:input_type -> loom.v1.CancelJobRequest
+	14, // 24: loom.v1.Coordinator.RegisterWorker:input_type -> loom.v1.RegisterWorkerRequest
+	16, // 25: loom.v1.Coordinator.Heartbeat:input_type -> loom.v1.HeartbeatRequest
+	18, // 26: loom.v1.Coordinator.DeregisterWorker:input_type -> loom.v1.DeregisterWorkerRequest
+	20, // 27: loom.v1.Coordinator.ListWorkers:input_type -> loom.v1.ListWorkersRequest
+	22, // 28: loom.v1.Coordinator.DrainWorker:input_type -> loom.v1.DrainWorkerRequest
+	26, // 29: loom.v1.Coordinator.WatchPlan:input_type -> loom.v1.WatchPlanRequest
+	27, // 30: loom.v1.Coordinator.ReportProgress:input_type -> loom.v1.ReportProgressRequest
+	29, // 31: loom.v1.Coordinator.CommitCheckpoint:input_type -> loom.v1.CommitCheckpointRequest
+	32, // 32: loom.v1.Cluster.Join:input_type -> loom.v1.JoinRequest
+	34, // 33: loom.v1.Cluster.RemoveCoordinator:input_type -> loom.v1.RemoveCoordinatorRequest
+	36, // 34: loom.v1.Cluster.ClusterStatus:input_type -> loom.v1.ClusterStatusRequest
+	5,  // 35: loom.v1.Coordinator.SubmitJob:output_type -> loom.v1.SubmitJobResponse
+	7,  // 36: loom.v1.Coordinator.GetJob:output_type -> loom.v1.GetJobResponse
+	9,  // 37: loom.v1.Coordinator.ListJobs:output_type -> loom.v1.ListJobsResponse
+	11, // 38: loom.v1.Coordinator.CancelJob:output_type -> loom.v1.CancelJobResponse
+	15, // 39: loom.v1.Coordinator.RegisterWorker:output_type -> loom.v1.RegisterWorkerResponse
+	17, // 40: loom.v1.Coordinator.Heartbeat:output_type -> loom.v1.HeartbeatResponse
+	19, // 41: loom.v1.Coordinator.DeregisterWorker:output_type -> loom.v1.DeregisterWorkerResponse
+	21, // 42: loom.v1.Coordinator.ListWorkers:output_type -> loom.v1.ListWorkersResponse
+	23, // 43: loom.v1.Coordinator.DrainWorker:output_type -> loom.v1.DrainWorkerResponse
+	25, // 44: loom.v1.Coordinator.WatchPlan:output_type -> loom.v1.Plan
+	28, // 45: loom.v1.Coordinator.ReportProgress:output_type -> loom.v1.ReportProgressResponse
+	30, // 46: loom.v1.Coordinator.CommitCheckpoint:output_type -> loom.v1.CommitCheckpointResponse
+	33, // 47: loom.v1.Cluster.Join:output_type -> loom.v1.JoinResponse
+	35, // 48: loom.v1.Cluster.RemoveCoordinator:output_type -> loom.v1.RemoveCoordinatorResponse
+	37, // 49: loom.v1.Cluster.ClusterStatus:output_type -> loom.v1.ClusterStatusResponse
+	35, // [35:50] is the sub-list for method output_type
+	20, // [20:35] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_loom_proto_init() }
@@ -2543,14 +2688,14 @@ func file_loom_proto_init() {
 	if File_loom_proto != nil {
 		return
 	}
-	file_loom_proto_msgTypes[24].OneofWrappers = []any{}
+	file_loom_proto_msgTypes[26].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_loom_proto_rawDesc), len(file_loom_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   36,
+			NumMessages:   38,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -34,6 +34,7 @@ const (
 	Coordinator_Heartbeat_FullMethodName        = "/loom.v1.Coordinator/Heartbeat"
 	Coordinator_DeregisterWorker_FullMethodName = "/loom.v1.Coordinator/DeregisterWorker"
 	Coordinator_ListWorkers_FullMethodName      = "/loom.v1.Coordinator/ListWorkers"
+	Coordinator_DrainWorker_FullMethodName      = "/loom.v1.Coordinator/DrainWorker"
 	Coordinator_WatchPlan_FullMethodName        = "/loom.v1.Coordinator/WatchPlan"
 	Coordinator_ReportProgress_FullMethodName   = "/loom.v1.Coordinator/ReportProgress"
 	Coordinator_CommitCheckpoint_FullMethodName = "/loom.v1.Coordinator/CommitCheckpoint"
@@ -54,6 +55,7 @@ type CoordinatorClient interface {
 	Heartbeat(ctx context.Context, in *HeartbeatRequest, opts ...grpc.CallOption) (*HeartbeatResponse, error)
 	DeregisterWorker(ctx context.Context, in *DeregisterWorkerRequest, opts ...grpc.CallOption) (*DeregisterWorkerResponse, error)
 	ListWorkers(ctx context.Context, in *ListWorkersRequest, opts ...grpc.CallOption) (*ListWorkersResponse, error)
+	DrainWorker(ctx context.Context, in *DrainWorkerRequest, opts ...grpc.CallOption) (*DrainWorkerResponse, error)
 	// WatchPlan streams every new generation of a job's plan until the job is
 	// cancelled (the stream then ends with OK) or the client goes away.
 	WatchPlan(ctx context.Context, in *WatchPlanRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[Plan], error)
@@ -149,6 +151,16 @@ func (c *coordinatorClient) ListWorkers(ctx context.Context, in *ListWorkersRequ
 	return out, nil
 }
 
+func (c *coordinatorClient) DrainWorker(ctx context.Context, in *DrainWorkerRequest, opts ...grpc.CallOption) (*DrainWorkerResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DrainWorkerResponse)
+	err := c.cc.Invoke(ctx, Coordinator_DrainWorker_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *coordinatorClient) WatchPlan(ctx context.Context, in *WatchPlanRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[Plan], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	stream, err := c.cc.NewStream(ctx, &Coordinator_ServiceDesc.Streams[0], Coordinator_WatchPlan_FullMethodName, cOpts...)
@@ -203,6 +215,7 @@ type CoordinatorServer interface {
 	Heartbeat(context.Context, *HeartbeatRequest) (*HeartbeatResponse, error)
 	DeregisterWorker(context.Context, *DeregisterWorkerRequest) (*DeregisterWorkerResponse, error)
 	ListWorkers(context.Context, *ListWorkersRequest) (*ListWorkersResponse, error)
+	DrainWorker(context.Context, *DrainWorkerRequest) (*DrainWorkerResponse, error)
 	// WatchPlan streams every new generation of a job's plan until the job is
 	// cancelled (the stream then ends with OK) or the client goes away.
 	WatchPlan(*WatchPlanRequest, grpc.ServerStreamingServer[Plan]) error
@@ -241,6 +254,9 @@ func (UnimplementedCoordinatorServer) DeregisterWorker(context.Context, *Deregis
 }
 func (UnimplementedCoordinatorServer) ListWorkers(context.Context, *ListWorkersRequest) (*ListWorkersResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListWorkers not implemented")
+}
+func (UnimplementedCoordinatorServer) DrainWorker(context.Context, *DrainWorkerRequest) (*DrainWorkerResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DrainWorker not implemented")
 }
 func (UnimplementedCoordinatorServer) WatchPlan(*WatchPlanRequest, grpc.ServerStreamingServer[Plan]) error {
 	return status.Error(codes.Unimplemented, "method WatchPlan not implemented")
@@ -416,6 +432,24 @@ func _Coordinator_ListWorkers_Handler(srv interface{}, ctx context.Context, dec 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Coordinator_DrainWorker_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DrainWorkerRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CoordinatorServer).DrainWorker(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Coordinator_DrainWorker_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CoordinatorServer).DrainWorker(ctx, req.(*DrainWorkerRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Coordinator_WatchPlan_Handler(srv interface{}, stream grpc.ServerStream) error {
 	m := new(WatchPlanRequest)
 	if err := stream.RecvMsg(m); err != nil {
@@ -501,6 +535,10 @@ var Coordinator_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListWorkers",
 			Handler:    _Coordinator_ListWorkers_Handler,
+		},
+		{
+			MethodName: "DrainWorker",
+			Handler:    _Coordinator_DrainWorker_Handler,
 		},
 		{
 			MethodName: "ReportProgress",

@@ -367,9 +367,12 @@ func (x *CmdHeartbeat) GetLeaseExpiryUnixNano() int64 {
 }
 
 type CmdRemoveWorker struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	WorkerId      string                 `protobuf:"bytes,1,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
-	Reason        string                 `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	WorkerId string                 `protobuf:"bytes,1,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	Reason   string                 `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	// Set when the lease expired (leader's clock): the worker is kept in the
+	// lost list. Zero for a worker that deregistered.
+	LostUnixNano  int64 `protobuf:"varint,3,opt,name=lost_unix_nano,json=lostUnixNano,proto3" json:"lost_unix_nano,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -416,6 +419,13 @@ func (x *CmdRemoveWorker) GetReason() string {
 		return x.Reason
 	}
 	return ""
+}
+
+func (x *CmdRemoveWorker) GetLostUnixNano() int64 {
+	if x != nil {
+		return x.LostUnixNano
+	}
+	return 0
 }
 
 type CmdPutPlan struct {
@@ -576,22 +586,68 @@ func (x *CmdCommitCheckpoint) GetNowUnixNano() int64 {
 	return 0
 }
 
+type CmdDrainWorker struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	WorkerId      string                 `protobuf:"bytes,1,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CmdDrainWorker) Reset() {
+	*x = CmdDrainWorker{}
+	mi := &file_raftlog_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CmdDrainWorker) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CmdDrainWorker) ProtoMessage() {}
+
+func (x *CmdDrainWorker) ProtoReflect() protoreflect.Message {
+	mi := &file_raftlog_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CmdDrainWorker.ProtoReflect.Descriptor instead.
+func (*CmdDrainWorker) Descriptor() ([]byte, []int) {
+	return file_raftlog_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *CmdDrainWorker) GetWorkerId() string {
+	if x != nil {
+		return x.WorkerId
+	}
+	return ""
+}
+
 // SnapshotState is the whole FSM state.
 type SnapshotState struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	ClusterId     string                 `protobuf:"bytes,1,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
-	NextJob       uint64                 `protobuf:"varint,2,opt,name=next_job,json=nextJob,proto3" json:"next_job,omitempty"`
-	Jobs          []*Job                 `protobuf:"bytes,3,rep,name=jobs,proto3" json:"jobs,omitempty"`
-	Workers       []*Worker              `protobuf:"bytes,4,rep,name=workers,proto3" json:"workers,omitempty"`
-	Plans         []*Plan                `protobuf:"bytes,5,rep,name=plans,proto3" json:"plans,omitempty"`
-	Coordinators  []*CoordinatorMember   `protobuf:"bytes,6,rep,name=coordinators,proto3" json:"coordinators,omitempty"`
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	ClusterId    string                 `protobuf:"bytes,1,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
+	NextJob      uint64                 `protobuf:"varint,2,opt,name=next_job,json=nextJob,proto3" json:"next_job,omitempty"`
+	Jobs         []*Job                 `protobuf:"bytes,3,rep,name=jobs,proto3" json:"jobs,omitempty"`
+	Workers      []*Worker              `protobuf:"bytes,4,rep,name=workers,proto3" json:"workers,omitempty"`
+	Plans        []*Plan                `protobuf:"bytes,5,rep,name=plans,proto3" json:"plans,omitempty"`
+	Coordinators []*CoordinatorMember   `protobuf:"bytes,6,rep,name=coordinators,proto3" json:"coordinators,omitempty"`
+	// Workers whose lease expired, oldest first (bounded).
+	LostWorkers   []*Worker `protobuf:"bytes,7,rep,name=lost_workers,json=lostWorkers,proto3" json:"lost_workers,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SnapshotState) Reset() {
 	*x = SnapshotState{}
-	mi := &file_raftlog_proto_msgTypes[11]
+	mi := &file_raftlog_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -603,7 +659,7 @@ func (x *SnapshotState) String() string {
 func (*SnapshotState) ProtoMessage() {}
 
 func (x *SnapshotState) ProtoReflect() protoreflect.Message {
-	mi := &file_raftlog_proto_msgTypes[11]
+	mi := &file_raftlog_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -616,7 +672,7 @@ func (x *SnapshotState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotState.ProtoReflect.Descriptor instead.
 func (*SnapshotState) Descriptor() ([]byte, []int) {
-	return file_raftlog_proto_rawDescGZIP(), []int{11}
+	return file_raftlog_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *SnapshotState) GetClusterId() string {
@@ -661,6 +717,13 @@ func (x *SnapshotState) GetCoordinators() []*CoordinatorMember {
 	return nil
 }
 
+func (x *SnapshotState) GetLostWorkers() []*Worker {
+	if x != nil {
+		return x.LostWorkers
+	}
+	return nil
+}
+
 var File_raftlog_proto protoreflect.FileDescriptor
 
 const file_raftlog_proto_rawDesc = "" +
@@ -686,10 +749,11 @@ const file_raftlog_proto_rawDesc = "" +
 	"\x06worker\x18\x01 \x01(\v2\x0f.loom.v1.WorkerR\x06worker\"`\n" +
 	"\fCmdHeartbeat\x12\x1b\n" +
 	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x123\n" +
-	"\x16lease_expiry_unix_nano\x18\x02 \x01(\x03R\x13leaseExpiryUnixNano\"F\n" +
+	"\x16lease_expiry_unix_nano\x18\x02 \x01(\x03R\x13leaseExpiryUnixNano\"l\n" +
 	"\x0fCmdRemoveWorker\x12\x1b\n" +
 	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12\x16\n" +
-	"\x06reason\x18\x02 \x01(\tR\x06reason\"/\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\x12$\n" +
+	"\x0elost_unix_nano\x18\x03 \x01(\x03R\flostUnixNano\"/\n" +
 	"\n" +
 	"CmdPutPlan\x12!\n" +
 	"\x04plan\x18\x01 \x01(\v2\r.loom.v1.PlanR\x04plan\"\x9d\x01\n" +
@@ -701,7 +765,9 @@ const file_raftlog_proto_rawDesc = "" +
 	"\n" +
 	"checkpoint\x18\x01 \x01(\v2\x13.loom.v1.CheckpointR\n" +
 	"checkpoint\x12\"\n" +
-	"\rnow_unix_nano\x18\x02 \x01(\x03R\vnowUnixNano\"\xfb\x01\n" +
+	"\rnow_unix_nano\x18\x02 \x01(\x03R\vnowUnixNano\"-\n" +
+	"\x0eCmdDrainWorker\x12\x1b\n" +
+	"\tworker_id\x18\x01 \x01(\tR\bworkerId\"\xaf\x02\n" +
 	"\rSnapshotState\x12\x1d\n" +
 	"\n" +
 	"cluster_id\x18\x01 \x01(\tR\tclusterId\x12\x19\n" +
@@ -709,7 +775,8 @@ const file_raftlog_proto_rawDesc = "" +
 	"\x04jobs\x18\x03 \x03(\v2\f.loom.v1.JobR\x04jobs\x12)\n" +
 	"\aworkers\x18\x04 \x03(\v2\x0f.loom.v1.WorkerR\aworkers\x12#\n" +
 	"\x05plans\x18\x05 \x03(\v2\r.loom.v1.PlanR\x05plans\x12>\n" +
-	"\fcoordinators\x18\x06 \x03(\v2\x1a.loom.v1.CoordinatorMemberR\fcoordinatorsB#Z!github.com/loomtrain/loom/api;apib\x06proto3"
+	"\fcoordinators\x18\x06 \x03(\v2\x1a.loom.v1.CoordinatorMemberR\fcoordinators\x122\n" +
+	"\flost_workers\x18\a \x03(\v2\x0f.loom.v1.WorkerR\vlostWorkersB#Z!github.com/loomtrain/loom/api;apib\x06proto3"
 
 var (
 	file_raftlog_proto_rawDescOnce sync.Once
@@ -723,7 +790,7 @@ func file_raftlog_proto_rawDescGZIP() []byte {
 	return file_raftlog_proto_rawDescData
 }
 
-var file_raftlog_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_raftlog_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_raftlog_proto_goTypes = []any{
 	(*CmdInitCluster)(nil),        // 0: loom.v1.CmdInitCluster
 	(*CmdPutCoordinator)(nil),     // 1: loom.v1.CmdPutCoordinator
@@ -736,31 +803,33 @@ var file_raftlog_proto_goTypes = []any{
 	(*CmdPutPlan)(nil),            // 8: loom.v1.CmdPutPlan
 	(*CmdReportProgress)(nil),     // 9: loom.v1.CmdReportProgress
 	(*CmdCommitCheckpoint)(nil),   // 10: loom.v1.CmdCommitCheckpoint
-	(*SnapshotState)(nil),         // 11: loom.v1.SnapshotState
-	(*CoordinatorMember)(nil),     // 12: loom.v1.CoordinatorMember
-	(*JobSpec)(nil),               // 13: loom.v1.JobSpec
-	(*Worker)(nil),                // 14: loom.v1.Worker
-	(*Plan)(nil),                  // 15: loom.v1.Plan
-	(*ReportProgressRequest)(nil), // 16: loom.v1.ReportProgressRequest
-	(*Checkpoint)(nil),            // 17: loom.v1.Checkpoint
-	(*Job)(nil),                   // 18: loom.v1.Job
+	(*CmdDrainWorker)(nil),        // 11: loom.v1.CmdDrainWorker
+	(*SnapshotState)(nil),         // 12: loom.v1.SnapshotState
+	(*CoordinatorMember)(nil),     // 13: loom.v1.CoordinatorMember
+	(*JobSpec)(nil),               // 14: loom.v1.JobSpec
+	(*Worker)(nil),                // 15: loom.v1.Worker
+	(*Plan)(nil),                  // 16: loom.v1.Plan
+	(*ReportProgressRequest)(nil), // 17: loom.v1.ReportProgressRequest
+	(*Checkpoint)(nil),            // 18: loom.v1.Checkpoint
+	(*Job)(nil),                   // 19: loom.v1.Job
 }
 var file_raftlog_proto_depIdxs = []int32{
-	12, // 0: loom.v1.CmdPutCoordinator.member:type_name -> loom.v1.CoordinatorMember
-	13, // 1: loom.v1.CmdSubmitJob.spec:type_name -> loom.v1.JobSpec
-	14, // 2: loom.v1.CmdRegisterWorker.worker:type_name -> loom.v1.Worker
-	15, // 3: loom.v1.CmdPutPlan.plan:type_name -> loom.v1.Plan
-	16, // 4: loom.v1.CmdReportProgress.report:type_name -> loom.v1.ReportProgressRequest
-	17, // 5: loom.v1.CmdCommitCheckpoint.checkpoint:type_name -> loom.v1.Checkpoint
-	18, // 6: loom.v1.SnapshotState.jobs:type_name -> loom.v1.Job
-	14, // 7: loom.v1.SnapshotState.workers:type_name -> loom.v1.Worker
-	15, // 8: loom.v1.SnapshotState.plans:type_name -> loom.v1.Plan
-	12, // 9: loom.v1.SnapshotState.coordinators:type_name -> loom.v1.CoordinatorMember
-	10, // [10:10] is the sub-list for method output_type
-	10, // [10:10] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	13, // 0: loom.v1.CmdPutCoordinator.member:type_name -> loom.v1.CoordinatorMember
+	14, // 1: loom.v1.CmdSubmitJob.spec:type_name -> loom.v1.JobSpec
+	15, // 2: loom.v1.CmdRegisterWorker.worker:type_name -> loom.v1.Worker
+	16, // 3: loom.v1.CmdPutPlan.plan:type_name -> loom.v1.Plan
+	17, // 4: loom.v1.CmdReportProgress.report:type_name -> loom.v1.ReportProgressRequest
+	18, // 5: loom.v1.CmdCommitCheckpoint.checkpoint:type_name -> loom.v1.Checkpoint
+	19, // 6: loom.v1.SnapshotState.jobs:type_name -> loom.v1.Job
+	15, // 7: loom.v1.SnapshotState.workers:type_name -> loom.v1.Worker
+	16, // 8: loom.v1.SnapshotState.plans:type_name -> loom.v1.Plan
+	13, // 9: loom.v1.SnapshotState.coordinators:type_name -> loom.v1.CoordinatorMember
+	15, // 10: loom.v1.SnapshotState.lost_workers:type_name -> loom.v1.Worker
+	11, // [11:11] is the sub-list for method output_type
+	11, // [11:11] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_raftlog_proto_init() }
@@ -775,7 +844,7 @@ func file_raftlog_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_raftlog_proto_rawDesc), len(file_raftlog_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   12,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

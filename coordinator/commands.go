@@ -25,6 +25,7 @@ const (
 	CmdPutPlan           CmdType = 9
 	CmdReportProgress    CmdType = 10
 	CmdCommitCheckpoint  CmdType = 11
+	CmdDrainWorker       CmdType = 12
 )
 
 // cmdVersion is the payload encoding version written after the type byte.
@@ -47,6 +48,7 @@ var cmdTypes = map[CmdType]func() proto.Message{
 	CmdPutPlan:           func() proto.Message { return &api.CmdPutPlan{} },
 	CmdReportProgress:    func() proto.Message { return &api.CmdReportProgress{} },
 	CmdCommitCheckpoint:  func() proto.Message { return &api.CmdCommitCheckpoint{} },
+	CmdDrainWorker:       func() proto.Message { return &api.CmdDrainWorker{} },
 }
 
 // typeOf returns the command type of a payload message.
@@ -74,6 +76,8 @@ func typeOf(m proto.Message) (CmdType, error) {
 		return CmdReportProgress, nil
 	case *api.CmdCommitCheckpoint:
 		return CmdCommitCheckpoint, nil
+	case *api.CmdDrainWorker:
+		return CmdDrainWorker, nil
 	}
 	return 0, fmt.Errorf("%w: payload %T", ErrUnknownCommand, m)
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"slices"
 	"sync"
 
 	"github.com/hashicorp/raft"
@@ -106,6 +107,8 @@ func (f *FSM) Apply(l *raft.Log) any {
 		res = f.st.reportProgress(c)
 	case *api.CmdCommitCheckpoint:
 		res = f.st.commitCheckpoint(c)
+	case *api.CmdDrainWorker:
+		res = f.st.drainWorker(c)
 	default:
 		res = ApplyResult{Err: fmt.Errorf("%w: %s has no case in Apply", ErrUnknownCommand, t)}
 	}
@@ -242,6 +245,7 @@ func (s *state) registerWorker(c *api.CmdRegisterWorker) ApplyResult {
 		}
 	}
 	s.workers[w.GetId()] = proto.CloneOf(w)
+	s.forgetLost(w.GetId())
 	return ApplyResult{Msg: proto.CloneOf(w)}
 }
 
@@ -266,11 +270,39 @@ func (s *state) heartbeat(c *api.CmdHeartbeat) ApplyResult {
 }
 
 func (s *state) removeWorker(c *api.CmdRemoveWorker) ApplyResult {
-	if _, ok := s.workers[c.GetWorkerId()]; !ok {
+	w, ok := s.workers[c.GetWorkerId()]
+	if !ok {
 		return ApplyResult{Err: fmt.Errorf("%w: %q", ErrUnknownWorker, c.GetWorkerId())}
 	}
 	delete(s.workers, c.GetWorkerId())
+	if at := c.GetLostUnixNano(); at != 0 {
+		w.LostUnixNano = at
+		s.forgetLost(w.GetId())
+		s.lost = append(s.lost, w)
+		if len(s.lost) > maxLost {
+			s.lost = s.lost[len(s.lost)-maxLost:]
+		}
+	}
 	return ApplyResult{}
+}
+
+// maxLost bounds the list of workers whose lease expired.
+const maxLost = 64
+
+// forgetLost drops id from the lost list (it registered again).
+func (s *state) forgetLost(id string) {
+	s.lost = slices.DeleteFunc(s.lost, func(w *api.Worker) bool { return w.GetId() == id })
+}
+
+// drainWorker marks a worker draining: the planner leaves it out from now
+// on. Draining a draining worker is a no-op.
+func (s *state) drainWorker(c *api.CmdDrainWorker) ApplyResult {
+	w, ok := s.workers[c.GetWorkerId()]
+	if !ok {
+		return ApplyResult{Err: fmt.Errorf("%w: %q (not registered, or its lease expired)", ErrUnknownWorker, c.GetWorkerId())}
+	}
+	w.Draining = true
+	return ApplyResult{Msg: proto.CloneOf(w)}
 }
 
 func (s *state) putPlan(c *api.CmdPutPlan) ApplyResult {

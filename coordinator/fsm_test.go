@@ -3,7 +3,9 @@ package coordinator
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
+	"slices"
 	"testing"
 	"time"
 
@@ -42,7 +44,9 @@ func everyCommand() []proto.Message {
 		&api.CmdRegisterWorker{Worker: &api.Worker{Id: "w2", Profile: prof("127.0.0.1:9002"), JobId: "job-0001", LeaseExpiryUnixNano: 1000}},
 		&api.CmdRegisterWorker{Worker: &api.Worker{Id: "w3", Profile: prof("127.0.0.1:9003"), LeaseExpiryUnixNano: 1000}},
 		&api.CmdHeartbeat{WorkerId: "w1", LeaseExpiryUnixNano: 5000},
-		&api.CmdRemoveWorker{WorkerId: "w3", Reason: "lease expired"},
+		&api.CmdRemoveWorker{WorkerId: "w3", Reason: "lease expired", LostUnixNano: 4000},
+		&api.CmdRegisterWorker{Worker: &api.Worker{Id: "w4", Profile: prof("127.0.0.1:9004"), LeaseExpiryUnixNano: 1000}},
+		&api.CmdDrainWorker{WorkerId: "w4"},
 		&api.CmdPutPlan{Plan: &api.Plan{JobId: "job-0001", Generation: 1, PipelineStages: 1, Replicas: 2, GlobalBatch: 64, Ranks: []*api.Rank{
 			{Rank: 0, WorkerId: "w1", CollectiveAddr: "127.0.0.1:9001", BatchShare: 40},
 			{Rank: 1, WorkerId: "w2", CollectiveAddr: "127.0.0.1:9002", BatchShare: 24, Replica: 1},
@@ -69,7 +73,8 @@ func TestSnapshotRestoreEveryCommand(t *testing.T) {
 	}
 	want := f.State()
 	// The state reflects every command.
-	if want.ClusterId != "c1" || len(want.Coordinators) != 1 || len(want.Jobs) != 2 || len(want.Workers) != 2 || len(want.Plans) != 1 {
+	if want.ClusterId != "c1" || len(want.Coordinators) != 1 || len(want.Jobs) != 2 || len(want.Workers) != 3 || len(want.Plans) != 1 ||
+		len(want.LostWorkers) != 1 || want.LostWorkers[0].LostUnixNano != 4000 {
 		t.Fatalf("unexpected state %v", want)
 	}
 	j, _ := f.Job("job-0001")
@@ -78,6 +83,9 @@ func TestSnapshotRestoreEveryCommand(t *testing.T) {
 	}
 	if w, _ := f.Worker("w1"); w.LeaseExpiryUnixNano != 5000 || w.SamplesPerSecond != 400 {
 		t.Fatalf("worker after log: %v", w)
+	}
+	if w, _ := f.Worker("w4"); !w.Draining {
+		t.Fatalf("w4 not draining: %v", w)
 	}
 	if j2, _ := f.Job("job-0002"); j2.State != api.JobState_JOB_STATE_CANCELLED {
 		t.Fatalf("job-0002 not cancelled: %v", j2)
@@ -139,6 +147,7 @@ func TestApplyRefusals(t *testing.T) {
 		{&api.CmdRegisterWorker{Worker: &api.Worker{Id: "w9", JobId: "job-0002"}}, ErrJobCancelled},
 		{&api.CmdHeartbeat{WorkerId: "w3"}, ErrUnknownWorker},
 		{&api.CmdRemoveWorker{WorkerId: "nobody"}, ErrUnknownWorker},
+		{&api.CmdDrainWorker{WorkerId: "w3"}, ErrUnknownWorker},
 		{&api.CmdPutPlan{Plan: &api.Plan{JobId: "job-0001", Generation: 1}}, ErrStaleGeneration},
 		{&api.CmdPutPlan{Plan: &api.Plan{JobId: "job-0001", Generation: 3}}, ErrStaleGeneration},
 		{&api.CmdPutPlan{Plan: &api.Plan{JobId: "job-0001", Generation: 2, Ranks: []*api.Rank{{WorkerId: "w3"}}}}, ErrUnknownWorker},
@@ -232,6 +241,65 @@ func TestJobCompletion(t *testing.T) {
 	}
 	if len(desiredPlans(f.State(), 0.2)) != 0 {
 		t.Fatal("planner plans for an ended job")
+	}
+}
+
+// TestDrainAndLostWorkers: a draining worker is left out of every plan; a
+// worker whose lease expired is listed as lost (a bounded list) until it
+// registers again.
+func TestDrainAndLostWorkers(t *testing.T) {
+	f := NewFSM(zap.NewNop())
+	idx := uint64(0)
+	apply := func(m proto.Message) ApplyResult {
+		t.Helper()
+		idx++
+		r := applyAt(t, f, idx, m)
+		if r.Err != nil {
+			t.Fatalf("%T: %v", m, r.Err)
+		}
+		return r
+	}
+	apply(&api.CmdSubmitJob{Spec: &api.JobSpec{Name: "j", GlobalBatch: 90}})
+	for i := range 3 {
+		apply(&api.CmdRegisterWorker{Worker: &api.Worker{Id: fmt.Sprintf("w%d", i),
+			Profile: &api.DeviceProfile{CollectiveAddr: fmt.Sprintf("127.0.0.1:%d", 9000+i), Gflops: map[string]float64{"f32": 10}}}})
+	}
+	ranksOf := func() []string {
+		t.Helper()
+		ps := desiredPlans(f.State(), 0)
+		if len(ps) != 1 {
+			t.Fatalf("want one new plan, got %v", ps)
+		}
+		apply(&api.CmdPutPlan{Plan: ps[0]})
+		var ids []string
+		for _, r := range ps[0].GetRanks() {
+			ids = append(ids, r.GetWorkerId())
+		}
+		return ids
+	}
+	if got := ranksOf(); len(got) != 3 {
+		t.Fatalf("ranks %v", got)
+	}
+	apply(&api.CmdDrainWorker{WorkerId: "w1"})
+	if got := ranksOf(); !slices.Equal(got, []string{"w0", "w2"}) {
+		t.Fatalf("ranks after draining w1: %v", got)
+	}
+	apply(&api.CmdRemoveWorker{WorkerId: "w1", Reason: "deregistered"})
+	if len(f.LostWorkers()) != 0 {
+		t.Fatal("a deregistered worker is listed as lost")
+	}
+	for i := range maxLost + 5 {
+		id := fmt.Sprintf("x%d", i)
+		apply(&api.CmdRegisterWorker{Worker: &api.Worker{Id: id, Profile: &api.DeviceProfile{CollectiveAddr: "127.0.0.1:1"}}})
+		apply(&api.CmdRemoveWorker{WorkerId: id, Reason: "lease expired", LostUnixNano: int64(i + 1)})
+	}
+	lost := f.LostWorkers()
+	if len(lost) != maxLost || lost[0].GetId() != "x5" || lost[len(lost)-1].GetLostUnixNano() != maxLost+5 {
+		t.Fatalf("lost list: %d entries, first %v", len(lost), lost[0])
+	}
+	apply(&api.CmdRegisterWorker{Worker: &api.Worker{Id: "x9", Profile: &api.DeviceProfile{CollectiveAddr: "127.0.0.1:2"}}})
+	if slices.ContainsFunc(f.LostWorkers(), func(w *api.Worker) bool { return w.GetId() == "x9" }) {
+		t.Fatal("a worker that registered again is still listed as lost")
 	}
 }
 

@@ -133,7 +133,7 @@ func (s *Server) expireLeases(ctx context.Context) {
 			if now.Before(exp) {
 				continue
 			}
-			_, _, err := s.apply(ctx, &api.CmdRemoveWorker{WorkerId: w.GetId(), Reason: "lease expired"})
+			_, _, err := s.apply(ctx, &api.CmdRemoveWorker{WorkerId: w.GetId(), Reason: "lease expired", LostUnixNano: now.UnixNano()})
 			if ctx.Err() != nil {
 				return
 			}

@@ -84,6 +84,9 @@ func desiredPlans(st *api.SnapshotState, tolerance float64) []*api.Plan {
 	var pool []*api.Worker
 	pinned := map[string][]*api.Worker{}
 	for _, w := range st.GetWorkers() {
+		if w.GetDraining() {
+			continue // on its way out
+		}
 		if w.GetJobId() == "" {
 			pool = append(pool, w)
 		} else {

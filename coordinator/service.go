@@ -115,7 +115,7 @@ func (v *service) Heartbeat(ctx context.Context, req *api.HeartbeatRequest) (*ap
 		return nil, err
 	}
 	w := m.(*api.Worker)
-	return &api.HeartbeatResponse{LeaseExpiryUnixNano: w.GetLeaseExpiryUnixNano(), Generation: v.s.generationOf(w)}, nil
+	return &api.HeartbeatResponse{LeaseExpiryUnixNano: w.GetLeaseExpiryUnixNano(), Generation: v.s.generationOf(w), Draining: w.GetDraining()}, nil
 }
 
 // generationOf returns the current generation of the job whose plan names
@@ -144,7 +144,15 @@ func (v *service) DeregisterWorker(ctx context.Context, req *api.DeregisterWorke
 }
 
 func (v *service) ListWorkers(context.Context, *api.ListWorkersRequest) (*api.ListWorkersResponse, error) {
-	return &api.ListWorkersResponse{Workers: v.s.fsm.Workers()}, nil
+	return &api.ListWorkersResponse{Workers: v.s.fsm.Workers(), Lost: v.s.fsm.LostWorkers()}, nil
+}
+
+func (v *service) DrainWorker(ctx context.Context, req *api.DrainWorkerRequest) (*api.DrainWorkerResponse, error) {
+	m, _, err := v.s.apply(ctx, &api.CmdDrainWorker{WorkerId: req.GetWorkerId()})
+	if err != nil {
+		return nil, err
+	}
+	return &api.DrainWorkerResponse{Worker: m.(*api.Worker)}, nil
 }
 
 // WatchPlan sends the job's current plan (if newer than after_generation)

@@ -18,6 +18,7 @@ type state struct {
 	workers      map[string]*api.Worker
 	plans        map[string]*api.Plan // by job id
 	coordinators map[string]*api.CoordinatorMember
+	lost         []*api.Worker // lease expired, oldest first, at most maxLost
 }
 
 func newState() state {
@@ -44,6 +45,9 @@ func (s *state) toProto() *api.SnapshotState {
 	for _, k := range sortedKeys(s.coordinators) {
 		out.Coordinators = append(out.Coordinators, proto.CloneOf(s.coordinators[k]))
 	}
+	for _, w := range s.lost {
+		out.LostWorkers = append(out.LostWorkers, proto.CloneOf(w))
+	}
 	return out
 }
 
@@ -63,6 +67,7 @@ func stateFromProto(p *api.SnapshotState) state {
 	for _, c := range p.GetCoordinators() {
 		s.coordinators[c.GetId()] = c
 	}
+	s.lost = p.GetLostWorkers()
 	return s
 }
 
@@ -115,6 +120,18 @@ func (f *FSM) Worker(id string) (*api.Worker, bool) {
 		return nil, false
 	}
 	return proto.CloneOf(w), true
+}
+
+// LostWorkers returns copies of the workers whose lease expired recently,
+// oldest first.
+func (f *FSM) LostWorkers() []*api.Worker {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	out := make([]*api.Worker, 0, len(f.st.lost))
+	for _, w := range f.st.lost {
+		out = append(out, proto.CloneOf(w))
+	}
+	return out
 }
 
 // Workers returns copies of every registered worker, sorted by id.

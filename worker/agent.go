@@ -8,6 +8,7 @@ import (
 	"math"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -80,6 +81,16 @@ type Agent struct {
 	planCh  chan struct{} // closed (and replaced) when newest changes
 	jobDone chan struct{} // closed when the plan stream ends (job over)
 
+	// draining is set once a heartbeat reports the worker drained;
+	// drainCh is closed then.
+	draining  atomic.Bool
+	drainCh   chan struct{}
+	drainOnce sync.Once
+
+	// stepNanos is the duration of the last completed step (see
+	// generationContext).
+	stepNanos atomic.Int64
+
 	// Training throughput as this worker saw it: global samples of the
 	// steps it completed, from the start of its first to the end of its last.
 	firstStep, lastStep time.Time
@@ -87,13 +98,13 @@ type Agent struct {
 }
 
 // RunAgent runs a worker until its job completes (nil), the job is
-// cancelled (ErrJobCancelled), or ctx ends (ctx.Err()). It deregisters on
-// the way out.
+// cancelled (ErrJobCancelled), the worker is drained and out of the plan
+// (ErrDrained), or ctx ends (ctx.Err()). It deregisters on the way out.
 func RunAgent(ctx context.Context, cfg AgentConfig) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
-	a := &Agent{cfg: cfg, log: cfg.Logger, planCh: make(chan struct{}), jobDone: make(chan struct{})}
+	a := &Agent{cfg: cfg, log: cfg.Logger, planCh: make(chan struct{}), jobDone: make(chan struct{}), drainCh: make(chan struct{})}
 	if a.log == nil {
 		a.log = zap.NewNop()
 	}
@@ -208,6 +219,10 @@ func (a *Agent) deregister() {
 
 // ErrJobCancelled is returned when the job was cancelled while running.
 var ErrJobCancelled = errors.New("job cancelled")
+
+// ErrDrained is returned when the worker was drained (loom workers drain)
+// and its job has moved on to a plan without it, at a step boundary.
+var ErrDrained = errors.New("worker drained")
 
 // train follows plan generations until the job's last step.
 func (a *Agent) train(ctx context.Context, tr *Trainer, ck *Checkpointer, hasState bool, ln *net.Listener, compress collective.Compression, rep *reporter) error {
@@ -324,6 +339,7 @@ func (a *Agent) runSteps(ctx context.Context, tr *Trainer, gen *generation, ck *
 		if err != nil {
 			return err
 		}
+		a.stepNanos.Store(int64(time.Since(start)))
 		if a.firstStep.IsZero() {
 			a.firstStep = start
 		}
@@ -363,10 +379,15 @@ func (a *Agent) commitCheckpoint(info checkpoint.Info) {
 	a.log.Info("checkpoint recorded", zap.String("path", info.Path), zap.Int("step", info.Step))
 }
 
-// nextPlan waits for a plan of a generation after current.
+// nextPlan waits for a plan of a generation after current. A draining
+// worker that the newest plan leaves out gets ErrDrained instead.
 func (a *Agent) nextPlan(ctx context.Context, current int64) (*api.Plan, error) {
+	drain := a.drainCh
 	for {
 		p, changed := a.latestPlan()
+		if a.draining.Load() && !hasRank(p, a.cfg.ID) {
+			return nil, ErrDrained
+		}
 		if p != nil && p.GetGeneration() > current {
 			return p, nil
 		}
@@ -376,8 +397,20 @@ func (a *Agent) nextPlan(ctx context.Context, current int64) (*api.Plan, error) 
 		case <-a.jobDone:
 			return nil, ErrJobCancelled
 		case <-changed:
+		case <-drain:
+			drain = nil // still in the plan: wait for the one without it
 		}
 	}
+}
+
+// hasRank reports whether plan p gives worker id a rank.
+func hasRank(p *api.Plan, id string) bool {
+	for _, r := range p.GetRanks() {
+		if r.GetWorkerId() == id {
+			return true
+		}
+	}
+	return false
 }
 
 // retryWait is how long a rank whose generation failed waits for a newer
@@ -411,25 +444,27 @@ func (a *Agent) newerPlan(gen int64) bool {
 	return p != nil && p.GetGeneration() > gen
 }
 
-// switchGrace is how long work in a generation may go on after a newer
-// plan arrived: enough for the step in flight to finish (ranks then switch
-// together by vote), short enough that a rank blocked on a dead peer gives
-// up quickly.
+// switchGrace is the least time work in a generation may go on after a
+// newer plan arrived: enough for the step in flight and the next to finish
+// (ranks switch together, by vote, after the next), short enough that a
+// rank blocked on a dead peer gives up quickly. Slow steps get three step
+// times instead.
 const switchGrace = 500 * time.Millisecond
 
 // generationContext returns a context for work in generation gen that is
-// cancelled switchGrace after a newer plan arrives: connecting to a dead
-// peer, or an all-reduce with one, then gives up instead of waiting for a
-// timeout.
+// cancelled a grace period (switchGrace, or three times the last step if
+// longer) after a newer plan arrives: connecting to a dead peer, or an
+// all-reduce with one, then gives up instead of waiting for a timeout.
 func (a *Agent) generationContext(ctx context.Context, gen int64) (context.Context, context.CancelFunc) {
 	gctx, cancel := context.WithCancel(ctx)
 	go func() {
 		for {
 			p, changed := a.latestPlan()
 			if p != nil && p.GetGeneration() > gen {
+				grace := max(switchGrace, 3*time.Duration(a.stepNanos.Load()))
 				select {
 				case <-gctx.Done():
-				case <-time.After(switchGrace):
+				case <-time.After(grace):
 					cancel()
 				}
 				return
@@ -498,9 +533,16 @@ func (a *Agent) heartbeat(ctx context.Context, every time.Duration, profile *api
 			return
 		case <-t.C:
 		}
-		_, err := a.call(ctx, func(c context.Context) (any, error) {
+		r, err := a.call(ctx, func(c context.Context) (any, error) {
 			return a.client.Heartbeat(c, &api.HeartbeatRequest{WorkerId: a.cfg.ID})
 		})
+		if err == nil && r.(*api.HeartbeatResponse).GetDraining() {
+			a.drainOnce.Do(func() {
+				a.log.Info("draining: leaving at the next step boundary")
+				a.draining.Store(true)
+				close(a.drainCh)
+			})
+		}
 		if api.ReasonOf(err) == api.ReasonUnknownWorker {
 			a.log.Warn("lease lost; registering again")
 			_, err = a.call(ctx, func(c context.Context) (any, error) {

@@ -159,9 +159,12 @@ func (g *generation) syncState(ctx context.Context, t *Trainer, hasState bool) (
 	if err := g.comm.Broadcast(ctx, src, collective.F32(meta)); err != nil {
 		return -1, fmt.Errorf("broadcast state from rank %d: %w", src, err)
 	}
-	for _, buf := range t.Tensors() {
+	for i, buf := range t.Tensors() {
 		if err := g.comm.Broadcast(ctx, src, collective.F32(buf)); err != nil {
 			return -1, fmt.Errorf("broadcast state from rank %d: %w", src, err)
+		}
+		if i == 0 && steps[g.rank] < 0 {
+			failpoint("state-transfer")
 		}
 	}
 	st, err := decodeState(meta)

@@ -90,6 +90,44 @@ func TestStatusAndWorkersCommands(t *testing.T) {
 	if err != nil || !strings.Contains(out, "coord-0  leader") {
 		t.Fatalf("coordinator members: %v\n%s", err, out)
 	}
+	// Drain: unknown ids are refused; the drained worker shows as draining
+	// and the next plan leaves it out; once its lease expires it is lost.
+	if out, err := runLoom(t, "workers", "drain", "nobody", "--coordinator", s.Addr(), "--wait", "0"); err == nil || !strings.Contains(err.Error(), "nobody") {
+		t.Fatalf("drain of an unknown worker: %v\n%s", err, out)
+	}
+	out, err = runLoom(t, "workers", "drain", "cpu-w1", "--coordinator", s.Addr(), "--wait", "0")
+	if err != nil || !strings.Contains(out, "cpu-w1 is draining") {
+		t.Fatalf("drain: %v\n%s", err, out)
+	}
+	if out, _ := runLoom(t, "workers", "--coordinator", s.Addr()); !strings.Contains(out, "draining") {
+		t.Errorf("workers output lacks the draining state:\n%s", out)
+	}
+	for { // the plan without it
+		r, err := c.GetJob(ctx, &api.GetJobRequest{JobId: sub.Job.Id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(r.Plan.GetRanks()) == 0 {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for { // no heartbeats: the lease expires
+		out, err = runLoom(t, "workers", "--coordinator", s.Addr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(out, "lost") {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("worker never shown lost:\n%s", out)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if !strings.Contains(out, "cpu-w1") || !strings.Contains(out, "ago") {
+		t.Errorf("lost worker row:\n%s", out)
+	}
 }
 
 func TestCoordinatorCommandsRefuseBadInput(t *testing.T) {

@@ -6,6 +6,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -24,6 +25,170 @@ import (
 
 var submittedRE = regexp.MustCompile(`submitted\s+\{"job": "([^"]+)", "coordinator": \["([^"]+)"\]`)
 
+// elasticDevice keeps a job long enough to join, drain and kill in its
+// middle.
+const elasticDevice = "cpu:threads=1,slowdown=3"
+
+// elasticRun is a job started by loom launch with two local workers, which
+// a test then changes from outside: workers join, die, drain.
+type elasticRun struct {
+	t        *testing.T
+	dir      string
+	ledger   string // the sample ledger directory
+	steps    int
+	launcher *exec.Cmd
+	stdout   strings.Builder
+	mu       sync.Mutex
+	logText  strings.Builder // the launcher's stderr (with its workers' logs)
+	jobID    string
+	addr     string
+	client   api.CoordinatorClient
+}
+
+func startElastic(t *testing.T, steps int) *elasticRun {
+	t.Helper()
+	r := &elasticRun{t: t, dir: t.TempDir(), steps: steps}
+	r.ledger = filepath.Join(r.dir, "ledger")
+	job := writeJob(t, fmt.Sprintf(`name: elastic
+seed: 5
+model: {kind: mlp, layers: [784, 512, 256, 10]}
+train: {epochs: 1, global_batch: 256}
+optimizer: {kind: adamw, lr: 0.002}
+checkpoint: {dir: %s}
+`, filepath.Join(r.dir, "ckpt")))
+	r.launcher = loomCmd(t, "launch", job, "--workers", "2", "--device", elasticDevice, "--max-steps", fmt.Sprint(steps),
+		"--json", "--sample-ledger", r.ledger)
+	stderr, _ := r.launcher.StderrPipe()
+	r.launcher.Stdout = &r.stdout
+	if err := r.launcher.Start(); err != nil {
+		t.Fatal(err)
+	}
+	found := make(chan [2]string, 1)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			r.mu.Lock()
+			r.logText.WriteString(sc.Text() + "\n")
+			r.mu.Unlock()
+			if m := submittedRE.FindStringSubmatch(sc.Text()); m != nil {
+				found <- [2]string{m[1], m[2]}
+			}
+		}
+	}()
+	select {
+	case m := <-found:
+		r.jobID, r.addr = m[0], m[1]
+	case <-time.After(time.Minute):
+		t.Fatal("launcher did not report the submitted job")
+	}
+	r.client = api.NewCoordinatorClient(mustDial(t, r.addr))
+	return r
+}
+
+func (r *elasticRun) log() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.logText.String()
+}
+
+// waitStep waits until the job has reported step.
+func (r *elasticRun) waitStep(step int64) {
+	r.t.Helper()
+	deadline := time.Now().Add(2 * time.Minute)
+	for time.Now().Before(deadline) {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		resp, err := r.client.GetJob(ctx, &api.GetJobRequest{JobId: r.jobID})
+		cancel()
+		if err == nil && resp.GetJob().GetStep() >= step {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	r.t.Fatalf("job did not reach step %d", step)
+}
+
+// join starts worker id for the job, with extra environment variables.
+func (r *elasticRun) join(id string, env ...string) *proc {
+	r.t.Helper()
+	c := loomCmd(r.t, "worker", "--coordinator", r.addr, "--job", r.jobID, "--id", id, "--device", elasticDevice,
+		"--log-level", "info", "--sample-ledger", filepath.Join(r.ledger, id+".jsonl"))
+	c.Env = append(c.Env, env...)
+	p := &proc{cmd: c, stderr: &strings.Builder{}, done: make(chan error, 1)}
+	c.Stderr = p.stderr
+	if err := c.Start(); err != nil {
+		r.t.Fatal(err)
+	}
+	go func() { p.done <- c.Wait() }()
+	return p
+}
+
+// waitTrained waits until each worker's ledger has a step.
+func (r *elasticRun) waitTrained(ps map[string]*proc) {
+	r.t.Helper()
+	deadline := time.Now().Add(2 * time.Minute)
+	for id := range ps {
+		for !hasLedger(filepath.Join(r.ledger, id+".jsonl")) {
+			if time.Now().After(deadline) {
+				r.t.Fatalf("worker %s trained no step\nlauncher:\n%s\n%s:\n%s", id, r.log(), id, ps[id].stderr)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+}
+
+// finish waits for the launcher and checks the summary and that every
+// sample was used exactly once.
+func (r *elasticRun) finish() {
+	r.t.Helper()
+	if err := r.launcher.Wait(); err != nil {
+		r.t.Fatalf("launcher: %v\n%s", err, r.log())
+	}
+	var s struct {
+		Status       string  `json:"status"`
+		Steps        int     `json:"steps"`
+		TestAccuracy float64 `json:"test_accuracy"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout.String()), &s); err != nil || s.Status != "completed" || s.Steps != r.steps || s.TestAccuracy < 0.9 {
+		r.t.Fatalf("summary %q (%v)\n%s", r.stdout.String(), err, r.log())
+	}
+	assertExactlyOnce(r.t, readLedgers(r.t, r.ledger), r.steps, 256, 5)
+}
+
+// firstStepAfter is when the first step after step completed, later than t.
+func (r *elasticRun) firstStepAfter(step int, t time.Time) time.Duration {
+	var first int64
+	for _, e := range readLedgers(r.t, r.ledger) {
+		if e.Step > step && e.UnixNano > t.UnixNano() && (first == 0 || e.UnixNano < first) {
+			first = e.UnixNano
+		}
+	}
+	if first == 0 {
+		return -1
+	}
+	return time.Duration(first - t.UnixNano())
+}
+
+// lastStep is the last step in worker id's ledger.
+func (r *elasticRun) lastStep(id string) int {
+	last := 0
+	for _, e := range readLedgers(r.t, filepath.Join(r.ledger, id)) {
+		last = max(last, e.Step)
+	}
+	return last
+}
+
+// waitExit waits for p to exit.
+func waitExit(t *testing.T, p *proc, id string, within time.Duration) error {
+	t.Helper()
+	select {
+	case err := <-p.done:
+		return err
+	case <-time.After(within):
+		t.Fatalf("worker %s did not exit within %v\n%s", id, within, p.stderr)
+		return nil
+	}
+}
+
 // Elastic membership, end to end: 2 workers start the job, 2 more join
 // early (state from a live peer, no restart), one of them is SIGKILLed once
 // both have trained, and the job completes with every sample of the epoch used
@@ -31,116 +196,21 @@ var submittedRE = regexp.MustCompile(`submitted\s+\{"job": "([^"]+)", "coordinat
 // It is timing-sensitive (the job must outlast a worker's start), so it runs
 // in make integ, without the race detector's slowdown.
 func TestElasticJoinAndKill(t *testing.T) {
-	dir := t.TempDir()
-	ledger := filepath.Join(dir, "ledger")
-	job := writeJob(t, fmt.Sprintf(`name: elastic
-seed: 5
-model: {kind: mlp, layers: [784, 512, 256, 10]}
-train: {epochs: 1, global_batch: 256}
-optimizer: {kind: adamw, lr: 0.002}
-checkpoint: {dir: %s}
-`, filepath.Join(dir, "ckpt")))
-	// slowdown=3 keeps the job long enough to join and kill in its middle.
-	const dev = "cpu:threads=1,slowdown=3"
-	launcher := loomCmd(t, "launch", job, "--workers", "2", "--device", dev, "--max-steps", "230",
-		"--json", "--sample-ledger", ledger)
-	stderr, _ := launcher.StderrPipe()
-	var stdout strings.Builder
-	launcher.Stdout = &stdout
-	if err := launcher.Start(); err != nil {
-		t.Fatal(err)
-	}
-	var mu sync.Mutex
-	var logText strings.Builder
-	found := make(chan [2]string, 1)
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-			mu.Lock()
-			logText.WriteString(sc.Text() + "\n")
-			mu.Unlock()
-			if m := submittedRE.FindStringSubmatch(sc.Text()); m != nil {
-				found <- [2]string{m[1], m[2]}
-			}
-		}
-	}()
-	var jobID, addr string
-	select {
-	case m := <-found:
-		jobID, addr = m[0], m[1]
-	case <-time.After(time.Minute):
-		t.Fatal("launcher did not report the submitted job")
-	}
-	client := api.NewCoordinatorClient(mustDial(t, addr))
-	waitStep := func(step int64) {
-		t.Helper()
-		deadline := time.Now().Add(2 * time.Minute)
-		for time.Now().Before(deadline) {
-			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-			r, err := client.GetJob(ctx, &api.GetJobRequest{JobId: jobID})
-			cancel()
-			if err == nil && r.GetJob().GetStep() >= step {
-				return
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-		t.Fatalf("job did not reach step %d", step)
-	}
-
-	waitStep(20)
+	r := startElastic(t, 230)
+	r.waitStep(20)
 	joinAt := time.Now()
-	extra := make([]*proc, 2)
-	for i := range extra {
-		id := fmt.Sprintf("x%d", i)
-		c := loomCmd(t, "worker", "--coordinator", addr, "--job", jobID, "--id", id, "--device", dev,
-			"--log-level", "warn", "--sample-ledger", filepath.Join(ledger, id+".jsonl"))
-		var errBuf strings.Builder
-		c.Stderr = &errBuf
-		if err := c.Start(); err != nil {
-			t.Fatal(err)
-		}
-		extra[i] = &proc{cmd: c, stderr: &errBuf, done: make(chan error, 1)}
-		go func(e *proc) { e.done <- e.cmd.Wait() }(extra[i])
-	}
-	// Kill x1 once both joiners have trained a step.
-	deadline := time.Now().Add(2 * time.Minute)
-	for !hasLedger(filepath.Join(ledger, "x0.jsonl")) || !hasLedger(filepath.Join(ledger, "x1.jsonl")) {
-		if time.Now().After(deadline) {
-			mu.Lock()
-			defer mu.Unlock()
-			t.Fatalf("the joined workers trained no step\nlauncher:\n%s\nx0:\n%s\nx1:\n%s", logText.String(), extra[0].stderr, extra[1].stderr)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	x0, x1 := r.join("x0"), r.join("x1")
+	r.waitTrained(map[string]*proc{"x0": x0, "x1": x1})
 	killAt := time.Now()
-	_ = syscall.Kill(extra[1].cmd.Process.Pid, syscall.SIGKILL)
+	_ = syscall.Kill(x1.cmd.Process.Pid, syscall.SIGKILL)
 
-	if err := launcher.Wait(); err != nil {
-		mu.Lock()
-		defer mu.Unlock()
-		t.Fatalf("launcher: %v\n%s", err, logText.String())
+	r.finish()
+	// The surviving joiner ran to the end: it was never restarted.
+	if err := waitExit(t, x0, "x0", time.Minute); err != nil {
+		t.Fatalf("joined worker x0 exited with %v\n%s", err, x0.stderr)
 	}
-	var s struct {
-		Status       string  `json:"status"`
-		Steps        int     `json:"steps"`
-		TestAccuracy float64 `json:"test_accuracy"`
-	}
-	if err := json.Unmarshal([]byte(stdout.String()), &s); err != nil || s.Status != "completed" || s.Steps != 230 || s.TestAccuracy < 0.9 {
-		t.Fatalf("summary %q (%v)", stdout.String(), err)
-	}
-	select { // the surviving joiner ran to the end: it was never restarted
-	case err := <-extra[0].done:
-		if err != nil {
-			t.Fatalf("joined worker x0 exited with %v\n%s", err, extra[0].stderr)
-		}
-	case <-time.After(time.Minute):
-		t.Fatal("joined worker x0 did not finish with the job")
-	}
-
-	entries := readLedgers(t, ledger)
-	assertExactlyOnce(t, entries, 230, 256, 5)
-	var firstJoined, firstAfterKill int64
-	for _, e := range readLedgers(t, filepath.Join(ledger, "x0")) {
+	var firstJoined int64
+	for _, e := range readLedgers(t, filepath.Join(r.ledger, "x0")) {
 		if firstJoined == 0 || e.UnixNano < firstJoined {
 			firstJoined = e.UnixNano
 		}
@@ -148,24 +218,81 @@ checkpoint: {dir: %s}
 	// Recovery: the first step completed without the killed worker (after
 	// the last step it completed, which its peers may finish just after
 	// the kill).
-	lastKilled := 0
-	for _, e := range readLedgers(t, filepath.Join(ledger, "x1")) {
-		lastKilled = max(lastKilled, e.Step)
-	}
-	for _, e := range entries {
-		if e.Step > lastKilled && e.UnixNano > killAt.UnixNano() && (firstAfterKill == 0 || e.UnixNano < firstAfterKill) {
-			firstAfterKill = e.UnixNano
-		}
-	}
-	mu.Lock()
-	abandoned := strings.Count(logText.String(), "step abandoned") + strings.Count(extra[0].stderr.String(), "step abandoned")
-	mu.Unlock()
+	recovery := r.firstStepAfter(r.lastStep("x1"), killAt)
+	abandoned := strings.Count(r.log(), "step abandoned") + strings.Count(x0.stderr.String(), "step abandoned")
 	joinLatency := time.Duration(firstJoined - joinAt.UnixNano())
-	recovery := time.Duration(firstAfterKill - killAt.UnixNano())
 	t.Logf("join: first trained step %v after the worker started; SIGKILL: next completed step after %v; %d step attempts abandoned by survivors",
 		joinLatency.Round(time.Millisecond), recovery.Round(time.Millisecond), abandoned)
-	if firstJoined == 0 || firstAfterKill == 0 || joinLatency > 30*time.Second || recovery > 30*time.Second {
+	if firstJoined == 0 || recovery < 0 || joinLatency > 30*time.Second || recovery > 30*time.Second {
 		t.Fatalf("join %v, recovery %v: the job stalled", joinLatency, recovery)
+	}
+}
+
+// A worker that joins and dies while it receives its state (the
+// state-transfer failpoint SIGKILLs it after the weights, before the
+// optimizer state) does not stall the others: they give up on the
+// generation, its lease expires, and they go on without it, from their own
+// state, losing no sample.
+func TestJoinerDiesDuringStateTransfer(t *testing.T) {
+	r := startElastic(t, 150)
+	r.waitStep(20)
+	x0 := r.join("x0", "LOOM_FAILPOINTS=state-transfer")
+	err := waitExit(t, x0, "x0", time.Minute)
+	diedAt := time.Now()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
+		t.Fatalf("x0 should have been killed at the failpoint, exited with %v\n%s", err, x0.stderr)
+	}
+	if hasLedger(filepath.Join(r.ledger, "x0.jsonl")) {
+		t.Fatal("x0 trained a step before its state arrived")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	resp, gerr := r.client.GetJob(ctx, &api.GetJobRequest{JobId: r.jobID})
+	cancel()
+	if gerr != nil {
+		t.Fatal(gerr)
+	}
+	stepAtDeath := int(resp.GetJob().GetStep())
+	r.finish()
+	next := r.firstStepAfter(stepAtDeath, diedAt)
+	t.Logf("joiner killed during state transfer at step %d: next completed step %v later", stepAtDeath, next.Round(time.Millisecond))
+	if next < 0 || next > 30*time.Second {
+		t.Fatalf("the job stalled after the joiner died: next step after %v\n%s", next, r.log())
+	}
+}
+
+// loom workers drain removes a worker at a step boundary: it exits with
+// status 0, no survivor abandons a step, and every sample is used exactly
+// once.
+func TestDrainWorker(t *testing.T) {
+	r := startElastic(t, 200)
+	r.waitStep(20)
+	x0, x1 := r.join("x0"), r.join("x1")
+	r.waitTrained(map[string]*proc{"x0": x0, "x1": x1})
+	drainAt := time.Now()
+	out, err := runLoom(t, "workers", "drain", "x1", "--coordinator", r.addr, "--wait", "1m")
+	if err != nil || !strings.Contains(out, "x1 drained and left") {
+		t.Fatalf("drain: %v\n%s\nx1:\n%s", err, out, x1.stderr)
+	}
+	if err := waitExit(t, x1, "x1", 30*time.Second); err != nil {
+		t.Fatalf("drained worker exited with %v\n%s", err, x1.stderr)
+	}
+	left := time.Since(drainAt)
+	if !strings.Contains(x1.stderr.String(), "drained: left the job at a step boundary") {
+		t.Errorf("x1 log lacks the drain message:\n%s", x1.stderr)
+	}
+	lastX1 := r.lastStep("x1")
+	r.finish()
+	if err := waitExit(t, x0, "x0", time.Minute); err != nil {
+		t.Fatalf("x0 exited with %v\n%s", err, x0.stderr)
+	}
+	abandoned := strings.Count(r.log(), "step abandoned") + strings.Count(x0.stderr.String(), "step abandoned") +
+		strings.Count(x1.stderr.String(), "step abandoned")
+	next := r.firstStepAfter(lastX1, drainAt)
+	t.Logf("drain: worker gone %v after the command; its last step %d; next step completed %v after the command; %d step attempts abandoned",
+		left.Round(time.Millisecond), lastX1, next.Round(time.Millisecond), abandoned)
+	if abandoned != 0 {
+		t.Fatalf("a drain abandoned %d step attempts\nlauncher:\n%s\nx0:\n%s\nx1:\n%s", abandoned, r.log(), x0.stderr, x1.stderr)
 	}
 }
 

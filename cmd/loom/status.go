@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"slices"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -119,30 +120,97 @@ func newWorkersCmd() *cobra.Command {
 		Long: `List the registered workers. STATE is training (a rank of its job's current
 plan that has reported steps), joining (a rank that has not reported yet),
 standby (registered, not in the plan: the job is at max_workers or waiting for
-min_workers) or idle (its job has ended). A worker whose lease expired is
-removed from the list and from the plan.`,
-		Example: `  loom workers --coordinator 127.0.0.1:7070`,
-		Args:    cobra.NoArgs,
+min_workers), draining (leaving at the next step boundary: see
+'loom workers drain'), idle (its job has ended) or lost (its lease expired: it
+is out of every plan; the most recent 64 are listed until they register again).`,
+		Example: `  loom workers --coordinator 127.0.0.1:7070
+  loom workers drain w3 --coordinator 127.0.0.1:7070`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return t.with(cmd.Context(), func(ctx context.Context, c *coordClients) error {
 				ws, err := c.coord.ListWorkers(ctx, &api.ListWorkersRequest{})
 				if err != nil {
 					return err
 				}
+				all := append(ws.Workers, ws.Lost...)
 				if t.json {
-					return printProtoJSON(cmd.OutOrStdout(), ws.Workers)
+					return printProtoJSON(cmd.OutOrStdout(), all)
 				}
 				places, err := placements(ctx, c.coord)
 				if err != nil {
 					return err
 				}
-				printWorkers(cmd.OutOrStdout(), ws.Workers, places, time.Now())
+				printWorkers(cmd.OutOrStdout(), all, places, time.Now())
 				return nil
 			})
 		},
 	}
 	t.flags(cmd)
+	cmd.AddCommand(newDrainCmd())
 	return cmd
+}
+
+func newDrainCmd() *cobra.Command {
+	var t coordTarget
+	var wait time.Duration
+	cmd := &cobra.Command{
+		Use:   "drain WORKER_ID",
+		Short: "Remove a worker from its job at a step boundary, then let it exit",
+		Long: `Drain a worker: the coordinator leaves it out of the next plan, its job's
+ranks finish the step in flight and the next, switch to the new generation
+together (no step is abandoned, no sample lost), and the worker deregisters
+and exits with status 0. The job continues on the other workers, or waits if
+that leaves it below min_workers. By default the command waits until the
+worker has left; --wait 0 returns at once.`,
+		Example: `  loom workers drain w3 --coordinator 127.0.0.1:7070`,
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id := args[0]
+			t.timeout += wait
+			return t.with(cmd.Context(), func(ctx context.Context, c *coordClients) error {
+				r, err := c.coord.DrainWorker(ctx, &api.DrainWorkerRequest{WorkerId: id})
+				if err != nil {
+					return fmt.Errorf("drain %s: %w", id, err)
+				}
+				out := cmd.OutOrStdout()
+				if wait <= 0 {
+					fmt.Fprintf(out, "worker %s is draining\n", id)
+					return nil
+				}
+				fmt.Fprintf(out, "worker %s is draining; waiting up to %v for it to leave\n", id, wait)
+				return waitLeft(ctx, c.coord, id, r.GetWorker().GetJobId(), wait, out)
+			})
+		},
+	}
+	t.flags(cmd)
+	cmd.Flags().DurationVar(&wait, "wait", 2*time.Minute, "wait this long for the worker to leave (0: do not wait)")
+	return cmd
+}
+
+// waitLeft polls until worker id has deregistered (drained) or was lost.
+func waitLeft(ctx context.Context, c api.CoordinatorClient, id, job string, wait time.Duration, out io.Writer) error {
+	deadline := time.Now().Add(wait)
+	for {
+		ws, err := c.ListWorkers(ctx, &api.ListWorkersRequest{})
+		if err != nil {
+			return err
+		}
+		if slices.ContainsFunc(ws.GetLost(), func(w *api.Worker) bool { return w.GetId() == id }) {
+			return fmt.Errorf("worker %s's lease expired before it left cleanly (it died or lost the coordinator)", id)
+		}
+		if !slices.ContainsFunc(ws.GetWorkers(), func(w *api.Worker) bool { return w.GetId() == id }) {
+			fmt.Fprintf(out, "worker %s drained and left\n", id)
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("worker %s is still registered after %v; it stays draining (see loom workers)", id, wait)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
 }
 
 func printMembers(w io.Writer, st *api.ClusterStatusResponse) {
@@ -213,6 +281,10 @@ func placements(ctx context.Context, c api.CoordinatorClient) (map[string]placem
 
 func workerState(x *api.Worker, p placement, places map[string]placement) string {
 	switch {
+	case x.GetLostUnixNano() != 0:
+		return "lost"
+	case x.GetDraining():
+		return "draining"
 	case p.inPlan && x.GetSamplesPerSecond() > 0:
 		return "training"
 	case p.inPlan:
@@ -241,8 +313,11 @@ func printWorkers(w io.Writer, ws []*api.Worker, places map[string]placement, no
 		for _, k := range sortedGflopKeys(p.GetGflops()) {
 			g = append(g, fmt.Sprintf("%s=%.0f", k, p.GetGflops()[k]))
 		}
-		lease := time.Unix(0, x.LeaseExpiryUnixNano).Sub(now).Round(100 * time.Millisecond)
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%.1f\t%v\t%s\n", x.Id, workerState(x, pl, places), dashIfEmpty(x.JobId),
+		lease := time.Unix(0, x.LeaseExpiryUnixNano).Sub(now).Round(100 * time.Millisecond).String()
+		if x.LostUnixNano != 0 {
+			lease = fmt.Sprintf("lost %v ago", now.Sub(time.Unix(0, x.LostUnixNano)).Round(time.Second))
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%.1f\t%s\t%s\n", x.Id, workerState(x, pl, places), dashIfEmpty(x.JobId),
 			gen, rank, share, dashIfEmpty(p.GetDeviceName()), p.GetCores(), dashIfEmpty(strings.Join(g, ",")), x.SamplesPerSecond, lease, p.GetCollectiveAddr())
 	}
 	_ = tw.Flush()

@@ -76,6 +76,9 @@ cleanly (deregistering) on SIGINT or SIGTERM.`,
 			case err == nil:
 				log.Info("job complete; worker exiting")
 				return nil
+			case errors.Is(err, worker.ErrDrained):
+				log.Info("drained: left the job at a step boundary; worker exiting")
+				return nil
 			case errors.Is(err, worker.ErrJobCancelled):
 				log.Warn("job cancelled; worker exiting")
 				return exitError{code: 3}
