@@ -319,6 +319,7 @@ func (a *Agent) train(ctx context.Context, tr *Trainer, ck *Checkpointer, hasSta
 // runSteps trains until the job is done, a newer plan exists, or a step fails.
 func (a *Agent) runSteps(ctx context.Context, tr *Trainer, gen *generation, ck *Checkpointer, rep *reporter) error {
 	evalEvery := tr.job.Train.EvalEvery
+	tr.Generation = gen.plan.GetGeneration()
 	for !tr.Done() {
 		// A rank that has seen a newer plan votes to switch; the votes are
 		// summed with the gradients, so every rank finishes this step and

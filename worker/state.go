@@ -17,11 +17,13 @@ type TrainState struct {
 	Sampler  data.Position
 	OptSteps int
 	Scaler   optimizer.ScalerState
+	// Gen is the plan generation the last step ran in (0 if unknown).
+	Gen int64
 }
 
 // State returns the trainer's scalar state.
 func (t *Trainer) State() TrainState {
-	s := TrainState{Step: t.step, Sampler: t.sampler.Position(), OptSteps: t.opt.Steps()}
+	s := TrainState{Step: t.step, Sampler: t.sampler.Position(), OptSteps: t.opt.Steps(), Gen: t.lastGen}
 	if t.scaler != nil {
 		s.Scaler = t.scaler.State()
 	}
@@ -37,7 +39,13 @@ func (t *Trainer) Restore(s TrainState) error {
 	if err := t.sampler.Seek(s.Sampler); err != nil {
 		return err
 	}
-	t.step = s.Step
+	if p := t.pending; p != nil && p.entry.Step == s.Step && p.gen == s.Gen && s.Gen != 0 {
+		// Another rank completed, in the same generation, the step this
+		// one abandoned: this rank's samples were in the sum it applied.
+		t.writeLedger(p.entry)
+	}
+	t.pending = nil
+	t.step, t.lastGen = s.Step, s.Gen
 	t.opt.SetSteps(s.OptSteps)
 	if t.scaler != nil {
 		t.scaler.Restore(s.Scaler)
@@ -72,13 +80,13 @@ func (t *Trainer) LastBatch() int { return len(t.idx) }
 func (t *Trainer) Steps() int { return t.step }
 
 // metaWords is the length of an encoded TrainState.
-const metaWords = 8
+const metaWords = 9
 
 // encode packs s as exact 32-bit words (float32 bit patterns, so a
 // float32 Broadcast carries it unchanged).
 func (s TrainState) encode(dst []float32) {
 	w := []uint32{uint32(s.Step), uint32(s.Sampler.Epoch), uint32(s.Sampler.Offset), uint32(s.OptSteps),
-		math.Float32bits(s.Scaler.Scale), uint32(s.Scaler.Good), uint32(s.Scaler.Skipped), 0x6c6f6f6d}
+		math.Float32bits(s.Scaler.Scale), uint32(s.Scaler.Good), uint32(s.Scaler.Skipped), 0x6c6f6f6d, uint32(s.Gen)}
 	for i, v := range w {
 		dst[i] = math.Float32frombits(v)
 	}
@@ -93,5 +101,5 @@ func decodeState(src []float32) (TrainState, error) {
 		return TrainState{}, fmt.Errorf("state header corrupt (%#x)", w[7])
 	}
 	return TrainState{Step: int(w[0]), Sampler: data.Position{Epoch: int(w[1]), Offset: int(w[2])}, OptSteps: int(w[3]),
-		Scaler: optimizer.ScalerState{Scale: math.Float32frombits(w[4]), Good: int(w[5]), Skipped: int(w[6])}}, nil
+		Scaler: optimizer.ScalerState{Scale: math.Float32frombits(w[4]), Good: int(w[5]), Skipped: int(w[6])}, Gen: int64(w[8])}, nil
 }

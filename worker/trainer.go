@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"slices"
 	"time"
 
 	"go.uber.org/zap"
@@ -86,6 +87,15 @@ type Trainer struct {
 	// Ledger, if set, receives one JSON line per completed step with the
 	// samples this trainer computed on (see LedgerEntry).
 	Ledger io.Writer
+	// pending is this rank's part of the last step it abandoned after
+	// computing it. If another rank completed that step in the same
+	// generation, the sum it applied included this part: Restore then
+	// records it in the ledger.
+	pending *pendingStep
+
+	// Generation is the plan generation the trainer's steps run in (set
+	// by the agent); lastGen is the one the last applied step ran in.
+	Generation, lastGen int64
 
 	// beforeUpdate, if set, runs before the next optimizer update (the
 	// checkpointer waits there for its copy of the weights).
@@ -201,7 +211,7 @@ func (t *Trainer) StepShare(ctx context.Context, sync GradSync, shares *Shares) 
 		if err := sync.Wait(ctx); err != nil {
 			// Abandon the step: the samples go back to the sampler so the
 			// retried step uses exactly them; parameters are untouched.
-			_ = t.sampler.Seek(startPos)
+			t.abandon(startPos, t.idx[lo:hi])
 			return 0, err
 		}
 	}
@@ -220,7 +230,7 @@ func (t *Trainer) StepShare(ctx context.Context, sync GradSync, shares *Shares) 
 	}
 	if t.beforeUpdate != nil {
 		if err := t.beforeUpdate(); err != nil {
-			_ = t.sampler.Seek(startPos)
+			t.abandon(startPos, t.idx[lo:hi])
 			return 0, err
 		}
 	}
@@ -241,11 +251,35 @@ type LedgerEntry struct {
 	Samples  []int `json:"samples"`
 }
 
+// pendingStep is an abandoned step's ledger entry and generation.
+type pendingStep struct {
+	entry LedgerEntry
+	gen   int64
+}
+
+// abandon rewinds the sampler to the start of the step in flight, keeping
+// this rank's part of it in case another rank completed the step.
+func (t *Trainer) abandon(start data.Position, idx []int) {
+	_ = t.sampler.Seek(start)
+	t.pending = nil
+	if t.Ledger != nil {
+		t.pending = &pendingStep{LedgerEntry{Epoch: start.Epoch, Step: t.step + 1, Samples: slices.Clone(idx)}, t.Generation}
+	}
+}
+
+// record writes the ledger entry of the step just completed.
 func (t *Trainer) record(epoch int, idx []int) {
+	t.pending = nil
+	t.lastGen = t.Generation
+	t.writeLedger(LedgerEntry{Epoch: epoch, Step: t.step, Samples: idx})
+}
+
+func (t *Trainer) writeLedger(e LedgerEntry) {
 	if t.Ledger == nil {
 		return
 	}
-	b, _ := json.Marshal(LedgerEntry{Epoch: epoch, Step: t.step, UnixNano: time.Now().UnixNano(), Samples: idx})
+	e.UnixNano = time.Now().UnixNano()
+	b, _ := json.Marshal(e)
 	if _, err := t.Ledger.Write(append(b, '\n')); err != nil {
 		t.log.Warn("sample ledger write failed; ledger disabled", zap.Error(err))
 		t.Ledger = nil

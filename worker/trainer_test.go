@@ -2,9 +2,11 @@ package worker
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 
@@ -169,4 +171,61 @@ func mnistForBench(b *testing.B) *data.Split {
 		b.Fatal(err)
 	}
 	return split
+}
+
+// failingSync stands for a ring whose peer died: every sum fails.
+type failingSync struct{}
+
+func (failingSync) Start([]float32, int, int)  {}
+func (failingSync) Wait(context.Context) error { return errors.New("peer died") }
+
+// A rank that abandons a step which another rank completed in the same
+// generation (the completed sum included its part) records its samples
+// when it takes that rank's state; if the step was completed in another
+// generation it does not.
+func TestAbandonedStepLedger(t *testing.T) {
+	job := smallJob(t, "fp32", 5)
+	for _, tc := range []struct {
+		name      string
+		gen       int64
+		wantEntry bool
+	}{{"same generation", 7, true}, {"later generation", 8, false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			var ledA, ledB strings.Builder
+			a, b := newTrainer(t, job, 1), newTrainer(t, job, 1)
+			a.Ledger, b.Ledger = &ledA, &ledB
+			a.Generation, b.Generation = tc.gen, 7
+			shA, _ := NewShares([]int{64, 64}, 0, 128)
+			shB, _ := NewShares([]int{64, 64}, 1, 128)
+			if _, err := a.StepShare(context.Background(), nil, shA); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := b.StepShare(context.Background(), failingSync{}, shB); err == nil {
+				t.Fatal("step with a failing sync succeeded")
+			}
+			if ledB.Len() != 0 || b.Steps() != 0 {
+				t.Fatalf("abandoned step recorded at once (%d steps): %s", b.Steps(), ledB.String())
+			}
+			if err := b.Restore(a.State()); err != nil {
+				t.Fatal(err)
+			}
+			if !tc.wantEntry {
+				if ledB.Len() != 0 {
+					t.Fatalf("recorded a step completed in another generation: %s", ledB.String())
+				}
+				return
+			}
+			var ea, eb LedgerEntry
+			if err := json.Unmarshal([]byte(ledA.String()), &ea); err != nil {
+				t.Fatal(err)
+			}
+			if err := json.Unmarshal([]byte(ledB.String()), &eb); err != nil {
+				t.Fatalf("ledger of the lagging rank: %v (%q)", err, ledB.String())
+			}
+			want := data.NewSampler(mnist(t).Train.N, job.Seed).Next(nil, 128)
+			if eb.Step != 1 || ea.Step != 1 || !slices.Equal(append(ea.Samples, eb.Samples...), want) {
+				t.Fatalf("entries %+v and %+v do not cover the step's batch", ea, eb)
+			}
+		})
+	}
 }
