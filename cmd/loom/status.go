@@ -183,6 +183,7 @@ worker has left; --wait 0 returns at once.`,
 		},
 	}
 	t.flags(cmd)
+	_ = cmd.Flags().MarkHidden("json") // nothing to print but a line
 	cmd.Flags().DurationVar(&wait, "wait", 2*time.Minute, "wait this long for the worker to leave (0: do not wait)")
 	return cmd
 }
