@@ -294,6 +294,9 @@ func TestDrainWorker(t *testing.T) {
 	next := r.firstStepAfter(lastX1, drainAt)
 	t.Logf("drain: worker gone %v after the command; its last step %d; next step completed %v after the command; %d step attempts abandoned",
 		left.Round(time.Millisecond), lastX1, next.Round(time.Millisecond), abandoned)
+	if !strings.Contains(r.log(), `"left": ["x1"]`) {
+		t.Errorf("the launcher did not log x1 leaving:\n%s", r.log())
+	}
 	if abandoned != 0 {
 		t.Fatalf("a drain abandoned %d step attempts\nlauncher:\n%s\nx0:\n%s\nx1:\n%s", abandoned, r.log(), x0.stderr, x1.stderr)
 	}

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -117,6 +118,8 @@ func follow(ctx context.Context, stdout io.Writer, client api.CoordinatorClient,
 		exited, allGone = procs.failed, procs.allGone
 	}
 	goneSince := time.Time{}
+	var members []string // worker ids of the current plan, sorted
+	var waitReason string
 	for {
 		select {
 		case <-ctx.Done():
@@ -150,6 +153,11 @@ func follow(ctx context.Context, stdout io.Writer, client api.CoordinatorClient,
 			continue
 		}
 		j := resp.GetJob()
+		members = logMembership(log, resp.GetPlan(), members)
+		if j.GetState() == api.JobState_JOB_STATE_PENDING && j.GetReason() != waitReason {
+			log.Warn("job waiting", zap.String("reason", j.GetReason()))
+		}
+		waitReason = j.GetReason()
 		if j.GetStep() > 0 && firstStep.IsZero() {
 			firstStep = time.Now()
 		}
@@ -186,6 +194,34 @@ func follow(ctx context.Context, stdout io.Writer, client api.CoordinatorClient,
 			return fmt.Errorf("job %s cancelled: %s", jobID, j.GetReason())
 		}
 	}
+}
+
+// logMembership logs which workers joined or left the job when the plan's
+// set of workers changes (not on a change of shares alone), and returns the
+// new set.
+func logMembership(log *zap.Logger, p *api.Plan, old []string) []string {
+	var ids []string
+	for _, r := range p.GetRanks() {
+		ids = append(ids, r.GetWorkerId())
+	}
+	slices.Sort(ids)
+	if slices.Equal(ids, old) || len(ids) == 0 {
+		return old
+	}
+	var joined, left []string
+	for _, id := range ids {
+		if !slices.Contains(old, id) {
+			joined = append(joined, id)
+		}
+	}
+	for _, id := range old {
+		if !slices.Contains(ids, id) {
+			left = append(left, id)
+		}
+	}
+	log.Info("workers changed", zap.Int64("generation", p.GetGeneration()), zap.Int("ranks", len(ids)),
+		zap.Strings("joined", joined), zap.Strings("left", left))
+	return ids
 }
 
 // trainSize is the number of training examples of the job's dataset (for
