@@ -49,7 +49,6 @@ type Communicator struct {
 	p2pRecv []uint64   // per-peer message counters for Recv
 	plan    plan       // the operation in progress, read by the sender goroutine
 	rbuf    []float32  // receive scratch, grown on demand
-	sbuf    []float32  // send scratch (compression), grown on demand
 	// Reducing receives over a pieceReceiver read each frame recvPiece bytes
 	// at a time into rbuf and sum every piece into plan.buf from element
 	// pieceLo on, with pieceFn (c.reducePiece, bound once so that passing it
@@ -58,6 +57,7 @@ type Communicator struct {
 	recvPiece int
 	pieceLo   int
 	pieceFn   func(off int, piece []byte)
+	sbuf      []float32 // send scratch (compression), grown on demand
 
 	// Pipeline between the receiving (calling) goroutine and the sender.
 	ready   atomic.Int64  // units received and reduced in the current operation
