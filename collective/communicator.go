@@ -49,15 +49,7 @@ type Communicator struct {
 	p2pRecv []uint64   // per-peer message counters for Recv
 	plan    plan       // the operation in progress, read by the sender goroutine
 	rbuf    []float32  // receive scratch, grown on demand
-	// Reducing receives over a pieceReceiver read each frame recvPiece bytes
-	// at a time into rbuf and sum every piece into plan.buf from element
-	// pieceLo on, with pieceFn (c.reducePiece, bound once so that passing it
-	// allocates nothing).
-	pieces    pieceReceiver
-	recvPiece int
-	pieceLo   int
-	pieceFn   func(off int, piece []byte)
-	sbuf      []float32 // send scratch (compression), grown on demand
+	sbuf    []float32  // send scratch (compression), grown on demand
 
 	// Pipeline between the receiving (calling) goroutine and the sender.
 	ready   atomic.Int64  // units received and reduced in the current operation
@@ -108,9 +100,6 @@ func New(t Transport, cfg Config) (*Communicator, error) {
 		wake: make(chan struct{}, 1), sentAck: make(chan struct{}, 1), jobs: make(chan context.Context),
 		results: make(chan error, 1), quit: make(chan struct{}), exited: make(chan struct{}),
 	}
-	c.pieces, _ = t.(pieceReceiver)
-	c.recvPiece = recvPieceBytes
-	c.pieceFn = c.reducePiece
 	c.plan.segLo = make([]int, n)
 	c.plan.segHi = make([]int, n)
 	go c.sender()

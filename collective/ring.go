@@ -308,9 +308,6 @@ func (c *Communicator) recvRing(ctx context.Context) error {
 			}
 			var err error
 			switch {
-			case reduce && c.pieces != nil:
-				c.pieceLo = lo
-				err = c.pieces.RecvPieces(ctx, c.left, h, (hi-lo)*p.wire.Size(), c.pieceScratch(), c.pieceFn)
 			case b.DType == tensor.F32 && p.wire == tensor.F32:
 				if reduce {
 					tmp := c.rbuf[:hi-lo]
@@ -346,36 +343,6 @@ func (c *Communicator) recvRing(ctx context.Context) error {
 		}
 	}
 	return nil
-}
-
-// recvPieceBytes is the piece in which a reducing receive reads a frame when
-// the transport can (pieceReceiver): small enough that the piece is still in
-// L1/L2 when it is summed, instead of being read back after the whole chunk
-// went through the cache.
-const recvPieceBytes = 64 << 10
-
-// pieceScratch is the receive scratch for one piece: c.recvPiece bytes of
-// rbuf, a whole number of float32 (so of any wire dtype).
-func (c *Communicator) pieceScratch() []byte {
-	return f32Bytes(c.rbuf)[:min(len(c.rbuf)*4, max(4, c.recvPiece&^3))]
-}
-
-// reducePiece sums the piece of a reducing receive that starts off bytes into
-// the frame into the plan's buffer (the frame starts at element c.pieceLo).
-func (c *Communicator) reducePiece(off int, piece []byte) {
-	p := &c.plan
-	lo := c.pieceLo + off/p.wire.Size()
-	switch {
-	case p.buf.DType == tensor.F32 && p.wire == tensor.F32:
-		src := unsafe.Slice((*float32)(unsafe.Pointer(unsafe.SliceData(piece))), len(piece)/4)
-		addF32(p.buf.F32[lo:lo+len(src)], src)
-	case p.buf.DType == tensor.F32: // compressed float32
-		src := unsafe.Slice((*uint16)(unsafe.Pointer(unsafe.SliceData(piece))), len(piece)/2)
-		addWire(p.wire, p.buf.F32[lo:lo+len(src)], src)
-	default: // 16-bit buffer, its own dtype on the wire
-		src := unsafe.Slice((*uint16)(unsafe.Pointer(unsafe.SliceData(piece))), len(piece)/2)
-		addHalf(p.wire, p.buf.U16[lo:lo+len(src)], src)
-	}
 }
 
 func (c *Communicator) sendChain(ctx context.Context) error {

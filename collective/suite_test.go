@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -298,67 +297,4 @@ func TestMismatchFailsEveryRank(t *testing.T) {
 			t.Fatalf("after failure: %v, want ErrClosed", err)
 		}
 	})
-}
-
-// TCP reducing receives read each frame in pieces and sum piece by piece
-// (pieceReceiver). Pieces much smaller than frames and not dividing them,
-// for fp32, compressed fp32 and 16-bit buffers, must give the exact sums.
-func TestTCPReduceInPieces(t *testing.T) {
-	for _, n := range []int{2, 3} {
-		for _, piece := range []int{4, 12, 1000} {
-			for _, mode := range []string{"f32", "bf16-wire", "f16-buffer"} {
-				cfg := testConfig(n, nil)
-				cfg.ChunkBytes = 4096
-				if mode == "bf16-wire" {
-					cfg.Compress = CompressBF16
-				}
-				cs := NewTestGroup(t, TransportTCP, n, cfg)
-				var pieces atomic.Int64
-				for _, c := range cs {
-					if c.pieces == nil {
-						t.Fatal("TCPTransport is not a pieceReceiver")
-					}
-					c.recvPiece = piece
-					c.pieceFn = func(off int, p []byte) {
-						pieces.Add(1)
-						c.reducePiece(off, p)
-					}
-				}
-				const size = 10007
-				in := func(r, i int) float32 { return float32((i*5+r*3)%17 - 8) } // exact in every dtype
-				f32s, u16s := make([][]float32, n), make([][]uint16, n)
-				for r := range n {
-					f32s[r], u16s[r] = make([]float32, size), make([]uint16, size)
-					for i := range size {
-						f32s[r][i], u16s[r][i] = in(r, i), tensor.ToF16(in(r, i))
-					}
-				}
-				mustAll(t, RunRanks(n, func(r int) error {
-					if mode == "f16-buffer" {
-						return cs[r].AllReduce(context.Background(), Half(tensor.F16, u16s[r]))
-					}
-					return cs[r].AllReduce(context.Background(), F32(f32s[r]))
-				}))
-				for r := range n {
-					for i := range size {
-						var want float32
-						for s := range n {
-							want += in(s, i)
-						}
-						got := f32s[r][i]
-						if mode == "f16-buffer" {
-							got = tensor.FromF16(u16s[r][i])
-						}
-						if got != want {
-							t.Fatalf("n=%d piece=%d %s rank %d elem %d: got %v want %v", n, piece, mode, r, i, got, want)
-						}
-					}
-				}
-				// Every rank reduces n-1 segments of about size/n elements.
-				if minPieces := int64(n * (n - 1) * (size / n * 2 / piece)); pieces.Load() < minPieces {
-					t.Fatalf("n=%d piece=%d %s: %d pieces, want at least %d", n, piece, mode, pieces.Load(), minPieces)
-				}
-			}
-		}
-	}
 }

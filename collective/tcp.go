@@ -186,53 +186,10 @@ func (t *TCPTransport) Recv(ctx context.Context, from int, want Header, payload 
 	}
 	l.rmu.Lock()
 	defer l.rmu.Unlock()
-	if err := t.recvHeader(ctx, l, from, want, len(payload)); err != nil {
-		return err
-	}
-	if _, err := io.ReadFull(l.conn, payload); err != nil {
-		return t.ioErr(ctx, "recv", from, err)
-	}
-	t.stats.received(len(payload))
-	return nil
-}
-
-// RecvPieces implements pieceReceiver: Recv of an n-byte frame whose payload
-// is read into scratch piece by piece, each piece handed to fn with its byte
-// offset in the payload before the next is read. Pieces are len(scratch)
-// bytes except the last.
-func (t *TCPTransport) RecvPieces(ctx context.Context, from int, want Header, n int, scratch []byte, fn func(off int, piece []byte)) error {
-	if len(scratch) == 0 && n > 0 {
-		return fmt.Errorf("collective: recv rank %d: %w: no scratch for pieces", from, ErrBufferSize)
-	}
-	l, err := t.link(from)
-	if err != nil {
-		return err
-	}
-	l.rmu.Lock()
-	defer l.rmu.Unlock()
-	if err := t.recvHeader(ctx, l, from, want, n); err != nil {
-		return err
-	}
-	for off := 0; off < n; off += len(scratch) {
-		p := scratch[:min(len(scratch), n-off)]
-		if _, err := io.ReadFull(l.conn, p); err != nil {
-			return t.ioErr(ctx, "recv", from, err)
-		}
-		fn(off, p)
-	}
-	t.stats.received(n)
-	return nil
-}
-
-// recvHeader applies ctx to l's receive side and reads headers from l until
-// one is the frame want describes (of n payload bytes), discarding and
-// counting frames of another generation or naming other ranks. The caller
-// holds l.rmu; on success the payload is next on the connection.
-func (t *TCPTransport) recvHeader(ctx context.Context, l *tcpLink, from int, want Header, n int) error {
 	if err := l.rwant.arm(ctx); err != nil {
 		return fmt.Errorf("collective: recv rank %d: %w", from, err)
 	}
-	want.Generation, want.Src, want.Dst, want.Len = t.cfg.Generation, uint32(from), uint32(t.cfg.Rank), uint32(n)
+	want.Generation, want.Src, want.Dst, want.Len = t.cfg.Generation, uint32(from), uint32(t.cfg.Rank), uint32(len(payload))
 	for {
 		h, err := readHeader(l.conn, l.rhdr[:], t.cfg.MaxFrameBytes)
 		if err != nil {
@@ -250,6 +207,10 @@ func (t *TCPTransport) recvHeader(ctx context.Context, l *tcpLink, from int, wan
 		case fatalMismatch:
 			return fmt.Errorf("collective: recv rank %d: %w", from, jerr)
 		}
+		if _, err := io.ReadFull(l.conn, payload); err != nil {
+			return t.ioErr(ctx, "recv", from, err)
+		}
+		t.stats.received(len(payload))
 		return nil
 	}
 }

@@ -46,18 +46,6 @@ type Transport interface {
 	Close() error
 }
 
-// pieceReceiver is implemented by transports that can hand a frame's payload
-// over in pieces as it is read (TCPTransport). A reducing receiver then sums
-// each piece while it is still in cache, instead of staging the whole frame
-// and reading it back from further away (see Communicator.recvRing).
-type pieceReceiver interface {
-	// RecvPieces is Recv for a frame of n payload bytes, read into scratch
-	// len(scratch) bytes at a time (the last piece may be shorter); fn gets
-	// each piece and its byte offset in the payload. scratch and the pieces
-	// are not retained.
-	RecvPieces(ctx context.Context, from int, want Header, n int, scratch []byte, fn func(off int, piece []byte)) error
-}
-
 // Stats counts a transport's traffic and the frames it refused.
 type Stats struct {
 	FramesSent, FramesReceived uint64
