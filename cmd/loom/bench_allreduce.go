@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"runtime"
 	"runtime/pprof"
 	"slices"
 	"strconv"
@@ -155,6 +156,7 @@ func launchAllreduceRanks(ctx context.Context, stdout, stderr io.Writer, o allre
 		}
 		cmd := exec.CommandContext(ctx, exe, args...)
 		cmd.ExtraFiles = []*os.File{f}
+		cmd.Env = rankEnv(o.ranks)
 		cmd.Stderr = stderr
 		if r == 0 {
 			cmd.Stdout = stdout
@@ -177,6 +179,20 @@ func launchAllreduceRanks(ctx context.Context, stdout, stderr io.Writer, o allre
 	lns = nil
 	wg.Wait()
 	return errors.Join(errs...)
+}
+
+// rankEnv is the environment of a launched rank: this process's, plus
+// GOMAXPROCS = cores/ranks (at least 1) unless the caller set GOMAXPROCS, as
+// loom worker does for its device threads. Every rank otherwise keeps one P
+// per core, and with more ranks than cores their idle Ms spin for work that
+// another process needs the core for: on 2 cores this cut CPU per 16 MiB
+// all-reduce by ~10% at 4 ranks and the 1 MiB time by ~30% at 2 ranks.
+func rankEnv(ranks int) []string {
+	env := os.Environ()
+	if os.Getenv("GOMAXPROCS") == "" {
+		env = append(env, "GOMAXPROCS="+strconv.Itoa(max(1, runtime.NumCPU()/ranks)))
+	}
+	return env
 }
 
 // allreduceResult is one size's measurement, as rank 0 prints it.
