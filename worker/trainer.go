@@ -143,6 +143,9 @@ func NewTrainer(job *jobspec.Job, dev device.Device, split *data.Split, log *zap
 	t.values = make([]float32, n)
 	t.grads = make([]float32, n+tailSlots)
 	t.net.Bind(t.values, t.grads)
+	// Backward stores each step's gradients (one pass per step), so the
+	// buffer is not cleared first: that saves a write and a read of it.
+	t.net.SetOverwriteGrads(true)
 	t.offsets = map[*model.Param]int{}
 	off := 0
 	for _, p := range t.net.Params() {
@@ -193,7 +196,6 @@ func (t *Trainer) StepShare(ctx context.Context, sync GradSync, shares *Shares) 
 	if shares != nil {
 		lo, hi = shares.Range(rows)
 	}
-	clear(t.grads)
 	computeStart := time.Now()
 	t.accumulate(t.idx[lo:hi], sync)
 	t.lastCompute = time.Since(computeStart)
@@ -252,8 +254,8 @@ func (t *Trainer) record(epoch int, idx []int) {
 	}
 }
 
-// accumulate runs forward and backward over the samples idx, adding their
-// summed (loss-scaled) gradients to the flat gradient buffer, plus the
+// accumulate runs forward and backward over the samples idx, storing their
+// summed (loss-scaled) gradients in the flat gradient buffer, plus the
 // summed loss and correct count in its two trailing slots. With a sync, each
 // finished range (at least bucketElems, or the rest) is started as soon as
 // backward has produced it.
@@ -297,6 +299,7 @@ func (t *Trainer) accumulate(idx []int, sync GradSync) {
 	}
 	// A rank with no samples this step (a short last batch) still takes
 	// part in the sums, with zero gradients, in the same buckets.
+	clear(t.grads)
 	if sync != nil {
 		t.emptyBuckets(sync)
 	}
