@@ -177,9 +177,12 @@ func (d *Device) ActBackward(act device.Activation, grad, pre []float32) {
 func (d *Device) SumRows(dst, x []float32, rows, cols int) {
 	dst = dst[:cols]
 	for i := 0; i < rows; i++ {
+		// Each column adds its rows in order: the vector prefix is bitwise
+		// the scalar loop.
 		row := x[i*cols : (i+1)*cols]
-		for j, v := range row {
-			dst[j] += v
+		j := simdAdd(dst, row)
+		for ; j < cols; j++ {
+			dst[j] += row[j]
 		}
 	}
 }

@@ -153,3 +153,36 @@ func TestSoftmaxCrossEntropy(t *testing.T) {
 		}
 	}
 }
+
+// SumRows adds each column's rows in order: bitwise the scalar loop, for
+// widths on and off the vector step.
+func TestSumRowsBitwise(t *testing.T) {
+	d, err := New(Config{Threads: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := rand.New(rand.NewPCG(9, 9))
+	for _, cols := range []int{1, 7, 16, 17, 33, 512} {
+		const rows = 5
+		x := make([]float32, rows*cols)
+		for i := range x {
+			x[i] = r.Float32()*2 - 1
+		}
+		got, want := make([]float32, cols), make([]float32, cols)
+		for j := range got {
+			got[j] = float32(j) * 0.1
+			want[j] = got[j]
+		}
+		d.SumRows(got, x, rows, cols)
+		for i := 0; i < rows; i++ {
+			for j := 0; j < cols; j++ {
+				want[j] += x[i*cols+j]
+			}
+		}
+		for j := range got {
+			if math.Float32bits(got[j]) != math.Float32bits(want[j]) {
+				t.Fatalf("cols %d: column %d = %g, want %g", cols, j, got[j], want[j])
+			}
+		}
+	}
+}
