@@ -186,3 +186,35 @@ func TestSumRowsBitwise(t *testing.T) {
 		}
 	}
 }
+
+// The vector bias+ReLU is bitwise the scalar relu(v+b), signed zeros and
+// NaNs included.
+func TestBiasReLUBitwise(t *testing.T) {
+	d, err := New(Config{Threads: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	negZero := float32(math.Copysign(0, -1))
+	nan := float32(math.NaN())
+	special := []float32{negZero, 0, nan, -nan, -1, 1, float32(math.Inf(-1)), float32(math.Inf(1))}
+	const cols = 37
+	x := make([]float32, 2*cols)
+	bias := make([]float32, cols)
+	for i := range x {
+		x[i] = special[i%len(special)]
+	}
+	for i := range bias {
+		bias[i] = []float32{negZero, 0, 0.5, -0.5}[i%4]
+	}
+	want := make([]float32, len(x))
+	for i, v := range x {
+		want[i] = relu(v + bias[i%cols])
+	}
+	pre := make([]float32, len(x))
+	d.BiasAct(device.ReLU, x, bias, pre, 2, cols)
+	for i := range x {
+		if math.Float32bits(x[i]) != math.Float32bits(want[i]) {
+			t.Fatalf("x[%d] = %g (%#x), want %g (%#x)", i, x[i], math.Float32bits(x[i]), want[i], math.Float32bits(want[i]))
+		}
+	}
+}

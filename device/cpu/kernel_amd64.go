@@ -75,3 +75,21 @@ func simdAdd(dst, src []float32) int {
 	addF32AVX2(&dst[0], &src[0], n)
 	return n
 }
+
+// biasReLUAVX2 does, for i < n (a multiple of 16): p := row[i] + bias[i];
+// pre[i] = p; row[i] = relu(p) (a set sign bit gives +0, as relu does).
+//
+//go:noescape
+func biasReLUAVX2(row, bias, pre *float32, n int)
+
+// simdBiasReLU runs biasReLUAVX2 over the longest multiple-of-16 prefix of
+// row and returns its length.
+func simdBiasReLU(row, bias, pre []float32) int {
+	n := len(row) &^ 15
+	if !hasAVX2 || n == 0 {
+		return 0
+	}
+	_, _ = bias[n-1], pre[n-1]
+	biasReLUAVX2(&row[0], &bias[0], &pre[0], n)
+	return n
+}

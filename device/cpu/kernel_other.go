@@ -6,3 +6,5 @@ package cpu
 func platformKernels() []*kernel { return nil }
 
 func simdAdd(dst, src []float32) int { return 0 }
+
+func simdBiasReLU(row, bias, pre []float32) int { return 0 }
