@@ -93,6 +93,7 @@ type Trainer struct {
 
 	step, total int
 	lastCompute time.Duration // forward+backward time of the last step
+	lastWait    time.Duration // time the last step waited for the gradient sums
 	x           []float32
 	y           []int32
 	idx         []int
@@ -199,8 +200,12 @@ func (t *Trainer) StepShare(ctx context.Context, sync GradSync, shares *Shares) 
 	computeStart := time.Now()
 	t.accumulate(t.idx[lo:hi], sync)
 	t.lastCompute = time.Since(computeStart)
+	t.lastWait = 0
 	if sync != nil {
-		if err := sync.Wait(ctx); err != nil {
+		waitStart := time.Now()
+		err := sync.Wait(ctx)
+		t.lastWait = time.Since(waitStart)
+		if err != nil {
 			// Abandon the step: the samples go back to the sampler so the
 			// retried step uses exactly them; parameters are untouched.
 			_ = t.sampler.Seek(startPos)
