@@ -1709,7 +1709,9 @@ type ReportProgressRequest struct {
 	Generation int64                  `protobuf:"varint,3,opt,name=generation,proto3" json:"generation,omitempty"`
 	Step       int64                  `protobuf:"varint,4,opt,name=step,proto3" json:"step,omitempty"`
 	Loss       float64                `protobuf:"fixed64,5,opt,name=loss,proto3" json:"loss,omitempty"`
-	// Samples this worker processed in this step.
+	// Samples this worker processed, and its compute seconds for them, over
+	// its recent steps of this generation (about the last second, this step
+	// included): samples / step_seconds is its measured speed.
 	Samples     int64   `protobuf:"varint,6,opt,name=samples,proto3" json:"samples,omitempty"`
 	StepSeconds float64 `protobuf:"fixed64,7,opt,name=step_seconds,json=stepSeconds,proto3" json:"step_seconds,omitempty"`
 	// Set by the rank that evaluated the model on the test set at this step.

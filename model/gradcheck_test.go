@@ -169,3 +169,37 @@ func TestMixedPrecisionCloseToFP32(t *testing.T) {
 		}
 	}
 }
+
+// With OverwriteGrads, Backward stores the gradients whatever the buffers
+// held: the same as clearing them and accumulating once.
+func TestOverwriteGradsStores(t *testing.T) {
+	r := rand.New(rand.NewPCG(6, 6))
+	const rows = 5
+	x := randn(r, rows*16, 1)
+	labels := []int32{0, 1, 2, 3, 0}
+	ctx := testCtx(t, tensor.F32)
+	m, _ := NewMLP(ctx, []int{16, 32, 4}, device.ReLU, 1)
+	ce := NewSoftmaxCE(ctx)
+	backward := func() {
+		_, _, g := ce.Forward(m.Forward(x, rows), labels, rows, 4, 1)
+		m.Backward(g, rows, nil)
+	}
+	m.ZeroGrad()
+	backward()
+	var want [][]float32
+	for _, p := range m.Params() {
+		want = append(want, append([]float32(nil), p.Grad...))
+		for i := range p.Grad {
+			p.Grad[i] = 7 // stale values must not leak through
+		}
+	}
+	m.SetOverwriteGrads(true)
+	backward()
+	for i, p := range m.Params() {
+		for j, v := range p.Grad {
+			if v != want[i][j] {
+				t.Fatalf("%s[%d] = %g, want %g", p.Name, j, v, want[i][j])
+			}
+		}
+	}
+}

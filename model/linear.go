@@ -16,6 +16,10 @@ type Linear struct {
 	W, B    *Param
 	// NoInputGrad skips computing dX (for the first layer of a network).
 	NoInputGrad bool
+	// OverwriteGrads makes Backward store the gradients of W and b instead
+	// of adding them to what is there: the caller need not clear them
+	// first, and the dW product does not read the old values.
+	OverwriteGrads bool
 
 	ctx            *Context
 	x              []float32 // input of the last Forward (not owned)
@@ -80,10 +84,15 @@ func (l *Linear) Backward(dy []float32, rows int) []float32 {
 	d := l.ctx.Dev
 	dy = dy[:rows*l.Out]
 	d.ActBackward(l.Act, dy, l.pre)
+	beta := float32(1)
+	if l.OverwriteGrads {
+		beta = 0
+		clear(l.B.Grad)
+	}
 	d.SumRows(l.B.Grad, dy, rows, l.Out)
 	dyM := l.dyOp.set(l.ctx, dy, l.Out)
-	// dW[out,in] += dyᵀ[out,rows] · x[rows,in]
-	d.Gemm(true, false, l.Out, l.In, rows, 1, dyM, l.xOp.get(l.ctx, l.x), 1, l.W.Grad, l.In)
+	// dW[out,in] (+)= dyᵀ[out,rows] · x[rows,in]
+	d.Gemm(true, false, l.Out, l.In, rows, 1, dyM, l.xOp.get(l.ctx, l.x), beta, l.W.Grad, l.In)
 	if l.NoInputGrad {
 		return nil
 	}

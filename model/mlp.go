@@ -44,7 +44,8 @@ func (m *MLP) Forward(x []float32, rows int) []float32 {
 	return x
 }
 
-// Backward propagates the logits' gradient, accumulating parameter grads.
+// Backward propagates the logits' gradient, accumulating parameter grads
+// (or storing them, after SetOverwriteGrads(true)).
 // dlogits is modified. If done is non-nil it is called after each layer with
 // the parameters whose gradients are now final (last layer first), so a
 // data-parallel caller can start summing them while backward continues.
@@ -77,6 +78,14 @@ func (m *MLP) Bind(values, grads []float32) {
 
 // Params lists all parameters in a stable order (layer by layer, W then b).
 func (m *MLP) Params() []*Param { return m.params }
+
+// SetOverwriteGrads makes Backward store parameter gradients (true) rather
+// than accumulate them (false, the default); see Linear.OverwriteGrads.
+func (m *MLP) SetOverwriteGrads(on bool) {
+	for _, l := range m.Layers {
+		l.OverwriteGrads = on
+	}
+}
 
 // ZeroGrad clears every gradient.
 func (m *MLP) ZeroGrad() {

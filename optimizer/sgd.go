@@ -29,19 +29,7 @@ func (s *SGD) Step(params []Param, lr, gradScale float32) {
 		}
 		first, mu := s.steps == 0, s.momentum
 		chunked(s.threads, len(p.Value), func(lo, hi int) {
-			val, grad, buf := p.Value[lo:hi], grad[lo:hi], buf[lo:hi]
-			for j, w := range val {
-				g := grad[j]*gradScale + wd*w
-				if mu != 0 {
-					if first {
-						buf[j] = g
-					} else {
-						buf[j] = mu*buf[j] + g
-					}
-					g = buf[j]
-				}
-				val[j] = w - lr*g
-			}
+			sgdUpdate(p.Value[lo:hi], grad[lo:hi], buf[lo:hi], gradScale, wd, mu, lr, first)
 		})
 	}
 	s.steps++
@@ -61,3 +49,33 @@ func (s *SGD) Steps() int { return s.steps }
 
 // SetSteps implements Optimizer.
 func (s *SGD) SetSteps(n int) { s.steps = n }
+
+// sgdUpdate applies one SGD step to val from grad (times gs), with
+// momentum buffer buf (unused when mu is 0; overwritten when first).
+func sgdUpdate(val, grad, buf []float32, gs, wd, mu, lr float32, first bool) {
+	grad = grad[:len(val)]
+	if mu == 0 {
+		for j, w := range val {
+			g := grad[j]*gs + wd*w
+			val[j] = w - lr*g
+		}
+		return
+	}
+	buf = buf[:len(val)]
+	if first {
+		for j, w := range val {
+			g := grad[j]*gs + wd*w
+			buf[j] = g
+			val[j] = w - lr*g
+		}
+		return
+	}
+	done := simdSGDMomentum(val, grad, buf, gs, wd, mu, lr)
+	val, grad, buf = val[done:], grad[done:], buf[done:]
+	for j, w := range val {
+		g := grad[j]*gs + wd*w
+		b := mu*buf[j] + g
+		buf[j] = b
+		val[j] = w - lr*b
+	}
+}

@@ -320,6 +320,16 @@ func (a *Agent) train(ctx context.Context, tr *Trainer, ck *Checkpointer, hasSta
 func (a *Agent) runSteps(ctx context.Context, tr *Trainer, gen *generation, ck *Checkpointer, rep *reporter) error {
 	evalEvery := tr.job.Train.EvalEvery
 	tr.Generation = gen.plan.GetGeneration()
+	// Where this generation's time went, logged at its end (debug).
+	var steps int
+	var compute, wait, total time.Duration
+	defer func() {
+		if steps > 0 {
+			a.log.Debug("generation time", zap.Int64("generation", gen.plan.GetGeneration()), zap.Int("steps", steps),
+				zap.Int("share", gen.shares.All[gen.rank]), zap.Duration("compute", compute), zap.Duration("wait", wait),
+				zap.Duration("other", total-compute-wait), zap.Duration("total", total))
+		}
+	}()
 	for !tr.Done() {
 		// A rank that has seen a newer plan votes to switch; the votes are
 		// summed with the gradients, so every rank finishes this step and
@@ -345,6 +355,10 @@ func (a *Agent) runSteps(ctx context.Context, tr *Trainer, gen *generation, ck *
 			a.firstStep = start
 		}
 		a.lastStep = time.Now()
+		steps++
+		compute += tr.LastCompute()
+		wait += tr.LastWait()
+		total += a.lastStep.Sub(start)
 		a.samples += int64(tr.LastBatch())
 		acc := math.NaN()
 		if gen.rank == 0 && evalEvery > 0 && tr.Steps()%evalEvery == 0 && !tr.Done() {

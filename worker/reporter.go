@@ -27,7 +27,18 @@ type reporter struct {
 	last    *api.ReportProgressRequest // newest step recorded
 	pending []*api.ReportProgressRequest
 	wake    chan struct{}
+
+	// The speed window: samples and compute seconds of this generation's
+	// recent steps (about the last speedWindow), reported with every step
+	// so the planner sees a mean speed, not one step's (one step in a
+	// second is all the coordinator keeps, and on a busy host a single
+	// step can take twice its usual time).
+	winGen              int64
+	winSamples, winSecs float64
 }
+
+// speedWindow is about how much compute time the reported speed averages.
+const speedWindow = time.Second
 
 const reportEvery = 200 * time.Millisecond
 
@@ -37,10 +48,18 @@ func newReporter(a *Agent, job *jobspec.Job) *reporter {
 
 // step records one finished step (acc is NaN unless this rank evaluated).
 func (r *reporter) step(gen int64, step int, loss float64, samples int, took time.Duration, acc float64) {
-	req := &api.ReportProgressRequest{JobId: r.a.cfg.JobID, WorkerId: r.a.cfg.ID, Generation: gen, Step: int64(step),
-		Loss: loss, Samples: int64(samples), StepSeconds: took.Seconds()}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if gen != r.winGen {
+		r.winGen, r.winSamples, r.winSecs = gen, 0, 0
+	}
+	if r.winSecs >= speedWindow.Seconds() {
+		r.winSamples, r.winSecs = r.winSamples/2, r.winSecs/2
+	}
+	r.winSamples += float64(samples)
+	r.winSecs += took.Seconds()
+	req := &api.ReportProgressRequest{JobId: r.a.cfg.JobID, WorkerId: r.a.cfg.ID, Generation: gen, Step: int64(step),
+		Loss: loss, Samples: int64(math.Round(r.winSamples)), StepSeconds: r.winSecs}
 	r.last = req
 	if !math.IsNaN(acc) {
 		req.TestAccuracy = &acc

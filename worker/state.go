@@ -72,6 +72,10 @@ func (t *Trainer) Done() bool { return t.step >= t.total }
 // planner balances shares by.
 func (t *Trainer) LastCompute() time.Duration { return t.lastCompute }
 
+// LastWait is how long the last step waited, after backward, for the sums
+// of its gradients across ranks.
+func (t *Trainer) LastWait() time.Duration { return t.lastWait }
+
 // LastBatch is the size of the last step's global batch (the last batch of
 // an epoch may be short).
 func (t *Trainer) LastBatch() int { return len(t.idx) }

@@ -103,6 +103,7 @@ type Trainer struct {
 
 	step, total int
 	lastCompute time.Duration // forward+backward time of the last step
+	lastWait    time.Duration // time the last step waited for the gradient sums
 	x           []float32
 	y           []int32
 	idx         []int
@@ -153,6 +154,9 @@ func NewTrainer(job *jobspec.Job, dev device.Device, split *data.Split, log *zap
 	t.values = make([]float32, n)
 	t.grads = make([]float32, n+tailSlots)
 	t.net.Bind(t.values, t.grads)
+	// Backward stores each step's gradients (one pass per step), so the
+	// buffer is not cleared first: that saves a write and a read of it.
+	t.net.SetOverwriteGrads(true)
 	t.offsets = map[*model.Param]int{}
 	off := 0
 	for _, p := range t.net.Params() {
@@ -203,12 +207,15 @@ func (t *Trainer) StepShare(ctx context.Context, sync GradSync, shares *Shares) 
 	if shares != nil {
 		lo, hi = shares.Range(rows)
 	}
-	clear(t.grads)
 	computeStart := time.Now()
 	t.accumulate(t.idx[lo:hi], sync)
 	t.lastCompute = time.Since(computeStart)
+	t.lastWait = 0
 	if sync != nil {
-		if err := sync.Wait(ctx); err != nil {
+		waitStart := time.Now()
+		err := sync.Wait(ctx)
+		t.lastWait = time.Since(waitStart)
+		if err != nil {
 			// Abandon the step: the samples go back to the sampler so the
 			// retried step uses exactly them; parameters are untouched.
 			t.abandon(startPos, t.idx[lo:hi])
@@ -286,8 +293,8 @@ func (t *Trainer) writeLedger(e LedgerEntry) {
 	}
 }
 
-// accumulate runs forward and backward over the samples idx, adding their
-// summed (loss-scaled) gradients to the flat gradient buffer, plus the
+// accumulate runs forward and backward over the samples idx, storing their
+// summed (loss-scaled) gradients in the flat gradient buffer, plus the
 // summed loss and correct count in its two trailing slots. With a sync, each
 // finished range (at least bucketElems, or the rest) is started as soon as
 // backward has produced it.
@@ -331,6 +338,7 @@ func (t *Trainer) accumulate(idx []int, sync GradSync) {
 	}
 	// A rank with no samples this step (a short last batch) still takes
 	// part in the sums, with zero gradients, in the same buckets.
+	clear(t.grads)
 	if sync != nil {
 		t.emptyBuckets(sync)
 	}

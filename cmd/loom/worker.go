@@ -7,6 +7,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"strings"
 	"syscall"
 
@@ -29,7 +30,8 @@ lease by heartbeat, follows the job's plan and trains its share of every
 global batch, summing gradients with the other ranks over a TCP ring.
 
 It exits 0 when the job completes, 3 when the job is cancelled, and stops
-cleanly (deregistering) on SIGINT or SIGTERM.`,
+cleanly (deregistering) on SIGINT or SIGTERM. With LOOM_CPUPROFILE=DIR in the
+environment it writes a CPU profile of its run to DIR/ID.pprof.`,
 		Example: `  loom worker --coordinator 10.0.0.5:7070 --job job-1
   loom worker --coordinator c1:7070,c2:7070 --job job-1 --device cpu:threads=1`,
 		Args: cobra.NoArgs,
@@ -68,6 +70,18 @@ cleanly (deregistering) on SIGINT or SIGTERM.`,
 				}
 				defer f.Close()
 				cfg.Ledger = f
+			}
+			if dir := os.Getenv("LOOM_CPUPROFILE"); dir != "" {
+				// Developer aid: a CPU profile of this worker, DIR/ID.pprof.
+				f, err := os.Create(filepath.Join(dir, id+".pprof"))
+				if err != nil {
+					return err
+				}
+				defer f.Close()
+				if err := pprof.StartCPUProfile(f); err != nil {
+					return err
+				}
+				defer pprof.StopCPUProfile()
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()

@@ -217,7 +217,10 @@ func apportion(total int64, weights []float64) []int64 {
 
 // Changed reports whether next differs from cur enough to publish a new
 // generation: a different set or placement of workers, or a batch share that
-// moved by more than tolerance (a fraction, e.g. 0.2) of its old value.
+// moved by more than tolerance (a fraction, e.g. 0.2) of the smaller of its
+// old and new values. Against the smaller value, a share that is 25% more
+// than its rank's balanced share (a step about 25% longer than needed)
+// counts as a 20% change, as a share 20% less does.
 func Changed(cur, next Plan, tolerance float64) bool {
 	if len(cur.Ranks) != len(next.Ranks) || cur.Stages != next.Stages || cur.GlobalBatch != next.GlobalBatch {
 		return true
@@ -227,7 +230,7 @@ func Changed(cur, next Plan, tolerance float64) bool {
 		if a.WorkerID != b.WorkerID || a.Addr != b.Addr || a.Stage != b.Stage || a.Replica != b.Replica {
 			return true
 		}
-		if math.Abs(float64(a.BatchShare-b.BatchShare)) > tolerance*float64(a.BatchShare) {
+		if math.Abs(float64(a.BatchShare-b.BatchShare)) > tolerance*float64(min(a.BatchShare, b.BatchShare)) {
 			return true
 		}
 	}

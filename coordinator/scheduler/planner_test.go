@@ -266,6 +266,14 @@ func TestChanged(t *testing.T) {
 	if Changed(a, b, 0.2) || !Changed(a, b, 0.05) {
 		t.Fatal("tolerance not applied")
 	}
+	// 201 → 163 is 19% of the old share but 23% of the new: the old plan's
+	// step is 23% longer than balanced, which a 0.2 tolerance must not keep.
+	c := Plan{Stages: 1, GlobalBatch: 512, Ranks: []Rank{{WorkerID: "x", BatchShare: 311}, {WorkerID: "y", BatchShare: 201}}}
+	d := c
+	d.Ranks = []Rank{{WorkerID: "x", BatchShare: 349}, {WorkerID: "y", BatchShare: 163}}
+	if !Changed(c, d, 0.2) || !Changed(d, c, 0.2) {
+		t.Fatal("tolerance not taken against the smaller share")
+	}
 	b.Ranks = []Rank{{WorkerID: "y", BatchShare: 50}, {WorkerID: "x", BatchShare: 50}}
 	if !Changed(a, b, 1) {
 		t.Fatal("reordering not detected")

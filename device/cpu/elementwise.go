@@ -57,13 +57,14 @@ func biasActRow(act device.Activation, row, bias, pre []float32) {
 	switch {
 	case act == device.None:
 		if bias != nil {
-			for j := range row {
+			// v + b, as the scalar loop: the vector prefix is bitwise equal.
+			for j := simdAdd(row, bias); j < len(row); j++ {
 				row[j] += bias[j]
 			}
 		}
 	case act == device.ReLU && bias != nil && pre != nil:
-		for j, v := range row {
-			p := v + bias[j]
+		for j := simdBiasReLU(row, bias, pre); j < len(row); j++ {
+			p := row[j] + bias[j]
 			pre[j] = p
 			row[j] = relu(p)
 		}
@@ -177,9 +178,12 @@ func (d *Device) ActBackward(act device.Activation, grad, pre []float32) {
 func (d *Device) SumRows(dst, x []float32, rows, cols int) {
 	dst = dst[:cols]
 	for i := 0; i < rows; i++ {
+		// Each column adds its rows in order: the vector prefix is bitwise
+		// the scalar loop.
 		row := x[i*cols : (i+1)*cols]
-		for j, v := range row {
-			dst[j] += v
+		j := simdAdd(dst, row)
+		for ; j < cols; j++ {
+			dst[j] += row[j]
 		}
 	}
 }

@@ -153,3 +153,68 @@ func TestSoftmaxCrossEntropy(t *testing.T) {
 		}
 	}
 }
+
+// SumRows adds each column's rows in order: bitwise the scalar loop, for
+// widths on and off the vector step.
+func TestSumRowsBitwise(t *testing.T) {
+	d, err := New(Config{Threads: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := rand.New(rand.NewPCG(9, 9))
+	for _, cols := range []int{1, 7, 16, 17, 33, 512} {
+		const rows = 5
+		x := make([]float32, rows*cols)
+		for i := range x {
+			x[i] = r.Float32()*2 - 1
+		}
+		got, want := make([]float32, cols), make([]float32, cols)
+		for j := range got {
+			got[j] = float32(j) * 0.1
+			want[j] = got[j]
+		}
+		d.SumRows(got, x, rows, cols)
+		for i := 0; i < rows; i++ {
+			for j := 0; j < cols; j++ {
+				want[j] += x[i*cols+j]
+			}
+		}
+		for j := range got {
+			if math.Float32bits(got[j]) != math.Float32bits(want[j]) {
+				t.Fatalf("cols %d: column %d = %g, want %g", cols, j, got[j], want[j])
+			}
+		}
+	}
+}
+
+// The vector bias+ReLU is bitwise the scalar relu(v+b), signed zeros and
+// NaNs included.
+func TestBiasReLUBitwise(t *testing.T) {
+	d, err := New(Config{Threads: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	negZero := float32(math.Copysign(0, -1))
+	nan := float32(math.NaN())
+	special := []float32{negZero, 0, nan, -nan, -1, 1, float32(math.Inf(-1)), float32(math.Inf(1))}
+	const cols = 37
+	x := make([]float32, 2*cols)
+	bias := make([]float32, cols)
+	for i := range x {
+		x[i] = special[i%len(special)]
+	}
+	for i := range bias {
+		bias[i] = []float32{negZero, 0, 0.5, -0.5}[i%4]
+	}
+	want := make([]float32, len(x))
+	for i, v := range x {
+		want[i] = relu(v + bias[i%cols])
+	}
+	pre := make([]float32, len(x))
+	d.BiasAct(device.ReLU, x, bias, pre, 2, cols)
+	for i := range x {
+		if math.Float32bits(x[i]) != math.Float32bits(want[i]) {
+			t.Fatalf("x[%d] = %g (%#x), want %g (%#x)", i, x[i], math.Float32bits(x[i]), want[i], math.Float32bits(want[i]))
+		}
+	}
+}

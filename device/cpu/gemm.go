@@ -78,6 +78,11 @@ func gemmBlocked[T float32 | uint16](d *Device, f *packFuncs[T], g *gemmArgs) {
 	mr, nr, kc := kn.mr, kn.nr, kn.kc
 	m, n := g.m, g.n
 	kpad := roundUp(g.k, f.kstep)
+	if kpad > kc {
+		// Even k slices: 784 as 392+392 rather than 384+384+16, whose thin
+		// last slice costs a whole extra pass over C for 2% of the work.
+		kc = roundUp(ceilDiv(kpad, ceilDiv(kpad, kc)), 8)
+	}
 	threads := d.threads
 	if m*n*g.k < serialWork {
 		threads = 1
