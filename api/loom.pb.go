@@ -100,8 +100,11 @@ type JobSpec struct {
 	MaxWorkers int32 `protobuf:"varint,5,opt,name=max_workers,json=maxWorkers,proto3" json:"max_workers,omitempty"`
 	// Pipeline stages per data-parallel replica. 0 = 1.
 	PipelineStages int32 `protobuf:"varint,6,opt,name=pipeline_stages,json=pipelineStages,proto3" json:"pipeline_stages,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Batch shares: false (default) in proportion to each worker's measured
+	// speed; true equal, whatever the speeds.
+	EqualShares   bool `protobuf:"varint,7,opt,name=equal_shares,json=equalShares,proto3" json:"equal_shares,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *JobSpec) Reset() {
@@ -174,6 +177,13 @@ func (x *JobSpec) GetPipelineStages() int32 {
 		return x.PipelineStages
 	}
 	return 0
+}
+
+func (x *JobSpec) GetEqualShares() bool {
+	if x != nil {
+		return x.EqualShares
+	}
+	return false
 }
 
 type Checkpoint struct {
@@ -2369,7 +2379,7 @@ var File_loom_proto protoreflect.FileDescriptor
 const file_loom_proto_rawDesc = "" +
 	"\n" +
 	"\n" +
-	"loom.proto\x12\aloom.v1\"\xcc\x01\n" +
+	"loom.proto\x12\aloom.v1\"\xef\x01\n" +
 	"\aJobSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1f\n" +
 	"\vconfig_yaml\x18\x02 \x01(\fR\n" +
@@ -2379,7 +2389,8 @@ const file_loom_proto_rawDesc = "" +
 	"minWorkers\x12\x1f\n" +
 	"\vmax_workers\x18\x05 \x01(\x05R\n" +
 	"maxWorkers\x12'\n" +
-	"\x0fpipeline_stages\x18\x06 \x01(\x05R\x0epipelineStages\"\xa4\x01\n" +
+	"\x0fpipeline_stages\x18\x06 \x01(\x05R\x0epipelineStages\x12!\n" +
+	"\fequal_shares\x18\a \x01(\bR\vequalShares\"\xa4\x01\n" +
 	"\n" +
 	"Checkpoint\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x12\n" +

@@ -352,3 +352,31 @@ func TestRestartFromSnapshot(t *testing.T) {
 		t.Fatalf("state after restart differs:\n got %v\nwant %v", got, want)
 	}
 }
+
+// A job with equal_shares splits its batch evenly whatever the speeds; a
+// default job splits it in proportion to them.
+func TestEqualSharesJob(t *testing.T) {
+	for _, equal := range []bool{false, true} {
+		f := NewFSM(zap.NewNop())
+		applyAt(t, f, 1, &api.CmdSubmitJob{Spec: &api.JobSpec{Name: "j", GlobalBatch: 90, EqualShares: equal}})
+		for i, g := range []float64{20, 10} {
+			applyAt(t, f, uint64(2+i), &api.CmdRegisterWorker{Worker: &api.Worker{Id: fmt.Sprintf("w%d", i),
+				Profile: &api.DeviceProfile{CollectiveAddr: fmt.Sprintf("127.0.0.1:%d", 9000+i), Gflops: map[string]float64{"f32": g}}}})
+		}
+		ps := desiredPlans(f.State(), 0)
+		if len(ps) != 1 || len(ps[0].GetRanks()) != 2 {
+			t.Fatalf("plans %v", ps)
+		}
+		shares := map[string]int64{}
+		for _, r := range ps[0].GetRanks() {
+			shares[r.GetWorkerId()] = r.GetBatchShare()
+		}
+		want := map[string]int64{"w0": 60, "w1": 30}
+		if equal {
+			want = map[string]int64{"w0": 45, "w1": 45}
+		}
+		if shares["w0"] != want["w0"] || shares["w1"] != want["w1"] {
+			t.Fatalf("equal_shares=%v: shares %v, want %v", equal, shares, want)
+		}
+	}
+}

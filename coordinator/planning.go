@@ -3,7 +3,6 @@ package coordinator
 import (
 	"context"
 	"math"
-	"os"
 	"time"
 
 	"go.uber.org/zap"
@@ -25,12 +24,10 @@ func schedJob(spec *api.JobSpec) scheduler.Job {
 // workerSpeeds gives the planner one speed per worker, in one unit: the
 // measured samples/s from progress reports when every worker has reported,
 // else the best profiled GFLOP/s (1 when a profile has none).
-// With LOOM_PLAN_EQUAL_SHARES=1 in the coordinator's environment every
-// worker counts as equally fast (a measuring aid: the equal split beside
-// the proportional one).
-func workerSpeeds(ws []*api.Worker) []float64 {
+// A job with equal_shares counts every worker as equally fast.
+func workerSpeeds(spec *api.JobSpec, ws []*api.Worker) []float64 {
 	out := make([]float64, len(ws))
-	if equalShares {
+	if spec.GetEqualShares() {
 		for i := range out {
 			out[i] = 1
 		}
@@ -56,8 +53,6 @@ func workerSpeeds(ws []*api.Worker) []float64 {
 	}
 	return out
 }
-
-var equalShares = os.Getenv("LOOM_PLAN_EQUAL_SHARES") == "1"
 
 func fromSchedPlan(jobID string, gen int64, p scheduler.Plan) *api.Plan {
 	out := &api.Plan{
@@ -120,7 +115,7 @@ func desiredPlans(st *api.SnapshotState, tolerance float64) []*api.Plan {
 			pool = pool[take:]
 		}
 		in := make([]scheduler.Worker, len(ws))
-		speeds := workerSpeeds(ws)
+		speeds := workerSpeeds(j.GetSpec(), ws)
 		for i, w := range ws {
 			in[i] = scheduler.Worker{ID: w.GetId(), Addr: w.GetProfile().GetCollectiveAddr(), Speed: speeds[i]}
 		}

@@ -76,6 +76,7 @@ type Cluster struct {
 	MinWorkers int    `yaml:"min_workers"` // the job waits below this many; 0 means 1
 	MaxWorkers int    `yaml:"max_workers"` // extra workers stand by; 0: no limit
 	Compress   string `yaml:"compress"`    // gradient wire format: none | bf16 | fp16
+	Balance    string `yaml:"balance"`     // batch shares: speed (measured) | equal
 }
 
 // Checkpoint configures checkpoints.
@@ -100,7 +101,7 @@ func Default() Job {
 		Train:      Train{Epochs: 1, GlobalBatch: 256, Precision: "fp32", LogEvery: 50},
 		Optimizer:  Optimizer{Kind: "adamw", LR: 1e-3, WeightDecay: 0.01, Momentum: 0.9, Beta1: 0.9, Beta2: 0.999, Eps: 1e-8},
 		Schedule:   Schedule{Kind: "cosine"},
-		Cluster:    Cluster{Compress: "none"},
+		Cluster:    Cluster{Compress: "none", Balance: "speed"},
 		Checkpoint: Checkpoint{Dir: "checkpoints", Keep: 3},
 	}
 }

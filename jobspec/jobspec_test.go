@@ -101,7 +101,7 @@ func TestDataPathRelativeToConfig(t *testing.T) {
 }
 
 func TestMarshalRoundTrip(t *testing.T) {
-	j, err := Parse("job.yaml", []byte(good+"cluster: {min_workers: 2, max_workers: 4, compress: bf16}\n"))
+	j, err := Parse("job.yaml", []byte(good+"cluster: {min_workers: 2, max_workers: 4, compress: bf16, balance: equal}\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -118,5 +118,8 @@ func TestMarshalRoundTrip(t *testing.T) {
 	}
 	if _, err := Parse("j.yaml", []byte(good+"cluster: {min_workers: 3, max_workers: 2}\n")); err == nil || !strings.Contains(err.Error(), "cluster.max_workers") {
 		t.Fatalf("max below min: %v", err)
+	}
+	if _, err := Parse("j.yaml", []byte(good+"cluster: {balance: fastest}\n")); err == nil || !strings.Contains(err.Error(), "cluster.balance") {
+		t.Fatalf("unknown balance: %v", err)
 	}
 }

@@ -58,6 +58,8 @@ func (j *Job) Validate() error {
 		return j.errf("cluster.max_workers", "%d is below min_workers %d", c.MaxWorkers, c.MinWorkers)
 	case c.Compress != "none" && c.Compress != "bf16" && c.Compress != "fp16":
 		return j.errf("cluster.compress", "%q unknown (want none, bf16 or fp16)", c.Compress)
+	case c.Balance != "speed" && c.Balance != "equal":
+		return j.errf("cluster.balance", "%q unknown (want speed or equal)", c.Balance)
 	case c.MaxWorkers > t.GlobalBatch:
 		return j.errf("cluster.max_workers", "%d workers cannot share a global batch of %d", c.MaxWorkers, t.GlobalBatch)
 	}

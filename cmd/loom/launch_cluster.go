@@ -78,7 +78,8 @@ func runCluster(ctx context.Context, stdout io.Writer, job *jobspec.Job, o launc
 	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	resp, err := client.SubmitJob(sctx, &api.SubmitJobRequest{RequestId: hex.EncodeToString(rid[:]), Spec: &api.JobSpec{
 		Name: job.Name, ConfigYaml: body, GlobalBatch: int64(job.Train.GlobalBatch),
-		MinWorkers: int32(minW), MaxWorkers: int32(job.Cluster.MaxWorkers), PipelineStages: 1}})
+		MinWorkers: int32(minW), MaxWorkers: int32(job.Cluster.MaxWorkers), PipelineStages: 1,
+		EqualShares: job.Cluster.Balance == "equal"}})
 	cancel()
 	if err != nil {
 		return fmt.Errorf("submit %s: %w", job.Name, err)
