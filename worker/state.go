@@ -3,6 +3,7 @@ package worker
 import (
 	"fmt"
 	"math"
+	"slices"
 	"time"
 
 	"github.com/loomtrain/loom/data"
@@ -17,13 +18,40 @@ type TrainState struct {
 	Sampler  data.Position
 	OptSteps int
 	Scaler   optimizer.ScalerState
-	// Gen is the plan generation the last step ran in (0 if unknown).
-	Gen int64
+	// Gens says which plan generation ran each recent step: its entries
+	// are the first step each generation applied, oldest first (at most
+	// genHistory of them).
+	Gens []GenStart
+}
+
+// GenStart is the first step a plan generation applied.
+type GenStart struct {
+	Gen  int64
+	Step int
+}
+
+// genHistory bounds TrainState.Gens.
+const genHistory = 16
+
+// genOf returns the generation that ran step (1-based) according to gens,
+// for a trainer at step last; ok is false when gens does not reach back to
+// it (entries are contiguous: each generation ran from its first step to
+// the next entry's).
+func genOf(gens []GenStart, step, last int) (gen int64, ok bool) {
+	if step > last {
+		return 0, false
+	}
+	for i := len(gens) - 1; i >= 0; i-- {
+		if gens[i].Step <= step {
+			return gens[i].Gen, true
+		}
+	}
+	return 0, false
 }
 
 // State returns the trainer's scalar state.
 func (t *Trainer) State() TrainState {
-	s := TrainState{Step: t.step, Sampler: t.sampler.Position(), OptSteps: t.opt.Steps(), Gen: t.lastGen}
+	s := TrainState{Step: t.step, Sampler: t.sampler.Position(), OptSteps: t.opt.Steps(), Gens: slices.Clone(t.gens)}
 	if t.scaler != nil {
 		s.Scaler = t.scaler.State()
 	}
@@ -39,13 +67,16 @@ func (t *Trainer) Restore(s TrainState) error {
 	if err := t.sampler.Seek(s.Sampler); err != nil {
 		return err
 	}
-	if p := t.pending; p != nil && p.entry.Step == s.Step && p.gen == s.Gen && s.Gen != 0 {
-		// Another rank completed, in the same generation, the step this
-		// one abandoned: this rank's samples were in the sum it applied.
-		t.writeLedger(p.entry)
+	if p := t.pending; p != nil && p.gen != 0 {
+		if g, ok := genOf(s.Gens, p.entry.Step, s.Step); ok && g == p.gen {
+			// Another rank completed, in the same generation, the step
+			// this one abandoned: this rank's samples were in the sum it
+			// applied.
+			t.writeLedger(p.entry)
+		}
 	}
 	t.pending = nil
-	t.step, t.lastGen = s.Step, s.Gen
+	t.step, t.gens = s.Step, slices.Clone(s.Gens)
 	t.opt.SetSteps(s.OptSteps)
 	if t.scaler != nil {
 		t.scaler.Restore(s.Scaler)
@@ -84,13 +115,16 @@ func (t *Trainer) LastBatch() int { return len(t.idx) }
 func (t *Trainer) Steps() int { return t.step }
 
 // metaWords is the length of an encoded TrainState.
-const metaWords = 9
+const metaWords = 9 + 2*genHistory
 
 // encode packs s as exact 32-bit words (float32 bit patterns, so a
 // float32 Broadcast carries it unchanged).
 func (s TrainState) encode(dst []float32) {
 	w := []uint32{uint32(s.Step), uint32(s.Sampler.Epoch), uint32(s.Sampler.Offset), uint32(s.OptSteps),
-		math.Float32bits(s.Scaler.Scale), uint32(s.Scaler.Good), uint32(s.Scaler.Skipped), 0x6c6f6f6d, uint32(s.Gen)}
+		math.Float32bits(s.Scaler.Scale), uint32(s.Scaler.Good), uint32(s.Scaler.Skipped), 0x6c6f6f6d, uint32(len(s.Gens))}
+	for _, g := range s.Gens {
+		w = append(w, uint32(g.Gen), uint32(g.Step))
+	}
 	for i, v := range w {
 		dst[i] = math.Float32frombits(v)
 	}
@@ -101,9 +135,13 @@ func decodeState(src []float32) (TrainState, error) {
 	for i := range w {
 		w[i] = math.Float32bits(src[i])
 	}
-	if w[7] != 0x6c6f6f6d {
-		return TrainState{}, fmt.Errorf("state header corrupt (%#x)", w[7])
+	if w[7] != 0x6c6f6f6d || w[8] > genHistory {
+		return TrainState{}, fmt.Errorf("state header corrupt (%#x, %d)", w[7], w[8])
 	}
-	return TrainState{Step: int(w[0]), Sampler: data.Position{Epoch: int(w[1]), Offset: int(w[2])}, OptSteps: int(w[3]),
-		Scaler: optimizer.ScalerState{Scale: math.Float32frombits(w[4]), Good: int(w[5]), Skipped: int(w[6])}, Gen: int64(w[8])}, nil
+	s := TrainState{Step: int(w[0]), Sampler: data.Position{Epoch: int(w[1]), Offset: int(w[2])}, OptSteps: int(w[3]),
+		Scaler: optimizer.ScalerState{Scale: math.Float32frombits(w[4]), Good: int(w[5]), Skipped: int(w[6])}}
+	for i := range int(w[8]) {
+		s.Gens = append(s.Gens, GenStart{Gen: int64(w[9+2*i]), Step: int(w[10+2*i])})
+	}
+	return s, nil
 }

@@ -94,8 +94,9 @@ type Trainer struct {
 	pending *pendingStep
 
 	// Generation is the plan generation the trainer's steps run in (set
-	// by the agent); lastGen is the one the last applied step ran in.
-	Generation, lastGen int64
+	// by the agent); gens records which generation ran the recent steps.
+	Generation int64
+	gens       []GenStart
 
 	// beforeUpdate, if set, runs before the next optimizer update (the
 	// checkpointer waits there for its copy of the weights).
@@ -277,7 +278,12 @@ func (t *Trainer) abandon(start data.Position, idx []int) {
 // record writes the ledger entry of the step just completed.
 func (t *Trainer) record(epoch int, idx []int) {
 	t.pending = nil
-	t.lastGen = t.Generation
+	if n := len(t.gens); n == 0 || t.gens[n-1].Gen != t.Generation {
+		if n == genHistory {
+			t.gens = append(t.gens[:0], t.gens[1:]...)
+		}
+		t.gens = append(t.gens, GenStart{Gen: t.Generation, Step: t.step})
+	}
 	t.writeLedger(LedgerEntry{Epoch: epoch, Step: t.step, Samples: idx})
 }
 

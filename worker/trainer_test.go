@@ -184,12 +184,12 @@ func (failingSync) Wait(context.Context) error { return errors.New("peer died") 
 // when it takes that rank's state; if the step was completed in another
 // generation it does not.
 func TestAbandonedStepLedger(t *testing.T) {
-	job := smallJob(t, "fp32", 5)
+	job := smallJob(t, "fp32", 30)
 	for _, tc := range []struct {
 		name      string
 		gen       int64
 		wantEntry bool
-	}{{"same generation", 7, true}, {"later generation", 8, false}} {
+	}{{"same generation", 7, true}, {"later generation", 8, false}, {"same generation, source far ahead", 7, true}} {
 		t.Run(tc.name, func(t *testing.T) {
 			var ledA, ledB strings.Builder
 			a, b := newTrainer(t, job, 1), newTrainer(t, job, 1)
@@ -202,6 +202,16 @@ func TestAbandonedStepLedger(t *testing.T) {
 			}
 			if _, err := b.StepShare(context.Background(), failingSync{}, shB); err == nil {
 				t.Fatal("step with a failing sync succeeded")
+			}
+			if strings.Contains(tc.name, "far ahead") {
+				// a goes on without b for 20 steps, in two later
+				// generations.
+				for i := range 20 {
+					a.Generation = 8 + int64(i/10)
+					if _, err := a.StepShare(context.Background(), nil, shA); err != nil {
+						t.Fatal(err)
+					}
+				}
 			}
 			if ledB.Len() != 0 || b.Steps() != 0 {
 				t.Fatalf("abandoned step recorded at once (%d steps): %s", b.Steps(), ledB.String())
@@ -216,16 +226,48 @@ func TestAbandonedStepLedger(t *testing.T) {
 				return
 			}
 			var ea, eb LedgerEntry
-			if err := json.Unmarshal([]byte(ledA.String()), &ea); err != nil {
-				t.Fatal(err)
-			}
 			if err := json.Unmarshal([]byte(ledB.String()), &eb); err != nil {
 				t.Fatalf("ledger of the lagging rank: %v (%q)", err, ledB.String())
 			}
 			want := data.NewSampler(mnist(t).Train.N, job.Seed).Next(nil, 128)
+			ea = firstLedgerEntry(t, ledA.String())
 			if eb.Step != 1 || ea.Step != 1 || !slices.Equal(append(ea.Samples, eb.Samples...), want) {
 				t.Fatalf("entries %+v and %+v do not cover the step's batch", ea, eb)
 			}
 		})
+	}
+}
+
+func firstLedgerEntry(t *testing.T, ledger string) LedgerEntry {
+	t.Helper()
+	var e LedgerEntry
+	line, _, _ := strings.Cut(ledger, "\n")
+	if err := json.Unmarshal([]byte(line), &e); err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+func TestTrainStateRoundTrip(t *testing.T) {
+	s := TrainState{Step: 7, Sampler: data.Position{Epoch: 1, Offset: 99}, OptSteps: 7,
+		Gens: []GenStart{{Gen: 3, Step: 1}, {Gen: 5, Step: 4}}}
+	buf := make([]float32, metaWords)
+	s.encode(buf)
+	got, err := decodeState(buf)
+	if err != nil || got.Step != 7 || got.Sampler != s.Sampler || !slices.Equal(got.Gens, s.Gens) {
+		t.Fatalf("round trip: %+v %v", got, err)
+	}
+	for _, c := range []struct {
+		step int
+		gen  int64
+		ok   bool
+	}{{1, 3, true}, {3, 3, true}, {4, 5, true}, {7, 5, true}, {8, 0, false}} {
+		if g, ok := genOf(got.Gens, c.step, got.Step); g != c.gen || ok != c.ok {
+			t.Errorf("genOf step %d = %d %v, want %d %v", c.step, g, ok, c.gen, c.ok)
+		}
+	}
+	buf[7] = 0
+	if _, err := decodeState(buf); err == nil {
+		t.Fatal("corrupt header accepted")
 	}
 }

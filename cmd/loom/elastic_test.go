@@ -232,6 +232,48 @@ func TestElasticJoinAndKill(t *testing.T) {
 	}
 }
 
+// A worker whose link goes silent (SIGSTOP: the process is frozen, its
+// sockets stay open, nothing more arrives from it) is dropped when its lease
+// expires and the others go on without it; once thawed it finds its lease
+// gone, registers again and rejoins with state from a live peer. Every
+// sample is used exactly once.
+func TestSilentWorkerDroppedAndRejoins(t *testing.T) {
+	r := startElastic(t, 230)
+	r.waitStep(50)
+	x0, x1 := r.join("x0"), r.join("x1")
+	r.waitTrained(map[string]*proc{"x0": x0, "x1": x1})
+	r.waitStep(100)
+	stopAt := time.Now()
+	_ = syscall.Kill(x1.cmd.Process.Pid, syscall.SIGSTOP)
+	r.waitStep(130)
+	contAt := time.Now()
+	_ = syscall.Kill(x1.cmd.Process.Pid, syscall.SIGCONT)
+	r.finish()
+	for id, p := range map[string]*proc{"x0": x0, "x1": x1} {
+		if err := waitExit(t, p, id, time.Minute); err != nil {
+			t.Fatalf("%s exited with %v\n%s", id, err, p.stderr)
+		}
+	}
+	var rejoined int64
+	for _, e := range readLedgers(t, filepath.Join(r.ledger, "x1")) {
+		if e.UnixNano > contAt.UnixNano() && (rejoined == 0 || e.UnixNano < rejoined) {
+			rejoined = e.UnixNano
+		}
+	}
+	lastBefore := 0
+	for _, e := range readLedgers(t, filepath.Join(r.ledger, "x1")) {
+		if e.UnixNano < stopAt.UnixNano() {
+			lastBefore = max(lastBefore, e.Step)
+		}
+	}
+	next := r.firstStepAfter(lastBefore, stopAt)
+	t.Logf("SIGSTOP: next completed step %v later; after SIGCONT x1 trained again %v later",
+		next.Round(time.Millisecond), time.Duration(rejoined-contAt.UnixNano()).Round(time.Millisecond))
+	if next < 0 || next > 30*time.Second || rejoined == 0 {
+		t.Fatalf("stall after SIGSTOP (%v) or no rejoin (%d)\nlauncher:\n%s\nx1:\n%s", next, rejoined, r.log(), x1.stderr)
+	}
+}
+
 // A worker that joins and dies while it receives its state (the
 // state-transfer failpoint SIGKILLs it after the weights, before the
 // optimizer state) does not stall the others: they give up on the
