@@ -275,7 +275,8 @@ func (t *Trainer) abandon(start data.Position, idx []int) {
 	}
 }
 
-// record writes the ledger entry of the step just completed.
+// record notes the step just completed: the generation that ran it, and
+// its ledger entry.
 func (t *Trainer) record(epoch int, idx []int) {
 	t.pending = nil
 	if n := len(t.gens); n == 0 || t.gens[n-1].Gen != t.Generation {
