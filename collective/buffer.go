@@ -3,6 +3,7 @@ package collective
 import (
 	"fmt"
 
+	"github.com/loomtrain/loom/internal/vec"
 	"github.com/loomtrain/loom/tensor"
 )
 
@@ -76,24 +77,7 @@ func Shard(size, n, rank int) (lo, hi int) {
 // values to fp32, adds, and (for 16-bit buffers) narrows the result once.
 
 // addF32 sets dst[i] += src[i].
-func addF32(dst, src []float32) {
-	src = src[:len(dst)]
-	i := simdAddF32(dst, src)
-	for ; i+8 <= len(dst); i += 8 {
-		d, s := dst[i:i+8:i+8], src[i:i+8:i+8]
-		d[0] += s[0]
-		d[1] += s[1]
-		d[2] += s[2]
-		d[3] += s[3]
-		d[4] += s[4]
-		d[5] += s[5]
-		d[6] += s[6]
-		d[7] += s[7]
-	}
-	for ; i < len(dst); i++ {
-		dst[i] += src[i]
-	}
-}
+func addF32(dst, src []float32) { vec.Add(dst, src) }
 
 // addWire sets dst[i] += widen(src[i]) for 16-bit wire values of dtype d.
 func addWire(d tensor.DType, dst []float32, src []uint16) {

@@ -12,9 +12,6 @@ var (
 )
 
 //go:noescape
-func addF32AVX2(dst, src *float32, n int)
-
-//go:noescape
 func addBF16AVX2(dst *float32, src *uint16, n int)
 
 //go:noescape
@@ -59,18 +56,6 @@ func simdEncodeF16(dst []uint16, src []float32) int {
 	}
 	_ = dst[n-1]
 	encodeF16F16C(&dst[0], &src[0], n)
-	return n
-}
-
-// simdAddF32 handles the longest multiple-of-16 prefix and returns how many
-// elements it did.
-func simdAddF32(dst, src []float32) int {
-	n := len(dst) &^ 15
-	if !useAVX2 || n == 0 {
-		return 0
-	}
-	_ = src[n-1]
-	addF32AVX2(&dst[0], &src[0], n)
 	return n
 }
 

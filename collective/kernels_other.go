@@ -4,7 +4,6 @@ package collective
 
 // Portable builds have no SIMD fast path: every kernel runs the Go loops.
 
-func simdAddF32(dst, src []float32) int           { return 0 }
 func simdAddBF16(dst []float32, src []uint16) int { return 0 }
 func simdDecodeBF16(dst []float32, src []uint16) int {
 	return 0

@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
-	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -238,15 +237,11 @@ func runAllreduceRank(ctx context.Context, stdout io.Writer, o allreduceOpts) er
 		return err
 	}
 	if o.cpuProfile != "" {
-		f, err := os.Create(fmt.Sprintf("%s.rank%d", o.cpuProfile, o.rank))
+		stop, err := startCPUProfile(fmt.Sprintf("%s.rank%d", o.cpuProfile, o.rank))
 		if err != nil {
 			return err
 		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return err
-		}
-		defer pprof.StopCPUProfile()
+		defer stop()
 	}
 	tcfg := collective.DefaultTCPConfig()
 	tcfg.Generation, tcfg.Rank, tcfg.Peers, tcfg.SocketBufferBytes = o.generation, o.rank, o.peers, sockBuf

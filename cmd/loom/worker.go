@@ -73,15 +73,11 @@ environment it writes a CPU profile of its run to DIR/ID.pprof.`,
 			}
 			if dir := os.Getenv("LOOM_CPUPROFILE"); dir != "" {
 				// Developer aid: a CPU profile of this worker, DIR/ID.pprof.
-				f, err := os.Create(filepath.Join(dir, id+".pprof"))
+				stop, err := startCPUProfile(filepath.Join(dir, id+".pprof"))
 				if err != nil {
-					return err
+					return fmt.Errorf("LOOM_CPUPROFILE: %w", err)
 				}
-				defer f.Close()
-				if err := pprof.StartCPUProfile(f); err != nil {
-					return err
-				}
-				defer pprof.StopCPUProfile()
+				defer stop()
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
@@ -114,4 +110,20 @@ environment it writes a CPU profile of its run to DIR/ID.pprof.`,
 	_ = cmd.MarkFlagRequired("coordinator")
 	_ = cmd.MarkFlagRequired("job")
 	return cmd
+}
+
+// startCPUProfile writes a CPU profile to path until stop is called.
+func startCPUProfile(path string) (stop func(), err error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}, nil
 }

@@ -4,6 +4,7 @@ import (
 	"math"
 
 	"github.com/loomtrain/loom/device"
+	"github.com/loomtrain/loom/internal/vec"
 	"github.com/loomtrain/loom/tensor"
 )
 
@@ -57,10 +58,7 @@ func biasActRow(act device.Activation, row, bias, pre []float32) {
 	switch {
 	case act == device.None:
 		if bias != nil {
-			// v + b, as the scalar loop: the vector prefix is bitwise equal.
-			for j := simdAdd(row, bias); j < len(row); j++ {
-				row[j] += bias[j]
-			}
+			vec.Add(row, bias) // v + b, bitwise the scalar loop
 		}
 	case act == device.ReLU && bias != nil && pre != nil:
 		for j := simdBiasReLU(row, bias, pre); j < len(row); j++ {
@@ -178,13 +176,9 @@ func (d *Device) ActBackward(act device.Activation, grad, pre []float32) {
 func (d *Device) SumRows(dst, x []float32, rows, cols int) {
 	dst = dst[:cols]
 	for i := 0; i < rows; i++ {
-		// Each column adds its rows in order: the vector prefix is bitwise
-		// the scalar loop.
-		row := x[i*cols : (i+1)*cols]
-		j := simdAdd(dst, row)
-		for ; j < cols; j++ {
-			dst[j] += row[j]
-		}
+		// Each column adds its rows in order (vec.Add is bitwise the
+		// scalar loop).
+		vec.Add(dst, x[i*cols:(i+1)*cols])
 	}
 }
 

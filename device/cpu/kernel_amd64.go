@@ -56,25 +56,7 @@ func platformKernels() []*kernel {
 	return ks
 }
 
-// addF32AVX2 adds src[i] to dst[i] for i < n, n a multiple of 16 (the
-// same float32 adds as the scalar loop).
-//
-//go:noescape
-func addF32AVX2(dst, src *float32, n int)
-
 var hasAVX2 = cpu.X86.HasAVX2
-
-// simdAdd does dst[i] += src[i] over the longest multiple-of-16 prefix of
-// dst and returns its length.
-func simdAdd(dst, src []float32) int {
-	n := len(dst) &^ 15
-	if !hasAVX2 || n == 0 {
-		return 0
-	}
-	_ = src[n-1]
-	addF32AVX2(&dst[0], &src[0], n)
-	return n
-}
 
 // biasReLUAVX2 does, for i < n (a multiple of 16): p := row[i] + bias[i];
 // pre[i] = p; row[i] = relu(p) (a set sign bit gives +0, as relu does).
