@@ -36,6 +36,7 @@ import (
 type Communicator struct {
 	cfg   Config
 	t     Transport
+	lend  lender // t, if it can lend received payloads; else nil
 	log   *zap.Logger
 	n     int
 	pos   int   // my position in the ring
@@ -100,6 +101,7 @@ func New(t Transport, cfg Config) (*Communicator, error) {
 		wake: make(chan struct{}, 1), sentAck: make(chan struct{}, 1), jobs: make(chan context.Context),
 		results: make(chan error, 1), quit: make(chan struct{}), exited: make(chan struct{}),
 	}
+	c.lend, _ = t.(lender)
 	c.plan.segLo = make([]int, n)
 	c.plan.segHi = make([]int, n)
 	go c.sender()

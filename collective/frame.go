@@ -10,12 +10,13 @@ import (
 )
 
 // Wire format. Every message on a link is one frame: a fixed 40-byte header
-// followed by Len payload bytes. All integers are little-endian.
+// followed by Len payload bytes (or, for a shared-memory data frame, by the
+// payload's 8-byte ring position). All integers are little-endian.
 //
 //	offset size field
 //	0      4    magic 0x4C4F4F4D
 //	4      1    version (1)
-//	5      1    kind (hello, welcome, data)
+//	5      1    kind (hello, welcome, data, shared-memory data)
 //	6      1    op (which collective, or p2p)
 //	7      1    wire dtype (tensor.DType: fp32, bf16, fp16)
 //	8      8    generation
@@ -43,11 +44,15 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 // Kind is the type of a frame.
 type Kind uint8
 
-// Frame kinds. Hello and Welcome appear only during connection setup.
+// Frame kinds. Hello and Welcome appear only during connection setup. A
+// KindShmData frame is a data frame whose Len payload bytes wait in the
+// link's shared memory; on the stream the header is followed by their 8-byte
+// ring position instead (shm.go).
 const (
 	KindHello   Kind = 1
 	KindWelcome Kind = 2
 	KindData    Kind = 3
+	KindShmData Kind = 4
 )
 
 // Op names the operation a data frame belongs to, so that ranks which call
@@ -132,7 +137,7 @@ func DecodeHeader(b []byte, maxLen int) (Header, error) {
 		Seq:        binary.LittleEndian.Uint64(b[24:]),
 		Len:        binary.LittleEndian.Uint32(b[32:]),
 	}
-	if h.Kind < KindHello || h.Kind > KindData {
+	if h.Kind < KindHello || h.Kind > KindShmData {
 		return Header{}, fmt.Errorf("%w: unknown kind %d", ErrBadFrame, h.Kind)
 	}
 	if h.Op < OpHandshake || h.Op > OpP2P {
@@ -147,7 +152,7 @@ func DecodeHeader(b []byte, maxLen int) (Header, error) {
 	if h.Len%uint32(h.DType.Size()) != 0 {
 		return Header{}, fmt.Errorf("%w: payload %d bytes is not a whole number of %s", ErrBadFrame, h.Len, h.DType)
 	}
-	if h.Kind != KindData && h.Len != 0 {
+	if (h.Kind == KindHello || h.Kind == KindWelcome) && h.Len != 0 {
 		return Header{}, fmt.Errorf("%w: %d-byte payload on a handshake frame", ErrBadFrame, h.Len)
 	}
 	return h, nil

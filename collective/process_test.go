@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -23,6 +24,7 @@ const (
 	childEnv   = "LOOM_COLLECTIVE_TEST_CHILD"
 	childRank  = "LOOM_COLLECTIVE_TEST_RANK"
 	childPeers = "LOOM_COLLECTIVE_TEST_PEERS"
+	childShm   = "LOOM_COLLECTIVE_TEST_SHM" // "1": payloads through shared memory
 )
 
 // TestMain doubles as the entry point of child rank processes: the
@@ -49,9 +51,19 @@ func childMain() int {
 	defer cancel()
 	tcfg := DefaultTCPConfig()
 	tcfg.Generation, tcfg.Rank, tcfg.Peers, tcfg.Listener = 3, rank, peers, ln
+	wantShm := 0
+	if os.Getenv(childShm) == "1" {
+		wantShm = len(peers) - 1
+	} else {
+		tcfg.ShmRingBytes = 0
+	}
 	tr, err := NewTCPTransport(ctx, tcfg)
 	if err != nil {
 		fmt.Println("error setup:", err)
+		return 2
+	}
+	if got := tr.SharedMemoryLinks(); got != wantShm {
+		fmt.Printf("error setup: %d shared-memory links, want %d\n", got, wantShm)
 		return 2
 	}
 	cfg := DefaultConfig()
@@ -81,6 +93,12 @@ type childLine struct {
 }
 
 func TestKillRankProcessMidAllReduce(t *testing.T) {
+	for _, shm := range []bool{false, true} {
+		t.Run(map[bool]string{false: "tcp", true: "shm"}[shm], func(t *testing.T) { testKillRank(t, shm) })
+	}
+}
+
+func testKillRank(t *testing.T, shm bool) {
 	const n, victim = 4, 2
 	lns, addrs, err := LoopbackListeners(n)
 	if err != nil {
@@ -107,7 +125,8 @@ func TestKillRankProcessMidAllReduce(t *testing.T) {
 			t.Fatal(err)
 		}
 		cmd := exec.Command(os.Args[0], "-test.run=^$")
-		cmd.Env = append(os.Environ(), childEnv+"=1", childRank+"="+strconv.Itoa(r), childPeers+"="+strings.Join(addrs, ","))
+		cmd.Env = append(os.Environ(), childEnv+"=1", childRank+"="+strconv.Itoa(r), childPeers+"="+strings.Join(addrs, ","),
+			childShm+"="+map[bool]string{false: "0", true: "1"}[shm])
 		cmd.ExtraFiles = []*os.File{f}
 		cmd.Stderr = os.Stderr
 		out, err := cmd.StdoutPipe()
@@ -162,5 +181,12 @@ func TestKillRankProcessMidAllReduce(t *testing.T) {
 			t.Fatalf("rank %d took %v (> 2s) to fail", l.rank, d)
 		}
 		seen[l.rank] = true
+	}
+	// Shared-memory files are unlinked as soon as both ends have mapped
+	// them, so not even the killed process leaves one behind.
+	for _, c := range cmds {
+		if left, _ := filepath.Glob(filepath.Join(shmDir, fmt.Sprintf("%s%d-*", shmPrefix, c.Process.Pid))); len(left) > 0 {
+			t.Errorf("left in %s: %v", shmDir, left)
+		}
 	}
 }

@@ -307,30 +307,31 @@ func (c *Communicator) recvRing(ctx context.Context) error {
 				}
 			}
 			var err error
+			var in []byte
 			switch {
 			case b.DType == tensor.F32 && p.wire == tensor.F32:
 				if reduce {
-					tmp := c.rbuf[:hi-lo]
-					if err = c.t.Recv(ctx, c.left, h, f32Bytes(tmp)); err == nil {
-						addF32(b.F32[lo:hi], tmp)
+					if in, err = c.recvLend(ctx, h, f32Bytes(c.rbuf[:hi-lo])); err == nil {
+						addF32(b.F32[lo:hi], f32Of(in))
+						c.release()
 					}
 				} else {
 					err = c.t.Recv(ctx, c.left, h, b.bytes(lo, hi))
 				}
 			case b.DType == tensor.F32: // compressed float32
-				tmp := u16View(c.rbuf)[:hi-lo]
-				if err = c.t.Recv(ctx, c.left, h, u16Bytes(tmp)); err == nil {
+				if in, err = c.recvLend(ctx, h, u16Bytes(u16View(c.rbuf)[:hi-lo])); err == nil {
 					if reduce {
-						addWire(p.wire, b.F32[lo:hi], tmp)
+						addWire(p.wire, b.F32[lo:hi], u16Of(in))
 					} else {
-						decodeWire(p.wire, b.F32[lo:hi], tmp)
+						decodeWire(p.wire, b.F32[lo:hi], u16Of(in))
 					}
+					c.release()
 				}
 			default: // 16-bit buffer, its own dtype on the wire
 				if reduce {
-					tmp := u16View(c.rbuf)[:hi-lo]
-					if err = c.t.Recv(ctx, c.left, h, u16Bytes(tmp)); err == nil {
-						addHalf(p.wire, b.U16[lo:hi], tmp)
+					if in, err = c.recvLend(ctx, h, u16Bytes(u16View(c.rbuf)[:hi-lo])); err == nil {
+						addHalf(p.wire, b.U16[lo:hi], u16Of(in))
+						c.release()
 					}
 				} else {
 					err = c.t.Recv(ctx, c.left, h, b.bytes(lo, hi))
@@ -343,6 +344,33 @@ func (c *Communicator) recvRing(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// recvLend receives the next unit from the left neighbour for a single read:
+// in place where the transport can lend it (see lender), else into scratch.
+// After a nil error the caller calls release.
+func (c *Communicator) recvLend(ctx context.Context, h Header, scratch []byte) ([]byte, error) {
+	if c.lend != nil {
+		return c.lend.RecvLend(ctx, c.left, h, scratch)
+	}
+	return scratch, c.t.Recv(ctx, c.left, h, scratch)
+}
+
+func (c *Communicator) release() {
+	if c.lend != nil {
+		c.lend.Release(c.left)
+	}
+}
+
+// f32Of and u16Of view received bytes as the values they carry. Payloads
+// lie at 4-byte-aligned addresses: in Go-allocated scratch, or at 64-byte
+// positions of a page-aligned shared-memory ring.
+func f32Of(b []byte) []float32 {
+	return unsafe.Slice((*float32)(unsafe.Pointer(unsafe.SliceData(b))), len(b)/4)
+}
+
+func u16Of(b []byte) []uint16 {
+	return unsafe.Slice((*uint16)(unsafe.Pointer(unsafe.SliceData(b))), len(b)/2)
 }
 
 func (c *Communicator) sendChain(ctx context.Context) error {

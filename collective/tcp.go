@@ -2,6 +2,7 @@ package collective
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -30,13 +31,17 @@ type TCPConfig struct {
 	SocketBufferBytes int
 	// MaxFrameBytes bounds the payload of a frame this endpoint accepts.
 	MaxFrameBytes int
+	// ShmRingBytes is the size of each direction's ring in shared memory on
+	// a link whose two ends turn out to be on one host (see shm.go); 0 sends
+	// every payload through the socket. A multiple of 64.
+	ShmRingBytes int
 	// Logger receives connection events; nil means zap.NewNop().
 	Logger *zap.Logger
 }
 
 // DefaultTCPConfig returns the defaults; the caller fills Generation, Rank and Peers.
 func DefaultTCPConfig() TCPConfig {
-	return TCPConfig{SocketBufferBytes: 4 << 20, MaxFrameBytes: DefaultMaxFrameBytes}
+	return TCPConfig{SocketBufferBytes: 4 << 20, MaxFrameBytes: DefaultMaxFrameBytes, ShmRingBytes: DefaultShmRingBytes}
 }
 
 // Validate reports the first problem with c, wrapping ErrConfig.
@@ -50,6 +55,8 @@ func (c TCPConfig) Validate() error {
 		return fmt.Errorf("%w: tcp: MaxFrameBytes %d must be positive", ErrConfig, c.MaxFrameBytes)
 	case c.SocketBufferBytes < 0:
 		return fmt.Errorf("%w: tcp: SocketBufferBytes %d is negative", ErrConfig, c.SocketBufferBytes)
+	case c.ShmRingBytes < 0 || c.ShmRingBytes > 1<<30 || c.ShmRingBytes%shmAlign != 0:
+		return fmt.Errorf("%w: tcp: ShmRingBytes %d is not a multiple of %d in [0, 1 GiB]", ErrConfig, c.ShmRingBytes, shmAlign)
 	case !littleEndian:
 		return fmt.Errorf("%w: tcp: the wire format needs a little-endian host", ErrConfig)
 	}
@@ -66,7 +73,8 @@ func (c TCPConfig) Validate() error {
 // TCPTransport is a Transport over one TCP connection per pair of ranks (a
 // full mesh, built by NewTCPTransport). Frames are written with one writev
 // (header + caller's payload, no copy) and read straight into the caller's
-// buffer.
+// buffer; between two ranks of one host the payloads go through shared
+// memory instead (shm.go).
 type TCPTransport struct {
 	cfg   TCPConfig
 	log   *zap.Logger
@@ -82,20 +90,21 @@ type TCPTransport struct {
 type tcpLink struct {
 	conn *net.TCPConn
 	peer int
+	shm  *shmLink // nil: payloads travel inline; set to nil (and unmapped) by Close under both locks
 
 	smu   sync.Mutex
-	shdr  [headerSize]byte
-	iov   [2][]byte   // header and payload of the frame being written
-	bufs  net.Buffers // view of iov consumed by WriteTo; reset per frame
+	shdr  [headerSize + 8]byte // header, and a KindShmData frame's ring position
+	iov   [2][]byte            // header and payload of the frame being written
+	bufs  net.Buffers          // view of iov consumed by WriteTo; reset per frame
 	swant ctxWatch
 
 	rmu   sync.Mutex
-	rhdr  [headerSize]byte
+	rhdr  [headerSize + 8]byte
 	rwant ctxWatch
 }
 
-func newTCPLink(c *net.TCPConn, peer int) *tcpLink {
-	l := &tcpLink{conn: c, peer: peer}
+func newTCPLink(c *net.TCPConn, peer int, shm *shmLink) *tcpLink {
+	l := &tcpLink{conn: c, peer: peer, shm: shm}
 	l.swant.set = c.SetWriteDeadline
 	l.rwant.set = c.SetReadDeadline
 	return l
@@ -114,7 +123,8 @@ func (t *TCPTransport) Generation() uint64 { return t.cfg.Generation }
 func (t *TCPTransport) Stats() Stats { return t.stats.snapshot() }
 
 // Close implements Transport: it closes every connection, which makes the
-// peers' pending calls on those links fail with ErrPeer.
+// peers' pending calls on those links fail with ErrPeer. Shared memory is
+// unmapped once the calls pending on a link have returned.
 func (t *TCPTransport) Close() error {
 	t.once.Do(func() {
 		close(t.done)
@@ -125,8 +135,40 @@ func (t *TCPTransport) Close() error {
 				_ = l.conn.Close()
 			}
 		}
+		for _, l := range t.links {
+			if l != nil {
+				if s := l.shm; s != nil { // a sender asleep on a full ring: wake it to see done
+					s.txWake.Add(1)
+					futexWake(s.txWake)
+				}
+				l.smu.Lock()
+				l.rmu.Lock()
+				if l.shm != nil {
+					l.shm.reg.unmap()
+					l.shm = nil
+				}
+				l.rmu.Unlock()
+				l.smu.Unlock()
+			}
+		}
 	})
 	return nil
+}
+
+// SharedMemoryLinks counts the links whose payloads travel through shared
+// memory.
+func (t *TCPTransport) SharedMemoryLinks() int {
+	n := 0
+	for _, l := range t.links {
+		if l != nil {
+			l.smu.Lock()
+			if l.shm != nil {
+				n++
+			}
+			l.smu.Unlock()
+		}
+	}
+	return n
 }
 
 func (t *TCPTransport) closed() bool {
@@ -170,12 +212,60 @@ func (t *TCPTransport) Send(ctx context.Context, to int, h Header, payload []byt
 		return fmt.Errorf("collective: send rank %d: %w", to, err)
 	}
 	h.Generation, h.Src, h.Dst, h.Len = t.cfg.Generation, uint32(t.cfg.Rank), uint32(to), uint32(len(payload))
-	EncodeHeader(l.shdr[:], h)
-	if err := l.writeFrame(payload); err != nil {
-		return t.ioErr(ctx, "send", to, err)
+	if l.shm != nil && h.Kind == KindData && l.shm.fits(len(payload)) {
+		pos, err := t.reserveShm(ctx, l, len(payload))
+		if err != nil {
+			return err
+		}
+		l.shm.put(pos, payload)
+		h.Kind = KindShmData
+		EncodeHeader(l.shdr[:], h)
+		binary.LittleEndian.PutUint64(l.shdr[headerSize:], pos)
+		if _, err := l.conn.Write(l.shdr[:]); err != nil {
+			return t.ioErr(ctx, "send", to, err)
+		}
+		t.stats.framesSentShm.Add(1)
+	} else {
+		EncodeHeader(l.shdr[:], h)
+		if err := l.writeFrame(payload); err != nil {
+			return t.ioErr(ctx, "send", to, err)
+		}
 	}
 	t.stats.sent(len(payload))
 	return nil
+}
+
+// shmPoll bounds each sleep of a sender on a full ring, so that it notices
+// a cancelled context, a closed transport or a dead peer that cannot wake it.
+const shmPoll = 10 * time.Millisecond
+
+// reserveShm returns where in the link's ring n payload bytes go, sleeping
+// while the ring is full. The caller holds l.smu and has checked fits.
+func (t *TCPTransport) reserveShm(ctx context.Context, l *tcpLink, n int) (uint64, error) {
+	s := l.shm
+	for {
+		if pos, ok := s.reserve(n); ok {
+			return pos, nil
+		}
+		seq := s.txWake.Load()
+		s.txWaiting.Store(1)
+		if pos, ok := s.reserve(n); ok {
+			return pos, nil
+		}
+		switch {
+		case t.closed():
+			return 0, fmt.Errorf("collective: send rank %d: %w", l.peer, ErrClosed)
+		case ctx.Err() != nil:
+			return 0, fmt.Errorf("collective: send rank %d: %w", l.peer, ctx.Err())
+		case peerGone(l.conn):
+			return 0, fmt.Errorf("collective: send rank %d: %w: connection closed while its ring is full", l.peer, ErrPeer)
+		}
+		wait := shmPoll
+		if dl, ok := ctx.Deadline(); ok {
+			wait = min(wait, max(time.Until(dl), time.Microsecond))
+		}
+		futexWait(s.txWake, seq, wait)
+	}
 }
 
 // Recv implements Transport.
@@ -186,32 +276,113 @@ func (t *TCPTransport) Recv(ctx context.Context, from int, want Header, payload 
 	}
 	l.rmu.Lock()
 	defer l.rmu.Unlock()
-	if err := l.rwant.arm(ctx); err != nil {
-		return fmt.Errorf("collective: recv rank %d: %w", from, err)
+	h, pos, err := t.next(ctx, l, want, len(payload))
+	if err != nil {
+		return err
 	}
-	want.Generation, want.Src, want.Dst, want.Len = t.cfg.Generation, uint32(from), uint32(t.cfg.Rank), uint32(len(payload))
-	for {
-		h, err := readHeader(l.conn, l.rhdr[:], t.cfg.MaxFrameBytes)
+	if h.Kind == KindShmData {
+		view, end, err := l.shm.view(pos, len(payload))
 		if err != nil {
-			return t.ioErr(ctx, "recv", from, err)
+			return err
 		}
-		v, jerr := judge(h, want)
+		copy(payload, view)
+		l.shm.consume(end)
+	} else if _, err := io.ReadFull(l.conn, payload); err != nil {
+		return t.ioErr(ctx, "recv", from, err)
+	}
+	t.stats.received(len(payload))
+	return nil
+}
+
+// RecvLend is Recv for a caller that only reads the payload once (to reduce
+// it into its own buffer): on a shared-memory link it returns the payload
+// where it lies, saving a copy; otherwise it reads it into scratch, whose
+// length is the payload size expected, and returns scratch. On success the
+// link stays reserved to the caller, and the memory valid, until
+// Release(from); on error nothing is held.
+func (t *TCPTransport) RecvLend(ctx context.Context, from int, want Header, scratch []byte) ([]byte, error) {
+	l, err := t.link(from)
+	if err != nil {
+		return nil, err
+	}
+	l.rmu.Lock()
+	h, pos, err := t.next(ctx, l, want, len(scratch))
+	if err == nil {
+		if h.Kind == KindShmData {
+			var view []byte
+			if view, l.shm.lent, err = l.shm.view(pos, len(scratch)); err == nil {
+				t.stats.received(len(scratch))
+				return view, nil
+			}
+		} else if _, err = io.ReadFull(l.conn, scratch); err == nil {
+			t.stats.received(len(scratch))
+			return scratch, nil
+		} else {
+			err = t.ioErr(ctx, "recv", from, err)
+		}
+	}
+	l.rmu.Unlock()
+	return nil, err
+}
+
+// Release ends a successful RecvLend on the link from rank from.
+func (t *TCPTransport) Release(from int) {
+	l := t.links[from]
+	if l.shm != nil && l.shm.lent != 0 {
+		l.shm.consume(l.shm.lent)
+		l.shm.lent = 0
+	}
+	l.rmu.Unlock()
+}
+
+// next reads frame headers from l until one of this generation for this
+// link arrives, discarding (and counting) strays, and returns it, with its
+// ring position for a KindShmData frame; its payload is still to be taken.
+// The caller holds l.rmu.
+func (t *TCPTransport) next(ctx context.Context, l *tcpLink, want Header, n int) (Header, uint64, error) {
+	from := l.peer
+	if err := l.rwant.arm(ctx); err != nil {
+		return Header{}, 0, fmt.Errorf("collective: recv rank %d: %w", from, err)
+	}
+	want.Generation, want.Src, want.Dst, want.Len = t.cfg.Generation, uint32(from), uint32(t.cfg.Rank), uint32(n)
+	for {
+		h, err := readHeader(l.conn, l.rhdr[:headerSize], t.cfg.MaxFrameBytes)
+		if err != nil {
+			return Header{}, 0, t.ioErr(ctx, "recv", from, err)
+		}
+		var pos uint64
+		if h.Kind == KindShmData {
+			if l.shm == nil {
+				return Header{}, 0, fmt.Errorf("collective: recv rank %d: %w: shared-memory frame on a socket-only link", from, ErrBadFrame)
+			}
+			if _, err := io.ReadFull(l.conn, l.rhdr[headerSize:]); err != nil {
+				return Header{}, 0, t.ioErr(ctx, "recv", from, err)
+			}
+			pos = binary.LittleEndian.Uint64(l.rhdr[headerSize:])
+		}
+		asData := h
+		if asData.Kind == KindShmData {
+			asData.Kind = KindData
+		}
+		v, jerr := judge(asData, want)
 		switch v {
 		case rejectGen, rejectRank:
 			t.stats.reject(v)
 			t.log.Warn("rejected frame", zap.Int("peer", from), zap.Error(jerr))
-			if _, err := io.CopyN(io.Discard, l.conn, int64(h.Len)); err != nil {
-				return t.ioErr(ctx, "recv", from, err)
+			if h.Kind == KindShmData {
+				_, end, err := l.shm.view(pos, int(h.Len))
+				if err != nil {
+					return Header{}, 0, err
+				}
+				l.shm.consume(end)
+			} else if _, err := io.CopyN(io.Discard, l.conn, int64(h.Len)); err != nil {
+				return Header{}, 0, t.ioErr(ctx, "recv", from, err)
 			}
 			continue
 		case fatalMismatch:
-			return fmt.Errorf("collective: recv rank %d: %w", from, jerr)
+			return Header{}, 0, fmt.Errorf("collective: recv rank %d: %w", from, jerr)
 		}
-		if _, err := io.ReadFull(l.conn, payload); err != nil {
-			return t.ioErr(ctx, "recv", from, err)
-		}
-		t.stats.received(len(payload))
-		return nil
+		return h, pos, nil
 	}
 }
 
@@ -231,7 +402,7 @@ func (t *TCPTransport) sendRaw(to int, h Header, payload []byte) error {
 // writeFrame writes the encoded header and payload with one writev, without
 // copying or allocating. The caller holds l.smu.
 func (l *tcpLink) writeFrame(payload []byte) error {
-	l.iov[0], l.iov[1] = l.shdr[:], payload
+	l.iov[0], l.iov[1] = l.shdr[:headerSize], payload
 	l.bufs = l.iov[:]
 	_, err := l.bufs.WriteTo(l.conn)
 	l.iov[1] = nil // do not retain the caller's buffer

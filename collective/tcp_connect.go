@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"sync"
 	"time"
@@ -53,7 +54,16 @@ func NewTCPTransport(ctx context.Context, cfg TCPConfig) (*TCPTransport, error) 
 	type result struct {
 		peer int
 		conn *net.TCPConn
+		shm  *shmLink
 		err  error
+	}
+	drop := func(r result) {
+		if r.conn != nil {
+			_ = r.conn.Close()
+		}
+		if r.shm != nil {
+			r.shm.reg.unmap()
+		}
 	}
 	results := make(chan result, 2*n)
 	setupCtx, cancel := context.WithCancel(ctx)
@@ -67,7 +77,7 @@ func NewTCPTransport(ctx context.Context, cfg TCPConfig) (*TCPTransport, error) 
 				return // listener closed below
 			}
 			wg.Go(func() {
-				peer, err := t.welcome(setupCtx, c.(*net.TCPConn))
+				peer, shm, err := t.welcome(setupCtx, c.(*net.TCPConn))
 				if err != nil {
 					_ = c.Close()
 					if !errors.Is(err, errRefused) {
@@ -75,10 +85,11 @@ func NewTCPTransport(ctx context.Context, cfg TCPConfig) (*TCPTransport, error) 
 					}
 					return
 				}
+				r := result{peer: peer, conn: c.(*net.TCPConn), shm: shm}
 				select {
-				case results <- result{peer: peer, conn: c.(*net.TCPConn)}:
+				case results <- r:
 				case <-setupCtx.Done():
-					_ = c.Close()
+					drop(r)
 				}
 			})
 		}
@@ -86,13 +97,12 @@ func NewTCPTransport(ctx context.Context, cfg TCPConfig) (*TCPTransport, error) 
 	// Dial ranks below me.
 	for j := range me {
 		wg.Go(func() {
-			c, err := t.dial(setupCtx, j)
+			c, shm, err := t.dial(setupCtx, j)
+			r := result{peer: j, conn: c, shm: shm, err: err}
 			select {
-			case results <- result{peer: j, conn: c, err: err}:
+			case results <- r:
 			case <-setupCtx.Done():
-				if c != nil {
-					_ = c.Close()
-				}
+				drop(r)
 			}
 		})
 	}
@@ -106,9 +116,9 @@ func NewTCPTransport(ctx context.Context, cfg TCPConfig) (*TCPTransport, error) 
 				firstErr = r.err
 			case t.links[r.peer] != nil: // a second hello from the same rank
 				t.stats.rejectedRank.Add(1)
-				_ = r.conn.Close()
+				drop(r)
 			default:
-				t.links[r.peer] = newTCPLink(r.conn, r.peer)
+				t.links[r.peer] = newTCPLink(r.conn, r.peer, r.shm)
 				have++
 			}
 		case <-ctx.Done():
@@ -122,9 +132,9 @@ func NewTCPTransport(ctx context.Context, cfg TCPConfig) (*TCPTransport, error) 
 	for r := range results { // connections that completed after the loop ended
 		if r.conn != nil {
 			if t.links[r.peer] == nil && firstErr == nil {
-				t.links[r.peer] = newTCPLink(r.conn, r.peer)
+				t.links[r.peer] = newTCPLink(r.conn, r.peer, r.shm)
 			} else {
-				_ = r.conn.Close()
+				drop(r)
 			}
 		}
 	}
@@ -138,12 +148,15 @@ func NewTCPTransport(ctx context.Context, cfg TCPConfig) (*TCPTransport, error) 
 			_ = l.conn.SetWriteBuffer(cfg.SocketBufferBytes)
 		}
 	}
-	log.Debug("mesh up", zap.Int("rank", me), zap.Int("size", n), zap.Uint64("generation", cfg.Generation))
+	log.Debug("mesh up", zap.Int("rank", me), zap.Int("size", n), zap.Uint64("generation", cfg.Generation),
+		zap.Int("shared_memory_links", t.SharedMemoryLinks()))
 	return t, nil
 }
 
-// welcome runs the acceptor's side of the handshake and returns the peer rank.
-func (t *TCPTransport) welcome(ctx context.Context, c *net.TCPConn) (int, error) {
+// welcome runs the acceptor's side of the handshake and returns the peer
+// rank, and the link's shared memory if the peer offered some this process
+// could map.
+func (t *TCPTransport) welcome(ctx context.Context, c *net.TCPConn) (int, *shmLink, error) {
 	dl := time.Now().Add(handshakeTimeout)
 	if d, ok := ctx.Deadline(); ok && d.Before(dl) {
 		dl = d
@@ -153,13 +166,13 @@ func (t *TCPTransport) welcome(ctx context.Context, c *net.TCPConn) (int, error)
 	var buf [headerSize]byte
 	h, err := readHeader(c, buf[:], 0)
 	if err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	me, n := t.cfg.Rank, len(t.cfg.Peers)
 	var refusal error
 	switch {
 	case h.Kind != KindHello:
-		return 0, fmt.Errorf("%w: first frame is not a hello", ErrBadFrame)
+		return 0, nil, fmt.Errorf("%w: first frame is not a hello", ErrBadFrame)
 	case h.Generation != t.cfg.Generation:
 		t.stats.rejectedGen.Add(1)
 		t.log.Warn("refused connection from another generation",
@@ -179,29 +192,120 @@ func (t *TCPTransport) welcome(ctx context.Context, c *net.TCPConn) (int, error)
 	}
 	EncodeHeader(buf[:], reply)
 	if _, err := c.Write(buf[:]); err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	if refusal != nil {
-		return 0, refusal
+		return 0, nil, refusal
 	}
-	return int(h.Src), nil
+	shm, err := t.answerShm(c, int(h.Src))
+	if err != nil {
+		return 0, nil, err
+	}
+	return int(h.Src), shm, nil
+}
+
+// The shared-memory exchange follows a kept welcome: the dialer sends an
+// offer (a data frame of op handshake whose payload is empty, or names a
+// region it created, see encodeShmOffer) and the acceptor answers with an
+// empty frame whose Seq is 1 if it mapped the region, 0 if not. Either way
+// the dialer then unlinks the file, so it lives only as long as the setup.
+const shmOfferMax = 128
+
+func (t *TCPTransport) answerShm(c *net.TCPConn, peer int) (*shmLink, error) {
+	var buf [headerSize]byte
+	h, err := readHeader(c, buf[:], shmOfferMax)
+	if err != nil {
+		return nil, err
+	}
+	if h.Kind != KindData || h.Op != OpHandshake || h.Generation != t.cfg.Generation || int(h.Src) != peer || int(h.Dst) != t.cfg.Rank {
+		return nil, fmt.Errorf("%w: expected the shared-memory offer, got %v", ErrBadFrame, h)
+	}
+	offer := make([]byte, h.Len)
+	if _, err := io.ReadFull(c, offer); err != nil {
+		return nil, err
+	}
+	var reg *shmRegion
+	if len(offer) > 0 && t.cfg.ShmRingBytes > 0 {
+		name, nonce, ring, err := decodeShmOffer(offer)
+		if err == nil {
+			reg, err = openShm(name, nonce, ring)
+		}
+		if err != nil { // another host, another user, no /dev/shm: the socket carries everything
+			t.log.Debug("shared memory refused", zap.Int("peer", peer), zap.Error(err))
+		}
+	}
+	answer := Header{Kind: KindData, Op: OpHandshake, DType: 1, Generation: t.cfg.Generation,
+		Src: uint32(t.cfg.Rank), Dst: uint32(peer)}
+	if reg != nil {
+		answer.Seq = 1
+	}
+	EncodeHeader(buf[:], answer)
+	if _, err := c.Write(buf[:]); err != nil {
+		if reg != nil {
+			reg.unmap()
+		}
+		return nil, err
+	}
+	if reg == nil {
+		return nil, nil
+	}
+	return newShmLink(reg, false), nil
+}
+
+// offerShm runs the dialer's side of the shared-memory exchange with rank j.
+func (t *TCPTransport) offerShm(c *net.TCPConn, j int) (*shmLink, error) {
+	var reg *shmRegion
+	var name string
+	var offer []byte
+	if t.cfg.ShmRingBytes > 0 {
+		var err error
+		if reg, name, err = createShm(t.cfg.ShmRingBytes); err != nil {
+			t.log.Debug("no shared memory", zap.Error(err))
+		} else {
+			defer removeShm(name)
+			offer = encodeShmOffer(name, reg)
+		}
+	}
+	fail := func(err error) (*shmLink, error) {
+		if reg != nil {
+			reg.unmap()
+		}
+		return nil, err
+	}
+	var buf [headerSize]byte
+	EncodeHeader(buf[:], Header{Kind: KindData, Op: OpHandshake, DType: 1, Generation: t.cfg.Generation,
+		Src: uint32(t.cfg.Rank), Dst: uint32(j), Len: uint32(len(offer))})
+	if _, err := (&net.Buffers{buf[:], offer}).WriteTo(c); err != nil {
+		return fail(err)
+	}
+	h, err := readHeader(c, buf[:], 0)
+	if err != nil {
+		return fail(err)
+	}
+	if h.Kind != KindData || h.Op != OpHandshake || int(h.Src) != j || h.Generation != t.cfg.Generation {
+		return fail(fmt.Errorf("%w: expected the shared-memory answer, got %v", ErrBadFrame, h))
+	}
+	if h.Seq != 1 {
+		return fail(nil)
+	}
+	return newShmLink(reg, true), nil
 }
 
 // dial connects to rank j and runs the dialer's side of the handshake,
 // retrying until ctx ends while j is unreachable or answers for another
 // generation (a process of the previous plan may still hold the address).
-func (t *TCPTransport) dial(ctx context.Context, j int) (*net.TCPConn, error) {
+func (t *TCPTransport) dial(ctx context.Context, j int) (*net.TCPConn, *shmLink, error) {
 	backoff := 5 * time.Millisecond
 	var last error
 	for {
-		c, err := t.dialOnce(ctx, j)
+		c, shm, err := t.dialOnce(ctx, j)
 		if err == nil {
-			return c, nil
+			return c, shm, nil
 		}
 		last = err
 		select {
 		case <-ctx.Done():
-			return nil, fmt.Errorf("%w: rank %d dialing rank %d at %s: %w (last: %v)",
+			return nil, nil, fmt.Errorf("%w: rank %d dialing rank %d at %s: %w (last: %v)",
 				ErrHandshake, t.cfg.Rank, j, t.cfg.Peers[j], ctx.Err(), last)
 		case <-time.After(backoff):
 		}
@@ -209,11 +313,11 @@ func (t *TCPTransport) dial(ctx context.Context, j int) (*net.TCPConn, error) {
 	}
 }
 
-func (t *TCPTransport) dialOnce(ctx context.Context, j int) (*net.TCPConn, error) {
+func (t *TCPTransport) dialOnce(ctx context.Context, j int) (*net.TCPConn, *shmLink, error) {
 	var d net.Dialer
 	nc, err := d.DialContext(ctx, "tcp", t.cfg.Peers[j])
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	c := nc.(*net.TCPConn)
 	dl := time.Now().Add(handshakeTimeout)
@@ -228,7 +332,7 @@ func (t *TCPTransport) dialOnce(ctx context.Context, j int) (*net.TCPConn, error
 		Src: uint32(t.cfg.Rank), Dst: uint32(j)})
 	if _, err := c.Write(buf[:]); err != nil {
 		_ = c.Close()
-		return nil, err
+		return nil, nil, err
 	}
 	h, err := readHeader(c, buf[:], 0)
 	if err == nil {
@@ -245,10 +349,14 @@ func (t *TCPTransport) dialOnce(ctx context.Context, j int) (*net.TCPConn, error
 			err = fmt.Errorf("%w: rank %d refused the connection", ErrHandshake, j)
 		}
 	}
+	var shm *shmLink
+	if err == nil {
+		shm, err = t.offerShm(c, j)
+	}
 	if err != nil {
 		_ = c.Close()
-		return nil, err
+		return nil, nil, err
 	}
 	_ = c.SetDeadline(time.Time{})
-	return c, nil
+	return c, shm, nil
 }

@@ -25,7 +25,8 @@ type TransportKind string
 // Transport kinds for NewTestGroup.
 const (
 	TransportMem TransportKind = "mem"
-	TransportTCP TransportKind = "tcp"
+	TransportTCP TransportKind = "tcp" // loopback TCP, every payload through the socket
+	TransportShm TransportKind = "shm" // loopback TCP, payloads through shared memory
 )
 
 // LoopbackListeners binds n listeners on 127.0.0.1 with kernel-chosen ports
@@ -86,8 +87,12 @@ func NewTestTransports(tb TB, kind TransportKind, gen uint64, n int) []Transport
 	switch kind {
 	case TransportMem:
 		out = NewMemGroup(gen, n).Transports()
-	case TransportTCP:
-		ts, err := NewLoopbackTCP(context.Background(), gen, n, nil)
+	case TransportTCP, TransportShm:
+		tweak := func(c *TCPConfig) { c.ShmRingBytes = 0 }
+		if kind == TransportShm {
+			tweak = nil
+		}
+		ts, err := NewLoopbackTCP(context.Background(), gen, n, tweak)
 		if err != nil {
 			tb.Fatalf("loopback tcp group: %v", err)
 		}

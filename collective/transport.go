@@ -46,6 +46,18 @@ type Transport interface {
 	Close() error
 }
 
+// lender is implemented by transports that can show a received payload where
+// it already lies (TCPTransport on a shared-memory link) to a caller that
+// reads it once, as a reduction does, instead of copying it into the
+// caller's buffer first. RecvLend is Recv except that the payload may be
+// returned in transport memory (or else is read into scratch, whose length
+// is the payload size expected); after a nil error the caller must call
+// Release(from) once done with it, and must not receive on that link before.
+type lender interface {
+	RecvLend(ctx context.Context, from int, want Header, scratch []byte) ([]byte, error)
+	Release(from int)
+}
+
 // Stats counts a transport's traffic and the frames it refused.
 type Stats struct {
 	FramesSent, FramesReceived uint64
@@ -56,6 +68,9 @@ type Stats struct {
 	// RejectedRank counts frames naming a source or destination that does not
 	// match the link they arrived on, and connections from unexpected ranks.
 	RejectedRank uint64
+	// FramesSentShm counts the sent frames whose payload went through shared
+	// memory (the rest of FramesSent went through the socket).
+	FramesSentShm uint64
 }
 
 // counters is the atomic backing of Stats, shared by both transports.
@@ -63,6 +78,7 @@ type counters struct {
 	framesSent, framesReceived atomic.Uint64
 	bytesSent, bytesReceived   atomic.Uint64
 	rejectedGen, rejectedRank  atomic.Uint64
+	framesSentShm              atomic.Uint64
 }
 
 func (c *counters) snapshot() Stats {
@@ -73,6 +89,7 @@ func (c *counters) snapshot() Stats {
 		BytesReceived:      c.bytesReceived.Load(),
 		RejectedGeneration: c.rejectedGen.Load(),
 		RejectedRank:       c.rejectedRank.Load(),
+		FramesSentShm:      c.framesSentShm.Load(),
 	}
 }
 

@@ -41,13 +41,14 @@ type allreduceOpts struct {
 	generation uint64
 	cpuProfile string // per-rank CPU profile path prefix
 	sockBuf    string
+	shmRing    string
 }
 
 func newBenchAllreduceCmd() *cobra.Command {
 	o := allreduceOpts{rank: -1}
 	cmd := &cobra.Command{
 		Use:   "allreduce",
-		Short: "Measure ring all-reduce bandwidth over TCP (algbw and busbw, nccl-tests convention)",
+		Short: "Measure ring all-reduce bandwidth (algbw and busbw, nccl-tests convention)",
 		Long: `Measure collective.AllReduce (float32 sum, ring over TCP) and print, per size,
 the time per call (max over ranks), algbw = size/time and busbw = algbw·2(n-1)/n,
 the convention of nccl-tests and of the anchors in shared/anchors, and the CPU
@@ -57,10 +58,16 @@ By default it launches --ranks local processes on 127.0.0.1 (re-running this
 binary) and rank 0 prints the results. To measure across machines, start one
 process per rank with --rank and the same --peers list on each; rank 0 prints.
 
+Ranks on one host, as the local launch puts them, pass payloads through shared
+memory (a --shm-ring of that size per link direction, in /dev/shm); the socket
+still carries frame headers and notices a dead peer. --shm-ring 0 sends every
+byte through TCP, as between hosts.
+
 Sizes are MiB unless suffixed (B, KiB, MiB, GiB). Before timing each size the
 result of summing all-ones buffers is checked on every rank.`,
 		Example: `  loom bench allreduce --ranks 2 --size 1,16,64
   loom bench allreduce --ranks 4 --size 16MiB --compress bf16 --json
+  loom bench allreduce --ranks 4 --size 16 --shm-ring 0     # TCP only
   loom bench allreduce --rank 1 --peers 10.0.0.1:7000,10.0.0.2:7000 --size 64`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -90,6 +97,7 @@ result of summing all-ones buffers is checked on every rank.`,
 	f.Uint64Var(&o.generation, "generation", 1, "plan generation of the group")
 	f.StringVar(&o.cpuProfile, "cpuprofile", "", "write each rank's CPU profile to PREFIX.rankN")
 	f.StringVar(&o.sockBuf, "sockbuf", "4MiB", "TCP socket buffer size (SO_SNDBUF/SO_RCVBUF); 0 keeps the OS autotuning")
+	f.StringVar(&o.shmRing, "shm-ring", "4MiB", "shared-memory ring per direction between ranks on one host; 0: everything over TCP")
 	_ = f.MarkHidden("listen-fd")
 	return cmd
 }
@@ -149,7 +157,7 @@ func launchAllreduceRanks(ctx context.Context, stdout, stderr io.Writer, o allre
 			"--compress", o.compress, "--chunk", o.chunk, "--iters", strconv.Itoa(o.iters),
 			"--warmup", strconv.Itoa(o.warmup), "--trials", strconv.Itoa(o.trials), "--target", o.target, "--timeout", o.timeout.String(),
 			"--generation", strconv.FormatUint(o.generation, 10), "--json=" + strconv.FormatBool(o.jsonOut),
-			"--cpuprofile", o.cpuProfile, "--sockbuf", o.sockBuf}
+			"--cpuprofile", o.cpuProfile, "--sockbuf", o.sockBuf, "--shm-ring", o.shmRing}
 		if len(o.order) > 0 {
 			args = append(args, "--order", strings.Trim(strings.Join(strings.Fields(fmt.Sprint(o.order)), ","), "[]"))
 		}
@@ -236,6 +244,10 @@ func runAllreduceRank(ctx context.Context, stdout io.Writer, o allreduceOpts) er
 	if err != nil {
 		return err
 	}
+	shmRing, err := parseByteSize(o.shmRing)
+	if err != nil {
+		return err
+	}
 	if o.cpuProfile != "" {
 		stop, err := startCPUProfile(fmt.Sprintf("%s.rank%d", o.cpuProfile, o.rank))
 		if err != nil {
@@ -244,7 +256,7 @@ func runAllreduceRank(ctx context.Context, stdout io.Writer, o allreduceOpts) er
 		defer stop()
 	}
 	tcfg := collective.DefaultTCPConfig()
-	tcfg.Generation, tcfg.Rank, tcfg.Peers, tcfg.SocketBufferBytes = o.generation, o.rank, o.peers, sockBuf
+	tcfg.Generation, tcfg.Rank, tcfg.Peers, tcfg.SocketBufferBytes, tcfg.ShmRingBytes = o.generation, o.rank, o.peers, sockBuf, shmRing
 	if o.listenFD > 0 {
 		if tcfg.Listener, err = net.FileListener(os.NewFile(uintptr(o.listenFD), "listener")); err != nil {
 			return fmt.Errorf("inherited listener: %w", err)
@@ -264,7 +276,7 @@ func runAllreduceRank(ctx context.Context, stdout io.Writer, o allreduceOpts) er
 	defer c.Close()
 	n := c.Size()
 	if o.rank == 0 && !o.jsonOut {
-		fmt.Fprintf(stdout, "# loom ring all-reduce over TCP: ranks=%d compress=%s chunk=%s order=%v\n", n, comp, o.chunk, c.Order())
+		fmt.Fprintf(stdout, "# loom ring all-reduce over %s: ranks=%d compress=%s chunk=%s order=%v\n", linkKind(tr), n, comp, o.chunk, c.Order())
 		fmt.Fprintf(stdout, "# %12s %8s %10s %12s %12s %12s\n", "size(B)", "iters", "time(ms)", "algbw(GB/s)", "busbw(GB/s)", "cpu(ms)")
 	}
 	times := make([]float32, 2*n) // per rank: seconds per call, CPU seconds per call
@@ -304,7 +316,7 @@ func runAllreduceRank(ctx context.Context, stdout io.Writer, o allreduceOpts) er
 		worst, cpu := median(walls), median(cpus)
 		bytes := len(buf) * 4
 		alg := float64(bytes) / worst / 1e9
-		res := allreduceResult{Impl: "loom-ring-tcp", World: n, SizeMiB: float64(bytes) / (1 << 20), Bytes: bytes,
+		res := allreduceResult{Impl: "loom-ring-" + linkKind(tr), World: n, SizeMiB: float64(bytes) / (1 << 20), Bytes: bytes,
 			Compress: comp.String(), Iters: iters, Trials: o.trials, TimeMs: worst * 1e3, CPUMs: cpu * 1e3, AlgBW: alg, BusBW: alg * 2 * float64(n-1) / float64(n)}
 		if n == 1 {
 			res.BusBW = 0
@@ -317,6 +329,18 @@ func runAllreduceRank(ctx context.Context, stdout io.Writer, o allreduceOpts) er
 		}
 	}
 	return c.Barrier(ctx)
+}
+
+// linkKind names what carries the payloads: "shm" when every link of this
+// rank is in shared memory, "tcp" when none is, "tcp+shm" for a mix.
+func linkKind(tr *collective.TCPTransport) string {
+	switch tr.SharedMemoryLinks() {
+	case 0:
+		return "tcp"
+	case tr.Size() - 1:
+		return "shm"
+	}
+	return "tcp+shm"
 }
 
 // timeAllreduce runs one timed loop of iters all-reduces on every rank and
