@@ -34,15 +34,16 @@ import (
 // the previous one); every rank must call the same collectives in the same
 // order with buffers of the same length. Close may be called at any time.
 type Communicator struct {
-	cfg   Config
-	t     Transport
-	lend  lender // t, if it can lend received payloads; else nil
-	log   *zap.Logger
-	n     int
-	pos   int   // my position in the ring
-	order []int // ring order (ranks)
-	left  int   // rank I receive from
-	right int   // rank I send to
+	cfg    Config
+	t      Transport
+	lend   lender       // t, if it can lend received payloads; else nil
+	direct directSender // t, if it can fill frames to the right neighbour in place; else nil
+	log    *zap.Logger
+	n      int
+	pos    int   // my position in the ring
+	order  []int // ring order (ranks)
+	left   int   // rank I receive from
+	right  int   // rank I send to
 
 	mu      sync.Mutex // serialises operations
 	seq     uint64     // collective sequence number, same on every rank
@@ -58,6 +59,10 @@ type Communicator struct {
 	sent    atomic.Int64  // units sent in the current operation
 	sentAck chan struct{} // cap 1: "sent moved"
 	aborted atomic.Bool   // the current operation failed; the sender stops
+	// Fused forwarding (see sendRing): the sender offers the receiver the
+	// frame it will forward next, already reserved in link memory.
+	offer   atomic.Int64 // unit index whose forward slot is offered; offerNone or offerTaken
+	slot    []float32    // the offered slot; written before offer is stored
 	jobs    chan context.Context
 	results chan error
 	quit    chan struct{}
@@ -102,6 +107,9 @@ func New(t Transport, cfg Config) (*Communicator, error) {
 		results: make(chan error, 1), quit: make(chan struct{}), exited: make(chan struct{}),
 	}
 	c.lend, _ = t.(lender)
+	if d, ok := t.(directSender); ok && n > 1 && d.SharedMemoryTo(c.right) {
+		c.direct = d
+	}
 	c.plan.segLo = make([]int, n)
 	c.plan.segHi = make([]int, n)
 	go c.sender()

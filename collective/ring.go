@@ -3,8 +3,10 @@ package collective
 import (
 	"context"
 	"fmt"
+	"runtime"
 	"unsafe"
 
+	"github.com/loomtrain/loom/internal/vec"
 	"github.com/loomtrain/loom/tensor"
 )
 
@@ -168,6 +170,7 @@ func (c *Communicator) chain(ctx context.Context, root int, b Buffer) error {
 func (c *Communicator) run(ctx context.Context, op Op, recv func(context.Context) error) error {
 	c.ready.Store(0)
 	c.sent.Store(0)
+	c.offer.Store(offerNone)
 	select {
 	case <-c.wake:
 	default:
@@ -257,20 +260,85 @@ func (c *Communicator) waitSent(need int64) error {
 	return nil
 }
 
+// Fused forwarding. What a rank sends at step t+1 is what it received at
+// step t: the partial sum (received + own) in the reduce-scatter half, the
+// received values in the all-gather half. Done in two passes, the receiver
+// writes it into the caller's buffer and the sender then copies it into the
+// link; on a link with shared memory (directSender) the sender instead
+// reserves the forward's frame in the ring before it waits for the receive,
+// and offers it: a receiver that finds the offer writes the forward there
+// in the same pass as its reduction (and skips writing a partial sum into
+// the caller's buffer at all, since no one reads it again: the all-gather
+// overwrites it, and ReduceScatter leaves it unspecified). Either side may
+// win the race for a unit: the sender claims an offer back after the
+// receive, and copies as before when the receiver did not take it.
+const (
+	offerNone  = -1
+	offerTaken = -2
+)
+
+// fused reports whether the plan's frames may be forwarded fused: float32
+// on the wire and in the buffer, over a transport that can reserve frames.
+func (c *Communicator) fused(p *plan) bool {
+	return c.direct != nil && p.buf.DType == tensor.F32 && p.wire == tensor.F32
+}
+
+// forwardFused sends unit (tr, k) (tr >= 1, range [lo, hi) of the buffer)
+// through a reserved frame offered to the receiver; false means the link
+// cannot reserve it and the caller sends it the usual way.
+func (c *Communicator) forwardFused(ctx context.Context, h Header, u int64, lo, hi int) (bool, error) {
+	p := &c.plan
+	slot, err := c.direct.Reserve(ctx, c.right, (hi-lo)*4)
+	if err != nil || slot == nil {
+		return false, err
+	}
+	c.slot = f32Of(slot)
+	c.offer.Store(u)
+	if err := c.waitReady(u + 1); err != nil {
+		c.direct.Cancel(c.right)
+		return false, err
+	}
+	if c.offer.CompareAndSwap(u, offerNone) { // the receiver did not take it
+		copy(c.slot, p.buf.F32[lo:hi])
+	} else {
+		c.offer.Store(offerNone)
+	}
+	c.slot = nil
+	if err := c.direct.Commit(ctx, c.right, h); err != nil {
+		return false, err
+	}
+	return true, nil
+}
+
+// takeOffer reports whether the sender offered the forward slot of received
+// unit u, and claims it.
+func (c *Communicator) takeOffer(u int64) bool {
+	return c.offer.Load() == u && c.offer.CompareAndSwap(u, offerTaken)
+}
+
 func (c *Communicator) sendRing(ctx context.Context) error {
 	p := &c.plan
 	h := Header{Kind: KindData, Op: p.op, DType: p.wire, Seq: p.seq}
 	compress := p.buf.DType == tensor.F32 && p.wire != tensor.F32
+	fused := c.fused(p)
 	s := p.sched()
 	for w := range s.waves() {
 		for tr := s.tmin(w); tr <= s.tmax(w); tr++ {
 			k, t := w-tr*s.lag, p.first+tr
+			lo, hi := p.sub(mod(c.pos-t-1, c.n), k)
+			if tr > 0 && fused {
+				if ok, err := c.forwardFused(ctx, h, s.index(tr-1, k), lo, hi); err != nil {
+					return err
+				} else if ok {
+					c.sentOne()
+					continue
+				}
+			}
 			if tr > 0 { // forward what unit (t-1, k) brought
 				if err := c.waitReady(s.index(tr-1, k) + 1); err != nil {
 					return err
 				}
 			}
-			lo, hi := p.sub(mod(c.pos-t-1, c.n), k)
 			var payload []byte
 			if compress {
 				enc := u16View(c.sbuf)[:hi-lo]
@@ -295,6 +363,7 @@ func (c *Communicator) recvRing(ctx context.Context) error {
 	p := &c.plan
 	h := Header{Kind: KindData, Op: p.op, DType: p.wire, Seq: p.seq}
 	b := p.buf
+	fused := c.fused(p)
 	s := p.sched()
 	for w := range s.waves() {
 		for tr := s.tmin(w); tr <= s.tmax(w); tr++ {
@@ -309,6 +378,33 @@ func (c *Communicator) recvRing(ctx context.Context) error {
 			var err error
 			var in []byte
 			switch {
+			case fused && reduce:
+				if in, err = c.recvLend(ctx, h, f32Bytes(c.rbuf[:hi-lo])); err == nil {
+					own := b.F32[lo:hi]
+					switch {
+					case !c.takeOffer(s.index(tr, k)):
+						addF32(own, f32Of(in))
+					case t == c.n-2: // my own segment, complete: keep it and forward it
+						vec.Sum2(own, c.slot, own, f32Of(in))
+					default: // a partial sum only the next rank needs
+						vec.Sum(c.slot, own, f32Of(in))
+					}
+					c.release()
+				}
+			case fused:
+				own := b.F32[lo:hi]
+				if in, err = c.recvLend(ctx, h, f32Bytes(own)); err == nil {
+					inPlace := len(own) == 0 || &f32Of(in)[0] == &own[0] // read from the socket straight into own
+					switch offered := c.takeOffer(s.index(tr, k)); {
+					case offered && inPlace:
+						copy(c.slot, own)
+					case offered:
+						vec.Copy2(own, c.slot, f32Of(in))
+					case !inPlace:
+						copy(own, f32Of(in))
+					}
+					c.release()
+				}
 			case b.DType == tensor.F32 && p.wire == tensor.F32:
 				if reduce {
 					if in, err = c.recvLend(ctx, h, f32Bytes(c.rbuf[:hi-lo])); err == nil {
@@ -341,6 +437,13 @@ func (c *Communicator) recvRing(ctx context.Context) error {
 				return err
 			}
 			c.received()
+			if fused {
+				// Let the sender, now runnable, commit this unit's forward
+				// and offer the next before this goroutine takes the next
+				// unit: with one P per rank (GOMAXPROCS = cores/ranks) the
+				// receiver would otherwise run ahead and find no offers.
+				runtime.Gosched()
+			}
 		}
 	}
 	return nil

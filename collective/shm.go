@@ -145,6 +145,8 @@ type shmLink struct {
 	txWake, rxWake       *atomic.Uint32 // futex words: we sleep on txWake, wake the peer on rxWake
 	txWaiting, rxWaiting *atomic.Uint32
 	head                 uint64 // next free position in tx
+	pending              uint64 // position of the frame Reserve lent (under the send lock)
+	pendingLen           int
 	lent                 uint64 // rx position to publish when a lent payload is released
 }
 
@@ -183,11 +185,10 @@ func (s *shmLink) reserve(n int) (uint64, bool) {
 	return pos, true
 }
 
-// put copies payload to position pos of tx and moves head past it.
+// put copies payload to position pos of tx (commitShm then moves head).
 func (s *shmLink) put(pos uint64, payload []byte) {
 	size := uint64(len(s.tx))
 	copy(s.tx[pos%size:], payload)
-	s.head = pos + alignUp(uint64(len(payload)))
 }
 
 // consume publishes that rx is consumed up to end and wakes the peer's

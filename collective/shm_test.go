@@ -37,6 +37,7 @@ func TestShmRingReserveWrapAndFull(t *testing.T) {
 				p[i] = byte(int(pos) + i)
 			}
 			tx.put(pos, p)
+			tx.head = pos + alignUp(uint64(n)) // as commitShm does
 		}
 		return pos, ok
 	}
@@ -249,6 +250,7 @@ func TestShmForeignFramesRejected(t *testing.T) {
 			t.Fatal("ring full")
 		}
 		l.shm.put(pos, make([]byte, 8))
+		l.shm.head = pos + shmAlign
 		EncodeHeader(l.shdr[:], h)
 		binary.LittleEndian.PutUint64(l.shdr[headerSize:], pos)
 		if _, err := l.conn.Write(l.shdr[:]); err != nil {

@@ -155,6 +155,17 @@ func (t *TCPTransport) Close() error {
 	return nil
 }
 
+// SharedMemoryTo reports whether payloads to peer go through shared memory.
+func (t *TCPTransport) SharedMemoryTo(peer int) bool {
+	l, err := t.link(peer)
+	if err != nil {
+		return false
+	}
+	l.smu.Lock()
+	defer l.smu.Unlock()
+	return l.shm != nil
+}
+
 // SharedMemoryLinks counts the links whose payloads travel through shared
 // memory.
 func (t *TCPTransport) SharedMemoryLinks() int {
@@ -218,22 +229,73 @@ func (t *TCPTransport) Send(ctx context.Context, to int, h Header, payload []byt
 			return err
 		}
 		l.shm.put(pos, payload)
-		h.Kind = KindShmData
-		EncodeHeader(l.shdr[:], h)
-		binary.LittleEndian.PutUint64(l.shdr[headerSize:], pos)
-		if _, err := l.conn.Write(l.shdr[:]); err != nil {
-			return t.ioErr(ctx, "send", to, err)
-		}
-		t.stats.framesSentShm.Add(1)
-	} else {
-		EncodeHeader(l.shdr[:], h)
-		if err := l.writeFrame(payload); err != nil {
-			return t.ioErr(ctx, "send", to, err)
-		}
+		return t.commitShm(ctx, l, h, pos)
+	}
+	EncodeHeader(l.shdr[:], h)
+	if err := l.writeFrame(payload); err != nil {
+		return t.ioErr(ctx, "send", to, err)
 	}
 	t.stats.sent(len(payload))
 	return nil
 }
+
+// commitShm announces a payload already in the ring at pos (h.Len bytes)
+// and moves the ring's head past it. The caller holds l.smu.
+func (t *TCPTransport) commitShm(ctx context.Context, l *tcpLink, h Header, pos uint64) error {
+	h.Kind = KindShmData
+	EncodeHeader(l.shdr[:], h)
+	binary.LittleEndian.PutUint64(l.shdr[headerSize:], pos)
+	l.shm.head = pos + alignUp(uint64(h.Len))
+	if _, err := l.conn.Write(l.shdr[:]); err != nil {
+		return t.ioErr(ctx, "send", l.peer, err)
+	}
+	t.stats.sent(int(h.Len))
+	t.stats.framesSentShm.Add(1)
+	return nil
+}
+
+// Reserve lends n bytes of the link's shared memory to a sender that
+// fills the next frame to rank to in place, saving the copy Send makes. It
+// returns nil and no error when that frame cannot travel this way (no
+// shared memory on the link, or n = 0 or more than the ring): use Send. After
+// a non-nil slice the link's send side stays reserved to the caller until
+// Commit or Cancel.
+func (t *TCPTransport) Reserve(ctx context.Context, to, n int) ([]byte, error) {
+	l, err := t.link(to)
+	if err != nil {
+		return nil, err
+	}
+	l.smu.Lock()
+	if l.shm == nil || !l.shm.fits(n) {
+		l.smu.Unlock()
+		return nil, nil
+	}
+	if err := l.swant.arm(ctx); err != nil {
+		l.smu.Unlock()
+		return nil, fmt.Errorf("collective: send rank %d: %w", to, err)
+	}
+	pos, err := t.reserveShm(ctx, l, n)
+	if err != nil {
+		l.smu.Unlock()
+		return nil, err
+	}
+	l.shm.pending, l.shm.pendingLen = pos, n
+	size := uint64(len(l.shm.tx))
+	return l.shm.tx[pos%size : pos%size+uint64(n)], nil
+}
+
+// Commit sends the frame whose payload Reserve lent, as Send would send h
+// with that payload, and ends the reservation.
+func (t *TCPTransport) Commit(ctx context.Context, to int, h Header) error {
+	l := t.links[to]
+	defer l.smu.Unlock()
+	h.Generation, h.Src, h.Dst, h.Len = t.cfg.Generation, uint32(t.cfg.Rank), uint32(to), uint32(l.shm.pendingLen)
+	return t.commitShm(ctx, l, h, l.shm.pending)
+}
+
+// Cancel ends a reservation without sending anything; the ring is as if
+// Reserve had not been called.
+func (t *TCPTransport) Cancel(to int) { t.links[to].smu.Unlock() }
 
 // shmPoll bounds each sleep of a sender on a full ring, so that it notices
 // a cancelled context, a closed transport or a dead peer that cannot wake it.

@@ -58,6 +58,19 @@ type lender interface {
 	Release(from int)
 }
 
+// directSender is implemented by transports that let a sender write a
+// frame's payload straight into link memory (TCPTransport on a
+// shared-memory link): Reserve returns n bytes for the next frame to rank
+// to, or nil and no error when that frame must go through Send; after a
+// non-nil slice the caller ends with Commit (send the frame, header h) or
+// Cancel (send nothing) before using the link's send side again.
+type directSender interface {
+	SharedMemoryTo(peer int) bool // whether Reserve can ever succeed on that link
+	Reserve(ctx context.Context, to, n int) ([]byte, error)
+	Commit(ctx context.Context, to int, h Header) error
+	Cancel(to int)
+}
+
 // Stats counts a transport's traffic and the frames it refused.
 type Stats struct {
 	FramesSent, FramesReceived uint64

@@ -6,7 +6,7 @@ import (
 	"testing"
 )
 
-// Add is bitwise the scalar loop for every length around the vector width
+// Add, Sum, Sum2 and Copy2 are bitwise the scalar loop for every length around the vector width
 // and for any bit pattern (NaN payloads, infinities, subnormals).
 func TestAddMatchesScalar(t *testing.T) {
 	rng := rand.New(rand.NewPCG(3, 4))
@@ -30,10 +30,19 @@ func TestAddMatchesScalar(t *testing.T) {
 		}
 		got := append([]float32(nil), dst...)
 		Add(got, src)
+		sum, s1, s2, c1, c2 := make([]float32, n), append([]float32(nil), dst...), make([]float32, n), make([]float32, n), make([]float32, n)
+		Sum(sum, dst, src)
+		Sum2(s1, s2, s1, src) // d1 aliasing a, as the collective uses it
+		Copy2(c1, c2, src)
 		for i := range n {
+			if math.Float32bits(c1[i]) != math.Float32bits(src[i]) || math.Float32bits(c2[i]) != math.Float32bits(src[i]) {
+				t.Fatalf("Copy2 n=%d i=%d: %x %x want %x", n, i, math.Float32bits(c1[i]), math.Float32bits(c2[i]), math.Float32bits(src[i]))
+			}
 			want := dst[i] + src[i]
-			if math.Float32bits(got[i]) != math.Float32bits(want) && !(want != want && got[i] != got[i]) {
-				t.Fatalf("n=%d i=%d: %x want %x", n, i, math.Float32bits(got[i]), math.Float32bits(want))
+			for name, v := range map[string]float32{"Add": got[i], "Sum": sum[i], "Sum2 d1": s1[i], "Sum2 d2": s2[i]} {
+				if math.Float32bits(v) != math.Float32bits(want) && !(want != want && v != v) {
+					t.Fatalf("%s n=%d i=%d: %x want %x", name, n, i, math.Float32bits(v), math.Float32bits(want))
+				}
 			}
 		}
 	}
