@@ -2,18 +2,23 @@
 # Heterogeneous pair on this machine: a worker with cpu:threads=1 and one
 # throttled to half speed (cpu:threads=1,slowdown=2), each measured alone,
 # then together with speed-balanced shares and with equal shares, at the
-# same global batch (the job of examples/mnist-mlp-sgd.yaml, one epoch).
-# Usage: scripts/compare_hetero.sh [global-batch] [rounds]   (default 128 1)
+# same global batch (the job of examples/mnist-mlp-sgd.yaml, one epoch unless
+# told otherwise: at large batches an epoch is only a few dozen steps, and the
+# first second of a pair runs at equal shares until the planner has measured
+# both workers, so more epochs show the steady state).
+# Usage: scripts/compare_hetero.sh [global-batch] [rounds] [epochs]   (default 128 1 1)
 # Prints one line per round: samples/s alone, the pair, and pair / sum.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 batch=${1:-128}
 rounds=${2:-1}
+epochs=${3:-1}
 make -s build
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-cp examples/mnist-mlp-sgd.yaml "$tmp/speed.yaml"
-{ cat examples/mnist-mlp-sgd.yaml; echo "cluster: {balance: equal}"; } > "$tmp/equal.yaml"
+sed "s/^  epochs: 1\$/  epochs: $epochs/" examples/mnist-mlp-sgd.yaml > "$tmp/speed.yaml"
+grep -q "^  epochs: $epochs\$" "$tmp/speed.yaml" || { echo "could not set epochs in the job" >&2; exit 1; }
+{ cat "$tmp/speed.yaml"; echo "cluster: {balance: equal}"; } > "$tmp/equal.yaml"
 sps() {
   bin/loom launch "$@" --global-batch "$batch" --json --quiet 2>/dev/null | tail -1 |
     python3 -c 'import json,sys; print(round(json.load(sys.stdin)["samples_per_s"]))'
@@ -24,10 +29,10 @@ for _ in $(seq "$rounds"); do
   slow=$(sps "$tmp/speed.yaml" --workers 1 --device cpu:threads=1,slowdown=2)
   both=$(sps "$tmp/speed.yaml" --workers 2 --worker-devices "$pair")
   equal=$(sps "$tmp/equal.yaml" --workers 2 --worker-devices "$pair")
-  python3 - "$batch" "$fast" "$slow" "$both" "$equal" <<'PY'
+  python3 - "$batch" "$fast" "$slow" "$both" "$equal" "$epochs" <<'PY'
 import sys
-b, f, s, p, e = map(int, sys.argv[1:])
-print(f"batch={b}  fast alone {f}  slow alone {s}  sum {f+s} | pair (speed shares) {p} = {p/(f+s):.2f}x sum"
+b, f, s, p, e = map(int, sys.argv[1:6])
+print(f"batch={b} epochs={sys.argv[6]}  fast alone {f}  slow alone {s}  sum {f+s} | pair (speed shares) {p} = {p/(f+s):.2f}x sum"
       f" | pair (equal shares) {e} = {e/(f+s):.2f}x sum")
 PY
 done

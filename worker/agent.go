@@ -40,13 +40,17 @@ type AgentConfig struct {
 	RPCTimeout time.Duration
 	// Ledger, if set, receives the sample ledger (see Trainer.Ledger).
 	Ledger io.Writer
+	// ShmRingBytes is the shared-memory ring per direction on ring links to
+	// ranks on this host (collective.TCPConfig.ShmRingBytes); 0 sends all
+	// gradients through TCP.
+	ShmRingBytes int
 	// Logger; nil logs nothing.
 	Logger *zap.Logger
 }
 
 // DefaultAgentConfig listens on loopback with a random port.
 func DefaultAgentConfig() AgentConfig {
-	return AgentConfig{Listen: "127.0.0.1:0", RPCTimeout: 10 * time.Second}
+	return AgentConfig{Listen: "127.0.0.1:0", RPCTimeout: 10 * time.Second, ShmRingBytes: collective.DefaultShmRingBytes}
 }
 
 // Validate reports the first missing or invalid field.
@@ -62,6 +66,8 @@ func (c AgentConfig) Validate() error {
 		return errors.New("worker: no device")
 	case c.RPCTimeout <= 0:
 		return errors.New("worker: RPCTimeout must be positive")
+	case c.ShmRingBytes < 0 || c.ShmRingBytes%64 != 0:
+		return fmt.Errorf("worker: shared-memory ring of %d bytes: want 0 or a positive multiple of 64", c.ShmRingBytes)
 	}
 	_, _, err := net.SplitHostPort(c.Listen)
 	return err
@@ -256,7 +262,7 @@ func (a *Agent) train(ctx context.Context, tr *Trainer, ck *Checkpointer, hasSta
 		}
 		var gctx context.Context
 		gctx, cancelGen = a.generationContext(ctx, current)
-		g, err := joinGeneration(gctx, plan, a.cfg.ID, *ln, a.cfg.Listen, compress, a.log)
+		g, err := joinGeneration(gctx, plan, a.cfg.ID, *ln, a.cfg.Listen, linkOpts{compress: compress, shmRing: a.cfg.ShmRingBytes}, a.log)
 		if g != nil || err != nil {
 			*ln = nil // consumed by the transport, or closed
 		}

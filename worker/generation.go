@@ -27,11 +27,17 @@ type generation struct {
 // setupTimeout bounds how long ranks wait for each other to connect.
 const setupTimeout = 15 * time.Second
 
+// linkOpts are how a generation's ring links carry gradients.
+type linkOpts struct {
+	compress collective.Compression
+	shmRing  int // shared-memory ring bytes per direction to same-host ranks; 0: TCP only
+}
+
 // joinGeneration connects to every rank of plan. ln, if non-nil, is the
 // already-bound collective listener; otherwise listen is bound again. It
 // returns nil, nil if this worker is not in the plan (ln is then left
 // open); otherwise ln is consumed by the transport or closed.
-func joinGeneration(ctx context.Context, plan *api.Plan, me string, ln net.Listener, listen string, compress collective.Compression, log *zap.Logger) (_ *generation, err error) {
+func joinGeneration(ctx context.Context, plan *api.Plan, me string, ln net.Listener, listen string, opts linkOpts, log *zap.Logger) (_ *generation, err error) {
 	defer func() {
 		if err != nil && ln != nil {
 			ln.Close()
@@ -72,6 +78,7 @@ func joinGeneration(ctx context.Context, plan *api.Plan, me string, ln net.Liste
 	}
 	tcfg := collective.DefaultTCPConfig()
 	tcfg.Generation, tcfg.Rank, tcfg.Peers, tcfg.Listener, tcfg.Logger = uint64(plan.GetGeneration()), g.rank, peers, ln, log
+	tcfg.ShmRingBytes = opts.shmRing
 	sctx, cancel := context.WithTimeout(ctx, setupTimeout)
 	defer cancel()
 	tr, err := collective.NewTCPTransport(sctx, tcfg)
@@ -80,7 +87,7 @@ func joinGeneration(ctx context.Context, plan *api.Plan, me string, ln net.Liste
 		return nil, fmt.Errorf("generation %d: connect ranks: %w", plan.GetGeneration(), err)
 	}
 	ccfg := collective.DefaultConfig()
-	ccfg.Generation, ccfg.Rank, ccfg.Order, ccfg.Compress, ccfg.Logger = uint64(plan.GetGeneration()), g.rank, order, compress, log
+	ccfg.Generation, ccfg.Rank, ccfg.Order, ccfg.Compress, ccfg.Logger = uint64(plan.GetGeneration()), g.rank, order, opts.compress, log
 	if g.comm, err = collective.New(tr, ccfg); err != nil {
 		tr.Close()
 		return nil, err
