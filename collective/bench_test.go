@@ -7,7 +7,7 @@ import (
 	"testing"
 )
 
-// benchGroup starts the ranks 1..n-1 of a loopback TCP group in background
+// benchGroup starts the ranks 1..n-1 of a loopback group in background
 // goroutines that mirror every AllReduce rank 0 makes, so the benchmark loop
 // (rank 0) measures whole-group operations.
 type benchGroup struct {
@@ -17,10 +17,10 @@ type benchGroup struct {
 	wg   sync.WaitGroup
 }
 
-func newBenchGroup(tb testing.TB, n, elems int, comp Compression) *benchGroup {
+func newBenchGroup(tb testing.TB, kind TransportKind, n, elems int, comp Compression) *benchGroup {
 	cfg := DefaultConfig()
 	cfg.Generation, cfg.Compress = 1, comp
-	g := &benchGroup{cs: NewTestGroup(tb, TransportTCP, n, cfg), bufs: make([][]float32, n), step: make([]chan int, n)}
+	g := &benchGroup{cs: NewTestGroup(tb, kind, n, cfg), bufs: make([][]float32, n), step: make([]chan int, n)}
 	for r := range n {
 		g.bufs[r] = make([]float32, elems)
 		for i := range g.bufs[r] {
@@ -68,39 +68,47 @@ func (g *benchGroup) stop() {
 }
 
 // BenchmarkAllReduceTCP: in-process loopback TCP ranks (all sharing this
-// process's cores). busbw follows nccl-tests: algbw·2(n-1)/n. allocs/op counts
+// process's cores), payloads through the socket (tcp) or through shared
+// memory (shm). busbw follows nccl-tests: algbw·2(n-1)/n. allocs/op counts
 // every rank's allocations (the whole process).
 func BenchmarkAllReduceTCP(b *testing.B) {
-	for _, n := range []int{2, 4} {
-		for _, mib := range []int{1, 16} {
-			for _, comp := range []Compression{CompressNone, CompressBF16} {
-				b.Run(fmt.Sprintf("ranks=%d/MiB=%d/%s", n, mib, comp), func(b *testing.B) {
-					bytes := mib << 20
-					g := newBenchGroup(b, n, bytes/4, comp)
-					if err := g.run(2); err != nil { // warm up: grow scratch, arm sockets
-						b.Fatal(err)
-					}
-					b.SetBytes(int64(bytes))
-					b.ReportAllocs()
-					b.ResetTimer()
-					if err := g.run(b.N); err != nil {
-						b.Fatal(err)
-					}
-					b.StopTimer()
-					alg := float64(bytes) * float64(b.N) / b.Elapsed().Seconds() / 1e9
-					b.ReportMetric(alg*2*float64(n-1)/float64(n), "busbw_GB/s")
-					g.stop()
-				})
+	for _, kind := range []TransportKind{TransportTCP, TransportShm} {
+		for _, n := range []int{2, 4} {
+			for _, mib := range []int{1, 16} {
+				for _, comp := range []Compression{CompressNone, CompressBF16} {
+					b.Run(fmt.Sprintf("%s/ranks=%d/MiB=%d/%s", kind, n, mib, comp), func(b *testing.B) {
+						bytes := mib << 20
+						g := newBenchGroup(b, kind, n, bytes/4, comp)
+						if err := g.run(2); err != nil { // warm up: grow scratch, arm sockets
+							b.Fatal(err)
+						}
+						b.SetBytes(int64(bytes))
+						b.ReportAllocs()
+						b.ResetTimer()
+						if err := g.run(b.N); err != nil {
+							b.Fatal(err)
+						}
+						b.StopTimer()
+						alg := float64(bytes) * float64(b.N) / b.Elapsed().Seconds() / 1e9
+						b.ReportMetric(alg*2*float64(n-1)/float64(n), "busbw_GB/s")
+						g.stop()
+					})
+				}
 			}
 		}
 	}
 }
 
 // Steady-state AllReduce allocates nothing: scratch is kept between calls,
-// payloads go from and to the caller's buffer, the sender goroutine persists.
+// payloads go from and to the caller's buffer (or its ring in shared
+// memory), the sender goroutine persists.
 func TestAllReduceSteadyStateAllocatesNothing(t *testing.T) {
-	for _, comp := range []Compression{CompressNone, CompressBF16} {
-		g := newBenchGroup(t, 2, 1<<18, comp)
+	for _, tc := range []struct {
+		kind TransportKind
+		comp Compression
+	}{{TransportTCP, CompressNone}, {TransportTCP, CompressBF16}, {TransportShm, CompressNone}, {TransportShm, CompressBF16}} {
+		kind, comp := tc.kind, tc.comp
+		g := newBenchGroup(t, kind, 2, 1<<18, comp)
 		if err := g.run(3); err != nil {
 			t.Fatal(err)
 		}
@@ -111,7 +119,7 @@ func TestAllReduceSteadyStateAllocatesNothing(t *testing.T) {
 		})
 		g.stop()
 		if allocs != 0 {
-			t.Fatalf("%s: %v allocations per all-reduce (whole process, both ranks), want 0", comp, allocs)
+			t.Fatalf("%s %s: %v allocations per all-reduce (whole process, both ranks), want 0", kind, comp, allocs)
 		}
 	}
 }
