@@ -208,6 +208,9 @@ func (t *Trainer) StepShare(ctx context.Context, sync GradSync, shares *Shares) 
 	if shares != nil {
 		lo, hi = shares.Range(rows)
 	}
+	if sync != nil && hi > lo {
+		t.writeLedger(LedgerEntry{Epoch: startPos.Epoch, Step: t.step + 1, Gen: t.Generation, Tentative: true, Samples: t.idx[lo:hi]})
+	}
 	computeStart := time.Now()
 	t.accumulate(t.idx[lo:hi], sync)
 	t.lastCompute = time.Since(computeStart)
@@ -251,12 +254,20 @@ func (t *Trainer) StepShare(ctx context.Context, sync GradSync, shares *Shares) 
 
 // LedgerEntry is one line of the sample ledger: the dataset indices a
 // trainer consumed in a completed step. Across all ranks of a job, every
-// index of an epoch appears exactly once among the steps that count.
+// index of an epoch appears exactly once among the steps that count (see
+// ReconcileLedgers).
+//
+// A rank of a data-parallel job also writes a tentative entry when it
+// starts its share of a step, before any of its gradients leave: a rank
+// killed after its part reached the others but before it recorded the step
+// (which they complete with its part in the sum) leaves only that entry.
 type LedgerEntry struct {
-	Epoch    int   `json:"epoch"`
-	Step     int   `json:"step"`
-	UnixNano int64 `json:"t"` // when the step completed
-	Samples  []int `json:"samples"`
+	Epoch     int   `json:"epoch"`
+	Step      int   `json:"step"`
+	Gen       int64 `json:"gen,omitempty"`       // plan generation that ran the step (0: single process)
+	Tentative bool  `json:"tentative,omitempty"` // the step was started, not (yet) completed
+	UnixNano  int64 `json:"t"`                   // when the entry was written
+	Samples   []int `json:"samples"`
 }
 
 // pendingStep is an abandoned step's ledger entry and generation.
@@ -271,7 +282,7 @@ func (t *Trainer) abandon(start data.Position, idx []int) {
 	_ = t.sampler.Seek(start)
 	t.pending = nil
 	if t.Ledger != nil {
-		t.pending = &pendingStep{LedgerEntry{Epoch: start.Epoch, Step: t.step + 1, Samples: slices.Clone(idx)}, t.Generation}
+		t.pending = &pendingStep{LedgerEntry{Epoch: start.Epoch, Step: t.step + 1, Gen: t.Generation, Samples: slices.Clone(idx)}, t.Generation}
 	}
 }
 
@@ -285,7 +296,7 @@ func (t *Trainer) record(epoch int, idx []int) {
 		}
 		t.gens = append(t.gens, GenStart{Gen: t.Generation, Step: t.step})
 	}
-	t.writeLedger(LedgerEntry{Epoch: epoch, Step: t.step, Samples: idx})
+	t.writeLedger(LedgerEntry{Epoch: epoch, Step: t.step, Gen: t.Generation, Samples: idx})
 }
 
 func (t *Trainer) writeLedger(e LedgerEntry) {

@@ -213,29 +213,65 @@ func TestAbandonedStepLedger(t *testing.T) {
 					}
 				}
 			}
-			if ledB.Len() != 0 || b.Steps() != 0 {
-				t.Fatalf("abandoned step recorded at once (%d steps): %s", b.Steps(), ledB.String())
+			if es := ledgerEntries(t, ledB.String()); len(es) != 1 || !es[0].Tentative || es[0].Step != 1 || es[0].Gen != 7 || b.Steps() != 0 {
+				t.Fatalf("after the abandoned step (%d steps), want only its tentative entry: %s", b.Steps(), ledB.String())
 			}
 			if err := b.Restore(a.State()); err != nil {
 				t.Fatal(err)
 			}
+			var done []LedgerEntry
+			for _, e := range ledgerEntries(t, ledB.String()) {
+				if !e.Tentative {
+					done = append(done, e)
+				}
+			}
+			// Reconciled, the step's batch counts once either way it was
+			// recorded: the tentative entry, the entry written on Restore.
+			counted := ReconcileLedgers([][]LedgerEntry{ledgerEntries(t, ledA.String()), ledgerEntries(t, ledB.String())})
 			if !tc.wantEntry {
-				if ledB.Len() != 0 {
+				if len(done) != 0 {
 					t.Fatalf("recorded a step completed in another generation: %s", ledB.String())
+				}
+				for _, e := range counted {
+					if e.Step == 1 && e.Gen == 7 {
+						t.Fatalf("counted the samples of a step no rank completed in its generation: %+v", e)
+					}
 				}
 				return
 			}
-			var ea, eb LedgerEntry
-			if err := json.Unmarshal([]byte(ledB.String()), &eb); err != nil {
-				t.Fatalf("ledger of the lagging rank: %v (%q)", err, ledB.String())
+			if len(done) != 1 {
+				t.Fatalf("ledger of the lagging rank: %q, want one completed entry", ledB.String())
 			}
+			eb := done[0]
 			want := data.NewSampler(mnist(t).Train.N, job.Seed).Next(nil, 128)
-			ea = firstLedgerEntry(t, ledA.String())
+			ea := firstLedgerEntry(t, ledA.String())
 			if eb.Step != 1 || ea.Step != 1 || !slices.Equal(append(ea.Samples, eb.Samples...), want) {
 				t.Fatalf("entries %+v and %+v do not cover the step's batch", ea, eb)
 			}
+			var step1 []int
+			for _, e := range counted {
+				if e.Step == 1 {
+					step1 = append(step1, e.Samples...)
+				}
+			}
+			if slices.Sort(step1); !slices.Equal(step1, slices.Sorted(slices.Values(want))) {
+				t.Fatalf("reconciled step 1 uses %d samples, want the batch's %d once", len(step1), len(want))
+			}
 		})
 	}
+}
+
+func ledgerEntries(t *testing.T, ledger string) []LedgerEntry {
+	t.Helper()
+	var out []LedgerEntry
+	for line := range strings.Lines(ledger) {
+		var e LedgerEntry
+		if err := json.Unmarshal([]byte(line), &e); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, e)
+	}
+	return out
 }
 
 func firstLedgerEntry(t *testing.T, ledger string) LedgerEntry {

@@ -92,7 +92,9 @@ func TestLaunchWorkersEndToEnd(t *testing.T) {
 }
 
 // readLedgers reads every *.jsonl sample ledger in dir, or the one ledger
-// dir.jsonl when dir names a worker's file without its extension.
+// dir.jsonl, and returns the entries that count (worker.ReconcileLedgers:
+// completed steps, and the tentative parts of killed ranks in steps the
+// others completed).
 func readLedgers(t *testing.T, dir string) []worker.LedgerEntry {
 	t.Helper()
 	files, _ := filepath.Glob(filepath.Join(dir, "*.jsonl"))
@@ -102,12 +104,13 @@ func readLedgers(t *testing.T, dir string) []worker.LedgerEntry {
 	if len(files) == 0 {
 		t.Fatalf("no ledgers in %s", dir)
 	}
-	var out []worker.LedgerEntry
+	var all [][]worker.LedgerEntry
 	for _, f := range files {
 		fh, err := os.Open(f)
 		if err != nil {
 			t.Fatal(err)
 		}
+		var es []worker.LedgerEntry
 		sc := bufio.NewScanner(fh)
 		sc.Buffer(nil, 1<<24)
 		for sc.Scan() {
@@ -115,11 +118,12 @@ func readLedgers(t *testing.T, dir string) []worker.LedgerEntry {
 			if err := json.Unmarshal(sc.Bytes(), &e); err != nil {
 				t.Fatalf("%s: %v", f, err)
 			}
-			out = append(out, e)
+			es = append(es, e)
 		}
 		fh.Close()
+		all = append(all, es)
 	}
-	return out
+	return worker.ReconcileLedgers(all)
 }
 
 // assertExactlyOnce checks that the ledger's steps 1..steps consumed, in

@@ -82,7 +82,7 @@ workers: cancels the job and stops them).`,
 	f.IntVar(&o.maxSteps, "max-steps", 0, "stop after this many steps (overrides train.max_steps)")
 	f.BoolVarP(&o.quiet, "quiet", "q", false, "no progress output, only the summary")
 	f.StringVar(&o.resume, "resume", "", `continue from a checkpoint: "latest" (newest valid one of this job) or a checkpoint directory`)
-	f.StringVar(&o.ledgerDir, "sample-ledger", "", "directory for per-worker JSONL ledgers of the samples each completed step used (for audits and tests)")
+	f.StringVar(&o.ledgerDir, "sample-ledger", "", "directory for per-worker JSONL ledgers of the samples each step used (completed, and tentative when a worker starts its share; for audits and tests)")
 	f.StringVar(&o.metrics, "metrics", "", "write one JSON line per step (step, epoch, loss, lr) to this file (single-process launch)")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error (workers log at warn unless debug)")
 	return cmd

@@ -117,7 +117,7 @@ environment it writes a CPU profile of its run to DIR/ID.pprof.`,
 	f.StringVar(&dev, "device", "cpu", "device spec, e.g. cpu or cpu:threads=1")
 	f.StringVar(&listen, "listen", "", "collective listen address host:port (default 127.0.0.1:0)")
 	f.StringVar(&level, "log-level", "info", "debug, info, warn or error")
-	f.StringVar(&ledger, "sample-ledger", "", "append one JSON line per completed step (epoch, step, samples) to this file")
+	f.StringVar(&ledger, "sample-ledger", "", "append one JSON line per step started (tentative) and completed (epoch, step, generation, samples) to this file")
 	f.StringVar(&shmRing, "shm-ring", envOr("LOOM_SHM_RING", "4MiB"), "shared-memory ring per link direction to ranks on this host; 0: gradients through TCP only")
 	_ = cmd.MarkFlagRequired("coordinator")
 	_ = cmd.MarkFlagRequired("job")
