@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -21,6 +22,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/loomtrain/loom/api"
+	"github.com/loomtrain/loom/worker"
 )
 
 var submittedRE = regexp.MustCompile(`submitted\s+\{"job": "([^"]+)", "coordinator": \["([^"]+)"\]`)
@@ -220,7 +222,7 @@ func TestElasticJoinAndKill(t *testing.T) {
 	// the last step it completed, which its peers may finish just after
 	// the kill).
 	recovery := r.firstStepAfter(r.lastStep("x1"), killAt)
-	attempts, lost := abandonedSteps(r.log() + x0.stderr.String())
+	attempts, lost := abandonedSteps(r.log()+x0.stderr.String(), readLedgers(t, r.ledger))
 	joinLatency := time.Duration(firstJoined - joinAt.UnixNano())
 	t.Logf("join: first trained step %v after the worker started; SIGKILL at step %d: next completed step after %v; steps lost: %d (%d attempts abandoned by survivors)",
 		joinLatency.Round(time.Millisecond), r.lastStep("x1"), recovery.Round(time.Millisecond), lost, attempts)
@@ -332,7 +334,7 @@ func TestDrainWorker(t *testing.T) {
 	if err := waitExit(t, x0, "x0", time.Minute); err != nil {
 		t.Fatalf("x0 exited with %v\n%s", err, x0.stderr)
 	}
-	abandoned, _ := abandonedSteps(r.log() + x0.stderr.String() + x1.stderr.String())
+	abandoned, _ := abandonedSteps(r.log()+x0.stderr.String()+x1.stderr.String(), nil)
 	next := r.firstStepAfter(lastX1, drainAt)
 	t.Logf("drain: worker gone %v after the command; its last step %d; next step completed %v after the command; %d step attempts abandoned",
 		left.Round(time.Millisecond), lastX1, next.Round(time.Millisecond), abandoned)
@@ -344,15 +346,30 @@ func TestDrainWorker(t *testing.T) {
 	}
 }
 
-var abandonedRE = regexp.MustCompile(`step abandoned.*"step": (\d+)`)
+var abandonedRE = regexp.MustCompile(`step abandoned.*"generation": (\d+), "step": (\d+)`)
 
 // abandonedSteps counts the "step abandoned" log lines in logs and the
-// distinct steps they name (the steps whose work was lost).
-func abandonedSteps(logs string) (attempts, steps int) {
-	seen := map[string]bool{}
+// distinct steps they name whose work was lost: those that no rank completed
+// in the generation they were abandoned in (by completed, a ledger's
+// entries). A rank whose left neighbour died in the middle of the all-gather
+// abandons a step that the others, who had all the pieces, completed; that
+// step was not lost.
+func abandonedSteps(logs string, completed []worker.LedgerEntry) (attempts, lost int) {
+	type key struct{ gen, step int64 }
+	done := map[key]bool{}
+	for _, e := range completed {
+		if !e.Tentative {
+			done[key{e.Gen, int64(e.Step)}] = true
+		}
+	}
+	seen := map[key]bool{}
 	for _, m := range abandonedRE.FindAllStringSubmatch(logs, -1) {
 		attempts++
-		seen[m[1]] = true
+		gen, _ := strconv.ParseInt(m[1], 10, 64)
+		step, _ := strconv.ParseInt(m[2], 10, 64)
+		if k := (key{gen, step}); !done[k] {
+			seen[k] = true
+		}
 	}
 	return attempts, len(seen)
 }
