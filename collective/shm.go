@@ -50,7 +50,7 @@ const (
 
 // shmDir is where same-host links keep their rings: a tmpfs on every Linux
 // distribution, so the pages are memory, not disk.
-var shmDir = "/dev/shm"
+const shmDir = "/dev/shm"
 
 // shmRegion is one mapped region.
 type shmRegion struct {
