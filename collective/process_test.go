@@ -99,6 +99,9 @@ func TestKillRankProcessMidAllReduce(t *testing.T) {
 }
 
 func testKillRank(t *testing.T, shm bool) {
+	if shm {
+		needShm(t)
+	}
 	const n, victim = 4, 2
 	lns, addrs, err := LoopbackListeners(n)
 	if err != nil {

@@ -10,10 +10,15 @@ import (
 	"testing"
 )
 
+// needShm skips where the host has no shared memory to offer (links there
+// fall back to TCP, which the tcp kind of every suite test covers).
 func needShm(t *testing.T) {
 	t.Helper()
 	if runtime.GOOS != "linux" {
 		t.Skip("shared-memory links are Linux only")
+	}
+	if st, err := os.Stat(shmDir); err != nil || !st.IsDir() {
+		t.Skipf("no %s on this host (%v)", shmDir, err)
 	}
 }
 
