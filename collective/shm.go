@@ -43,8 +43,8 @@ const (
 	shmMagic    = 0x314d48534d4f4f4c // "LOOMSHM1"
 	shmAlign    = 64
 	shmPrefix   = "loom-"
-	// DefaultShmRingBytes is each direction's ring on a same-host link: eight
-	// 512 KiB chunks in flight.
+	// DefaultShmRingBytes is each direction's ring on a same-host link: four
+	// 1 MiB chunks in flight (eight of 512 KiB).
 	DefaultShmRingBytes = 4 << 20
 )
 
