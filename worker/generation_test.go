@@ -9,6 +9,7 @@ import (
 
 	"github.com/loomtrain/loom/api"
 	"github.com/loomtrain/loom/collective"
+	"github.com/loomtrain/loom/device/cpu"
 )
 
 // Ranks of one host sum gradients through shared memory unless the worker
@@ -67,5 +68,20 @@ func TestGenerationLinksOnOneHost(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func TestAgentConfigShmRing(t *testing.T) {
+	cfg := DefaultAgentConfig()
+	dev, err := cpu.New(cpu.Config{Threads: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.ID, cfg.JobID, cfg.Coordinators, cfg.Device = "w", "j", []string{"127.0.0.1:1"}, dev
+	for ring, ok := range map[int]bool{0: true, collective.DefaultShmRingBytes: true, 100: false, -64: false, 2 << 30: false} {
+		cfg.ShmRingBytes = ring
+		if err := cfg.Validate(); (err == nil) != ok {
+			t.Errorf("shared-memory ring of %d bytes: Validate() = %v", ring, err)
+		}
 	}
 }
