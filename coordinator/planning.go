@@ -132,13 +132,52 @@ func desiredPlans(st *api.SnapshotState, tolerance float64) []*api.Plan {
 	return out
 }
 
+// speedOnly reports whether p differs from its job's current plan only in
+// what follows from measured speeds: batch shares and the ring order (the
+// planner orders ranks by speed); same workers at the same addresses and
+// stages, same reason.
+func speedOnly(st *api.SnapshotState, p *api.Plan) bool {
+	for _, cur := range st.GetPlans() {
+		if cur.GetJobId() != p.GetJobId() {
+			continue
+		}
+		if cur.GetReason() != p.GetReason() || cur.GetGlobalBatch() != p.GetGlobalBatch() ||
+			cur.GetPipelineStages() != p.GetPipelineStages() || len(cur.GetRanks()) != len(p.GetRanks()) {
+			return false
+		}
+		type place struct {
+			worker, addr string
+			stage        int32
+		}
+		at := map[place]int{}
+		for _, r := range cur.GetRanks() {
+			at[place{r.GetWorkerId(), r.GetCollectiveAddr(), r.GetStage()}]++
+		}
+		for _, r := range p.GetRanks() {
+			k := place{r.GetWorkerId(), r.GetCollectiveAddr(), r.GetStage()}
+			if at[k] == 0 {
+				return false
+			}
+			at[k]--
+		}
+		return true
+	}
+	return false
+}
+
 // reconcile runs on the leader only, until ctx ends (leadership lost or
 // shutdown): after every state change it writes the plans that differ from
 // the current ones, one log entry per new generation.
 func (s *Server) reconcile(ctx context.Context) {
+	published := map[string]time.Time{} // job -> when this leader last wrote its plan
 	for {
 		ch := s.fsm.Changed()
-		for _, p := range desiredPlans(s.fsm.State(), s.cfg.ReplanTolerance) {
+		st := s.fsm.State()
+		for _, p := range desiredPlans(st, s.cfg.ReplanTolerance) {
+			if speedOnly(st, p) && time.Since(published[p.GetJobId()]) < s.cfg.SpeedReplanMinAge {
+				continue // re-checked on the next change or interval
+			}
+			published[p.GetJobId()] = time.Now()
 			if _, _, err := s.apply(ctx, &api.CmdPutPlan{Plan: p}); err != nil {
 				if ctx.Err() != nil {
 					return
