@@ -1,3 +1,5 @@
+//go:build linux
+
 package collective
 
 import (
@@ -6,27 +8,17 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"runtime"
 	"testing"
 )
 
-// needShm skips where the host has no shared memory to offer (links there
-// fall back to TCP, which the tcp kind of every suite test covers).
-func needShm(t *testing.T) {
-	t.Helper()
-	if runtime.GOOS != "linux" {
-		t.Skip("shared-memory links are Linux only")
-	}
-	if st, err := os.Stat(shmDir); err != nil || !st.IsDir() {
-		t.Skipf("no %s on this host (%v)", shmDir, err)
-	}
-}
+// Shared-memory links exist on Linux only (this file's build tag): here the
+// kill test also runs with payloads through shared memory.
+func init() { killModes = append(killModes, true) }
 
 // The ring arithmetic on one region, both ends in this process: payloads
 // are placed on 64-byte boundaries, never wrap, and a full ring says so
 // instead of overwriting what the receiver has not consumed.
 func TestShmRingReserveWrapAndFull(t *testing.T) {
-	needShm(t)
 	reg, name, err := createShm(1024)
 	if err != nil {
 		t.Fatal(err)
@@ -131,7 +123,6 @@ func TestShmOfferValidation(t *testing.T) {
 // frees space; sums stay exact, for every size and 2-5 ranks. A payload
 // larger than the whole ring travels inline on the same link.
 func TestShmTinyRingAllReduceExact(t *testing.T) {
-	needShm(t)
 	for n := 2; n <= 5; n++ {
 		ts, err := NewLoopbackTCP(context.Background(), 7, n, func(c *TCPConfig) { c.ShmRingBytes = 384 })
 		if err != nil {
@@ -205,7 +196,6 @@ func TestShmTinyRingAllReduceExact(t *testing.T) {
 // One end without shared memory: the link falls back to the socket, and the
 // offered file is gone either way.
 func TestShmRefusedFallsBackToSocket(t *testing.T) {
-	needShm(t)
 	ts, err := NewLoopbackTCP(context.Background(), 7, 3, func(c *TCPConfig) {
 		if c.Rank == 0 { // the acceptor of both its links: refuses the offers
 			c.ShmRingBytes = 0
@@ -242,7 +232,6 @@ func TestShmRefusedFallsBackToSocket(t *testing.T) {
 // Stray frames that arrive through shared memory are discarded and counted
 // like socket ones, and their ring space is freed.
 func TestShmForeignFramesRejected(t *testing.T) {
-	needShm(t)
 	ts := NewTestTransports(t, TransportShm, 7, 2)
 	src := ts[1].(*TCPTransport)
 	l := src.links[0]
