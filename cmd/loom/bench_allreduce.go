@@ -71,12 +71,16 @@ result of summing all-ones buffers is checked on every rank.`,
   loom bench allreduce --rank 1 --peers 10.0.0.1:7000,10.0.0.2:7000 --size 64`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			p, err := o.parse() // before any rank starts: one clear error, not one per rank
+			if err != nil {
+				return err
+			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), o.timeout)
 			defer cancel()
 			if o.rank < 0 {
 				return launchAllreduceRanks(ctx, cmd.OutOrStdout(), cmd.ErrOrStderr(), o)
 			}
-			return runAllreduceRank(ctx, cmd.OutOrStdout(), o)
+			return runAllreduceRank(ctx, cmd.OutOrStdout(), o, p)
 		},
 	}
 	f := cmd.Flags()
@@ -217,37 +221,51 @@ type allreduceResult struct {
 	BusBW    float64 `json:"busbw_GBps"`
 }
 
-// runAllreduceRank is one rank of the benchmark (launched or joining).
-func runAllreduceRank(ctx context.Context, stdout io.Writer, o allreduceOpts) error {
+// allreduceParams are the byte-size and compression flags, parsed.
+type allreduceParams struct {
+	comp                            collective.Compression
+	sizes                           []int
+	target, sockBuf, shmRing, chunk int
+}
+
+// parse checks every flag a rank needs and names the flag at fault.
+func (o allreduceOpts) parse() (p allreduceParams, err error) {
 	if o.trials < 1 {
-		return fmt.Errorf("--trials %d: need at least 1", o.trials)
+		return p, fmt.Errorf("--trials %d: need at least 1", o.trials)
 	}
-	comp, err := collective.ParseCompression(o.compress)
-	if err != nil {
-		return err
+	if p.comp, err = collective.ParseCompression(o.compress); err != nil {
+		return p, fmt.Errorf("--compress: %w", err)
 	}
-	target, err := parseByteSize(o.target)
-	if err != nil {
-		return err
-	}
-	sizes := make([]int, len(o.sizes))
-	for i, s := range o.sizes {
-		if sizes[i], err = parseByteSize(s); err != nil {
-			return err
+	for _, f := range []struct {
+		name, val string
+		dst       *int
+	}{{"--target", o.target, &p.target}, {"--sockbuf", o.sockBuf, &p.sockBuf}, {"--shm-ring", o.shmRing, &p.shmRing}} {
+		if *f.dst, err = parseByteSize(f.val); err != nil {
+			return p, fmt.Errorf("%s: %w", f.name, err)
 		}
 	}
-	sockBuf, err := parseByteSize(o.sockBuf)
-	if err != nil {
-		return err
+	p.sizes = make([]int, len(o.sizes))
+	for i, s := range o.sizes {
+		if p.sizes[i], err = parseByteSize(s); err != nil {
+			return p, fmt.Errorf("--size: %w", err)
+		}
 	}
-	shmRing, err := parseByteSize(o.shmRing)
-	if err != nil {
-		return err
+	if p.shmRing%64 != 0 || p.shmRing > 1<<30 {
+		return p, fmt.Errorf("--shm-ring %q: want 0 or a multiple of 64 bytes up to 1GiB", o.shmRing)
 	}
-	chunk, err := benchChunk(o.chunk, shmRing, o.peers)
-	if err != nil {
-		return err
+	if p.chunk, err = benchChunk(o.chunk, p.shmRing, o.peers); err != nil {
+		return p, fmt.Errorf("--chunk: %w", err)
 	}
+	if p.chunk < 64 || p.chunk > collective.DefaultMaxFrameBytes {
+		return p, fmt.Errorf("--chunk %q: want auto or 64B to %dMiB", o.chunk, collective.DefaultMaxFrameBytes>>20)
+	}
+	return p, nil
+}
+
+// runAllreduceRank is one rank of the benchmark (launched or joining).
+func runAllreduceRank(ctx context.Context, stdout io.Writer, o allreduceOpts, p allreduceParams) error {
+	comp, target, sizes, sockBuf, shmRing, chunk := p.comp, p.target, p.sizes, p.sockBuf, p.shmRing, p.chunk
+	var err error
 	if o.cpuProfile != "" {
 		stop, err := startCPUProfile(fmt.Sprintf("%s.rank%d", o.cpuProfile, o.rank))
 		if err != nil {
