@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"slices"
 	"time"
 
 	"go.uber.org/zap"
@@ -85,18 +84,13 @@ type Trainer struct {
 	offsets                 map[*model.Param]int
 
 	// Ledger, if set, receives one JSON line per completed step with the
-	// samples this trainer computed on (see LedgerEntry).
+	// samples this trainer computed on, and with a GradSync one tentative
+	// line per step started (see LedgerEntry).
 	Ledger io.Writer
-	// pending is this rank's part of the last step it abandoned after
-	// computing it. If another rank completed that step in the same
-	// generation, the sum it applied included this part: Restore then
-	// records it in the ledger.
-	pending *pendingStep
 
 	// Generation is the plan generation the trainer's steps run in (set
-	// by the agent); gens records which generation ran the recent steps.
+	// by the agent); ledger lines carry it.
 	Generation int64
-	gens       []GenStart
 
 	// beforeUpdate, if set, runs before the next optimizer update (the
 	// checkpointer waits there for its copy of the weights).
@@ -222,7 +216,7 @@ func (t *Trainer) StepShare(ctx context.Context, sync GradSync, shares *Shares) 
 		if err != nil {
 			// Abandon the step: the samples go back to the sampler so the
 			// retried step uses exactly them; parameters are untouched.
-			t.abandon(startPos, t.idx[lo:hi])
+			t.abandon(startPos)
 			return 0, err
 		}
 	}
@@ -241,7 +235,7 @@ func (t *Trainer) StepShare(ctx context.Context, sync GradSync, shares *Shares) 
 	}
 	if t.beforeUpdate != nil {
 		if err := t.beforeUpdate(); err != nil {
-			t.abandon(startPos, t.idx[lo:hi])
+			t.abandon(startPos)
 			return 0, err
 		}
 	}
@@ -270,32 +264,14 @@ type LedgerEntry struct {
 	Samples   []int `json:"samples"`
 }
 
-// pendingStep is an abandoned step's ledger entry and generation.
-type pendingStep struct {
-	entry LedgerEntry
-	gen   int64
-}
+// abandon rewinds the sampler to the start of the step in flight, so that
+// the retried step uses exactly its samples. If another rank completed the
+// step all the same (this rank's part reached it), the tentative ledger line
+// accounts for the part (ReconcileLedgers).
+func (t *Trainer) abandon(start data.Position) { _ = t.sampler.Seek(start) }
 
-// abandon rewinds the sampler to the start of the step in flight, keeping
-// this rank's part of it in case another rank completed the step.
-func (t *Trainer) abandon(start data.Position, idx []int) {
-	_ = t.sampler.Seek(start)
-	t.pending = nil
-	if t.Ledger != nil {
-		t.pending = &pendingStep{LedgerEntry{Epoch: start.Epoch, Step: t.step + 1, Gen: t.Generation, Samples: slices.Clone(idx)}, t.Generation}
-	}
-}
-
-// record notes the step just completed: the generation that ran it, and
-// its ledger entry.
+// record writes the ledger line of the step just completed.
 func (t *Trainer) record(epoch int, idx []int) {
-	t.pending = nil
-	if n := len(t.gens); n == 0 || t.gens[n-1].Gen != t.Generation {
-		if n == genHistory {
-			t.gens = append(t.gens[:0], t.gens[1:]...)
-		}
-		t.gens = append(t.gens, GenStart{Gen: t.Generation, Step: t.step})
-	}
 	t.writeLedger(LedgerEntry{Epoch: epoch, Step: t.step, Gen: t.Generation, Samples: idx})
 }
 
