@@ -165,19 +165,50 @@ func speedOnly(st *api.SnapshotState, p *api.Plan) bool {
 	return false
 }
 
+// measuredPlan reports whether p's batch shares come from speeds measured
+// on every one of its workers (rather than from device profiles, or equal
+// by the job's choice).
+func measuredPlan(st *api.SnapshotState, p *api.Plan) bool {
+	speed := map[string]float64{}
+	for _, w := range st.GetWorkers() {
+		speed[w.GetId()] = w.GetSamplesPerSecond()
+	}
+	for _, r := range p.GetRanks() {
+		if !(speed[r.GetWorkerId()] > 0) {
+			return false
+		}
+	}
+	for _, j := range st.GetJobs() {
+		if j.GetId() == p.GetJobId() {
+			return len(p.GetRanks()) > 0 && !j.GetSpec().GetEqualShares()
+		}
+	}
+	return false
+}
+
 // reconcile runs on the leader only, until ctx ends (leadership lost or
 // shutdown): after every state change it writes the plans that differ from
 // the current ones, one log entry per new generation.
+//
+// A plan that changes shares for speed alone replaces one this leader wrote
+// from measured speeds only once that plan is SpeedReplanMinAge old; a plan
+// whose shares came from device profiles is replaced as soon as every
+// worker has measured its speed.
 func (s *Server) reconcile(ctx context.Context) {
-	published := map[string]time.Time{} // job -> when this leader last wrote its plan
+	type written struct {
+		at       time.Time
+		measured bool
+	}
+	published := map[string]written{} // job -> this leader's last plan for it
 	for {
 		ch := s.fsm.Changed()
 		st := s.fsm.State()
 		for _, p := range desiredPlans(st, s.cfg.ReplanTolerance) {
-			if speedOnly(st, p) && time.Since(published[p.GetJobId()]) < s.cfg.SpeedReplanMinAge {
+			last := published[p.GetJobId()]
+			if speedOnly(st, p) && last.measured && time.Since(last.at) < s.cfg.SpeedReplanMinAge {
 				continue // re-checked on the next change or interval
 			}
-			published[p.GetJobId()] = time.Now()
+			published[p.GetJobId()] = written{time.Now(), measuredPlan(st, p)}
 			if _, _, err := s.apply(ctx, &api.CmdPutPlan{Plan: p}); err != nil {
 				if ctx.Err() != nil {
 					return

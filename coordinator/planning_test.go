@@ -1,7 +1,9 @@
 package coordinator
 
 import (
+	"fmt"
 	"testing"
+	"time"
 
 	"github.com/loomtrain/loom/api"
 )
@@ -43,5 +45,69 @@ func TestSpeedOnly(t *testing.T) {
 	moved.Ranks[1].CollectiveAddr = "10.0.0.9:7000"
 	if speedOnly(st, moved) {
 		t.Error("a worker at a new address counted as a speed-only change")
+	}
+}
+
+// The first shares come from device profiles and are replaced as soon as
+// every worker has measured its speed; a plan made from measured speeds
+// stands for SpeedReplanMinAge before speed alone replaces it.
+func TestSpeedReplanHold(t *testing.T) {
+	const hold = 2 * time.Second
+	s := NewTestServer(t, func(c *Config) {
+		c.LeaseTTL = time.Minute
+		c.ReplanTolerance = 0.03
+		c.SpeedReplanMinAge = hold
+		c.ReplanInterval = 100 * time.Millisecond
+	})
+	ctx := ctxT(t, 30*time.Second)
+	c := api.NewCoordinatorClient(Dial(t, s.Addr()))
+	sub, err := c.SubmitJob(ctx, &api.SubmitJobRequest{Spec: &api.JobSpec{Name: "j", ConfigYaml: []byte("a: 1\n"), GlobalBatch: 90, MinWorkers: 2}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	job := sub.GetJob().GetId()
+	watch, err := c.WatchPlan(ctx, &api.WatchPlanRequest{JobId: job})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 {
+		if _, err := c.RegisterWorker(ctx, &api.RegisterWorkerRequest{WorkerId: fmt.Sprintf("w%d", i), Profile: profile(fmt.Sprintf("127.0.0.1:%d", 9300+i), 10)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p := nextPlan(t, watch)
+	for len(p.Ranks) < 2 {
+		p = nextPlan(t, watch)
+	}
+	if p.Ranks[0].BatchShare != 45 {
+		t.Fatalf("equal profiles, unequal shares: %v", p)
+	}
+	report := func(gen int64, speeds ...float64) {
+		t.Helper()
+		for i, sp := range speeds {
+			if _, err := c.ReportProgress(ctx, &api.ReportProgressRequest{JobId: job, WorkerId: fmt.Sprintf("w%d", i), Generation: gen, Step: 1, Samples: int64(sp), StepSeconds: 1}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	// Profiles said equal; measurements say 2:1. Re-planned at once.
+	profiled := time.Now()
+	report(p.Generation, 200, 100)
+	p = nextPlan(t, watch)
+	if el := time.Since(profiled); el > hold/2 {
+		t.Errorf("a plan made from profiles stood %v after every worker had measured its speed", el)
+	}
+	if p.Ranks[0].WorkerId != "w0" || p.Ranks[0].BatchShare != 60 || p.Ranks[1].BatchShare != 30 {
+		t.Fatalf("shares not proportional to measured speeds: %v", p)
+	}
+	// Now the speeds swap: this plan was measured, so it stands for hold.
+	measured := time.Now()
+	report(p.Generation, 50, 400)
+	p = nextPlan(t, watch)
+	if el := time.Since(measured); el < hold-100*time.Millisecond {
+		t.Errorf("a measured plan replaced for speed after %v (hold %v)", el, hold)
+	}
+	if p.Ranks[0].WorkerId != "w1" {
+		t.Fatalf("faster worker not first after the swap: %v", p)
 	}
 }

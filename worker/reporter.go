@@ -34,11 +34,21 @@ type reporter struct {
 	// second is all the coordinator keeps, and on a busy host a single
 	// step can take twice its usual time).
 	winGen              int64
+	winSteps            int
 	winSamples, winSecs float64
 }
 
 // speedWindow is about how much compute time the reported speed averages.
 const speedWindow = time.Second
+
+// A generation's speed is reported once its window holds minSpeedSteps
+// steps or minSpeedTime of compute: the planner may re-plan on the first
+// speed it sees from every worker, and one step (the first after a switch
+// runs on cold caches) is not a measure of it.
+const (
+	minSpeedSteps = 3
+	minSpeedTime  = speedWindow / 2
+)
 
 const reportEvery = 200 * time.Millisecond
 
@@ -51,15 +61,18 @@ func (r *reporter) step(gen int64, step int, loss float64, samples int, took tim
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if gen != r.winGen {
-		r.winGen, r.winSamples, r.winSecs = gen, 0, 0
+		r.winGen, r.winSteps, r.winSamples, r.winSecs = gen, 0, 0, 0
 	}
 	if r.winSecs >= speedWindow.Seconds() {
 		r.winSamples, r.winSecs = r.winSamples/2, r.winSecs/2
 	}
+	r.winSteps++
 	r.winSamples += float64(samples)
 	r.winSecs += took.Seconds()
-	req := &api.ReportProgressRequest{JobId: r.a.cfg.JobID, WorkerId: r.a.cfg.ID, Generation: gen, Step: int64(step),
-		Loss: loss, Samples: int64(math.Round(r.winSamples)), StepSeconds: r.winSecs}
+	req := &api.ReportProgressRequest{JobId: r.a.cfg.JobID, WorkerId: r.a.cfg.ID, Generation: gen, Step: int64(step), Loss: loss}
+	if r.winSteps >= minSpeedSteps || r.winSecs >= minSpeedTime.Seconds() {
+		req.Samples, req.StepSeconds = int64(math.Round(r.winSamples)), r.winSecs
+	}
 	r.last = req
 	if !math.IsNaN(acc) {
 		req.TestAccuracy = &acc
