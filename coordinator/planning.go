@@ -132,37 +132,42 @@ func desiredPlans(st *api.SnapshotState, tolerance float64) []*api.Plan {
 	return out
 }
 
+// currentPlan is job's plan in st (nil if none).
+func currentPlan(st *api.SnapshotState, job string) *api.Plan {
+	for _, p := range st.GetPlans() {
+		if p.GetJobId() == job {
+			return p
+		}
+	}
+	return nil
+}
+
 // speedOnly reports whether p differs from its job's current plan only in
 // what follows from measured speeds: batch shares and the ring order (the
 // planner orders ranks by speed); same workers at the same addresses and
 // stages, same reason.
 func speedOnly(st *api.SnapshotState, p *api.Plan) bool {
-	for _, cur := range st.GetPlans() {
-		if cur.GetJobId() != p.GetJobId() {
-			continue
-		}
-		if cur.GetReason() != p.GetReason() || cur.GetGlobalBatch() != p.GetGlobalBatch() ||
-			cur.GetPipelineStages() != p.GetPipelineStages() || len(cur.GetRanks()) != len(p.GetRanks()) {
+	cur := currentPlan(st, p.GetJobId())
+	if cur == nil || cur.GetReason() != p.GetReason() || cur.GetGlobalBatch() != p.GetGlobalBatch() ||
+		cur.GetPipelineStages() != p.GetPipelineStages() || len(cur.GetRanks()) != len(p.GetRanks()) {
+		return false
+	}
+	type place struct {
+		worker, addr string
+		stage        int32
+	}
+	at := map[place]int{}
+	for _, r := range cur.GetRanks() {
+		at[place{r.GetWorkerId(), r.GetCollectiveAddr(), r.GetStage()}]++
+	}
+	for _, r := range p.GetRanks() {
+		k := place{r.GetWorkerId(), r.GetCollectiveAddr(), r.GetStage()}
+		if at[k] == 0 {
 			return false
 		}
-		type place struct {
-			worker, addr string
-			stage        int32
-		}
-		at := map[place]int{}
-		for _, r := range cur.GetRanks() {
-			at[place{r.GetWorkerId(), r.GetCollectiveAddr(), r.GetStage()}]++
-		}
-		for _, r := range p.GetRanks() {
-			k := place{r.GetWorkerId(), r.GetCollectiveAddr(), r.GetStage()}
-			if at[k] == 0 {
-				return false
-			}
-			at[k]--
-		}
-		return true
+		at[k]--
 	}
-	return false
+	return true
 }
 
 // measuredPlan reports whether p's batch shares come from speeds measured
@@ -191,22 +196,33 @@ func measuredPlan(st *api.SnapshotState, p *api.Plan) bool {
 // the current ones, one log entry per new generation.
 //
 // A plan that changes shares for speed alone replaces one this leader wrote
-// from measured speeds only once that plan is SpeedReplanMinAge old; a plan
-// whose shares came from device profiles is replaced as soon as every
-// worker has measured its speed.
+// from measured speeds only once that plan is SpeedReplanMinAge old (a
+// share drift over ReplanTolerance) or FineReplanMinAge old (a smaller one,
+// over FineReplanTolerance); a plan whose shares came from device profiles
+// is replaced as soon as every worker has measured its speed.
 func (s *Server) reconcile(ctx context.Context) {
 	type written struct {
 		at       time.Time
 		measured bool
 	}
 	published := map[string]written{} // job -> this leader's last plan for it
+	tolerance := s.cfg.ReplanTolerance
+	if f := s.cfg.FineReplanTolerance; f > 0 {
+		tolerance = f
+	}
 	for {
 		ch := s.fsm.Changed()
 		st := s.fsm.State()
-		for _, p := range desiredPlans(st, s.cfg.ReplanTolerance) {
+		for _, p := range desiredPlans(st, tolerance) {
 			last := published[p.GetJobId()]
-			if speedOnly(st, p) && last.measured && time.Since(last.at) < s.cfg.SpeedReplanMinAge {
-				continue // re-checked on the next change or interval
+			if speedOnly(st, p) && last.measured {
+				hold := s.cfg.SpeedReplanMinAge
+				if !scheduler.Changed(toSchedPlan(currentPlan(st, p.GetJobId())), toSchedPlan(p), s.cfg.ReplanTolerance) {
+					hold = s.cfg.FineReplanMinAge
+				}
+				if time.Since(last.at) < hold {
+					continue // re-checked on the next change or interval
+				}
 			}
 			published[p.GetJobId()] = written{time.Now(), measuredPlan(st, p)}
 			if _, _, err := s.apply(ctx, &api.CmdPutPlan{Plan: p}); err != nil {

@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -50,13 +51,14 @@ func TestSpeedOnly(t *testing.T) {
 
 // The first shares come from device profiles and are replaced as soon as
 // every worker has measured its speed; a plan made from measured speeds
-// stands for SpeedReplanMinAge before speed alone replaces it.
+// stands for SpeedReplanMinAge before a large drift replaces it, and for
+// FineReplanMinAge before a small one does.
 func TestSpeedReplanHold(t *testing.T) {
-	const hold = 2 * time.Second
+	const hold, fineHold = time.Second, 3 * time.Second
 	s := NewTestServer(t, func(c *Config) {
 		c.LeaseTTL = time.Minute
-		c.ReplanTolerance = 0.03
-		c.SpeedReplanMinAge = hold
+		c.ReplanTolerance, c.SpeedReplanMinAge = 0.2, hold
+		c.FineReplanTolerance, c.FineReplanMinAge = 0.03, fineHold
 		c.ReplanInterval = 100 * time.Millisecond
 	})
 	ctx := ctxT(t, 30*time.Second)
@@ -90,22 +92,41 @@ func TestSpeedReplanHold(t *testing.T) {
 			}
 		}
 	}
+	shares := func(p *api.Plan) []int64 {
+		var out []int64
+		for _, r := range p.Ranks {
+			out = append(out, r.BatchShare)
+		}
+		return out
+	}
 	// Profiles said equal; measurements say 2:1. Re-planned at once.
-	profiled := time.Now()
+	since := time.Now()
 	report(p.Generation, 200, 100)
 	p = nextPlan(t, watch)
-	if el := time.Since(profiled); el > hold/2 {
+	if el := time.Since(since); el > hold/2 {
 		t.Errorf("a plan made from profiles stood %v after every worker had measured its speed", el)
 	}
-	if p.Ranks[0].WorkerId != "w0" || p.Ranks[0].BatchShare != 60 || p.Ranks[1].BatchShare != 30 {
+	if p.Ranks[0].WorkerId != "w0" || !slices.Equal(shares(p), []int64{60, 30}) {
 		t.Fatalf("shares not proportional to measured speeds: %v", p)
 	}
-	// Now the speeds swap: this plan was measured, so it stands for hold.
-	measured := time.Now()
+	// A 10% drift of the smaller share (speeds 187.5 and 106.25 after
+	// smoothing: 57/33): over the fine tolerance only, so it waits for the
+	// fine hold.
+	since = time.Now()
+	report(p.Generation, 150, 125)
+	p = nextPlan(t, watch)
+	if el := time.Since(since); el < fineHold-200*time.Millisecond {
+		t.Errorf("a small drift re-planned after %v (fine hold %v)", el, fineHold)
+	}
+	if !slices.Equal(shares(p), []int64{57, 33}) {
+		t.Fatalf("shares after a small drift: %v", p)
+	}
+	// Now the speeds swap: a large drift, re-planned after the short hold.
+	since = time.Now()
 	report(p.Generation, 50, 400)
 	p = nextPlan(t, watch)
-	if el := time.Since(measured); el < hold-100*time.Millisecond {
-		t.Errorf("a measured plan replaced for speed after %v (hold %v)", el, hold)
+	if el := time.Since(since); el < hold-200*time.Millisecond || el > fineHold-200*time.Millisecond {
+		t.Errorf("a large drift re-planned after %v (hold %v, fine hold %v)", el, hold, fineHold)
 	}
 	if p.Ranks[0].WorkerId != "w1" {
 		t.Fatalf("faster worker not first after the swap: %v", p)
