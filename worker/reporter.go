@@ -42,9 +42,10 @@ type reporter struct {
 const speedWindow = time.Second
 
 // A generation's speed is reported once its window holds minSpeedSteps
-// steps or minSpeedTime of compute: the planner may re-plan on the first
-// speed it sees from every worker, and one step (the first after a switch
-// runs on cold caches) is not a measure of it.
+// steps or minSpeedTime of compute, not counting its first step (which
+// runs on cold caches and, in a worker's first generation, allocates its
+// buffers): the planner may re-plan on the first speed it sees from every
+// worker.
 const (
 	minSpeedSteps = 3
 	minSpeedTime  = speedWindow / 2
@@ -63,14 +64,15 @@ func (r *reporter) step(gen int64, step int, loss float64, samples int, took tim
 	if gen != r.winGen {
 		r.winGen, r.winSteps, r.winSamples, r.winSecs = gen, 0, 0, 0
 	}
-	if r.winSecs >= speedWindow.Seconds() {
-		r.winSamples, r.winSecs = r.winSamples/2, r.winSecs/2
+	if r.winSteps++; r.winSteps > 1 {
+		if r.winSecs >= speedWindow.Seconds() {
+			r.winSamples, r.winSecs = r.winSamples/2, r.winSecs/2
+		}
+		r.winSamples += float64(samples)
+		r.winSecs += took.Seconds()
 	}
-	r.winSteps++
-	r.winSamples += float64(samples)
-	r.winSecs += took.Seconds()
 	req := &api.ReportProgressRequest{JobId: r.a.cfg.JobID, WorkerId: r.a.cfg.ID, Generation: gen, Step: int64(step), Loss: loss}
-	if r.winSteps >= minSpeedSteps || r.winSecs >= minSpeedTime.Seconds() {
+	if r.winSteps > minSpeedSteps || r.winSecs >= minSpeedTime.Seconds() {
 		req.Samples, req.StepSeconds = int64(math.Round(r.winSamples)), r.winSecs
 	}
 	r.last = req
