@@ -24,11 +24,13 @@ sps() {
     python3 -c 'import json,sys; print(round(json.load(sys.stdin)["samples_per_s"]))'
 }
 pair="cpu:threads=1;cpu:threads=1,slowdown=2"
+: > "$tmp/rounds"
 for _ in $(seq "$rounds"); do
   fast=$(sps "$tmp/speed.yaml" --workers 1 --device cpu:threads=1)
   slow=$(sps "$tmp/speed.yaml" --workers 1 --device cpu:threads=1,slowdown=2)
   both=$(sps "$tmp/speed.yaml" --workers 2 --worker-devices "$pair")
   equal=$(sps "$tmp/equal.yaml" --workers 2 --worker-devices "$pair")
+  echo "$fast $slow $both $equal" >> "$tmp/rounds"
   python3 - "$batch" "$fast" "$slow" "$both" "$equal" "$epochs" <<'PY'
 import sys
 b, f, s, p, e = map(int, sys.argv[1:6])
@@ -36,3 +38,13 @@ print(f"batch={b} epochs={sys.argv[6]}  fast alone {f}  slow alone {s}  sum {f+s
       f" | pair (equal shares) {e} = {e/(f+s):.2f}x sum")
 PY
 done
+# The machine's speed drifts from minute to minute: with several rounds,
+# also the median of each figure and the ratio of those medians.
+if [ "$rounds" -gt 1 ]; then
+  python3 - "$tmp/rounds" <<'PY'
+import statistics, sys
+f, s, p, e = (statistics.median(c) for c in zip(*(map(int, l.split()) for l in open(sys.argv[1]))))
+print(f"medians: fast alone {f:.0f}  slow alone {s:.0f}  sum {f+s:.0f} | pair (speed shares) {p:.0f} = {p/(f+s):.2f}x sum"
+      f" | pair (equal shares) {e:.0f} = {e/(f+s):.2f}x sum")
+PY
+fi

@@ -221,16 +221,36 @@ func apportion(total int64, weights []float64) []int64 {
 // old and new values. Against the smaller value, a share that is 25% more
 // than its rank's balanced share (a step about 25% longer than needed)
 // counts as a 20% change, as a share 20% less does.
+//
+// With one stage, ranks are matched by worker, not by position: the planner
+// orders ranks by speed, so the noise of two equal workers' measured speeds
+// swaps them back and forth, and a data-parallel ring gains nothing from a
+// new order (a new generation costs every rank a reconnect). With pipeline
+// stages the order decides which workers form a replica, and counts.
 func Changed(cur, next Plan, tolerance float64) bool {
 	if len(cur.Ranks) != len(next.Ranks) || cur.Stages != next.Stages || cur.GlobalBatch != next.GlobalBatch {
 		return true
 	}
+	moved := func(a, b Rank) bool {
+		return a.WorkerID != b.WorkerID || a.Addr != b.Addr || a.Stage != b.Stage ||
+			math.Abs(float64(a.BatchShare-b.BatchShare)) > tolerance*float64(min(a.BatchShare, b.BatchShare))
+	}
+	if cur.Stages <= 1 {
+		byWorker := make(map[string]Rank, len(cur.Ranks))
+		for _, r := range cur.Ranks {
+			byWorker[r.WorkerID] = r
+		}
+		for _, b := range next.Ranks {
+			a, ok := byWorker[b.WorkerID]
+			if !ok || moved(a, b) {
+				return true
+			}
+		}
+		return false
+	}
 	for i := range cur.Ranks {
 		a, b := cur.Ranks[i], next.Ranks[i]
-		if a.WorkerID != b.WorkerID || a.Addr != b.Addr || a.Stage != b.Stage || a.Replica != b.Replica {
-			return true
-		}
-		if math.Abs(float64(a.BatchShare-b.BatchShare)) > tolerance*float64(min(a.BatchShare, b.BatchShare)) {
+		if a.Replica != b.Replica || moved(a, b) {
 			return true
 		}
 	}

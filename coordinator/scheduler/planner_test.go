@@ -274,8 +274,25 @@ func TestChanged(t *testing.T) {
 	if !Changed(c, d, 0.2) || !Changed(d, c, 0.2) {
 		t.Fatal("tolerance not taken against the smaller share")
 	}
+	// Data parallel: the same workers in another order, same shares, are
+	// not a change; with a share moved too, they are.
 	b.Ranks = []Rank{{WorkerID: "y", BatchShare: 50}, {WorkerID: "x", BatchShare: 50}}
+	if Changed(a, b, 0) {
+		t.Fatal("a new ring order of the same shares counted as a change")
+	}
+	b.Ranks = []Rank{{WorkerID: "y", BatchShare: 40}, {WorkerID: "x", BatchShare: 60}}
+	if !Changed(a, b, 0.1) {
+		t.Fatal("reordered shares that moved not detected")
+	}
+	b.Ranks = []Rank{{WorkerID: "x", BatchShare: 50}, {WorkerID: "z", BatchShare: 50}}
 	if !Changed(a, b, 1) {
-		t.Fatal("reordering not detected")
+		t.Fatal("a new worker not detected")
+	}
+	// Pipeline stages: the order decides the replicas, and counts.
+	p := Plan{Stages: 2, GlobalBatch: 100, Ranks: []Rank{{WorkerID: "x", BatchShare: 50}, {WorkerID: "y", BatchShare: 50, Replica: 1}}}
+	q := p
+	q.Ranks = []Rank{{WorkerID: "y", BatchShare: 50}, {WorkerID: "x", BatchShare: 50, Replica: 1}}
+	if !Changed(p, q, 1) {
+		t.Fatal("pipeline reordering not detected")
 	}
 }
