@@ -63,15 +63,7 @@ func TestSpeedReplanHold(t *testing.T) {
 	})
 	ctx := ctxT(t, 30*time.Second)
 	c := api.NewCoordinatorClient(Dial(t, s.Addr()))
-	sub, err := c.SubmitJob(ctx, &api.SubmitJobRequest{Spec: &api.JobSpec{Name: "j", ConfigYaml: []byte("a: 1\n"), GlobalBatch: 90, MinWorkers: 2}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	job := sub.GetJob().GetId()
-	watch, err := c.WatchPlan(ctx, &api.WatchPlanRequest{JobId: job})
-	if err != nil {
-		t.Fatal(err)
-	}
+	job, watch := submitAndWatch(ctx, t, c, &api.JobSpec{Name: "j", ConfigYaml: []byte("a: 1\n"), GlobalBatch: 90, MinWorkers: 2})
 	for i := range 2 {
 		if _, err := c.RegisterWorker(ctx, &api.RegisterWorkerRequest{WorkerId: fmt.Sprintf("w%d", i), Profile: profile(fmt.Sprintf("127.0.0.1:%d", 9300+i), 10)}); err != nil {
 			t.Fatal(err)

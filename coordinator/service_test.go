@@ -34,6 +34,20 @@ func wantReason(t *testing.T, err error, code codes.Code, reason string) {
 	}
 }
 
+// submitAndWatch submits spec and opens a watch on its plan.
+func submitAndWatch(ctx context.Context, t *testing.T, c api.CoordinatorClient, spec *api.JobSpec) (string, api.Coordinator_WatchPlanClient) {
+	t.Helper()
+	sub, err := c.SubmitJob(ctx, &api.SubmitJobRequest{Spec: spec})
+	if err != nil {
+		t.Fatal(err)
+	}
+	watch, err := c.WatchPlan(ctx, &api.WatchPlanRequest{JobId: sub.GetJob().GetId()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sub.GetJob().GetId(), watch
+}
+
 // nextPlan receives from a plan stream, failing the test on error.
 func nextPlan(t *testing.T, s api.Coordinator_WatchPlanClient) *api.Plan {
 	t.Helper()
@@ -51,15 +65,7 @@ func TestEmbeddedJobLifecycle(t *testing.T) {
 	ctx := ctxT(t, 30*time.Second)
 	c := api.NewCoordinatorClient(Dial(t, s.Addr()))
 
-	sub, err := c.SubmitJob(ctx, &api.SubmitJobRequest{Spec: &api.JobSpec{Name: "mnist", ConfigYaml: []byte("a: 1\n"), GlobalBatch: 100, MinWorkers: 1}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	job := sub.GetJob().GetId()
-	watch, err := c.WatchPlan(ctx, &api.WatchPlanRequest{JobId: job})
-	if err != nil {
-		t.Fatal(err)
-	}
+	job, watch := submitAndWatch(ctx, t, c, &api.JobSpec{Name: "mnist", ConfigYaml: []byte("a: 1\n"), GlobalBatch: 100, MinWorkers: 1})
 	p := nextPlan(t, watch)
 	if len(p.Ranks) != 0 || p.Reason == "" {
 		t.Fatalf("first plan should wait for workers: %v", p)
