@@ -46,6 +46,8 @@ const (
 	// DefaultShmRingBytes is each direction's ring on a same-host link: four
 	// 1 MiB chunks in flight (eight of 512 KiB).
 	DefaultShmRingBytes = 4 << 20
+	// MaxShmRingBytes bounds a ring (each direction of each link).
+	MaxShmRingBytes = 1 << 30
 )
 
 // shmDir is where same-host links keep their rings: a tmpfs on every Linux
@@ -128,7 +130,7 @@ func decodeShmOffer(b []byte) (name string, nonce []byte, ring int, err error) {
 		return "", nil, 0, fmt.Errorf("%w: shared-memory offer of %d bytes", ErrBadFrame, len(b))
 	}
 	ring64 := binary.LittleEndian.Uint64(b[16:])
-	if ring64 < shmAlign || ring64 > 1<<30 || ring64%shmAlign != 0 {
+	if ring64 < shmAlign || ring64 > MaxShmRingBytes || ring64%shmAlign != 0 {
 		return "", nil, 0, fmt.Errorf("%w: shared-memory ring of %d bytes", ErrBadFrame, ring64)
 	}
 	return strings.TrimRight(string(b[24:]), "\x00"), b[:16], int(ring64), nil
@@ -213,4 +215,13 @@ func (s *shmLink) view(pos uint64, n int) (p []byte, end uint64, err error) {
 		return nil, 0, fmt.Errorf("%w: shared-memory payload at %d (+%d) outside the ring", ErrBadFrame, pos, n)
 	}
 	return s.rx[pos%size : pos%size+uint64(n)], pos + alignUp(uint64(n)), nil
+}
+
+// CheckShmRing reports whether n bytes is a valid shared-memory ring size:
+// 0 (links stay on TCP) or a multiple of 64 up to MaxShmRingBytes.
+func CheckShmRing(n int) error {
+	if n < 0 || n > MaxShmRingBytes || n%shmAlign != 0 {
+		return fmt.Errorf("shared-memory ring of %d bytes: want 0 or a multiple of %d up to 1 GiB, e.g. 4MiB", n, shmAlign)
+	}
+	return nil
 }

@@ -55,8 +55,8 @@ func (c TCPConfig) Validate() error {
 		return fmt.Errorf("%w: tcp: MaxFrameBytes %d must be positive", ErrConfig, c.MaxFrameBytes)
 	case c.SocketBufferBytes < 0:
 		return fmt.Errorf("%w: tcp: SocketBufferBytes %d is negative", ErrConfig, c.SocketBufferBytes)
-	case c.ShmRingBytes < 0 || c.ShmRingBytes > 1<<30 || c.ShmRingBytes%shmAlign != 0:
-		return fmt.Errorf("%w: tcp: ShmRingBytes %d is not a multiple of %d in [0, 1 GiB]", ErrConfig, c.ShmRingBytes, shmAlign)
+	case CheckShmRing(c.ShmRingBytes) != nil:
+		return fmt.Errorf("%w: tcp: ShmRingBytes: %v", ErrConfig, CheckShmRing(c.ShmRingBytes))
 	case !littleEndian:
 		return fmt.Errorf("%w: tcp: the wire format needs a little-endian host", ErrConfig)
 	}

@@ -3,6 +3,7 @@ package coordinator
 import (
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -122,5 +123,24 @@ func TestSpeedReplanHold(t *testing.T) {
 	}
 	if p.Ranks[0].WorkerId != "w1" {
 		t.Fatalf("faster worker not first after the swap: %v", p)
+	}
+}
+
+// The re-plan settings are checked: a fine tolerance above the coarse one,
+// or a negative one or hold, is refused by name.
+func TestReplanConfigRefused(t *testing.T) {
+	for name, tweak := range map[string]func(*Config){
+		"FineReplanTolerance": func(c *Config) { c.FineReplanTolerance = c.ReplanTolerance * 2 },
+		"FineReplanMinAge":    func(c *Config) { c.FineReplanMinAge = -time.Second },
+		"ReplanTolerance":     func(c *Config) { c.ReplanTolerance = -0.1 },
+	} {
+		c := DefaultConfig()
+		tweak(&c)
+		if err := c.Validate(); err == nil || !strings.Contains(err.Error(), name) {
+			t.Errorf("%s: Validate() = %v", name, err)
+		}
+	}
+	if err := DefaultConfig().Validate(); err != nil {
+		t.Errorf("default config refused: %v", err)
 	}
 }

@@ -13,6 +13,9 @@ cd "$(dirname "$0")/.."
 batch=${1:-128}
 rounds=${2:-1}
 epochs=${3:-1}
+for v in "$batch" "$rounds" "$epochs"; do
+  [[ $v =~ ^[1-9][0-9]*$ ]] || { echo "usage: $0 [global-batch] [rounds] [epochs] (positive integers), got '$v'" >&2; exit 2; }
+done
 make -s build
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT

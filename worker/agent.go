@@ -66,8 +66,8 @@ func (c AgentConfig) Validate() error {
 		return errors.New("worker: no device")
 	case c.RPCTimeout <= 0:
 		return errors.New("worker: RPCTimeout must be positive")
-	case c.ShmRingBytes < 0 || c.ShmRingBytes > 1<<30 || c.ShmRingBytes%64 != 0:
-		return fmt.Errorf("worker: shared-memory ring of %d bytes: want 0 or a multiple of 64 up to 1 GiB", c.ShmRingBytes)
+	case collective.CheckShmRing(c.ShmRingBytes) != nil:
+		return fmt.Errorf("worker: %w", collective.CheckShmRing(c.ShmRingBytes))
 	}
 	_, _, err := net.SplitHostPort(c.Listen)
 	return err

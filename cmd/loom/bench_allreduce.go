@@ -250,8 +250,8 @@ func (o allreduceOpts) parse() (p allreduceParams, err error) {
 			return p, fmt.Errorf("--size: %w", err)
 		}
 	}
-	if p.shmRing%64 != 0 || p.shmRing > 1<<30 {
-		return p, fmt.Errorf("--shm-ring %q: want 0 or a multiple of 64 bytes up to 1GiB", o.shmRing)
+	if err := collective.CheckShmRing(p.shmRing); err != nil {
+		return p, fmt.Errorf("--shm-ring %q: %w", o.shmRing, err)
 	}
 	if p.chunk, err = benchChunk(o.chunk, p.shmRing, o.peers); err != nil {
 		return p, fmt.Errorf("--chunk: %w", err)

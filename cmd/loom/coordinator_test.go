@@ -171,3 +171,14 @@ func TestCoordinatorRemoveCommand(t *testing.T) {
 		t.Fatalf("removing an unknown node: %v\n%s", err, out)
 	}
 }
+
+// A bad --shm-ring is refused before the worker contacts anyone, naming the
+// flag and the rule.
+func TestWorkerRefusesBadShmRing(t *testing.T) {
+	for _, v := range []string{"100B", "2GiB", "-64", "lots"} {
+		out, err := runLoom(t, "worker", "--coordinator", "127.0.0.1:1", "--job", "j", "--device", "cpu:threads=1", "--shm-ring", v)
+		if err == nil || !strings.Contains(err.Error(), "--shm-ring") {
+			t.Errorf("--shm-ring %s: %v\n%s", v, err, out)
+		}
+	}
+}

@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/loomtrain/loom/collective"
 	"github.com/loomtrain/loom/worker"
 )
 
@@ -67,8 +68,11 @@ environment it writes a CPU profile of its run to DIR/ID.pprof.`,
 			}
 			cfg := worker.DefaultAgentConfig()
 			cfg.ID, cfg.JobID, cfg.Device, cfg.Logger = id, job, d, log
-			if cfg.ShmRingBytes, err = parseByteSize(shmRing); err != nil || cfg.ShmRingBytes%64 != 0 || cfg.ShmRingBytes > 1<<30 {
-				return fmt.Errorf("--shm-ring %q: want 0 or a multiple of 64 bytes up to 1GiB, e.g. 4MiB", shmRing)
+			if cfg.ShmRingBytes, err = parseByteSize(shmRing); err == nil {
+				err = collective.CheckShmRing(cfg.ShmRingBytes)
+			}
+			if err != nil {
+				return fmt.Errorf("--shm-ring %q: %w", shmRing, err)
 			}
 			cfg.Coordinators = strings.Split(coord, ",")
 			if listen != "" {
