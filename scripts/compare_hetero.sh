@@ -7,7 +7,8 @@
 # first second of a pair runs at equal shares until the planner has measured
 # both workers, so more epochs show the steady state).
 # Usage: scripts/compare_hetero.sh [global-batch] [rounds] [epochs]   (default 128 1 1)
-# Prints one line per round: samples/s alone, the pair, and pair / sum.
+# Prints one line per round: samples/s alone, the pair, pair / sum, and the
+# fast worker's fraction of each batch in the pair's last plan.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 batch=${1:-128}
@@ -22,23 +23,30 @@ trap 'rm -rf "$tmp"' EXIT
 sed "s/^  epochs: 1\$/  epochs: $epochs/" examples/mnist-mlp-sgd.yaml > "$tmp/speed.yaml"
 grep -q "^  epochs: $epochs\$" "$tmp/speed.yaml" || { echo "could not set epochs in the job" >&2; exit 1; }
 { cat "$tmp/speed.yaml"; echo "cluster: {balance: equal}"; } > "$tmp/equal.yaml"
+# sps prints a run's samples/s; with workers, also the fast worker's (w0)
+# fraction of the batch in the last plan.
 sps() {
   bin/loom launch "$@" --global-batch "$batch" --json --quiet 2>/dev/null | tail -1 |
-    python3 -c 'import json,sys; print(round(json.load(sys.stdin)["samples_per_s"]))'
+    python3 -c 'import json,sys
+s = json.load(sys.stdin)
+sh = {r["worker"]: r["samples"] for r in s.get("shares", [])}
+fast = sh.get("w0", 0) / sum(sh.values()) if sh else None
+print(round(s["samples_per_s"]), end="")
+print(f" {fast:.3f}" if sh else "")'
 }
 pair="cpu:threads=1;cpu:threads=1,slowdown=2"
 : > "$tmp/rounds"
 for _ in $(seq "$rounds"); do
   fast=$(sps "$tmp/speed.yaml" --workers 1 --device cpu:threads=1)
   slow=$(sps "$tmp/speed.yaml" --workers 1 --device cpu:threads=1,slowdown=2)
-  both=$(sps "$tmp/speed.yaml" --workers 2 --worker-devices "$pair")
-  equal=$(sps "$tmp/equal.yaml" --workers 2 --worker-devices "$pair")
-  echo "$fast $slow $both $equal" >> "$tmp/rounds"
-  python3 - "$batch" "$fast" "$slow" "$both" "$equal" "$epochs" <<'PY'
+  read -r both share < <(sps "$tmp/speed.yaml" --workers 2 --worker-devices "$pair")
+  read -r equal _ < <(sps "$tmp/equal.yaml" --workers 2 --worker-devices "$pair")
+  echo "$fast $slow $both $equal $share" >> "$tmp/rounds"
+  python3 - "$batch" "$fast" "$slow" "$both" "$equal" "$epochs" "$share" <<'PY'
 import sys
 b, f, s, p, e = map(int, sys.argv[1:6])
-print(f"batch={b} epochs={sys.argv[6]}  fast alone {f}  slow alone {s}  sum {f+s} | pair (speed shares) {p} = {p/(f+s):.2f}x sum"
-      f" | pair (equal shares) {e} = {e/(f+s):.2f}x sum")
+print(f"batch={b} epochs={sys.argv[6]}  fast alone {f}  slow alone {s}  sum {f+s} | pair (speed shares) {p} = {p/(f+s):.2f}x sum,"
+      f" fast worker's share {sys.argv[7]} | pair (equal shares) {e} = {e/(f+s):.2f}x sum")
 PY
 done
 # The machine's speed drifts from minute to minute: with several rounds,
@@ -46,8 +54,11 @@ done
 if [ "$rounds" -gt 1 ]; then
   python3 - "$tmp/rounds" <<'PY'
 import statistics, sys
-f, s, p, e = (statistics.median(c) for c in zip(*(map(int, l.split()) for l in open(sys.argv[1]))))
-print(f"medians: fast alone {f:.0f}  slow alone {s:.0f}  sum {f+s:.0f} | pair (speed shares) {p:.0f} = {p/(f+s):.2f}x sum"
-      f" | pair (equal shares) {e:.0f} = {e/(f+s):.2f}x sum")
+rounds = [[float(v) for v in l.split()] for l in open(sys.argv[1])]
+f, s, p, e, sh = (statistics.median(c) for c in zip(*rounds))
+ratios = " ".join(f"{r[2]/(r[0]+r[1]):.2f}" for r in rounds)
+print(f"medians: fast alone {f:.0f}  slow alone {s:.0f}  sum {f+s:.0f} | pair (speed shares) {p:.0f} = {p/(f+s):.2f}x sum,"
+      f" fast worker's share {sh:.3f} | pair (equal shares) {e:.0f} = {e/(f+s):.2f}x sum")
+print(f"pair (speed shares) / sum, per round: {ratios}")
 PY
 fi

@@ -51,6 +51,16 @@ type Summary struct {
 	Device        string  `json:"device"`
 	Workers       int     `json:"workers"`
 	SkippedSteps  int     `json:"skipped_steps"`
+	// Shares are the batch shares of the job's last plan (a launch with
+	// workers), in ring order: how the planner split each global batch.
+	Shares []RankShare `json:"shares,omitempty"`
+}
+
+// RankShare is one rank's part of each global batch.
+type RankShare struct {
+	Worker  string `json:"worker"`
+	Stage   int    `json:"stage"`
+	Samples int64  `json:"samples"`
 }
 
 // Trainer runs one job's training loop on one device. Not safe for

@@ -42,4 +42,13 @@ checkpoint: {dir: %s}
 	if frac < 0.56 || frac > 0.8 {
 		t.Fatalf("fast worker took %.3f of the samples, want about 2/3", frac)
 	}
+	// The summary shows the last plan's split, which the ledgers followed.
+	if len(s.Shares) != 2 || s.Shares[0].Samples+s.Shares[1].Samples != 256 {
+		t.Fatalf("summary shares %+v, want two ranks summing to the global batch 256", s.Shares)
+	}
+	for _, r := range s.Shares {
+		if f := float64(r.Samples) / 256; r.Worker == "w0" && (f < 0.56 || f > 0.8) {
+			t.Errorf("summary gives the fast worker %d of 256 samples, want about 2/3", r.Samples)
+		}
+	}
 }

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -232,10 +233,40 @@ func printSummary(out io.Writer, s *worker.Summary) {
 	fmt.Fprintf(w, "throughput\t%.0f samples/s\n", s.SamplesPerSec)
 	fmt.Fprintf(w, "wall time\t%s\n", time.Duration(s.WallSeconds*float64(time.Second)).Round(10*time.Millisecond))
 	fmt.Fprintf(w, "precision\t%s on %s, %d worker(s)\n", s.Precision, s.Device, s.Workers)
+	if len(s.Shares) > 1 {
+		fmt.Fprintf(w, "batch shares\t%s\n", formatShares(s.Shares))
+	}
 	if s.SkippedSteps > 0 {
 		fmt.Fprintf(w, "skipped steps\t%d (fp16 overflow)\n", s.SkippedSteps)
 	}
 	w.Flush()
+}
+
+// formatShares shows each rank's samples per global batch and its fraction
+// of the batch, per pipeline stage ("stage N:" only with several stages),
+// e.g. "w0 2781 (67.9%), w1 1315 (32.1%)".
+func formatShares(shares []worker.RankShare) string {
+	total := map[int]int64{}
+	stages := 0
+	for _, r := range shares {
+		total[r.Stage] += r.Samples
+		stages = max(stages, r.Stage+1)
+	}
+	var parts []string
+	for st := range stages {
+		var ranks []string
+		for _, r := range shares {
+			if r.Stage == st {
+				ranks = append(ranks, fmt.Sprintf("%s %d (%.1f%%)", r.Worker, r.Samples, 100*float64(r.Samples)/float64(max(1, total[st]))))
+			}
+		}
+		line := strings.Join(ranks, ", ")
+		if stages > 1 {
+			line = fmt.Sprintf("stage %d: %s", st, line)
+		}
+		parts = append(parts, line)
+	}
+	return strings.Join(parts, "; ")
 }
 
 // openLedger opens (appending) dir/name.jsonl for a sample ledger.

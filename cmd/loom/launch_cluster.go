@@ -120,6 +120,7 @@ func follow(ctx context.Context, stdout io.Writer, client api.CoordinatorClient,
 	}
 	goneSince := time.Time{}
 	var members []string // worker ids of the current plan, sorted
+	var shares []worker.RankShare
 	var waitReason string
 	for {
 		select {
@@ -155,6 +156,13 @@ func follow(ctx context.Context, stdout io.Writer, client api.CoordinatorClient,
 		}
 		j := resp.GetJob()
 		members = logMembership(log, resp.GetPlan(), members)
+		if ranks := resp.GetPlan().GetRanks(); len(ranks) > 0 {
+			// The last plan with workers: ranks may leave once done.
+			shares = shares[:0]
+			for _, r := range ranks {
+				shares = append(shares, worker.RankShare{Worker: r.GetWorkerId(), Stage: int(r.GetStage()), Samples: r.GetBatchShare()})
+			}
+		}
 		if j.GetState() == api.JobState_JOB_STATE_PENDING && j.GetReason() != waitReason {
 			log.Warn("job waiting", zap.String("reason", j.GetReason()))
 		}
@@ -175,7 +183,7 @@ func follow(ctx context.Context, stdout io.Writer, client api.CoordinatorClient,
 			wall := time.Since(start).Seconds()
 			s := &worker.Summary{Job: job.Name, Status: "completed", Steps: int(j.GetStep()), Samples: j.GetStep() * int64(job.Train.GlobalBatch),
 				FinalLoss: j.GetLastLoss(), TestAccuracy: j.GetTestAccuracy(), TestLoss: j.GetTestLoss(), WallSeconds: wall,
-				Precision: job.Train.Precision, Device: o.device, Workers: int(resp.GetPlan().GetReplicas())}
+				Precision: job.Train.Precision, Device: o.device, Workers: int(resp.GetPlan().GetReplicas()), Shares: shares}
 			s.Epochs = float64(s.Samples) / float64(max(1, trainSize(job)))
 			s.SamplesPerSec = j.GetSamplesPerSecond() // measured by the reporting rank
 			if s.SamplesPerSec == 0 && !firstStep.IsZero() {

@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/loomtrain/loom/worker"
 )
 
 func writeJob(t *testing.T, body string) string {
@@ -38,6 +40,33 @@ checkpoint: {dir: `+t.TempDir()+`}
 	}
 	if s["steps"].(float64) != 40 || s["test_accuracy"].(float64) < 0.7 || s["precision"] != "bf16" {
 		t.Errorf("unexpected summary %s", out)
+	}
+}
+
+// The summary of a launch with workers shows how each batch was split:
+// per stage when the plan is a pipeline.
+func TestSummaryShowsShares(t *testing.T) {
+	for _, tc := range []struct {
+		shares []worker.RankShare
+		want   string
+	}{
+		{[]worker.RankShare{{Worker: "w0", Samples: 689}, {Worker: "w1", Samples: 335}},
+			"batch shares   w0 689 (67.3%), w1 335 (32.7%)\n"},
+		{[]worker.RankShare{{Worker: "a", Samples: 64}, {Worker: "b", Stage: 1, Samples: 64}},
+			"batch shares   stage 0: a 64 (100.0%); stage 1: b 64 (100.0%)\n"},
+		{[]worker.RankShare{{Worker: "solo", Samples: 64}}, ""},
+	} {
+		var b strings.Builder
+		printSummary(&b, &worker.Summary{Shares: tc.shares})
+		got := ""
+		for _, l := range strings.SplitAfter(b.String(), "\n") {
+			if strings.HasPrefix(l, "batch shares") {
+				got = l
+			}
+		}
+		if got != tc.want {
+			t.Errorf("shares %+v: got line %q, want %q\n%s", tc.shares, got, tc.want, b.String())
+		}
 	}
 }
 
