@@ -126,6 +126,58 @@ func TestSpeedReplanHold(t *testing.T) {
 	}
 }
 
+// Step reports are written at most once per ProgressInterval, but a
+// worker's first measured speed is written at once: a worker's first
+// reports carry none (its first steps are not measured), and the plan made
+// from device profiles stood until the next interval (a half-speed pair at
+// batch 1024 ran its first 1.4 s on profile shares).
+func TestFirstSpeedWrittenAtOnce(t *testing.T) {
+	s := NewTestServer(t, func(c *Config) {
+		c.LeaseTTL = time.Minute
+		c.ProgressInterval = time.Minute
+		c.ReplanInterval = 100 * time.Millisecond
+	})
+	ctx := ctxT(t, 10*time.Second)
+	c := api.NewCoordinatorClient(Dial(t, s.Addr()))
+	job, watch := submitAndWatch(ctx, t, c, &api.JobSpec{Name: "j", ConfigYaml: []byte("a: 1\n"), GlobalBatch: 90, MinWorkers: 2})
+	for i := range 2 {
+		if _, err := c.RegisterWorker(ctx, &api.RegisterWorkerRequest{WorkerId: fmt.Sprintf("w%d", i), Profile: profile(fmt.Sprintf("127.0.0.1:%d", 9400+i), 10)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p := nextPlan(t, watch)
+	for len(p.Ranks) < 2 {
+		p = nextPlan(t, watch)
+	}
+	report := func(step int64, speeds ...int64) {
+		t.Helper()
+		for i, sp := range speeds {
+			if _, err := c.ReportProgress(ctx, &api.ReportProgressRequest{JobId: job, WorkerId: fmt.Sprintf("w%d", i), Generation: p.Generation, Step: step, Samples: sp, StepSeconds: 1}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	report(1, 0, 0) // no speed yet; written (each worker's first report)
+	since := time.Now()
+	report(4, 200, 100)
+	p = nextPlan(t, watch) // fails at the deadline if the speeds were dropped
+	if el := time.Since(since); el > 2*time.Second {
+		t.Errorf("re-planned %v after the first speeds", el)
+	}
+	if p.Ranks[0].WorkerId != "w0" || p.Ranks[0].BatchShare != 60 || p.Ranks[1].BatchShare != 30 {
+		t.Fatalf("shares not from the first measured speeds: %v", p)
+	}
+	// Later step reports within the interval are still dropped: the speeds
+	// stay as first measured.
+	report(5, 10, 1000)
+	st := s.FSM().State()
+	for _, w := range st.GetWorkers() {
+		if want := map[string]float64{"w0": 200, "w1": 100}[w.GetId()]; w.GetSamplesPerSecond() != want {
+			t.Errorf("%s: speed %g, want %g (a report inside ProgressInterval was written)", w.GetId(), w.GetSamplesPerSecond(), want)
+		}
+	}
+}
+
 // The re-plan settings are checked: a fine tolerance above the coarse one,
 // or a negative one or hold, is refused by name.
 func TestReplanConfigRefused(t *testing.T) {

@@ -193,24 +193,29 @@ func (s *Server) watchPlan(ctx context.Context, req *api.WatchPlanRequest, send 
 }
 
 func (v *service) ReportProgress(ctx context.Context, req *api.ReportProgressRequest) (*api.ReportProgressResponse, error) {
+	measured := req.GetStepSeconds() > 0 && req.GetSamples() > 0
 	v.s.fsm.mu.RLock()
 	j, noop, err := v.s.fsm.st.checkProgress(req)
 	var gen int64
 	if j != nil {
 		gen = j.Generation
 	}
+	w := v.s.fsm.st.workers[req.GetWorkerId()]
+	firstSpeed := measured && w != nil && !(w.GetSamplesPerSecond() > 0)
 	v.s.fsm.mu.RUnlock()
 	if err != nil {
 		return nil, err
 	}
-	// Final and evaluation reports are always written; step reports at most
-	// once per ProgressInterval per worker.
-	must := req.GetDone() || req.TestAccuracy != nil
+	// Final and evaluation reports are always written, and so is a worker's
+	// first measured speed (until every worker of a plan has one, its shares
+	// come from device profiles); other step reports at most once per
+	// ProgressInterval per worker.
+	must := req.GetDone() || req.TestAccuracy != nil || firstSpeed
 	if noop || (!must && !v.s.progressDue(req.GetWorkerId())) {
 		return &api.ReportProgressResponse{Generation: gen}, nil
 	}
 	var sps float64
-	if req.GetStepSeconds() > 0 && req.GetSamples() > 0 {
+	if measured {
 		sps = float64(req.GetSamples()) / req.GetStepSeconds()
 	}
 	m, _, err := v.s.apply(ctx, &api.CmdReportProgress{Report: req, SamplesPerSecond: sps, NowUnixNano: time.Now().UnixNano()})

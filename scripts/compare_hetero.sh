@@ -3,12 +3,15 @@
 # throttled to half speed (cpu:threads=1,slowdown=2), each measured alone,
 # then together with speed-balanced shares and with equal shares, at the
 # same global batch (the job of examples/mnist-mlp-sgd.yaml, one epoch unless
-# told otherwise: at large batches an epoch is only a few dozen steps, and the
-# first second of a pair runs at equal shares until the planner has measured
-# both workers, so more epochs show the steady state).
+# told otherwise: at large batches an epoch is only a few dozen steps, and a
+# pair's first steps run on shares from the devices' profiles until the
+# planner has measured both workers, so more epochs show the steady state).
+# As a control, two full-speed workers train the same job together: what a
+# synchronous pair loses on this machine when nothing is heterogeneous.
 # Usage: scripts/compare_hetero.sh [global-batch] [rounds] [epochs]   (default 128 1 1)
-# Prints one line per round: samples/s alone, the pair, pair / sum, and the
-# fast worker's fraction of each batch in the pair's last plan.
+# Prints one line per round: samples/s alone, the pair, pair / sum, the
+# fast worker's fraction of each batch in the pair's last plan, and the
+# control pair / twice the fast worker alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 batch=${1:-128}
@@ -41,12 +44,15 @@ for _ in $(seq "$rounds"); do
   slow=$(sps "$tmp/speed.yaml" --workers 1 --device cpu:threads=1,slowdown=2)
   read -r both share < <(sps "$tmp/speed.yaml" --workers 2 --worker-devices "$pair")
   read -r equal _ < <(sps "$tmp/equal.yaml" --workers 2 --worker-devices "$pair")
-  echo "$fast $slow $both $equal $share" >> "$tmp/rounds"
-  python3 - "$batch" "$fast" "$slow" "$both" "$equal" "$epochs" "$share" <<'PY'
+  read -r twins _ < <(sps "$tmp/speed.yaml" --workers 2 --device cpu:threads=1)
+  echo "$fast $slow $both $equal $share $twins" >> "$tmp/rounds"
+  python3 - "$batch" "$fast" "$slow" "$both" "$equal" "$epochs" "$share" "$twins" <<'PY'
 import sys
 b, f, s, p, e = map(int, sys.argv[1:6])
+t = int(sys.argv[8])
 print(f"batch={b} epochs={sys.argv[6]}  fast alone {f}  slow alone {s}  sum {f+s} | pair (speed shares) {p} = {p/(f+s):.2f}x sum,"
-      f" fast worker's share {sys.argv[7]} | pair (equal shares) {e} = {e/(f+s):.2f}x sum")
+      f" fast worker's share {sys.argv[7]} | pair (equal shares) {e} = {e/(f+s):.2f}x sum"
+      f" | control: two fast workers {t} = {t/(2*f):.2f}x twice alone")
 PY
 done
 # The machine's speed drifts from minute to minute: with several rounds,
@@ -55,10 +61,12 @@ if [ "$rounds" -gt 1 ]; then
   python3 - "$tmp/rounds" <<'PY'
 import statistics, sys
 rounds = [[float(v) for v in l.split()] for l in open(sys.argv[1])]
-f, s, p, e, sh = (statistics.median(c) for c in zip(*rounds))
+f, s, p, e, sh, t = (statistics.median(c) for c in zip(*rounds))
 ratios = " ".join(f"{r[2]/(r[0]+r[1]):.2f}" for r in rounds)
+control = " ".join(f"{r[5]/(2*r[0]):.2f}" for r in rounds)
 print(f"medians: fast alone {f:.0f}  slow alone {s:.0f}  sum {f+s:.0f} | pair (speed shares) {p:.0f} = {p/(f+s):.2f}x sum,"
-      f" fast worker's share {sh:.3f} | pair (equal shares) {e:.0f} = {e/(f+s):.2f}x sum")
-print(f"pair (speed shares) / sum, per round: {ratios}")
+      f" fast worker's share {sh:.3f} | pair (equal shares) {e:.0f} = {e/(f+s):.2f}x sum"
+      f" | control: two fast workers {t:.0f} = {t/(2*f):.2f}x twice alone")
+print(f"per round: pair (speed shares) / sum {ratios}; control / twice alone {control}")
 PY
 fi
