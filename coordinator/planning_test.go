@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"context"
 	"fmt"
 	"slices"
 	"strings"
@@ -63,17 +64,7 @@ func TestSpeedReplanHold(t *testing.T) {
 		c.ReplanInterval = 100 * time.Millisecond
 	})
 	ctx := ctxT(t, 30*time.Second)
-	c := api.NewCoordinatorClient(Dial(t, s.Addr()))
-	job, watch := submitAndWatch(ctx, t, c, &api.JobSpec{Name: "j", ConfigYaml: []byte("a: 1\n"), GlobalBatch: 90, MinWorkers: 2})
-	for i := range 2 {
-		if _, err := c.RegisterWorker(ctx, &api.RegisterWorkerRequest{WorkerId: fmt.Sprintf("w%d", i), Profile: profile(fmt.Sprintf("127.0.0.1:%d", 9300+i), 10)}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	p := nextPlan(t, watch)
-	for len(p.Ranks) < 2 {
-		p = nextPlan(t, watch)
-	}
+	c, job, watch, p := pairPlan(ctx, t, s.Addr(), 9300)
 	if p.Ranks[0].BatchShare != 45 {
 		t.Fatalf("equal profiles, unequal shares: %v", p)
 	}
@@ -138,17 +129,7 @@ func TestFirstSpeedWrittenAtOnce(t *testing.T) {
 		c.ReplanInterval = 100 * time.Millisecond
 	})
 	ctx := ctxT(t, 10*time.Second)
-	c := api.NewCoordinatorClient(Dial(t, s.Addr()))
-	job, watch := submitAndWatch(ctx, t, c, &api.JobSpec{Name: "j", ConfigYaml: []byte("a: 1\n"), GlobalBatch: 90, MinWorkers: 2})
-	for i := range 2 {
-		if _, err := c.RegisterWorker(ctx, &api.RegisterWorkerRequest{WorkerId: fmt.Sprintf("w%d", i), Profile: profile(fmt.Sprintf("127.0.0.1:%d", 9400+i), 10)}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	p := nextPlan(t, watch)
-	for len(p.Ranks) < 2 {
-		p = nextPlan(t, watch)
-	}
+	c, job, watch, p := pairPlan(ctx, t, s.Addr(), 9400)
 	report := func(step int64, speeds ...int64) {
 		t.Helper()
 		for i, sp := range speeds {
@@ -176,6 +157,26 @@ func TestFirstSpeedWrittenAtOnce(t *testing.T) {
 			t.Errorf("%s: speed %g, want %g (a report inside ProgressInterval was written)", w.GetId(), w.GetSamplesPerSecond(), want)
 		}
 	}
+}
+
+// pairPlan submits a job (global batch 90, two workers at least) to the
+// coordinator at addr, registers w0 and w1 with equal device profiles
+// (collective ports port and port+1), and returns the client, the job, its
+// plan watch and the first plan with both ranks.
+func pairPlan(ctx context.Context, t *testing.T, addr string, port int) (api.CoordinatorClient, string, api.Coordinator_WatchPlanClient, *api.Plan) {
+	t.Helper()
+	c := api.NewCoordinatorClient(Dial(t, addr))
+	job, watch := submitAndWatch(ctx, t, c, &api.JobSpec{Name: "j", ConfigYaml: []byte("a: 1\n"), GlobalBatch: 90, MinWorkers: 2})
+	for i := range 2 {
+		if _, err := c.RegisterWorker(ctx, &api.RegisterWorkerRequest{WorkerId: fmt.Sprintf("w%d", i), Profile: profile(fmt.Sprintf("127.0.0.1:%d", port+i), 10)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p := nextPlan(t, watch)
+	for len(p.Ranks) < 2 {
+		p = nextPlan(t, watch)
+	}
+	return c, job, watch, p
 }
 
 // The re-plan settings are checked: a fine tolerance above the coarse one,
