@@ -57,7 +57,8 @@ wrong type or a missing dataset path is reported with its file, line and field.
 With --workers N (N > 1) loom starts an embedded coordinator and N local
 worker processes that train data-parallel, summing gradients over a TCP ring;
 with --coordinator it submits to a running cluster and follows the job
-(--detach prints the job id and returns).
+(--detach prints the job id and returns). Batch shares follow each worker's
+measured speed; the summary shows the last plan's split.
 
 Ctrl-C stops at the next step boundary and still prints the summary (with
 workers: cancels the job and stops them).`,
