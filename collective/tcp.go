@@ -46,6 +46,7 @@ func DefaultTCPConfig() TCPConfig {
 
 // Validate reports the first problem with c, wrapping ErrConfig.
 func (c TCPConfig) Validate() error {
+	ringErr := CheckShmRing(c.ShmRingBytes)
 	switch {
 	case len(c.Peers) == 0:
 		return fmt.Errorf("%w: tcp: Peers is empty", ErrConfig)
@@ -55,8 +56,8 @@ func (c TCPConfig) Validate() error {
 		return fmt.Errorf("%w: tcp: MaxFrameBytes %d must be positive", ErrConfig, c.MaxFrameBytes)
 	case c.SocketBufferBytes < 0:
 		return fmt.Errorf("%w: tcp: SocketBufferBytes %d is negative", ErrConfig, c.SocketBufferBytes)
-	case CheckShmRing(c.ShmRingBytes) != nil:
-		return fmt.Errorf("%w: tcp: ShmRingBytes: %v", ErrConfig, CheckShmRing(c.ShmRingBytes))
+	case ringErr != nil:
+		return fmt.Errorf("%w: tcp: ShmRingBytes: %v", ErrConfig, ringErr)
 	case !littleEndian:
 		return fmt.Errorf("%w: tcp: the wire format needs a little-endian host", ErrConfig)
 	}

@@ -42,9 +42,13 @@ pair="cpu:threads=1;cpu:threads=1,slowdown=2"
 for _ in $(seq "$rounds"); do
   fast=$(sps "$tmp/speed.yaml" --workers 1 --device cpu:threads=1)
   slow=$(sps "$tmp/speed.yaml" --workers 1 --device cpu:threads=1,slowdown=2)
-  read -r both share < <(sps "$tmp/speed.yaml" --workers 2 --worker-devices "$pair")
-  read -r equal _ < <(sps "$tmp/equal.yaml" --workers 2 --worker-devices "$pair")
-  read -r twins _ < <(sps "$tmp/speed.yaml" --workers 2 --device cpu:threads=1)
+  # $(...) rather than <(...): a failed run stops the script (set -e).
+  out=$(sps "$tmp/speed.yaml" --workers 2 --worker-devices "$pair")
+  read -r both share <<< "$out"
+  out=$(sps "$tmp/equal.yaml" --workers 2 --worker-devices "$pair")
+  read -r equal _ <<< "$out"
+  out=$(sps "$tmp/speed.yaml" --workers 2 --device cpu:threads=1)
+  read -r twins _ <<< "$out"
   echo "$fast $slow $both $equal $share $twins" >> "$tmp/rounds"
   python3 - "$batch" "$fast" "$slow" "$both" "$equal" "$epochs" "$share" "$twins" <<'PY'
 import sys

@@ -55,6 +55,7 @@ func DefaultAgentConfig() AgentConfig {
 
 // Validate reports the first missing or invalid field.
 func (c AgentConfig) Validate() error {
+	ringErr := collective.CheckShmRing(c.ShmRingBytes)
 	switch {
 	case c.ID == "":
 		return errors.New("worker: an id is required")
@@ -66,8 +67,8 @@ func (c AgentConfig) Validate() error {
 		return errors.New("worker: no device")
 	case c.RPCTimeout <= 0:
 		return errors.New("worker: RPCTimeout must be positive")
-	case collective.CheckShmRing(c.ShmRingBytes) != nil:
-		return fmt.Errorf("worker: %w", collective.CheckShmRing(c.ShmRingBytes))
+	case ringErr != nil:
+		return fmt.Errorf("worker: %w", ringErr)
 	}
 	_, _, err := net.SplitHostPort(c.Listen)
 	return err
