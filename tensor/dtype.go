@@ -21,6 +21,10 @@ const (
 	F16
 )
 
+// I32 is the dtype of token ids and labels in device buffers. It is not a
+// compute or checkpoint dtype: Valid and ParseDType leave it out.
+const I32 DType = 16
+
 // String returns the canonical lower-case name used in configs and files.
 func (d DType) String() string {
 	switch d {
@@ -30,6 +34,8 @@ func (d DType) String() string {
 		return "bf16"
 	case F16:
 		return "fp16"
+	case I32:
+		return "int32"
 	}
 	return fmt.Sprintf("dtype(%d)", uint8(d))
 }
@@ -43,6 +49,8 @@ func (d DType) SafetensorsName() string {
 		return "BF16"
 	case F16:
 		return "F16"
+	case I32:
+		return "I32"
 	}
 	return d.String()
 }
@@ -50,7 +58,7 @@ func (d DType) SafetensorsName() string {
 // Size is the number of bytes one element occupies.
 func (d DType) Size() int {
 	switch d {
-	case F32:
+	case F32, I32:
 		return 4
 	case BF16, F16:
 		return 2
@@ -58,7 +66,7 @@ func (d DType) Size() int {
 	return 0
 }
 
-// Valid reports whether d is one of the defined dtypes.
+// Valid reports whether d is one of the floating dtypes (F32, BF16, F16).
 func (d DType) Valid() bool { return d >= F32 && d <= F16 }
 
 // ParseDType accepts the config spellings fp32/f32/float32, bf16/bfloat16 and
