@@ -56,6 +56,12 @@ type Device struct {
 
 	ceLoss []float64 // SoftmaxCrossEntropy per-row results
 	ceHit  []bool
+	attn   []attnScratch // per-thread attention workspace (attention.go)
+
+	// Device API v2 (device.Backend, buffer.go): bytes held by live
+	// buffers, the most they may hold (0: unknown), and op scratch.
+	memUsed, memLimit int64
+	scratch           v2Scratch
 }
 
 // workspace is one thread's reusable scratch: its packed slice of op(A) and
@@ -89,7 +95,7 @@ func New(cfg Config) (*Device, error) {
 }
 
 func newDevice(k *kernel, threads int) *Device {
-	d := &Device{threads: threads, kern: k, bBudget: packedBBudget, ws: make([]workspace, threads)}
+	d := &Device{threads: threads, kern: k, bBudget: packedBBudget, ws: make([]workspace, threads), memLimit: hostMemoryLimit()}
 	for i := range d.ws {
 		d.ws[i].tile = make([]float32, k.mr*k.nr)
 	}
