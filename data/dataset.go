@@ -30,7 +30,10 @@ func (d *Dataset) Example(i int) []float32 { return d.X[i*d.Dim : (i+1)*d.Dim] }
 // Split is a train/test pair from one source.
 type Split struct {
 	Train, Test *Dataset
-	Source      string // directory the files were read from
+	// Text is set instead of Train and Test for a text corpus (see
+	// LoadText); its sets are indexed by context window.
+	Text   *TextSplit
+	Source string // directory or path the files were read from
 }
 
 // idxNames are the file stems of the standard MNIST-style layout; each may

@@ -9,6 +9,8 @@ package jobspec
 import (
 	"fmt"
 
+	"go.yaml.in/yaml/v3"
+
 	"github.com/loomtrain/loom/tensor"
 )
 
@@ -31,26 +33,109 @@ type Job struct {
 }
 
 // Model describes the network.
+//
+// For kind mlp, layers is a list of widths and activation applies; for kind
+// gpt (a pre-LN decoder-only transformer over byte-level tokens), layers is
+// a block count (layers: 4) and heads, d_model, context, vocab and
+// tie_embeddings apply. Fields of the other kind are rejected.
 type Model struct {
-	Kind       string `yaml:"kind"`       // mlp
-	Layers     []int  `yaml:"layers"`     // widths, input first, classes last
-	Activation string `yaml:"activation"` // relu | gelu
+	Kind       string `yaml:"kind"`       // mlp | gpt
+	Layers     Layers `yaml:"layers"`     // mlp: widths, input first, classes last; gpt: block count
+	Activation string `yaml:"activation"` // mlp: relu | gelu
+
+	// gpt only.
+	Heads   int `yaml:"heads"`   // attention heads; must divide d_model
+	DModel  int `yaml:"d_model"` // residual width
+	Context int `yaml:"context"` // tokens per sequence (window)
+	Vocab   int `yaml:"vocab"`   // token ids; >= 256 for byte-level text
+	// TieEmbeddings shares the token embedding with the output head.
+	// Load sets it to true for gpt unless the config says otherwise; a Job
+	// built in code must set it.
+	TieEmbeddings bool `yaml:"tie_embeddings"`
+}
+
+// Layers is model.layers: a list of widths for mlp ([784, 512, 10]) or,
+// written as a single integer, the block count of a gpt (layers: 4), held as
+// a one-element list. Layers converts to and from []int freely.
+type Layers []int
+
+// LayerCount is the Layers of a gpt with n blocks.
+func LayerCount(n int) Layers { return Layers{n} }
+
+// Count is the block count of a gpt (layers: 4): the single value, or 0 when
+// there is not exactly one.
+func (l Layers) Count() int {
+	if len(l) != 1 {
+		return 0
+	}
+	return l[0]
+}
+
+// UnmarshalYAML accepts a list of integers or a single integer (the latter
+// decodes to a one-element list).
+func (l *Layers) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind == yaml.ScalarNode {
+		var v int
+		if err := n.Decode(&v); err != nil {
+			return err
+		}
+		*l = Layers{v}
+		return nil
+	}
+	var v []int
+	if err := n.Decode(&v); err != nil {
+		return err
+	}
+	*l = v
+	return nil
+}
+
+// GPTLayers is the gpt block count (model.layers: N); 0 for other kinds.
+func (m Model) GPTLayers() int {
+	if m.Kind != "gpt" {
+		return 0
+	}
+	return m.Layers.Count()
+}
+
+// MarshalYAML writes only the fields of the model's kind, so an mlp model
+// marshals (and hashes) exactly as before gpt existed and a gpt model
+// round-trips through Parse (layers as a count, tie_embeddings explicit).
+func (m Model) MarshalYAML() (any, error) {
+	if m.Kind == "gpt" {
+		return struct {
+			Kind          string `yaml:"kind"`
+			Layers        int    `yaml:"layers"`
+			Heads         int    `yaml:"heads"`
+			DModel        int    `yaml:"d_model"`
+			Context       int    `yaml:"context"`
+			Vocab         int    `yaml:"vocab"`
+			TieEmbeddings bool   `yaml:"tie_embeddings"`
+		}{m.Kind, m.Layers.Count(), m.Heads, m.DModel, m.Context, m.Vocab, m.TieEmbeddings}, nil
+	}
+	return struct {
+		Kind       string `yaml:"kind"`
+		Layers     []int  `yaml:"layers"`
+		Activation string `yaml:"activation"`
+	}{m.Kind, m.Layers, m.Activation}, nil
 }
 
 // Data names the dataset.
 type Data struct {
-	Dataset string `yaml:"dataset"` // mnist | idx
-	Path    string `yaml:"path"`    // directory of IDX files (idx; optional for mnist)
+	Dataset string `yaml:"dataset"` // mnist | idx | text
+	// Path is a directory of IDX files (idx; optional for mnist), or a
+	// text file or directory of text files (text; required).
+	Path string `yaml:"path"`
 }
 
 // Train holds the loop settings.
 type Train struct {
 	Epochs      int    `yaml:"epochs"`
-	MaxSteps    int    `yaml:"max_steps"` // 0: run all epochs
-	GlobalBatch int    `yaml:"global_batch"`
-	Precision   string `yaml:"precision"`  // fp32 | bf16 | fp16
-	EvalEvery   int    `yaml:"eval_every"` // steps; 0: only at the end
-	LogEvery    int    `yaml:"log_every"`  // steps between plain log lines
+	MaxSteps    int    `yaml:"max_steps"`    // 0: run all epochs
+	GlobalBatch int    `yaml:"global_batch"` // examples; for gpt, sequences (context windows)
+	Precision   string `yaml:"precision"`    // fp32 | bf16 | fp16
+	EvalEvery   int    `yaml:"eval_every"`   // steps; 0: only at the end
+	LogEvery    int    `yaml:"log_every"`    // steps between plain log lines
 }
 
 // Optimizer selects and tunes the update rule.

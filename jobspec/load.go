@@ -50,6 +50,15 @@ func Parse(file string, b []byte) (*Job, error) {
 	if err := root.Decode(&j); err != nil {
 		return nil, &Error{File: file, Line: yamlErrLine(err), Msg: err.Error()}
 	}
+	if j.Model.Kind == "gpt" {
+		// gpt defaults that differ from mlp's.
+		if _, set := j.lines["model.tie_embeddings"]; !set {
+			j.Model.TieEmbeddings = true
+		}
+		if _, set := j.lines["model.activation"]; !set {
+			j.Model.Activation = ""
+		}
+	}
 	if err := j.Validate(); err != nil {
 		return nil, err
 	}
@@ -78,6 +87,13 @@ func check(file string, n *yaml.Node, t reflect.Type, path string, lines map[str
 	}
 	if n.Kind == yaml.ScalarNode && n.Tag == "!!null" {
 		return nil // leaves the default in place
+	}
+	if t == layersType && n.Kind == yaml.ScalarNode {
+		// model.layers: a gpt block count; Validate rejects it for mlp.
+		if !scalarFits(n, reflect.TypeOf(0)) {
+			return at("want an integer or a list of integers, got %s %q", strings.TrimPrefix(n.ShortTag(), "!!"), n.Value)
+		}
+		return nil
 	}
 	switch t.Kind() {
 	case reflect.Struct:
@@ -116,7 +132,9 @@ func check(file string, n *yaml.Node, t reflect.Type, path string, lines map[str
 			return at("want a list of %s, got %s", kindName(t.Elem()), describe(n))
 		}
 		for i, e := range n.Content {
-			if err := check(file, e, t.Elem(), fmt.Sprintf("%s[%d]", path, i), lines); err != nil {
+			sub := fmt.Sprintf("%s[%d]", path, i)
+			lines[sub] = e.Line
+			if err := check(file, e, t.Elem(), sub, lines); err != nil {
 				return err
 			}
 		}
@@ -130,6 +148,8 @@ func check(file string, n *yaml.Node, t reflect.Type, path string, lines map[str
 	}
 	return nil
 }
+
+var layersType = reflect.TypeOf(Layers(nil))
 
 func scalarFits(n *yaml.Node, t reflect.Type) bool {
 	tag := n.ShortTag()

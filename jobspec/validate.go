@@ -84,9 +84,39 @@ func (j *Job) Validate() error {
 }
 
 func (j *Job) validateModel() error {
+	switch j.Model.Kind {
+	case "mlp":
+		return j.validateMLP()
+	case "gpt":
+		return j.validateGPT()
+	}
+	return j.errf("model.kind", "%q unknown (want mlp or gpt)", j.Model.Kind)
+}
+
+// written reports whether the config file set field.
+func (j *Job) written(field string) bool {
+	_, ok := j.lines[field]
+	return ok
+}
+
+func (j *Job) validateMLP() error {
 	m := j.Model
-	if m.Kind != "mlp" {
-		return j.errf("model.kind", "%q unknown (want mlp)", m.Kind)
+	for _, f := range []struct {
+		name string
+		set  bool
+	}{
+		{"heads", m.Heads != 0},
+		{"d_model", m.DModel != 0},
+		{"context", m.Context != 0},
+		{"vocab", m.Vocab != 0},
+		{"tie_embeddings", m.TieEmbeddings || j.written("model.tie_embeddings")},
+	} {
+		if f.set || j.written("model."+f.name) {
+			return j.errf("model."+f.name, "only for model.kind gpt (this model is an mlp)")
+		}
+	}
+	if len(m.Layers) == 1 && !j.written("model.layers[0]") && j.lines != nil {
+		return j.errf("model.layers", "want a list of widths for an mlp, e.g. [784, 512, 10], got %d (a count is for model.kind gpt)", m.Layers[0])
 	}
 	if len(m.Layers) < 2 {
 		return j.errf("model.layers", "want at least an input and an output width, e.g. [784, 512, 10]")
@@ -102,6 +132,31 @@ func (j *Job) validateModel() error {
 	return nil
 }
 
+func (j *Job) validateGPT() error {
+	m := j.Model
+	if j.written("model.activation") {
+		return j.errf("model.activation", "only for model.kind mlp (a gpt's MLP blocks use GELU)")
+	}
+	if j.written("model.layers[0]") || len(m.Layers) > 1 {
+		return j.errf("model.layers", "for model.kind gpt, the block count (e.g. layers: 4), not a list of widths")
+	}
+	switch {
+	case m.Layers.Count() < 1:
+		return j.errf("model.layers", "must be >= 1 (the number of transformer blocks), got %d", m.Layers.Count())
+	case m.Heads < 1:
+		return j.errf("model.heads", "must be >= 1, got %d", m.Heads)
+	case m.DModel < 1:
+		return j.errf("model.d_model", "must be >= 1, got %d", m.DModel)
+	case m.DModel%m.Heads != 0:
+		return j.errf("model.heads", "%d does not divide model.d_model %d", m.Heads, m.DModel)
+	case m.Context < 2:
+		return j.errf("model.context", "must be >= 2, got %d", m.Context)
+	case m.Vocab < 2:
+		return j.errf("model.vocab", "must be >= 2, got %d", m.Vocab)
+	}
+	return nil
+}
+
 func (j *Job) validateData() error {
 	d := j.Data
 	switch d.Dataset {
@@ -110,8 +165,20 @@ func (j *Job) validateData() error {
 		if d.Path == "" {
 			return j.errf("data.path", "required for dataset idx (a directory holding train-images-idx3-ubyte[.gz] and friends)")
 		}
+	case "text":
+		if d.Path == "" {
+			return j.errf("data.path", "required for dataset text (a text file or a directory of text files)")
+		}
 	default:
-		return j.errf("data.dataset", "%q unknown (want mnist or idx)", d.Dataset)
+		return j.errf("data.dataset", "%q unknown (want mnist, idx or text)", d.Dataset)
+	}
+	switch {
+	case j.Model.Kind == "gpt" && d.Dataset != "text":
+		return j.errf("data.dataset", "model.kind gpt needs dataset text, got %q", d.Dataset)
+	case j.Model.Kind != "gpt" && d.Dataset == "text":
+		return j.errf("data.dataset", "dataset text needs model.kind gpt (this model is an %s)", j.Model.Kind)
+	case d.Dataset == "text" && j.Model.Vocab < 256:
+		return j.errf("model.vocab", "dataset text is byte-level and needs vocab >= 256, got %d", j.Model.Vocab)
 	}
 	if d.Path == "" {
 		return nil
@@ -120,6 +187,9 @@ func (j *Job) validateData() error {
 	st, err := os.Stat(p)
 	if err != nil {
 		return j.errf("data.path", "%s does not exist", p)
+	}
+	if d.Dataset == "text" {
+		return nil // a file or a directory; data.LoadText reads it
 	}
 	if !st.IsDir() {
 		return j.errf("data.path", "%s is not a directory", p)

@@ -158,7 +158,7 @@ func RunAgent(ctx context.Context, cfg AgentConfig) error {
 	}
 	dataCh := make(chan loaded, 1)
 	go func() {
-		sp, err := data.Open(job.Data.Dataset, job.Data.Path)
+		sp, err := OpenData(job)
 		dataCh <- loaded{sp, err}
 	}()
 	reg, err := a.call(ctx, func(c context.Context) (any, error) {
@@ -304,7 +304,7 @@ func (a *Agent) train(ctx context.Context, tr *Trainer, ck *Checkpointer, hasSta
 		}
 	}
 	if gen != nil && gen.rank == 0 {
-		acc, loss := tr.Evaluate(tr.split.Test)
+		acc, loss := tr.Evaluate()
 		var sps float64
 		if d := a.lastStep.Sub(a.firstStep); d > 0 {
 			sps = float64(a.samples) / d.Seconds()
@@ -369,7 +369,7 @@ func (a *Agent) runSteps(ctx context.Context, tr *Trainer, gen *generation, ck *
 		a.samples += int64(tr.LastBatch())
 		acc := math.NaN()
 		if gen.rank == 0 && evalEvery > 0 && tr.Steps()%evalEvery == 0 && !tr.Done() {
-			acc, _ = tr.Evaluate(tr.split.Test)
+			acc, _ = tr.Evaluate()
 		}
 		// The step time reported is compute only: the wait for the slower
 		// ranks' gradients would hide this device's speed from the planner.

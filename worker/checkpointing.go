@@ -77,7 +77,7 @@ func (t *Trainer) fillCheckpoint(s *checkpoint.State, world int) {
 	s.RNG = map[string]uint64{"seed": t.job.Seed, "optimizer_steps": uint64(st.OptSteps)}
 	s.Scaler = checkpoint.ScalerState{Scale: st.Scaler.Scale, GoodSteps: st.Scaler.Good, Skipped: st.Scaler.Skipped}
 	if len(s.Params) == 0 {
-		for _, p := range t.net.Params() {
+		for _, p := range t.task.params() {
 			s.Params = append(s.Params, checkpoint.Tensor{Name: p.Name, Shape: p.Shape, Data: p.Value})
 		}
 		for _, o := range t.opt.State() {
@@ -92,7 +92,7 @@ func (t *Trainer) fillCheckpoint(s *checkpoint.State, world int) {
 // shapeOfState gives an optimizer state tensor the shape of its parameter
 // (state names are "<param name>.<kind>").
 func (t *Trainer) shapeOfState(name string) []int {
-	for _, p := range t.net.Params() {
+	for _, p := range t.task.params() {
 		if strings.HasPrefix(name, p.Name+".") {
 			return p.Shape
 		}
@@ -121,7 +121,7 @@ func (t *Trainer) LoadCheckpoint(s *checkpoint.State) error {
 		copy(dst, x.Data)
 		return nil
 	}
-	for _, p := range t.net.Params() {
+	for _, p := range t.task.params() {
 		if err := restore(p.Name, p.Value); err != nil {
 			return err
 		}

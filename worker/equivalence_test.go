@@ -3,6 +3,10 @@ package worker
 import (
 	"context"
 	"math"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/loomtrain/loom/collective"
@@ -13,33 +17,84 @@ import (
 // flatParams returns a copy of every parameter value.
 func flatParams(tr *Trainer) []float32 { return append([]float32(nil), tr.values...) }
 
-// The data-parallel contract: 3 ranks with shares 128/64/64 of a global batch
-// of 256, summing gradients over a real TCP ring on loopback, end with
-// the parameters of one worker taking the whole batch, to relative 1e-5
-// after 20 fp32 steps.
-func TestDataParallelEquivalence(t *testing.T) {
-	const steps = 20
-	job := smallJob(t, "fp32", steps)
-	job.Train.GlobalBatch = 256
+// gptJob is a 2-block byte-level GPT on a text file written for the test
+// (context 16, global batch 32 windows).
+func gptJob(t *testing.T, steps int) *jobspec.Job {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "corpus.txt")
+	text := strings.Repeat("the quick brown fox jumps over the lazy dog; pack my box with five dozen liquor jugs.\n", 40)
+	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	j, err := jobspec.Parse("gpt.yaml", []byte(`name: gpt-small
+seed: 3
+model: {kind: gpt, layers: 2, heads: 2, d_model: 32, context: 16, vocab: 256}
+data: {dataset: text, path: `+path+`}
+train: {epochs: 1, max_steps: `+strconv.Itoa(steps)+`, global_batch: 32, precision: fp32}
+optimizer: {kind: adamw, lr: 0.003, weight_decay: 0.01}
+schedule: {kind: cosine, warmup_steps: 5}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return j
+}
 
-	single := newTrainer(t, job, 1)
+// The data-parallel contract: 3 ranks with uneven shares of a global batch
+// (one half, two quarters), summing gradients over a real TCP ring on
+// loopback, end with the parameters of one worker taking the whole batch,
+// to relative 1e-5 after 20 fp32 steps: the MLP on MNIST and a GPT on
+// text windows.
+func TestDataParallelEquivalence(t *testing.T) {
+	t.Run("mlp", func(t *testing.T) {
+		job := smallJob(t, "fp32", 20)
+		job.Train.GlobalBatch = 256
+		checkEquivalence(t, job, func(job *jobspec.Job) *Trainer { return newTrainer(t, job, 1) })
+	})
+	t.Run("gpt", func(t *testing.T) {
+		job := gptJob(t, 20)
+		split, err := OpenData(job)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkEquivalence(t, job, func(job *jobspec.Job) *Trainer {
+			dev, err := cpu.New(cpu.Config{Threads: 1})
+			if err != nil {
+				t.Fatal(err)
+			}
+			tr, err := NewTrainer(job, dev, split, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return tr
+		})
+	})
+}
+
+func checkEquivalence(t *testing.T, job *jobspec.Job, newTr func(*jobspec.Job) *Trainer) {
+	steps, batch := job.Train.MaxSteps, job.Train.GlobalBatch
+	single := newTr(job)
 	var singleLoss []float64
 	for i := 0; i < steps; i++ {
 		singleLoss = append(singleLoss, single.Step())
 	}
 	want := flatParams(single)
+	t.Logf("single worker: loss %.4f → %.4f over %d steps", singleLoss[0], singleLoss[steps-1], steps)
+	if !(singleLoss[steps-1] < singleLoss[0]) {
+		t.Fatalf("the single worker did not learn: loss %g → %g", singleLoss[0], singleLoss[steps-1])
+	}
 
-	shares := []int{128, 64, 64}
+	shares := []int{batch / 2, batch / 4, batch - batch/2 - batch/4}
 	comms := collective.NewTestGroup(t, collective.TransportTCP, 3, collective.DefaultConfig())
 	trainers := make([]*Trainer, 3)
 	losses := make([][]float64, 3)
 	for r := range trainers {
-		trainers[r] = newTrainer(t, job, 1)
+		trainers[r] = newTr(job)
 	}
 	errs := collective.RunRanks(3, func(r int) error {
 		sync := NewRingSync(comms[r])
 		defer sync.Close()
-		sh, err := NewShares(shares, r, 256)
+		sh, err := NewShares(shares, r, batch)
 		if err != nil {
 			return err
 		}

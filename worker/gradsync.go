@@ -15,9 +15,8 @@ type RingSync struct {
 	comm    *collective.Communicator
 	ctx     context.Context
 	cancel  context.CancelFunc
-	ranges  chan [2]int
+	ranges  chan []float32
 	results chan error
-	grads   []float32
 	started int
 	exited  chan struct{}
 }
@@ -30,7 +29,7 @@ const maxBuckets = 1024
 func NewRingSync(comm *collective.Communicator) *RingSync {
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &RingSync{comm: comm, ctx: ctx, cancel: cancel,
-		ranges: make(chan [2]int, maxBuckets), results: make(chan error, maxBuckets), exited: make(chan struct{})}
+		ranges: make(chan []float32, maxBuckets), results: make(chan error, maxBuckets), exited: make(chan struct{})}
 	go s.loop()
 	return s
 }
@@ -42,16 +41,15 @@ func (s *RingSync) loop() {
 		case <-s.ctx.Done():
 			return
 		case r := <-s.ranges:
-			s.results <- s.comm.AllReduce(s.ctx, collective.F32(s.grads[r[0]:r[1]]))
+			s.results <- s.comm.AllReduce(s.ctx, collective.F32(r))
 		}
 	}
 }
 
 // Start implements GradSync.
 func (s *RingSync) Start(grads []float32, lo, hi int) {
-	s.grads = grads
 	s.started++
-	s.ranges <- [2]int{lo, hi}
+	s.ranges <- grads[lo:hi]
 }
 
 // Wait implements GradSync: it returns once every started range is summed,

@@ -42,7 +42,7 @@ func (t *Trainer) Restore(s TrainState) error {
 	if t.scaler != nil {
 		t.scaler.Restore(s.Scaler)
 	}
-	t.net.WeightsChanged()
+	t.task.weightsChanged()
 	return nil
 }
 

@@ -51,6 +51,12 @@ type Summary struct {
 	Device        string  `json:"device"`
 	Workers       int     `json:"workers"`
 	SkippedSteps  int     `json:"skipped_steps"`
+	// TokensPerSample is the predicted positions per sample of a language
+	// model (its context; 0 for a classifier). Its test accuracy is then
+	// next-token accuracy on the validation split and TestLoss the mean
+	// loss per token.
+	TokensPerSample int     `json:"tokens_per_sample,omitempty"`
+	TokensPerSec    float64 `json:"tokens_per_s,omitempty"`
 	// Shares are the batch shares of the job's last plan (a launch with
 	// workers), in ring order: how the planner split each global batch.
 	Shares []RankShare `json:"shares,omitempty"`
@@ -71,9 +77,7 @@ type Trainer struct {
 	log   *zap.Logger
 	split *data.Split
 
-	ctx     model.Context
-	net     *model.MLP
-	loss    *model.SoftmaxCE
+	task    task
 	params  []optimizer.Param
 	opt     optimizer.Optimizer
 	sched   optimizer.Schedule
@@ -81,17 +85,17 @@ type Trainer struct {
 	sampler *data.Sampler
 
 	// values and grads are the flat storage of every parameter (Params
-	// order). grads has tailSlots extra trailing slots (the step's summed
-	// loss, correct count and switch votes) so one all-reduce carries them
-	// with the first bucket.
+	// order), owned by the task.
 	values, grads []float32
+	// tail holds the step's summed loss, correct count and switch votes:
+	// summed across ranks as a range of their own, started first.
+	tail [tailSlots]float32
 
 	// SwitchVote is this rank's vote, sent with the step's gradients, to
 	// end the generation after this step (1: it has seen a newer plan).
 	// SwitchVotes is the sum over ranks of the last step's votes: every
 	// rank sees the same sum, so all leave the generation at the same step.
 	SwitchVote, SwitchVotes float32
-	offsets                 map[*model.Param]int
 
 	// Ledger, if set, receives one JSON line per completed step with the
 	// samples this trainer computed on, and with a GradSync one tentative
@@ -109,64 +113,41 @@ type Trainer struct {
 	step, total int
 	lastCompute time.Duration // forward+backward time of the last step
 	lastWait    time.Duration // time the last step waited for the gradient sums
-	x           []float32
-	y           []int32
 	idx         []int
 }
 
-// GradSync sums gradient ranges across data-parallel ranks. The trainer calls
-// Start for disjoint ranges of the flat gradient buffer in the same order on
-// every rank (as backward makes them final), then Wait once per step.
+// GradSync sums float32 ranges across data-parallel ranks. The trainer calls
+// Start for disjoint ranges (of the flat gradient buffer as backward makes
+// them final, then of the step's scalars) in the same order on every rank,
+// then Wait once per step.
 type GradSync interface {
-	// Start begins summing grads[lo:hi] across ranks; it may return before
-	// the sum is done.
-	Start(grads []float32, lo, hi int)
+	// Start begins summing buf[lo:hi] across ranks; it may return before
+	// the sum is done. buf must not change until Wait returns.
+	Start(buf []float32, lo, hi int)
 	// Wait blocks until every started range is summed on this rank.
 	Wait(ctx context.Context) error
 }
 
-// tailSlots are the gradient buffer's extra slots: loss, correct, votes.
+// tailSlots are the step's summed scalars: loss, correct, votes.
 const tailSlots = 3
 
 // bucketElems is the size at which a finished range of gradients is handed
 // to GradSync while backward continues (1 MiB of float32).
 const bucketElems = 1 << 18
 
-// NewTrainer builds the model, optimizer and sampler for job over split.
+// NewTrainer builds the model (by model.kind), optimizer and sampler for
+// job over split.
 func NewTrainer(job *jobspec.Job, dev device.Device, split *data.Split, log *zap.Logger) (*Trainer, error) {
 	if log == nil {
 		log = zap.NewNop()
 	}
-	layers := job.Model.Layers
-	if layers[0] != split.Train.Dim {
-		return nil, fmt.Errorf("model.layers[0] is %d but %s examples have %d features", layers[0], split.Source, split.Train.Dim)
-	}
-	if layers[len(layers)-1] < split.Train.Classes {
-		return nil, fmt.Errorf("model output width %d < %d classes in %s", layers[len(layers)-1], split.Train.Classes, split.Source)
-	}
 	t := &Trainer{job: job, dev: dev, log: log, split: split}
-	t.ctx = model.Context{Dev: dev, DType: job.DType()}
-	act := device.ReLU
-	if job.Model.Activation == "gelu" {
-		act = device.GELU
-	}
 	var err error
-	if t.net, err = model.NewMLP(&t.ctx, layers, act, job.Seed); err != nil {
+	if t.task, err = newTask(job, dev, split); err != nil {
 		return nil, err
 	}
-	t.loss = model.NewSoftmaxCE(&t.ctx)
-	n := t.net.NumParams()
-	t.values = make([]float32, n)
-	t.grads = make([]float32, n+tailSlots)
-	t.net.Bind(t.values, t.grads)
-	// Backward stores each step's gradients (one pass per step), so the
-	// buffer is not cleared first: that saves a write and a read of it.
-	t.net.SetOverwriteGrads(true)
-	t.offsets = map[*model.Param]int{}
-	off := 0
-	for _, p := range t.net.Params() {
-		t.offsets[p] = off
-		off += len(p.Value)
+	t.values, t.grads = t.task.flat()
+	for _, p := range t.task.params() {
 		t.params = append(t.params, optimizer.Param{Name: p.Name, Value: p.Value, Grad: p.Grad, Decay: p.Decay})
 	}
 	o := job.Optimizer
@@ -175,20 +156,25 @@ func NewTrainer(job *jobspec.Job, dev device.Device, split *data.Split, log *zap
 	if err != nil {
 		return nil, err
 	}
-	t.total = job.TotalSteps(split.Train.N)
+	t.total = job.TotalSteps(t.task.trainSize())
 	t.sched = optimizer.Schedule{Base: o.LR, Warmup: job.Schedule.WarmupSteps, Total: t.total, Cosine: job.Schedule.Kind == "cosine", MinRatio: job.Schedule.MinLRRatio}
 	if job.DType() == tensor.F16 {
 		t.scaler = optimizer.NewLossScaler()
 	}
-	t.sampler = data.NewSampler(split.Train.N, job.Seed)
+	t.sampler = data.NewSampler(t.task.trainSize(), job.Seed)
 	return t, nil
 }
+
+// TrainSize is the number of training samples (examples or context
+// windows) in one epoch.
+func (t *Trainer) TrainSize() int { return t.task.trainSize() }
 
 // TotalSteps is the number of steps the job runs.
 func (t *Trainer) TotalSteps() int { return t.total }
 
-// Model exposes the network (for tests and checkpoints).
-func (t *Trainer) Model() *model.MLP { return t.net }
+// Params lists the model's parameters in flat order (for tests and
+// checkpoints); Value and Grad alias the trainer's live storage.
+func (t *Trainer) Params() []*model.Param { return t.task.params() }
 
 // Step runs one optimizer step on the next global batch, alone, and
 // returns the mean loss of its samples.
@@ -230,9 +216,8 @@ func (t *Trainer) StepShare(ctx context.Context, sync GradSync, shares *Shares) 
 			return 0, err
 		}
 	}
-	n := len(t.values)
-	loss := float64(t.grads[n])
-	t.SwitchVotes = t.grads[n+2]
+	loss := float64(t.tail[0])
+	t.SwitchVotes = t.tail[2]
 	scale := float32(1)
 	if t.scaler != nil {
 		scale = t.scaler.Scale
@@ -240,7 +225,7 @@ func (t *Trainer) StepShare(ctx context.Context, sync GradSync, shares *Shares) 
 		if !t.scaler.Update(!optimizer.AllFinite(t.params)) {
 			t.step++
 			t.record(startPos.Epoch, t.idx[lo:hi])
-			return loss / float64(rows), nil
+			return loss / float64(rows*t.task.tokensPerSample()), nil
 		}
 	}
 	if t.beforeUpdate != nil {
@@ -249,11 +234,12 @@ func (t *Trainer) StepShare(ctx context.Context, sync GradSync, shares *Shares) 
 			return 0, err
 		}
 	}
-	t.opt.Step(t.params, t.sched.LR(t.step), 1/(float32(rows)*scale))
-	t.net.WeightsChanged()
+	tokens := rows * t.task.tokensPerSample()
+	t.opt.Step(t.params, t.sched.LR(t.step), 1/(float32(tokens)*scale))
+	t.task.weightsChanged()
 	t.step++
 	t.record(startPos.Epoch, t.idx[lo:hi])
-	return loss / float64(rows), nil
+	return loss / float64(tokens), nil
 }
 
 // LedgerEntry is one line of the sample ledger: the dataset indices a
@@ -298,71 +284,45 @@ func (t *Trainer) writeLedger(e LedgerEntry) {
 }
 
 // accumulate runs forward and backward over the samples idx, storing their
-// summed (loss-scaled) gradients in the flat gradient buffer, plus the
-// summed loss and correct count in its two trailing slots. With a sync, each
-// finished range (at least bucketElems, or the rest) is started as soon as
-// backward has produced it.
+// summed (loss-scaled) gradients in the flat gradient buffer and the summed
+// loss, correct count and this rank's vote in tail. With a sync, each
+// finished range of gradients (at least bucketElems, or the rest) is started
+// as soon as backward has produced it, and the tail last.
 func (t *Trainer) accumulate(idx []int, sync GradSync) {
-	rows, dim := len(idx), t.split.Train.Dim
-	n := len(t.values)
-	if rows > 0 {
-		t.x = grow(t.x, rows*dim)
-		if cap(t.y) < rows {
-			t.y = make([]int32, rows)
-		}
-		t.y = t.y[:rows]
-		for r, i := range idx {
-			copy(t.x[r*dim:(r+1)*dim], t.split.Train.Example(i))
-			t.y[r] = t.split.Train.Y[i]
-		}
-		scale := float32(1)
-		if t.scaler != nil {
-			scale = t.scaler.Scale
-		}
-		logits := t.net.Forward(t.x, rows)
-		loss, correct, grad := t.loss.Forward(logits, t.y, rows, t.net.Classes(), scale)
-		t.grads[n], t.grads[n+1] = float32(loss), float32(correct)
-		t.grads[n+2] = t.SwitchVote
-		if sync == nil {
-			t.net.Backward(grad, rows, nil)
-			return
-		}
-		pendingHi := n + tailSlots
-		t.net.Backward(grad, rows, func(ps []*model.Param) {
-			lo := pendingHi
-			for _, p := range ps {
-				lo = min(lo, t.offset(p))
-			}
-			if pendingHi-lo >= bucketElems || lo == 0 {
-				sync.Start(t.grads, lo, pendingHi)
-				pendingHi = lo
-			}
-		})
-		return
+	scale := float32(1)
+	if t.scaler != nil {
+		scale = t.scaler.Scale
 	}
-	// A rank with no samples this step (a short last batch) still takes
-	// part in the sums, with zero gradients, in the same buckets.
-	clear(t.grads)
+	t.tail = [tailSlots]float32{0, 0, t.SwitchVote}
 	if sync != nil {
-		t.emptyBuckets(sync)
+		// The scalars are summed as what they are, in a range of their
+		// own (a few bytes behind the last bucket).
+		defer sync.Start(t.tail[:], 0, tailSlots)
 	}
-}
-
-// offset is where p's gradient starts in the flat buffer.
-func (t *Trainer) offset(p *model.Param) int { return t.offsets[p] }
-
-// emptyBuckets starts the same ranges a backward pass would have.
-func (t *Trainer) emptyBuckets(sync GradSync) {
-	t.grads[len(t.values)+2] = t.SwitchVote
-	pendingHi := len(t.values) + tailSlots
-	layers := t.net.Layers
-	for i := len(layers) - 1; i >= 0; i-- {
-		lo := t.offset(layers[i].W)
+	pendingHi := len(t.grads)
+	bucket := func(lo int) {
 		if pendingHi-lo >= bucketElems || lo == 0 {
 			sync.Start(t.grads, lo, pendingHi)
 			pendingHi = lo
 		}
 	}
+	if len(idx) == 0 {
+		// A rank with no samples this step (a short last batch) still takes
+		// part in the sums, with zero gradients, in the same buckets.
+		clear(t.grads)
+		if sync != nil {
+			for _, lo := range t.task.bucketBounds() {
+				bucket(lo)
+			}
+		}
+		return
+	}
+	var done func(int)
+	if sync != nil {
+		done = bucket
+	}
+	loss, correct := t.task.accumulate(idx, scale, done)
+	t.tail[0], t.tail[1] = float32(loss), float32(correct)
 }
 
 func grow(b []float32, n int) []float32 {
@@ -372,19 +332,9 @@ func grow(b []float32, n int) []float32 {
 	return make([]float32, n)
 }
 
-// Evaluate returns the accuracy and mean loss of the model on ds.
-func (t *Trainer) Evaluate(ds *data.Dataset) (acc, loss float64) {
-	const batch = 1000
-	correct := 0
-	for lo := 0; lo < ds.N; lo += batch {
-		rows := min(batch, ds.N-lo)
-		logits := t.net.Forward(ds.X[lo*ds.Dim:(lo+rows)*ds.Dim], rows)
-		l, c, _ := t.loss.Forward(logits, ds.Y[lo:lo+rows], rows, t.net.Classes(), 1)
-		loss += l
-		correct += c
-	}
-	return float64(correct) / float64(ds.N), loss / float64(ds.N)
-}
+// Evaluate returns the model's accuracy and mean loss per predicted
+// position on the held-out data.
+func (t *Trainer) Evaluate() (acc, loss float64) { return t.task.evaluate() }
 
 // Run trains until the job's step count or until ctx is cancelled (then it
 // stops at the next step boundary and reports status "interrupted").
@@ -427,7 +377,7 @@ func (t *Trainer) Run(ctx context.Context, ck *Checkpointer, onProgress func(Pro
 			SamplesPerSec: float64(samples) / el.Seconds(), Elapsed: el, TestAccuracy: math.NaN()}
 		p.ETA = time.Duration(float64(el) / float64(t.step-first) * float64(t.total-t.step))
 		if ev := t.job.Train.EvalEvery; ev > 0 && t.step%ev == 0 && t.step < t.total {
-			p.TestAccuracy, _ = t.Evaluate(t.split.Test)
+			p.TestAccuracy, _ = t.Evaluate()
 		}
 		onProgress(p)
 	}
@@ -441,7 +391,7 @@ func (t *Trainer) Run(ctx context.Context, ck *Checkpointer, onProgress func(Pro
 	s.Steps = t.step
 	s.Samples = samples
 	pos := t.sampler.Position()
-	s.Epochs = float64(pos.Epoch) + float64(pos.Offset)/float64(t.split.Train.N)
+	s.Epochs = float64(pos.Epoch) + float64(pos.Offset)/float64(t.task.trainSize())
 	s.WallSeconds = wall.Seconds()
 	if wall > 0 {
 		s.SamplesPerSec = float64(samples) / wall.Seconds()
@@ -452,7 +402,10 @@ func (t *Trainer) Run(ctx context.Context, ck *Checkpointer, onProgress func(Pro
 	if t.scaler != nil {
 		s.SkippedSteps = t.scaler.Skipped
 	}
-	s.TestAccuracy, s.TestLoss = t.Evaluate(t.split.Test)
+	if k := t.task.tokensPerSample(); k > 1 {
+		s.TokensPerSample, s.TokensPerSec = k, s.SamplesPerSec*float64(k)
+	}
+	s.TestAccuracy, s.TestLoss = t.Evaluate()
 	if err := closeCheckpointer(ck); err != nil {
 		return s, err
 	}

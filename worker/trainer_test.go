@@ -90,7 +90,7 @@ func TestTrainerDeterministic(t *testing.T) {
 			tr.Step()
 		}
 		var all []float32
-		for _, p := range tr.Model().Params() {
+		for _, p := range tr.Params() {
 			all = append(all, p.Value...)
 		}
 		return all

@@ -16,7 +16,6 @@ import (
 
 	"github.com/loomtrain/loom/api"
 	"github.com/loomtrain/loom/checkpoint"
-	"github.com/loomtrain/loom/data"
 	"github.com/loomtrain/loom/jobspec"
 	"github.com/loomtrain/loom/worker"
 )
@@ -172,7 +171,7 @@ func runEval(ctx context.Context, out io.Writer, dir, configPath, dataset, dataP
 	if err != nil {
 		return err
 	}
-	split, err := data.Open(job.Data.Dataset, job.DataPath())
+	split, err := worker.OpenData(job)
 	if err != nil {
 		return err
 	}
@@ -183,7 +182,7 @@ func runEval(ctx context.Context, out io.Writer, dir, configPath, dataset, dataP
 	if err := tr.LoadCheckpoint(st); err != nil {
 		return fmt.Errorf("%s: %w", dir, err)
 	}
-	acc, loss := tr.Evaluate(split.Test)
+	acc, loss := tr.Evaluate()
 	if asJSON {
 		b, _ := json.Marshal(map[string]any{"checkpoint": dir, "job": st.Job, "step": st.Step, "test_accuracy": acc, "test_loss": loss, "test_examples": split.Test.N})
 		fmt.Fprintln(out, string(b))

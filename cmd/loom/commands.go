@@ -14,4 +14,5 @@ func addCommands(root, bench *cobra.Command) {
 	root.AddCommand(newEvalCmd())
 	bench.AddCommand(newBenchGemmCmd())
 	bench.AddCommand(newBenchAllreduceCmd())
+	bench.AddCommand(newBenchTrainCmd())
 }

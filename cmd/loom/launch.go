@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -19,7 +20,6 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/loomtrain/loom/checkpoint"
-	"github.com/loomtrain/loom/data"
 	"github.com/loomtrain/loom/device"
 	"github.com/loomtrain/loom/device/cpu"
 	"github.com/loomtrain/loom/jobspec"
@@ -150,7 +150,7 @@ func runLaunch(ctx context.Context, stdout io.Writer, path string, o launchOpts)
 		return runCluster(ctx, stdout, job, o, log)
 	}
 
-	split, err := data.Open(job.Data.Dataset, job.DataPath())
+	split, err := worker.OpenData(job)
 	if err != nil {
 		return fmt.Errorf("%s: data: %w", path, err)
 	}
@@ -158,8 +158,8 @@ func runLaunch(ctx context.Context, stdout io.Writer, path string, o launchOpts)
 	if err != nil {
 		return fmt.Errorf("%s: %w", path, err)
 	}
-	log.Info("launch", zap.String("job", job.Name), zap.String("data", split.Source), zap.Int("train_examples", split.Train.N),
-		zap.Int("params", tr.Model().NumParams()), zap.String("precision", job.Train.Precision), zap.String("device", dev.Name()),
+	log.Info("launch", zap.String("job", job.Name), zap.String("data", split.Source), zap.Int("train_samples", tr.TrainSize()),
+		zap.Int("params", len(tr.Params())), zap.String("precision", job.Train.Precision), zap.String("device", dev.Name()),
 		zap.Int("threads", dev.Threads()), zap.Int("steps", tr.TotalSteps()))
 
 	var view *progressView
@@ -230,8 +230,13 @@ func printSummary(out io.Writer, s *worker.Summary) {
 	fmt.Fprintf(w, "job\t%s (%s)\n", s.Job, s.Status)
 	fmt.Fprintf(w, "steps\t%d (%.2f epochs, %d samples)\n", s.Steps, s.Epochs, s.Samples)
 	fmt.Fprintf(w, "final loss\t%.4f\n", s.FinalLoss)
-	fmt.Fprintf(w, "test accuracy\t%.2f%%\n", 100*s.TestAccuracy)
-	fmt.Fprintf(w, "throughput\t%.0f samples/s\n", s.SamplesPerSec)
+	if s.TokensPerSample > 0 {
+		fmt.Fprintf(w, "validation loss\t%.4f (perplexity %.2f), next-token accuracy %.2f%%\n", s.TestLoss, math.Exp(s.TestLoss), 100*s.TestAccuracy)
+		fmt.Fprintf(w, "throughput\t%.0f tokens/s (%.1f sequences/s)\n", s.TokensPerSec, s.SamplesPerSec)
+	} else {
+		fmt.Fprintf(w, "test accuracy\t%.2f%%\n", 100*s.TestAccuracy)
+		fmt.Fprintf(w, "throughput\t%.0f samples/s\n", s.SamplesPerSec)
+	}
 	fmt.Fprintf(w, "wall time\t%s\n", time.Duration(s.WallSeconds*float64(time.Second)).Round(10*time.Millisecond))
 	fmt.Fprintf(w, "precision\t%s on %s, %d worker(s)\n", s.Precision, s.Device, s.Workers)
 	if len(s.Shares) > 1 {

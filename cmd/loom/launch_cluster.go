@@ -189,6 +189,10 @@ func follow(ctx context.Context, stdout io.Writer, client api.CoordinatorClient,
 			if s.SamplesPerSec == 0 && !firstStep.IsZero() {
 				s.SamplesPerSec = float64(s.Samples) / time.Since(firstStep).Seconds()
 			}
+			if job.Model.Kind == "gpt" {
+				s.TokensPerSample = job.Model.Context
+				s.TokensPerSec = s.SamplesPerSec * float64(job.Model.Context)
+			}
 			if procs != nil {
 				procs.wait(10 * time.Second)
 			}
@@ -233,10 +237,17 @@ func logMembership(log *zap.Logger, p *api.Plan, old []string) []string {
 	return ids
 }
 
-// trainSize is the number of training examples of the job's dataset (for
-// step counts and ETA), read from the label file's header; 0 if it cannot
-// be read here.
+// trainSize is the number of training samples of the job's dataset (for
+// step counts and ETA): examples, read from the label file's header, or
+// context windows of a text corpus; 0 if it cannot be read here.
 func trainSize(job *jobspec.Job) int {
+	if job.Data.Dataset == "text" {
+		ts, err := data.LoadText(job.DataPath(), job.Model.Context)
+		if err != nil {
+			return 0
+		}
+		return ts.Train.N
+	}
 	n, err := data.TrainSize(job.Data.Dataset, job.DataPath())
 	if err != nil {
 		return 0

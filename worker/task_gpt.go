@@ -1,0 +1,212 @@
+package worker
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/loomtrain/loom/data"
+	"github.com/loomtrain/loom/device"
+	"github.com/loomtrain/loom/jobspec"
+	"github.com/loomtrain/loom/model"
+	"github.com/loomtrain/loom/tensor"
+)
+
+// evalMaxWindows bounds the validation windows one evaluation reads, so an
+// evaluation during training costs a bounded time on a large corpus.
+const evalMaxWindows = 512
+
+// gptTask is a GPT language model over byte-level text, on a device API v2
+// backend whose memory the host can address (the CPU): the step loop's flat
+// parameters and gradients are the model's own device buffers.
+type gptTask struct {
+	be     device.Backend
+	text   *data.TextSplit
+	net    *model.GPT
+	ctx    int
+	ps     []*model.Param
+	values []float32
+	grads  []float32
+	bounds []int
+
+	ids, targets  device.Buffer // I32, (batch·context)
+	losses, total device.Buffer // F32 per position; one summed scalar
+	hostIn        []int32
+	hostTg        []int32
+	hostLogits    []float32
+	hostLoss      [1]float32
+}
+
+func newGPTTask(job *jobspec.Job, dev device.Device, split *data.Split) (*gptTask, error) {
+	if split.Text == nil {
+		return nil, fmt.Errorf("model.kind gpt needs a text dataset (data.dataset: text), not %s", split.Source)
+	}
+	be, ok := dev.(device.Backend)
+	if !ok {
+		return nil, fmt.Errorf("device %s does not implement the device API v2 that model.kind gpt needs", dev.Name())
+	}
+	host, ok := dev.(device.HostMemory)
+	if !ok {
+		return nil, fmt.Errorf("device %s: the gpt trainer needs host-addressable device memory (the cpu backend)", dev.Name())
+	}
+	m := job.Model
+	if m.Vocab < split.Text.Vocab {
+		return nil, fmt.Errorf("model.vocab %d is smaller than the %d token ids of %s", m.Vocab, split.Text.Vocab, split.Source)
+	}
+	cfg := model.GPTConfig{Layers: m.GPTLayers(), Heads: m.Heads, DModel: m.DModel, Context: m.Context, Vocab: m.Vocab,
+		TieEmbeddings: m.TieEmbeddings, Precision: job.DType()}
+	net, err := model.NewGPT(be, cfg, model.StageRange{First: 0, Last: cfg.Layers}, job.Seed)
+	if err != nil {
+		return nil, err
+	}
+	g := &gptTask{be: be, text: split.Text, net: net, ctx: m.Context}
+	g.values = host.HostF32(device.Whole(net.ParamBuffer()))
+	g.grads = host.HostF32(device.Whole(net.GradBuffer()))
+	groups := map[string]int{}
+	for _, p := range net.Params() {
+		g.ps = append(g.ps, &model.Param{Name: p.Name, Shape: p.Shape, Decay: p.Decay,
+			Value: g.values[p.Offset : p.Offset+p.N : p.Offset+p.N], Grad: g.grads[p.Offset : p.Offset+p.N : p.Offset+p.N]})
+		key := gptGroup(p.Name)
+		if lo, ok := groups[key]; !ok || p.Offset < lo {
+			groups[key] = p.Offset
+		}
+	}
+	for _, lo := range groups {
+		g.bounds = append(g.bounds, lo)
+	}
+	sort.Sort(sort.Reverse(sort.IntSlice(g.bounds)))
+	// Everything a step needs is reserved now, for the largest batch, so a
+	// model too large for the device fails here with the sizes.
+	maxRows := min(job.Train.GlobalBatch, max(split.Text.Train.N, 1))
+	if err := g.reserve(max(maxRows, min(job.Train.GlobalBatch, evalMaxWindows))); err != nil {
+		net.Free()
+		return nil, err
+	}
+	return g, nil
+}
+
+// gptGroup names the backward group of a parameter (the ranges the model
+// reports final together): the embedding, one block, or the final
+// layernorm with the head.
+func gptGroup(name string) string {
+	switch {
+	case strings.HasPrefix(name, "h."):
+		rest := strings.TrimPrefix(name, "h.")
+		n, _, _ := strings.Cut(rest, ".")
+		return "h." + n
+	case strings.HasPrefix(name, "wte") || strings.HasPrefix(name, "wpe"):
+		return "embed"
+	}
+	return "final"
+}
+
+// reserve allocates the batch buffers and the model's activations for rows
+// windows.
+func (g *gptTask) reserve(rows int) error {
+	n := rows * g.ctx
+	var err error
+	alloc := func(dt tensor.DType, n int) device.Buffer {
+		if err != nil {
+			return nil
+		}
+		var b device.Buffer
+		b, err = g.be.Alloc(dt, n)
+		return b
+	}
+	g.ids, g.targets = alloc(tensor.I32, n), alloc(tensor.I32, n)
+	g.losses, g.total = alloc(tensor.F32, n), alloc(tensor.F32, 1)
+	if err != nil {
+		return fmt.Errorf("gpt batch buffers: %w", err)
+	}
+	g.hostIn, g.hostTg = make([]int32, n), make([]int32, n)
+	return g.net.Reserve(n)
+}
+
+func (g *gptTask) params() []*model.Param          { return g.ps }
+func (g *gptTask) flat() (values, grads []float32) { return g.values, g.grads }
+func (g *gptTask) trainSize() int                  { return g.text.Train.N }
+func (g *gptTask) tokensPerSample() int            { return g.ctx }
+func (g *gptTask) bucketBounds() []int             { return g.bounds }
+func (g *gptTask) weightsChanged()                 {}
+
+// forward uploads the windows idx of set and runs the model. It returns
+// the logits (valid until the loss replaces them by their gradient).
+func (g *gptTask) forward(set *data.TextSet, idx []int) device.View {
+	rows, n := len(idx), len(idx)*g.ctx
+	for r, i := range idx {
+		set.Window(i, g.hostIn[r*g.ctx:], g.hostTg[r*g.ctx:])
+	}
+	ids, tg := device.Whole(g.ids).Slice(0, n), device.Whole(g.targets).Slice(0, n)
+	g.be.UploadInt32(ids, g.hostIn[:n])
+	g.be.UploadInt32(tg, g.hostTg[:n])
+	return g.net.Forward(ids, rows, g.ctx)
+}
+
+// loss computes the loss of the last forward over its n positions (leaving
+// scale·dlogits for Backward) and returns its sum.
+func (g *gptTask) loss(n int, scale float32) float64 {
+	losses, total := device.Whole(g.losses).Slice(0, n), device.Whole(g.total)
+	g.net.Loss(device.Whole(g.targets).Slice(0, n), losses, scale)
+	g.be.Fill(total, 0)
+	g.be.Sum(total, losses)
+	g.be.Download(g.hostLoss[:], total)
+	return float64(g.hostLoss[0])
+}
+
+func (g *gptTask) accumulate(idx []int, scale float32, done func(lo int)) (float64, int) {
+	g.net.ZeroGrad()
+	g.forward(g.text.Train, idx)
+	loss := g.loss(len(idx)*g.ctx, scale)
+	g.net.OnLayerGrads = nil
+	if done != nil {
+		g.net.OnLayerGrads = func(lo, _ int) { done(lo) }
+	}
+	g.net.Backward(device.View{})
+	return loss, 0
+}
+
+// evaluate returns the next-token accuracy and mean loss per token over (up
+// to evalMaxWindows of) the validation windows, in batches of the reserved
+// size.
+func (g *gptTask) evaluate() (acc, loss float64) {
+	set := g.text.Validation
+	windows := min(set.N, evalMaxWindows)
+	batch := g.ids.Len() / g.ctx
+	V := g.net.Config().Vocab
+	idx := make([]int, 0, batch)
+	correct := 0
+	for lo := 0; lo < windows; lo += batch {
+		idx = idx[:0]
+		for i := lo; i < min(lo+batch, windows); i++ {
+			idx = append(idx, i)
+		}
+		n := len(idx) * g.ctx
+		logits := g.forward(set, idx)
+		if cap(g.hostLogits) < n*V {
+			g.hostLogits = make([]float32, n*V)
+		}
+		g.be.Download(g.hostLogits[:n*V], logits)
+		correct += argmaxHits(g.hostLogits[:n*V], g.hostTg[:n], V)
+		loss += g.loss(n, 1)
+	}
+	tokens := float64(windows * g.ctx)
+	return float64(correct) / tokens, loss / tokens
+}
+
+// argmaxHits counts the rows of the n×v logits whose arg-max is the target.
+func argmaxHits(logits []float32, targets []int32, v int) int {
+	hits := 0
+	for r, want := range targets {
+		row := logits[r*v : (r+1)*v]
+		best := 0
+		for j, x := range row {
+			if x > row[best] {
+				best = j
+			}
+		}
+		if int32(best) == want {
+			hits++
+		}
+	}
+	return hits
+}
