@@ -271,12 +271,7 @@ func attnFwdTask(k *kernel, f *[]float32, out, lse, qkv []float32, bb, h, t, hea
 				for _, v := range p[:n] {
 					m = max(m, v)
 				}
-				var sum float32
-				for cc, v := range p[:n] {
-					e := exp32(v - m)
-					p[cc] = e
-					sum += e
-				}
+				sum := k.expSum(p[:n], m)
 				clear(p[n:])
 				if m != mx[r] {
 					corr := exp32(mx[r] - m)
@@ -452,11 +447,7 @@ func attnBwdTask(a *bwdArgs, f *[]float32) {
 					n = 0
 				}
 				l, di := ls[x*B+r], dd[x*B+r]
-				for cc := range p[:n] {
-					e := exp32(p[cc] - l)
-					p[cc] = e
-					g[cc] = e * (g[cc] - di)
-				}
+				k.expBwd(p[:n], g[:n], l, di)
 				clear(p[n:])
 				clear(g[n:])
 			}

@@ -245,6 +245,6 @@ func softmaxCERow(row []float32, label int, grad []float32, scale float32) (floa
 // Encode implements device.Device.
 func (d *Device) Encode(dt tensor.DType, dst []uint16, src []float32) {
 	d.parallelFor(len(src), 1<<14, func(lo, hi int) {
-		tensor.EncodeHalf(dt, dst[lo:hi], src[lo:hi])
+		d.kern.encodeHalf(dt, dst[lo:hi], src[lo:hi])
 	})
 }

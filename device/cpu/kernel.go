@@ -35,6 +35,9 @@ type kernel struct {
 	// prefetch, if set, hints lines 64-byte lines at p into L2; the driver
 	// uses it to fetch the next B micro-panel while the current one runs.
 	prefetch func(p *float32, lines int)
+	// vec, if set, runs the elementwise loops (GELU, exponentials, bf16
+	// rounding) in SIMD; nil uses the portable loops.
+	vec *vecKernels
 }
 
 // displayName is k.name (what LOOM_CPU_KERNEL and kernel= take) plus

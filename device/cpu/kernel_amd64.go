@@ -35,8 +35,8 @@ func prefetchT1(p *float32, lines int)
 // 48 KiB L1D); mc×kc floats of packed A stay in L2 (≤ 216 KiB). kc=384 beat
 // 256 by ~5% at 2048³ on the Zen 5 VM (1024³ within noise).
 var (
-	avx2Kernel   = &kernel{name: "avx2", mr: 6, nr: 16, kc: 384, mc: 144, f32: sgemm6x16AVX2, transpose8: transpose8AVX, prefetch: prefetchT1}
-	avx512Kernel = &kernel{name: "avx512", mr: 6, nr: 32, kc: 256, mc: 144, f32: sgemm6x32AVX512, transpose8: transpose8AVX, prefetch: prefetchT1}
+	avx2Kernel   = &kernel{name: "avx2", mr: 6, nr: 16, kc: 384, mc: 144, f32: sgemm6x16AVX2, transpose8: transpose8AVX, prefetch: prefetchT1, vec: avx2Vec}
+	avx512Kernel = &kernel{name: "avx512", mr: 6, nr: 32, kc: 256, mc: 144, f32: sgemm6x32AVX512, transpose8: transpose8AVX, prefetch: prefetchT1, vec: avx2Vec}
 )
 
 // platformKernels detects, via CPUID and the OS-enabled register state

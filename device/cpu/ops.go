@@ -217,9 +217,7 @@ func (d *Device) GELU(out, x device.View) {
 	checkShape("gelu", x, out.N)
 	o, xs := d.f32(out), d.f32(x)
 	d.parallelFor(len(o), minGELUElemsPerThread, func(lo, hi int) {
-		for i, v := range xs[lo:hi] {
-			o[lo+i] = gelu(v)
-		}
+		d.kern.geluInto(o[lo:hi], xs[lo:hi])
 	})
 }
 
@@ -229,9 +227,7 @@ func (d *Device) GELUBackward(dx, x, dout device.View) {
 	checkShape("gelu backward dout", dout, dx.N)
 	o, xs, g := d.f32(dx), d.f32(x), d.f32(dout)
 	d.parallelFor(len(o), minGELUElemsPerThread, func(lo, hi int) {
-		for i, v := range xs[lo:hi] {
-			o[lo+i] = g[lo+i] * geluGrad(v)
-		}
+		d.kern.geluBackwardInto(o[lo:hi], xs[lo:hi], g[lo:hi])
 	})
 }
 
