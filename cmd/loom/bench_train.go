@@ -52,6 +52,7 @@ func newBenchTrainCmd() *cobra.Command {
 		warmup  int
 		asJSON  bool
 		child   bool
+		prec    string
 	)
 	cmd := &cobra.Command{
 		Use:   "train CONFIG",
@@ -66,6 +67,7 @@ examples/gpt-bench.yaml is the configuration of the PyTorch anchor
 scripts/gpt_step.py runs (VOCAB=256): compare the two in one run with
 scripts/compare_gpt.sh.`,
 		Example: `  loom bench train examples/gpt-bench.yaml --threads 1,2 --steps 20
+  loom bench train examples/gpt-bench.yaml --precision bf16 --json
   loom bench train examples/mnist-mlp.yaml --threads 1 --json`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -81,6 +83,12 @@ scripts/compare_gpt.sh.`,
 			if err != nil {
 				return err
 			}
+			if prec != "" {
+				job.Train.Precision = prec
+				if err := job.Validate(); err != nil {
+					return fmt.Errorf("--precision: %w", err)
+				}
+			}
 			if child {
 				r, err := benchTrainOnce(args[0], job, threads[0], steps, warmup)
 				if err != nil {
@@ -88,12 +96,13 @@ scripts/compare_gpt.sh.`,
 				}
 				return json.NewEncoder(cmd.OutOrStdout()).Encode(r)
 			}
-			return runBenchTrain(cmd.OutOrStdout(), args[0], threads, steps, warmup, asJSON)
+			return runBenchTrain(cmd.OutOrStdout(), args[0], job.Train.Precision, threads, steps, warmup, asJSON)
 		},
 	}
 	cmd.Flags().IntSliceVar(&threads, "threads", []int{1, 2}, "thread counts to measure")
 	cmd.Flags().IntVar(&steps, "steps", 20, "timed steps per thread count")
 	cmd.Flags().IntVar(&warmup, "warmup", 3, "untimed steps first (buffers, caches)")
+	cmd.Flags().StringVar(&prec, "precision", "", "override train.precision: fp32, bf16 or fp16")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "one JSON line per thread count")
 	cmd.Flags().BoolVar(&child, "child", false, "run one thread count in this process (internal)")
 	_ = cmd.Flags().MarkHidden("child")
@@ -102,7 +111,7 @@ scripts/compare_gpt.sh.`,
 
 // runBenchTrain runs each thread count in a child process of this binary
 // and reports its result with the child's peak RSS.
-func runBenchTrain(out io.Writer, config string, threads []int, steps, warmup int, asJSON bool) error {
+func runBenchTrain(out io.Writer, config, precision string, threads []int, steps, warmup int, asJSON bool) error {
 	self, err := os.Executable()
 	if err != nil {
 		return err
@@ -114,7 +123,7 @@ func runBenchTrain(out io.Writer, config string, threads []int, steps, warmup in
 	for _, th := range threads {
 		var stdout, stderr bytes.Buffer
 		c := exec.Command(self, "bench", "train", config, "--child", "--threads", strconv.Itoa(th),
-			"--steps", strconv.Itoa(steps), "--warmup", strconv.Itoa(warmup))
+			"--steps", strconv.Itoa(steps), "--warmup", strconv.Itoa(warmup), "--precision", precision)
 		c.Stdout, c.Stderr = &stdout, &stderr
 		if err := c.Run(); err != nil {
 			return fmt.Errorf("threads %d: %w: %s", th, err, bytes.TrimSpace(stderr.Bytes()))
