@@ -334,3 +334,69 @@ func TestSelfCheckRejectsWrongKernel(t *testing.T) {
 		}
 	}
 }
+
+// TestPackPairLayouts checks the bf16 packers, fast paths included (6-row
+// and 32-column blocks, dword views of even strides), against the pair
+// layout's definition, for aligned and unaligned starts and odd depths.
+func TestPackPairLayouts(t *testing.T) {
+	r := rand.New(rand.NewPCG(7, 7))
+	for _, ld := range []int{70, 71} {
+		for _, off := range []int{0, 1} {
+			u := make([]uint16, off+80*ld)
+			for i := range u {
+				u[i] = uint16(r.Uint32())
+			}
+			x := device.Matrix{DType: tensor.BF16, U16: u[off:], LD: ld}
+			for _, trans := range []bool{false, true} {
+				for _, kd := range []int{64, 63} {
+					op := &operand{x: x, trans: trans, k: kd}
+					// elem is op(X)[i][p].
+					elem := func(i, p int) uint16 {
+						if p >= kd {
+							return 0
+						}
+						if trans {
+							return x.U16[p*ld+i]
+						}
+						return x.U16[i*ld+p]
+					}
+					const mr, kk = 6, 64
+					for _, rows := range []int{6, 5} {
+						dst := make([]uint16, kk*mr)
+						packAPair(dst, op, 3, rows, 0, kk, mr)
+						for p := 0; p < kk; p++ {
+							for i := 0; i < mr; i++ {
+								want := uint16(0)
+								if i < rows {
+									want = elem(3+i, p)
+								}
+								if got := dst[(p/2)*2*mr+2*i+p%2]; got != want {
+									t.Fatalf("packAPair ld=%d off=%d trans=%v k=%d rows=%d: (%d,%d)=%#x want %#x", ld, off, trans, kd, rows, p, i, got, want)
+								}
+							}
+						}
+					}
+					// B: op(X) is k×n, so column j of op(B) is op(X)ᵀ's row.
+					bop := &operand{x: x, trans: !trans, k: kd}
+					const nr = 32
+					for _, cols := range []int{32, 29} {
+						kpad := roundUp(kd, 2)
+						dst := make([]uint16, kpad*nr)
+						packBPanelPair(dst, bop, 2, cols, kpad, nr)
+						for p := 0; p < kpad; p++ {
+							for j := 0; j < nr; j++ {
+								want := uint16(0)
+								if j < cols {
+									want = elem(2+j, p)
+								}
+								if got := dst[(p/2)*2*nr+2*j+p%2]; got != want {
+									t.Fatalf("packBPanelPair ld=%d off=%d trans=%v k=%d cols=%d: (%d,%d)=%#x want %#x", ld, off, !trans, kd, cols, p, j, got, want)
+								}
+							}
+						}
+					}
+				}
+			}
+		}
+	}
+}

@@ -2,6 +2,7 @@ package cpu
 
 import (
 	"math"
+	"unsafe"
 
 	"github.com/loomtrain/loom/device"
 	"github.com/loomtrain/loom/tensor"
@@ -230,6 +231,14 @@ func packAPair(dst []uint16, op *operand, i0, rows, p0, kk, mr int) {
 		clear(dst)
 	}
 	if !op.trans {
+		if mr == 6 && rows == 6 && kv == kk {
+			// Each k pair of a row is one dword: the f32 gather moves them.
+			base := i0*x.LD + p0
+			if src, ok := asPairs(x.U16[base:base+5*x.LD+kk], x.LD); ok {
+				gather6(asPairsDst(dst), src, 0, x.LD/2, kk/2)
+				return
+			}
+		}
 		for r := 0; r < rows; r++ {
 			base := (i0+r)*x.LD + p0
 			src := x.U16[base : base+kv]
@@ -244,6 +253,24 @@ func packAPair(dst []uint16, op *operand, i0, rows, p0, kk, mr int) {
 		}
 		return
 	}
+	if mr == 6 && rows == 6 {
+		// Two stored rows (steps p, p+1) interleave into one 6-wide pair.
+		for p := 0; p+1 < kv; p += 2 {
+			base := (p0+p)*x.LD + i0
+			a := (*[6]uint16)(x.U16[base:])
+			b := (*[6]uint16)(x.U16[base+x.LD:])
+			d := (*[12]uint16)(dst[p*6:])
+			d[0], d[1], d[2], d[3], d[4], d[5] = a[0], b[0], a[1], b[1], a[2], b[2]
+			d[6], d[7], d[8], d[9], d[10], d[11] = a[3], b[3], a[4], b[4], a[5], b[5]
+		}
+		if kv%2 == 1 {
+			base := (p0+kv-1)*x.LD + i0
+			for r, v := range x.U16[base : base+6] {
+				dst[(kv-1)*6+2*r] = v
+			}
+		}
+		return
+	}
 	for p := 0; p < kv; p++ {
 		base := (p0+p)*x.LD + i0
 		o := (p>>1)*2*mr + p&1
@@ -251,6 +278,22 @@ func packAPair(dst []uint16, op *operand, i0, rows, p0, kk, mr int) {
 			dst[o+2*r] = v
 		}
 	}
+}
+
+// asPairs views a bf16 matrix with an even row stride as uint32 k pairs
+// (reinterpreted as float32 bits, which the gathers only move), when its
+// first element is dword-aligned.
+func asPairs(u []uint16, ld int) ([]float32, bool) {
+	if ld%2 != 0 || len(u) < 2 || uintptr(unsafe.Pointer(&u[0]))%4 != 0 {
+		return nil, false
+	}
+	return unsafe.Slice((*float32)(unsafe.Pointer(&u[0])), len(u)/2), true
+}
+
+// asPairsDst views a packed pair-layout buffer (dword-aligned: it comes
+// from make) as dwords.
+func asPairsDst(u []uint16) []float32 {
+	return unsafe.Slice((*float32)(unsafe.Pointer(&u[0])), len(u)/2)
 }
 
 // packBPair packs columns [j0, j0+cols) of a BF16 op(B) over kpad (even)
@@ -269,7 +312,18 @@ func packBPanelPair(dst []uint16, op *operand, j0, cols, kpad, nr int) {
 		clear(dst)
 	}
 	if !op.trans {
-		for p := 0; p < k; p++ {
+		p := 0
+		if nr == 32 && cols == 32 {
+			for ; p+1 < k; p += 2 {
+				a := (*[32]uint16)(x.U16[p*x.LD+j0:])
+				b := (*[32]uint16)(x.U16[(p+1)*x.LD+j0:])
+				d := (*[64]uint16)(dst[p*32:])
+				for s := range 32 {
+					d[2*s], d[2*s+1] = a[s], b[s]
+				}
+			}
+		}
+		for ; p < k; p++ {
 			base := p*x.LD + j0
 			o := (p>>1)*2*nr + p&1
 			for s, v := range x.U16[base : base+cols] {
@@ -278,7 +332,17 @@ func packBPanelPair(dst []uint16, op *operand, j0, cols, kpad, nr int) {
 		}
 		return
 	}
-	for s := 0; s < cols; s++ {
+	s := 0
+	if k%2 == 0 && k > 0 {
+		// Four columns at a time, one dword per k pair (see gather4).
+		if src, ok := asPairs(x.U16[j0*x.LD:(j0+cols-1)*x.LD+k], x.LD); ok {
+			d := asPairsDst(dst)
+			for ; s+4 <= cols; s += 4 {
+				gather4(d[s:], nr, src, s*x.LD/2, x.LD/2, k/2)
+			}
+		}
+	}
+	for ; s < cols; s++ {
 		base := (j0 + s) * x.LD
 		src := x.U16[base : base+k]
 		for p := 0; p+1 < len(src); p += 2 {
