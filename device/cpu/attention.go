@@ -108,9 +108,34 @@ func (k *kernel) mm(m, n, kd int, a, b, c []float32, ldc int, alpha, beta float3
 // wide) depth-major in panels of p rows: dst[(r/p)·hs·p + d·p + r%p] =
 // s·src[r][d]; rows [rows, B) are zero. It serves as an A operand (p = mr)
 // or as a transposed B operand (p = nr).
-func packDepth(dst, src []float32, base, ld, rows, B, hs, p int, s float32) {
+//
+// Whole 8-row groups of 8-wide panels go through the kernel's 8×8
+// transposer when s is 1 (K and V), whole 6-row panels through a gather
+// (Q and dO for the 6-row kernels); the rest element by element.
+func (k *kernel) packDepth(dst, src []float32, base, ld, rows, B, hs, p int, s float32) {
 	dst = dst[:B*hs]
-	for r := 0; r < B; r++ {
+	r := 0
+	switch {
+	case s == 1 && p%8 == 0 && hs%8 == 0 && hs > 0 && k.transpose8 != nil:
+		for ; r+8 <= rows; r += 8 {
+			o := r/p*hs*p + r%p
+			_ = dst[o+(hs-1)*p+7]
+			_ = src[base+(r+7)*ld+hs-1]
+			k.transpose8(&dst[o], p, &src[base+r*ld], ld, hs/8)
+		}
+	case p == 6 && hs > 0:
+		for ; r+6 <= rows; r += 6 {
+			pan := dst[r*hs : (r+6)*hs]
+			b0 := base + r*ld
+			r0, r1, r2 := src[b0:b0+hs], src[b0+ld:b0+ld+hs], src[b0+2*ld:b0+2*ld+hs]
+			r3, r4, r5 := src[b0+3*ld:b0+3*ld+hs], src[b0+4*ld:b0+4*ld+hs], src[b0+5*ld:b0+5*ld+hs]
+			for dd := range r0 {
+				d := (*[6]float32)(pan[6*dd:])
+				d[0], d[1], d[2], d[3], d[4], d[5] = s*r0[dd], s*r1[dd], s*r2[dd], s*r3[dd], s*r4[dd], s*r5[dd]
+			}
+		}
+	}
+	for ; r < B; r++ {
 		pan := dst[r/p*hs*p+r%p:]
 		if r >= rows {
 			for dd := 0; dd < hs; dd++ {
@@ -145,11 +170,12 @@ func packRows(dst, src []float32, base, ld, rows, B, hs, hsP, nr int) {
 	}
 }
 
-// packA packs the row-major B×B tile x (row stride B) as an A operand of
-// depth B: dst[(r/mr)·B·mr + c·mr + r%mr] = x[r][c].
-func packA(dst, x []float32, B, mr int) {
+// packA packs rows [0, m) of the row-major B×B tile x (row stride B; m a
+// multiple of mr) as an A operand of depth B: dst[(r/mr)·B·mr + c·mr + r%mr]
+// = x[r][c].
+func packA(dst, x []float32, B, mr, m int) {
 	dst = dst[:B*B]
-	for r0 := 0; r0 < B; r0 += mr {
+	for r0 := 0; r0 < m; r0 += mr {
 		pan := dst[r0*B : (r0+mr)*B]
 		for i := 0; i < mr; i++ {
 			row := x[(r0+i)*B : (r0+i+1)*B]
@@ -160,11 +186,12 @@ func packA(dst, x []float32, B, mr int) {
 	}
 }
 
-// packAT packs the transpose of the row-major B×B tile x as an A operand
-// of depth B: dst[(c/mr)·B·mr + r·mr + c%mr] = x[r][c].
-func packAT(dst, x []float32, B, mr int) {
+// packAT packs columns [0, m) of the row-major B×B tile x (m a multiple of
+// mr), transposed, as an A operand of depth B: dst[(c/mr)·B·mr + r·mr +
+// c%mr] = x[r][c].
+func packAT(dst, x []float32, B, mr, m int) {
 	dst = dst[:B*B]
-	for c0 := 0; c0 < B; c0 += mr {
+	for c0 := 0; c0 < m; c0 += mr {
 		pan := dst[c0*B : (c0+mr)*B]
 		for r := 0; r < B; r++ {
 			copy(pan[r*mr:r*mr+mr], x[r*B+c0:r*B+c0+mr])
@@ -239,21 +266,26 @@ func attnFwdTask(k *kernel, f *[]float32, out, lse, qkv []float32, bb, h, t, hea
 	for j := 0; j < nk; j++ {
 		rows := min(B, t-j*B)
 		rb := base + j*B*ld
-		packDepth(kt[j*B*hs:], qkv, rb+c+h*hs, ld, rows, B, hs, k.nr, 1)
+		k.packDepth(kt[j*B*hs:], qkv, rb+c+h*hs, ld, rows, B, hs, k.nr, 1)
 		packRows(vp[j*B*hsP:], qkv, rb+2*c+h*hs, ld, rows, B, hs, hsP, k.nr)
 	}
 	for i := iLo; i < iHi; i++ {
 		q0 := i * B
 		rows := min(B, t-q0)
-		packDepth(qp, qkv, base+q0*ld+h*hs, ld, rows, B, hs, k.mr, scale)
+		k.packDepth(qp, qkv, base+q0*ld+h*hs, ld, rows, B, hs, k.mr, scale)
 		clear(o)
 		for r := range mx {
 			mx[r] = float32(math.Inf(-1))
 			l[r] = 0
 		}
+		// A tile's products run over its rows and columns rounded up to the
+		// register tile, not the whole B×B: the last tile of a short
+		// sequence (T = 128 on B = 96 leaves 32) would otherwise cost a
+		// full one. Rows and columns past them are cleared below.
+		mRows := roundUp(rows, k.mr)
 		for j := 0; j <= i; j++ {
-			k.mm(B, B, hs, qp, kt[j*B*hs:], sc, B, 1, 0)
 			cols := min(B, t-j*B)
+			k.mm(mRows, roundUp(cols, k.nr), hs, qp, kt[j*B*hs:], sc, B, 1, 0)
 			for r := 0; r < B; r++ {
 				p := sc[r*B : r*B+B]
 				n := cols
@@ -286,8 +318,8 @@ func attnFwdTask(k *kernel, f *[]float32, out, lse, qkv []float32, bb, h, t, hea
 				}
 				l[r] += sum
 			}
-			packA(pp, sc, B, k.mr)
-			k.mm(B, hsP, B, pp, vp[j*B*hsP:], o, hsP, 1, 1)
+			packA(pp, sc, B, k.mr, mRows)
+			k.mm(mRows, hsP, B, pp, vp[j*B*hsP:], o, hsP, 1, 1)
 		}
 		for r := 0; r < rows; r++ {
 			s := q0 + r
@@ -390,11 +422,11 @@ func attnBwdTask(a *bwdArgs, f *[]float32) {
 		x := j - a.jLo
 		rows := min(B, t-j*B)
 		rb := base + j*B*ld
-		packDepth(kt[x*B*hs:], a.qkv, rb+c+h*hs, ld, rows, B, hs, k.nr, 1)
+		k.packDepth(kt[x*B*hs:], a.qkv, rb+c+h*hs, ld, rows, B, hs, k.nr, 1)
 		if a.q {
 			packRows(kr[x*B*hsP:], a.qkv, rb+c+h*hs, ld, rows, B, hs, hsP, k.nr)
 		}
-		packDepth(vt[x*B*hs:], a.qkv, rb+2*c+h*hs, ld, rows, B, hs, k.nr, 1)
+		k.packDepth(vt[x*B*hs:], a.qkv, rb+2*c+h*hs, ld, rows, B, hs, k.nr, 1)
 	}
 	for i := iLo; i < a.iHi; i++ {
 		x := i - iLo
@@ -402,8 +434,8 @@ func attnBwdTask(a *bwdArgs, f *[]float32) {
 		rows := min(B, t-q0)
 		rb := base + q0*ld + h*hs
 		ob := obase + q0*c + h*hs
-		packDepth(qd[x*B*hs:], a.qkv, rb, ld, rows, B, hs, k.mr, 1)
-		packDepth(gd[x*B*hs:], a.dout, ob, c, rows, B, hs, k.mr, 1)
+		k.packDepth(qd[x*B*hs:], a.qkv, rb, ld, rows, B, hs, k.mr, 1)
+		k.packDepth(gd[x*B*hs:], a.dout, ob, c, rows, B, hs, k.mr, 1)
 		if a.kv {
 			packRows(qr[x*B*hsP:], a.qkv, rb, ld, rows, B, hs, hsP, k.nr)
 			packRows(gr[x*B*hsP:], a.dout, ob, c, rows, B, hs, hsP, k.nr)
@@ -434,8 +466,10 @@ func attnBwdTask(a *bwdArgs, f *[]float32) {
 		for i := max(j, iLo); i < a.iHi; i++ {
 			x := i - iLo
 			rows := min(B, t-i*B)
-			k.mm(B, B, hs, qd[x*B*hs:], kt[y*B*hs:], sc, B, a.scale, 0)
-			k.mm(B, B, hs, gd[x*B*hs:], vt[y*B*hs:], dp, B, 1, 0)
+			// Products over rounded rows and columns, as in the forward.
+			mRows, nCols := roundUp(rows, k.mr), roundUp(cols, k.nr)
+			k.mm(mRows, nCols, hs, qd[x*B*hs:], kt[y*B*hs:], sc, B, a.scale, 0)
+			k.mm(mRows, nCols, hs, gd[x*B*hs:], vt[y*B*hs:], dp, B, 1, 0)
 			for r := 0; r < B; r++ {
 				p := sc[r*B : r*B+B]
 				g := dp[r*B : r*B+B]
@@ -452,14 +486,15 @@ func attnBwdTask(a *bwdArgs, f *[]float32) {
 				clear(g[n:])
 			}
 			if a.kv {
-				packAT(ap, sc, B, k.mr)
-				k.mm(B, hsP, B, ap, gr[x*B*hsP:], dv, hsP, 1, 1)
-				packAT(ap, dp, B, k.mr)
-				k.mm(B, hsP, B, ap, qr[x*B*hsP:], dk, hsP, a.scale, 1)
+				keys := roundUp(cols, k.mr)
+				packAT(ap, sc, B, k.mr, keys)
+				k.mm(keys, hsP, B, ap, gr[x*B*hsP:], dv, hsP, 1, 1)
+				packAT(ap, dp, B, k.mr, keys)
+				k.mm(keys, hsP, B, ap, qr[x*B*hsP:], dk, hsP, a.scale, 1)
 			}
 			if a.q {
-				packA(ap, dp, B, k.mr)
-				k.mm(B, hsP, B, ap, kr[y*B*hsP:], dq[x*B*hsP:], hsP, a.scale, 1)
+				packA(ap, dp, B, k.mr, mRows)
+				k.mm(mRows, hsP, B, ap, kr[y*B*hsP:], dq[x*B*hsP:], hsP, a.scale, 1)
 			}
 		}
 		if a.kv {
