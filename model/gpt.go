@@ -66,6 +66,34 @@ func (c GPTConfig) Validate() error {
 	return nil
 }
 
+// NumParams is the parameter count of the whole model (every stage).
+func (c GPTConfig) NumParams() int {
+	C, V := c.DModel, c.Vocab
+	n := V*C + c.Context*C + c.Layers*(12*C*C+13*C) + 2*C
+	if !c.TieEmbeddings {
+		n += V * C
+	}
+	return n
+}
+
+// activationFloats is the F32 elements GPT.Reserve takes for maxTokens
+// positions on a stage of layers blocks (last: with the head).
+func (c GPTConfig) activationFloats(layers int, last bool, maxTokens int) int {
+	C := c.DModel
+	perTok := layers*(16*C+4+c.Heads) + C /*in*/ + C + C + 3*C + 4*C // in, dres, dtmp, dqkv, dfch
+	if last {
+		perTok += C + 2 + c.Vocab
+	}
+	return maxTokens * perTok
+}
+
+// TrainingBytes is the device memory a whole-model training step over
+// tokens positions takes: parameters, gradients and AdamW's two moments
+// (four F32 copies), and the activations.
+func (c GPTConfig) TrainingBytes(tokens int) (params, activations int64) {
+	return 16 * int64(c.NumParams()), 4*int64(c.activationFloats(c.Layers, true, tokens)) + 4*int64(tokens)
+}
+
 func (c GPTConfig) precision() tensor.DType {
 	if c.Precision == 0 {
 		return tensor.F32
@@ -252,10 +280,22 @@ func NewGPT(be device.Backend, cfg GPTConfig, r StageRange, seed uint64) (*GPT, 
 		}
 	}
 
-	host := make([]float32, g.nparams)
+	// Device memory first, so a model too large fails with the device's
+	// sizes; then each tensor is drawn into one reused host slice.
+	var err error
+	if g.pbuf, err = be.Alloc(tensor.F32, g.nparams); err != nil {
+		return nil, fmt.Errorf("gpt: parameters: %w", err)
+	}
+	if g.gbuf, err = be.Alloc(tensor.F32, g.nparams); err != nil {
+		g.pbuf.Free()
+		return nil, fmt.Errorf("gpt: gradients: %w", err)
+	}
+	var host []float32
 	projStd := 0.02 / math.Sqrt(2*float64(cfg.Layers))
-	for _, p := range g.params {
-		dst := host[p.Offset : p.Offset+p.N]
+	for i, p := range g.params {
+		host = grow(host, p.N)
+		dst := host
+		clear(dst)
 		switch {
 		case hasSuffix(p.Name, "ln_1.weight"), hasSuffix(p.Name, "ln_2.weight"), p.Name == "ln_f.weight":
 			for i := range dst {
@@ -272,16 +312,8 @@ func NewGPT(be device.Backend, cfg GPTConfig, r StageRange, seed uint64) (*GPT, 
 				dst[i] = float32(rng.NormFloat64() * std)
 			}
 		}
+		be.Upload(g.pv(i), dst)
 	}
-	var err error
-	if g.pbuf, err = be.Alloc(tensor.F32, g.nparams); err != nil {
-		return nil, fmt.Errorf("gpt: parameters: %w", err)
-	}
-	if g.gbuf, err = be.Alloc(tensor.F32, g.nparams); err != nil {
-		g.pbuf.Free()
-		return nil, fmt.Errorf("gpt: gradients: %w", err)
-	}
-	be.Upload(device.Whole(g.pbuf), host)
 	return g, nil
 }
 

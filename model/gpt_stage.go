@@ -65,14 +65,8 @@ func (g *GPT) Reserve(maxTokens int) error {
 	if g.act != nil && g.act.maxTokens >= maxTokens {
 		return nil
 	}
-	C, V, H := g.cfg.DModel, g.cfg.Vocab, g.cfg.Heads
-	L := g.r.Last - g.r.First
-	perLayer := 16*C + 4 + H
-	perTok := L*perLayer + C /*in*/ + C + C + 3*C + 4*C // in, dres, dtmp, dqkv, dfch
-	if g.Last() {
-		perTok += C + 2 + V
-	}
-	total := maxTokens * perTok
+	C, V, H, L := g.cfg.DModel, g.cfg.Vocab, g.cfg.Heads, g.r.Last-g.r.First
+	total := g.cfg.activationFloats(L, g.Last(), maxTokens)
 	buf, err := g.be.Alloc(tensor.F32, total)
 	if err != nil {
 		return fmt.Errorf("gpt: activations for %d tokens (%d floats): %w", maxTokens, total, err)

@@ -171,6 +171,16 @@ func TestGPTLayout(t *testing.T) {
 	if g.NumParams() != want || g.ParamBuffer().Len() != want || g.GradBuffer().Len() != want {
 		t.Fatalf("params %d, want %d", g.NumParams(), want)
 	}
+	for _, tied := range []bool{false, true} {
+		c := tinyGPT(tied)
+		g2, err := NewGPT(be, c, StageRange{0, c.Layers}, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.NumParams() != g2.NumParams() {
+			t.Fatalf("tied=%v: GPTConfig.NumParams %d, the model has %d", tied, c.NumParams(), g2.NumParams())
+		}
+	}
 	ps := g.Params()
 	if ps[0].Name != "wte.weight" || ps[2].Name != "h.0.ln_1.weight" || ps[4].Name != "h.0.attn.c_attn.weight" ||
 		ps[len(ps)-1].Name != "lm_head.weight" || !ps[4].Shape.Equal(tensor.Shape{3 * C, C}) {

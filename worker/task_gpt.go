@@ -55,6 +55,11 @@ func newGPTTask(job *jobspec.Job, dev device.Device, split *data.Split) (*gptTas
 	}
 	cfg := model.GPTConfig{Layers: m.GPTLayers(), Heads: m.Heads, DModel: m.DModel, Context: m.Context, Vocab: m.Vocab,
 		TieEmbeddings: m.TieEmbeddings, Precision: job.DType()}
+	maxRows := min(job.Train.GlobalBatch, max(split.Text.Train.N, 1))
+	maxRows = max(maxRows, min(job.Train.GlobalBatch, evalMaxWindows))
+	if err := checkGPTMemory(be, cfg, maxRows*m.Context); err != nil {
+		return nil, err
+	}
 	net, err := model.NewGPT(be, cfg, model.StageRange{First: 0, Last: cfg.Layers}, job.Seed)
 	if err != nil {
 		return nil, err
@@ -77,13 +82,30 @@ func newGPTTask(job *jobspec.Job, dev device.Device, split *data.Split) (*gptTas
 	sort.Sort(sort.Reverse(sort.IntSlice(g.bounds)))
 	// Everything a step needs is reserved now, for the largest batch, so a
 	// model too large for the device fails here with the sizes.
-	maxRows := min(job.Train.GlobalBatch, max(split.Text.Train.N, 1))
-	if err := g.reserve(max(maxRows, min(job.Train.GlobalBatch, evalMaxWindows))); err != nil {
+	if err := g.reserve(maxRows); err != nil {
 		net.Free()
 		return nil, err
 	}
 	return g, nil
 }
+
+// checkGPTMemory refuses, before anything is allocated, a model whose
+// training step over tokens positions does not fit in the memory the device
+// has left, saying what it needs and what there is.
+func checkGPTMemory(be device.Backend, cfg model.GPTConfig, tokens int) error {
+	used, limit := be.Memory()
+	if limit <= 0 {
+		return nil // unknown: Alloc still fails cleanly if it runs out
+	}
+	params, acts := cfg.TrainingBytes(tokens)
+	if avail := limit - used; params+acts > avail {
+		return fmt.Errorf("model too large for this worker: it needs %s (%d parameters: %s for values, gradients and AdamW's two moments; activations for %d tokens: %s) and %s is available; use a smaller model, batch or context",
+			gib(params+acts), cfg.NumParams(), gib(params), tokens, gib(acts), gib(avail))
+	}
+	return nil
+}
+
+func gib(b int64) string { return fmt.Sprintf("%.2f GiB", float64(b)/(1<<30)) }
 
 // gptGroup names the backward group of a parameter (the ranges the model
 // reports final together): the embedding, one block, or the final

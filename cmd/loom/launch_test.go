@@ -95,6 +95,39 @@ func TestLaunchRejectsBadConfigBeforeTraining(t *testing.T) {
 	}
 }
 
+// A GPT config that cannot train is refused before any step, with what is
+// wrong and where.
+func TestLaunchRejectsBadGPTConfig(t *testing.T) {
+	dir := t.TempDir()
+	empty := filepath.Join(dir, "empty")
+	small := filepath.Join(dir, "small.txt")
+	if err := os.Mkdir(empty, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(small, []byte("hi\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	gpt := func(model, path string) string {
+		return "name: g\nmodel: {kind: gpt, " + model + "}\ndata: {dataset: text, path: " + path + "}\ntrain: {global_batch: 4}\ncheckpoint: {disabled: true}\n"
+	}
+	const ok = "layers: 1, heads: 2, d_model: 16, context: 8, vocab: 256"
+	for _, tc := range []struct{ name, body, want string }{
+		{"heads", gpt("layers: 1, heads: 3, d_model: 16, context: 8, vocab: 256", "/usr/share/common-licenses"), ":2: model.heads: 3 does not divide model.d_model 16"},
+		{"vocab", gpt("layers: 1, heads: 2, d_model: 16, context: 8, vocab: 100", "/usr/share/common-licenses"), "model.vocab: dataset text is byte-level and needs vocab >= 256, got 100"},
+		{"unknown field", gpt(ok+", colour: red", "/usr/share/common-licenses"), ":2: model.colour: unknown field"},
+		{"no files", gpt(ok, empty), "no readable text files under " + empty},
+		{"short text", gpt(ok, small), "context 8 needs at least 9 tokens"},
+		{"too large", gpt("layers: 48, heads: 4, d_model: 65536, context: 8, vocab: 256", "/usr/share/common-licenses"), "model too large for this worker: it needs"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := runLoom(t, "launch", writeJob(t, tc.body), "--max-steps", "1")
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %v, want %q", err, tc.want)
+			}
+		})
+	}
+}
+
 func TestExamplesAreValid(t *testing.T) {
 	files, _ := filepath.Glob("../../examples/*.yaml")
 	if len(files) < 2 {
