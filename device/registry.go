@@ -82,7 +82,7 @@ func (r *Registry) Open(spec string) (Device, error) {
 	if err != nil || slow == 1 {
 		return d, err
 	}
-	return &Throttled{Device: d, Factor: slow}, nil
+	return throttle(d, slow), nil
 }
 
 // ParseSpec splits "cpu:threads=2,kernel=avx2" into its name and options.

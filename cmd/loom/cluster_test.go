@@ -131,7 +131,13 @@ func readLedgers(t *testing.T, dir string) []worker.LedgerEntry {
 // (seed, epoch) permutations, each once.
 func assertExactlyOnce(t *testing.T, entries []worker.LedgerEntry, steps, batch int, seed uint64) {
 	t.Helper()
-	const n = 60000
+	assertExactlyOnceOf(t, entries, 60000, steps, batch, seed)
+}
+
+// assertExactlyOnceOf is assertExactlyOnce for a training set of n samples
+// (context windows for a text dataset).
+func assertExactlyOnceOf(t *testing.T, entries []worker.LedgerEntry, n, steps, batch int, seed uint64) {
+	t.Helper()
 	got := map[[2]int]int{} // (epoch, sample) -> count
 	for _, e := range entries {
 		if e.Step > steps {

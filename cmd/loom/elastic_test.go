@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/loomtrain/loom/api"
+	"github.com/loomtrain/loom/data"
 	"github.com/loomtrain/loom/worker"
 )
 
@@ -45,19 +46,36 @@ type elasticRun struct {
 	jobID    string
 	addr     string
 	client   api.CoordinatorClient
+	job      elasticJob
 }
 
-func startElastic(t *testing.T, steps int) *elasticRun {
-	t.Helper()
-	r := &elasticRun{t: t, dir: t.TempDir(), steps: steps}
-	r.ledger = filepath.Join(r.dir, "ledger")
-	job := writeJob(t, fmt.Sprintf(`name: elastic
+// elasticJob is the job an elasticRun trains and what its end must show.
+type elasticJob struct {
+	yaml         string // with %s for the checkpoint directory
+	batch, n     int    // global batch; training-set size (samples or windows)
+	seed         uint64
+	minAccuracy  float64 // of the summary (classifiers), or
+	maxFinalLoss float64 // of the summary (language models)
+}
+
+var mnistElastic = elasticJob{yaml: `name: elastic
 seed: 5
 model: {kind: mlp, layers: [784, 512, 256, 10]}
 train: {epochs: 1, global_batch: 256}
 optimizer: {kind: adamw, lr: 0.002}
 checkpoint: {dir: %s}
-`, filepath.Join(r.dir, "ckpt")))
+`, batch: 256, n: 60000, seed: 5, minAccuracy: 0.9}
+
+func startElastic(t *testing.T, steps int) *elasticRun {
+	t.Helper()
+	return startElasticJob(t, steps, mnistElastic)
+}
+
+func startElasticJob(t *testing.T, steps int, ej elasticJob) *elasticRun {
+	t.Helper()
+	r := &elasticRun{t: t, dir: t.TempDir(), steps: steps, job: ej}
+	r.ledger = filepath.Join(r.dir, "ledger")
+	job := writeJob(t, fmt.Sprintf(ej.yaml, filepath.Join(r.dir, "ckpt")))
 	r.launcher = loomCmd(t, "launch", job, "--workers", "2", "--device", elasticDevice, "--max-steps", fmt.Sprint(steps),
 		"--json", "--sample-ledger", r.ledger)
 	stderr, _ := r.launcher.StderrPipe()
@@ -149,11 +167,14 @@ func (r *elasticRun) finish() {
 		Status       string  `json:"status"`
 		Steps        int     `json:"steps"`
 		TestAccuracy float64 `json:"test_accuracy"`
+		FinalLoss    float64 `json:"final_loss"`
 	}
-	if err := json.Unmarshal([]byte(r.stdout.String()), &s); err != nil || s.Status != "completed" || s.Steps != r.steps || s.TestAccuracy < 0.9 {
+	err := json.Unmarshal([]byte(r.stdout.String()), &s)
+	if err != nil || s.Status != "completed" || s.Steps != r.steps || s.TestAccuracy < r.job.minAccuracy ||
+		(r.job.maxFinalLoss > 0 && !(s.FinalLoss < r.job.maxFinalLoss)) {
 		r.t.Fatalf("summary %q (%v)\n%s", r.stdout.String(), err, r.log())
 	}
-	assertExactlyOnce(r.t, readLedgers(r.t, r.ledger), r.steps, 256, 5)
+	assertExactlyOnceOf(r.t, readLedgers(r.t, r.ledger), r.job.n, r.steps, r.job.batch, r.job.seed)
 }
 
 // firstStepAfter is when the first step after step completed, later than t.
@@ -231,6 +252,36 @@ func TestElasticJoinAndKill(t *testing.T) {
 	}
 	if firstJoined == 0 || recovery < 0 || joinLatency > 30*time.Second || recovery > 30*time.Second {
 		t.Fatalf("join %v, recovery %v: the job stalled", joinLatency, recovery)
+	}
+}
+
+// The same for a GPT: two workers join a running job, one is SIGKILLed,
+// the job finishes without a restart and every context window is used
+// exactly once.
+func TestGPTElasticJoinAndKill(t *testing.T) {
+	text, err := data.LoadText("/usr/share/common-licenses", 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := startElasticJob(t, 120, elasticJob{yaml: `name: gpt-elastic
+seed: 3
+model: {kind: gpt, layers: 2, heads: 4, d_model: 64, context: 64, vocab: 256}
+data: {dataset: text, path: /usr/share/common-licenses}
+train: {epochs: 1, global_batch: 24}
+optimizer: {kind: adamw, lr: 0.003}
+checkpoint: {dir: %s}
+`, batch: 24, n: text.Train.N, seed: 3, maxFinalLoss: 4})
+	r.waitStep(20)
+	x0, x1 := r.join("x0"), r.join("x1")
+	r.waitTrained(map[string]*proc{"x0": x0, "x1": x1})
+	r.waitStep(60)
+	_ = syscall.Kill(x1.cmd.Process.Pid, syscall.SIGKILL)
+	r.finish()
+	if err := waitExit(t, x0, "x0", time.Minute); err != nil {
+		t.Fatalf("joined worker x0 exited with %v\n%s", err, x0.stderr)
+	}
+	if n := r.lastStep("x1"); n <= 0 || n >= 120 {
+		t.Fatalf("killed worker's last step %d: it should have trained some steps and not the end", n)
 	}
 }
 
