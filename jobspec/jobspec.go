@@ -136,6 +136,11 @@ type Train struct {
 	Precision   string `yaml:"precision"`    // fp32 | bf16 | fp16
 	EvalEvery   int    `yaml:"eval_every"`   // steps; 0: only at the end
 	LogEvery    int    `yaml:"log_every"`    // steps between plain log lines
+	// MicroBatches splits each rank's part of a global batch into this
+	// many forward/backward passes whose gradients are summed before the
+	// update (gradient accumulation): the same step in less activation
+	// memory. 0 or 1: one pass.
+	MicroBatches int `yaml:"micro_batches,omitempty"`
 }
 
 // Optimizer selects and tunes the update rule.
@@ -147,6 +152,10 @@ type Optimizer struct {
 	Beta1       float64 `yaml:"beta1"`    // adamw
 	Beta2       float64 `yaml:"beta2"`    // adamw
 	Eps         float64 `yaml:"eps"`      // adamw
+	// ClipNorm, if > 0, scales each step's gradients down so that their
+	// global L2 norm (over every parameter, after the data-parallel sum) is
+	// at most this, as torch.nn.utils.clip_grad_norm_ does.
+	ClipNorm float64 `yaml:"clip_norm,omitempty"`
 }
 
 // Schedule shapes the learning rate over the run.
@@ -190,6 +199,10 @@ func Default() Job {
 		Checkpoint: Checkpoint{Dir: "checkpoints", Keep: 3},
 	}
 }
+
+// Micro is the number of micro-batches a rank splits its part of each
+// global batch into (at least 1).
+func (t Train) Micro() int { return max(1, t.MicroBatches) }
 
 // DType is the compute precision as a tensor dtype (valid after Validate).
 func (j *Job) DType() tensor.DType {

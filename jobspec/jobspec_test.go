@@ -53,6 +53,8 @@ func TestErrorsNameFileLineAndField(t *testing.T) {
 		{"bad lr", strings.Replace(good, "lr: 0.01", "lr: 0", 1), 12, "optimizer.lr", "must be in"},
 		{"missing dataset path", good + "data:\n  dataset: idx\n  path: /nonexistent/fashion\n", 15, "data.path", "does not exist"},
 		{"idx without path", good + "data:\n  dataset: idx\n", 13, "data.path", "required"},
+		{"micro batches above the batch", strings.Replace(good, "global_batch: 128", "global_batch: 128\n  micro_batches: 129", 1), 9, "train.micro_batches", "must be in [1, global_batch 128]"},
+		{"negative clip norm", good + "  clip_norm: -1\n", 13, "optimizer.clip_norm", ">= 0"},
 		{"mapping expected", strings.Replace(good, "train:\n", "train: 3\nx:\n", 1), 6, "train", "want a mapping"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -2,6 +2,7 @@ package jobspec
 
 import (
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -41,6 +42,8 @@ func (j *Job) Validate() error {
 		return j.errf("train.eval_every", "must be >= 0, got %d", t.EvalEvery)
 	case t.LogEvery < 0:
 		return j.errf("train.log_every", "must be >= 0, got %d", t.LogEvery)
+	case t.MicroBatches < 0 || t.MicroBatches > t.GlobalBatch:
+		return j.errf("train.micro_batches", "must be in [1, global_batch %d], got %d", t.GlobalBatch, t.MicroBatches)
 	}
 	if _, err := tensor.ParseDType(t.Precision); err != nil {
 		return j.errf("train.precision", "%v", err)
@@ -234,6 +237,8 @@ func (j *Job) validateOptimizer() error {
 		return j.errf("optimizer.beta2", "must be in [0, 1), got %g", o.Beta2)
 	case !(o.Eps > 0 && o.Eps < 1):
 		return j.errf("optimizer.eps", "must be in (0, 1), got %g", o.Eps)
+	case o.ClipNorm < 0 || math.IsInf(o.ClipNorm, 0) || math.IsNaN(o.ClipNorm):
+		return j.errf("optimizer.clip_norm", "must be a finite number >= 0 (0: no clipping), got %g", o.ClipNorm)
 	}
 	return nil
 }

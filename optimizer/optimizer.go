@@ -80,6 +80,37 @@ func AllFinite(params []Param) bool {
 	return true
 }
 
+// GlobalNorm is the L2 norm of every gradient value together (summed in
+// float64), the norm that gradient clipping bounds.
+func GlobalNorm(params []Param) float64 {
+	var s0, s1, s2, s3 float64
+	for _, p := range params {
+		g := p.Grad
+		i := 0
+		for ; i+4 <= len(g); i += 4 {
+			a, b, c, d := float64(g[i]), float64(g[i+1]), float64(g[i+2]), float64(g[i+3])
+			s0 += a * a
+			s1 += b * b
+			s2 += c * c
+			s3 += d * d
+		}
+		for ; i < len(g); i++ {
+			s0 += float64(g[i]) * float64(g[i])
+		}
+	}
+	return math.Sqrt(s0 + s1 + s2 + s3)
+}
+
+// ClipCoef is the factor clip_grad_norm_ scales gradients of global norm
+// norm by to bound it by maxNorm: maxNorm/(norm+1e-6) when that is below 1,
+// else 1 (also for maxNorm 0: no clipping).
+func ClipCoef(norm, maxNorm float64) float64 {
+	if maxNorm <= 0 {
+		return 1
+	}
+	return min(1, maxNorm/(norm+1e-6))
+}
+
 // chunked runs body over [0, n) in contiguous ranges of at least
 // minParallel elements on up to threads goroutines, and waits.
 func chunked(threads, n int, body func(lo, hi int)) {

@@ -27,19 +27,21 @@ type task interface {
 	// gradient is divided by rows·tokensPerSample.
 	tokensPerSample() int
 	// accumulate runs forward and backward over the training samples idx
-	// (len > 0) and stores their summed loss-scaled gradients in grads
-	// (overwriting what a previous step left). done, if non-nil, is called
-	// during backward with the lowest flat offset whose gradients are now
-	// final (descending). It returns the summed loss and correct count.
-	accumulate(idx []int, scale float32, done func(lo int)) (loss float64, correct int)
+	// (len > 0) and stores their summed loss-scaled gradients in grads,
+	// overwriting what a previous step left, or adding to it if add (the
+	// later micro-batches of a step). done, if non-nil, is called during
+	// backward with the lowest flat offset whose gradients are now final
+	// (descending). It returns the summed loss and correct count.
+	accumulate(idx []int, scale float32, add bool, done func(lo int)) (loss float64, correct int)
 	// bucketBounds are the offsets done reports, in the order it reports
 	// them, so a rank with no samples starts the same ranges.
 	bucketBounds() []int
 	// weightsChanged tells the model its master weights were updated.
 	weightsChanged()
-	// evaluate returns the held-out accuracy (classes, or next tokens)
-	// and mean loss per predicted position.
-	evaluate() (acc, loss float64)
+	// evaluate returns the held-out accuracy (classes, or next tokens),
+	// mean loss per predicted position and the samples it read: every
+	// held-out sample if full, else a bounded prefix of a large set.
+	evaluate(full bool) (acc, loss float64, samples int)
 }
 
 // newTask builds the task of job's model kind over split.
@@ -90,9 +92,6 @@ func newMLPTask(job *jobspec.Job, dev device.Device, split *data.Split) (*mlpTas
 	n := m.net.NumParams()
 	m.values, m.grads = make([]float32, n), make([]float32, n)
 	m.net.Bind(m.values, m.grads)
-	// Backward stores each step's gradients (one pass per step), so the
-	// buffer is not cleared first: that saves a write and a read of it.
-	m.net.SetOverwriteGrads(true)
 	m.offsets = map[*model.Param]int{}
 	off := 0
 	for _, p := range m.net.Params() {
@@ -112,7 +111,7 @@ func (m *mlpTask) tokensPerSample() int            { return 1 }
 func (m *mlpTask) bucketBounds() []int             { return m.bounds }
 func (m *mlpTask) weightsChanged()                 { m.net.WeightsChanged() }
 
-func (m *mlpTask) accumulate(idx []int, scale float32, done func(lo int)) (float64, int) {
+func (m *mlpTask) accumulate(idx []int, scale float32, add bool, done func(lo int)) (float64, int) {
 	rows, dim := len(idx), m.split.Train.Dim
 	m.x = grow(m.x, rows*dim)
 	if cap(m.y) < rows {
@@ -129,12 +128,15 @@ func (m *mlpTask) accumulate(idx []int, scale float32, done func(lo int)) (float
 	if done != nil {
 		each = func(ps []*model.Param) { done(m.offsets[ps[0]]) }
 	}
+	// The first pass of a step stores its gradients rather than clearing
+	// the buffer and adding to it: that saves a write and a read of it.
+	m.net.SetOverwriteGrads(!add)
 	m.net.Backward(grad, rows, each)
 	return loss, correct
 }
 
-// evaluate returns the accuracy and mean loss on the test set.
-func (m *mlpTask) evaluate() (acc, loss float64) {
+// evaluate returns the accuracy and mean loss on the whole test set.
+func (m *mlpTask) evaluate(bool) (acc, loss float64, samples int) {
 	const batch = 1000
 	ds := m.split.Test
 	correct := 0
@@ -145,5 +147,5 @@ func (m *mlpTask) evaluate() (acc, loss float64) {
 		loss += l
 		correct += c
 	}
-	return float64(correct) / float64(ds.N), loss / float64(ds.N)
+	return float64(correct) / float64(ds.N), loss / float64(ds.N), ds.N
 }

@@ -55,8 +55,11 @@ func newGPTTask(job *jobspec.Job, dev device.Device, split *data.Split) (*gptTas
 	}
 	cfg := model.GPTConfig{Layers: m.GPTLayers(), Heads: m.Heads, DModel: m.DModel, Context: m.Context, Vocab: m.Vocab,
 		TieEmbeddings: m.TieEmbeddings, Precision: job.DType()}
-	maxRows := min(job.Train.GlobalBatch, max(split.Text.Train.N, 1))
-	maxRows = max(maxRows, min(job.Train.GlobalBatch, evalMaxWindows))
+	// The largest forward is one micro-batch of a whole global batch (a
+	// rank's share is at most that, and a batch at most the epoch);
+	// evaluation runs in batches of it.
+	micro := job.Train.Micro()
+	maxRows := (min(job.Train.GlobalBatch, max(split.Text.Train.N, 1)) + micro - 1) / micro
 	if err := checkGPTMemory(be, cfg, maxRows*m.Context); err != nil {
 		return nil, err
 	}
@@ -175,8 +178,10 @@ func (g *gptTask) loss(n int, scale float32) float64 {
 	return float64(g.hostLoss[0])
 }
 
-func (g *gptTask) accumulate(idx []int, scale float32, done func(lo int)) (float64, int) {
-	g.net.ZeroGrad()
+func (g *gptTask) accumulate(idx []int, scale float32, add bool, done func(lo int)) (float64, int) {
+	if !add {
+		g.net.ZeroGrad()
+	}
 	g.forward(g.text.Train, idx)
 	loss := g.loss(len(idx)*g.ctx, scale)
 	g.net.OnLayerGrads = nil
@@ -187,12 +192,15 @@ func (g *gptTask) accumulate(idx []int, scale float32, done func(lo int)) (float
 	return loss, 0
 }
 
-// evaluate returns the next-token accuracy and mean loss per token over (up
-// to evalMaxWindows of) the validation windows, in batches of the reserved
-// size.
-func (g *gptTask) evaluate() (acc, loss float64) {
+// evaluate returns the next-token accuracy and mean loss per token over the
+// validation windows (the first evalMaxWindows unless full), in batches of
+// the reserved size.
+func (g *gptTask) evaluate(full bool) (acc, loss float64, windows int) {
 	set := g.text.Validation
-	windows := min(set.N, evalMaxWindows)
+	windows = set.N
+	if !full {
+		windows = min(windows, evalMaxWindows)
+	}
 	batch := g.ids.Len() / g.ctx
 	V := g.net.Config().Vocab
 	idx := make([]int, 0, batch)
@@ -212,7 +220,7 @@ func (g *gptTask) evaluate() (acc, loss float64) {
 		loss += g.loss(n, 1)
 	}
 	tokens := float64(windows * g.ctx)
-	return float64(correct) / tokens, loss / tokens
+	return float64(correct) / tokens, loss / tokens, windows
 }
 
 // argmaxHits counts the rows of the n×v logits whose arg-max is the target.

@@ -29,6 +29,7 @@ type Progress struct {
 	Epoch            int
 	Loss             float64 // mean loss of this step's samples
 	LR               float32
+	GradNorm         float64 // global norm before clipping (0 without optimizer.clip_norm)
 	SamplesPerSec    float64 // since the run started
 	Elapsed          time.Duration
 	ETA              time.Duration
@@ -113,7 +114,10 @@ type Trainer struct {
 	step, total int
 	lastCompute time.Duration // forward+backward time of the last step
 	lastWait    time.Duration // time the last step waited for the gradient sums
-	idx         []int
+	// lastGradNorm is the global norm of the last step's mean gradient
+	// before clipping (computed only with optimizer.clip_norm).
+	lastGradNorm float64
+	idx          []int
 }
 
 // GradSync sums float32 ranges across data-parallel ranks. The trainer calls
@@ -176,6 +180,9 @@ func (t *Trainer) TotalSteps() int { return t.total }
 // checkpoints); Value and Grad alias the trainer's live storage.
 func (t *Trainer) Params() []*model.Param { return t.task.params() }
 
+// NumParams is the number of trainable values.
+func (t *Trainer) NumParams() int { return len(t.values) }
+
 // Step runs one optimizer step on the next global batch, alone, and
 // returns the mean loss of its samples.
 func (t *Trainer) Step() float64 {
@@ -235,7 +242,14 @@ func (t *Trainer) StepShare(ctx context.Context, sync GradSync, shares *Shares) 
 		}
 	}
 	tokens := rows * t.task.tokensPerSample()
-	t.opt.Step(t.params, t.sched.LR(t.step), 1/(float32(tokens)*scale))
+	gradScale := 1 / (float32(tokens) * scale)
+	if clip := t.job.Optimizer.ClipNorm; clip > 0 {
+		// The norm of the mean gradient the update uses, bounded as
+		// torch.nn.utils.clip_grad_norm_ bounds it.
+		t.lastGradNorm = optimizer.GlobalNorm(t.params) * float64(gradScale)
+		gradScale *= float32(optimizer.ClipCoef(t.lastGradNorm, clip))
+	}
+	t.opt.Step(t.params, t.sched.LR(t.step), gradScale)
 	t.task.weightsChanged()
 	t.step++
 	t.record(startPos.Epoch, t.idx[lo:hi])
@@ -317,11 +331,20 @@ func (t *Trainer) accumulate(idx []int, sync GradSync) {
 		}
 		return
 	}
-	var done func(int)
-	if sync != nil {
-		done = bucket
+	// Micro-batches run in turn, each adding to the gradients of the ones
+	// before; only the last one's backward hands finished ranges to sync.
+	micro := min(t.job.Train.Micro(), len(idx))
+	var loss float64
+	var correct int
+	for m := range micro {
+		var done func(int)
+		if sync != nil && m == micro-1 {
+			done = bucket
+		}
+		l, c := t.task.accumulate(idx[m*len(idx)/micro:(m+1)*len(idx)/micro], scale, m > 0, done)
+		loss += l
+		correct += c
 	}
-	loss, correct := t.task.accumulate(idx, scale, done)
 	t.tail[0], t.tail[1] = float32(loss), float32(correct)
 }
 
@@ -334,7 +357,15 @@ func grow(b []float32, n int) []float32 {
 
 // Evaluate returns the model's accuracy and mean loss per predicted
 // position on the held-out data.
-func (t *Trainer) Evaluate() (acc, loss float64) { return t.task.evaluate() }
+func (t *Trainer) Evaluate() (acc, loss float64) {
+	acc, loss, _ = t.task.evaluate(false)
+	return acc, loss
+}
+
+// EvaluateAll is Evaluate over every held-out sample (a language model's
+// evaluation during training reads a bounded prefix of its validation
+// windows); it also returns how many samples it read.
+func (t *Trainer) EvaluateAll() (acc, loss float64, samples int) { return t.task.evaluate(true) }
 
 // Run trains until the job's step count or until ctx is cancelled (then it
 // stops at the next step boundary and reports status "interrupted").
@@ -373,7 +404,7 @@ func (t *Trainer) Run(ctx context.Context, ck *Checkpointer, onProgress func(Pro
 			continue
 		}
 		el := time.Since(start)
-		p := Progress{Step: t.step, TotalSteps: t.total, Epoch: t.sampler.Position().Epoch, Loss: loss, LR: t.sched.LR(t.step - 1),
+		p := Progress{Step: t.step, TotalSteps: t.total, Epoch: t.sampler.Position().Epoch, Loss: loss, LR: t.sched.LR(t.step - 1), GradNorm: t.lastGradNorm,
 			SamplesPerSec: float64(samples) / el.Seconds(), Elapsed: el, TestAccuracy: math.NaN()}
 		p.ETA = time.Duration(float64(el) / float64(t.step-first) * float64(t.total-t.step))
 		if ev := t.job.Train.EvalEvery; ev > 0 && t.step%ev == 0 && t.step < t.total {

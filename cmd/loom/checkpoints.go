@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -114,15 +115,18 @@ func newEvalCmd() *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "eval CHECKPOINT_DIR",
-		Short: "Test-set accuracy of a checkpoint",
+		Short: "Held-out accuracy and loss (perplexity for a GPT) of a checkpoint",
 		Long: `Load a checkpoint (verifying every tensor's checksum) and report the model's
-accuracy and mean loss on the dataset's test split.
+quality on held-out data: for a classifier, accuracy and mean loss on the
+dataset's test split; for a GPT, the loss per token, perplexity and next-token
+accuracy over every validation window of its text.
 
-With --config the model and dataset come from the job config; otherwise the
-MLP's widths are read from the checkpoint's tensor shapes and --activation and
---data say the rest.`,
+With --config the model and dataset come from the job config (required for a
+GPT); otherwise an MLP's widths are read from the checkpoint's tensor shapes
+and --activation and --data say the rest.`,
 		Example: `  loom eval checkpoints/mnist-mlp/step-00000703
-  loom eval checkpoints/mnist-mlp/step-00000703 --config examples/mnist-mlp.yaml --json`,
+  loom eval checkpoints/mnist-mlp/step-00000703 --config examples/mnist-mlp.yaml --json
+  loom eval checkpoints/gpt-tiny/step-00000400 --config examples/gpt-tiny.yaml`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runEval(cmd.Context(), cmd.OutOrStdout(), args[0], configPath, dataset, dataPath, dev, act, asJSON)
@@ -182,13 +186,27 @@ func runEval(ctx context.Context, out io.Writer, dir, configPath, dataset, dataP
 	if err := tr.LoadCheckpoint(st); err != nil {
 		return fmt.Errorf("%s: %w", dir, err)
 	}
-	acc, loss := tr.Evaluate()
+	acc, loss, n := tr.EvaluateAll()
+	if split.Text != nil {
+		// A language model: loss per token on the held-out windows, and its
+		// perplexity.
+		tokens := n * job.Model.Context
+		if asJSON {
+			b, _ := json.Marshal(map[string]any{"checkpoint": dir, "job": st.Job, "step": st.Step, "validation_loss": loss,
+				"perplexity": math.Exp(loss), "next_token_accuracy": acc, "validation_windows": n, "validation_tokens": tokens})
+			fmt.Fprintln(out, string(b))
+			return nil
+		}
+		fmt.Fprintf(out, "%s (job %s, step %d): validation loss %.4f, perplexity %.2f, next-token accuracy %.2f%% over %d windows (%d tokens)\n",
+			dir, st.Job, st.Step, loss, math.Exp(loss), 100*acc, n, tokens)
+		return nil
+	}
 	if asJSON {
-		b, _ := json.Marshal(map[string]any{"checkpoint": dir, "job": st.Job, "step": st.Step, "test_accuracy": acc, "test_loss": loss, "test_examples": split.Test.N})
+		b, _ := json.Marshal(map[string]any{"checkpoint": dir, "job": st.Job, "step": st.Step, "test_accuracy": acc, "test_loss": loss, "test_examples": n})
 		fmt.Fprintln(out, string(b))
 		return nil
 	}
-	fmt.Fprintf(out, "%s (job %s, step %d): test accuracy %.2f%%, loss %.4f over %d examples\n", dir, st.Job, st.Step, 100*acc, loss, split.Test.N)
+	fmt.Fprintf(out, "%s (job %s, step %d): test accuracy %.2f%%, loss %.4f over %d examples\n", dir, st.Job, st.Step, 100*acc, loss, n)
 	return nil
 }
 
@@ -198,6 +216,9 @@ func jobFromCheckpoint(st *checkpoint.State, dataset, dataPath, act string) (*jo
 	shapes := map[string][]int{}
 	for _, p := range st.Params {
 		shapes[p.Name] = p.Shape
+	}
+	if _, ok := shapes["wte.weight"]; ok {
+		return nil, fmt.Errorf("checkpoint holds a GPT (wte.weight ...), whose heads and text dataset are not in its tensors: pass --config with the job's config")
 	}
 	var widths []int
 	for i := 0; ; i++ {

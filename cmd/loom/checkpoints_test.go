@@ -2,10 +2,13 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // A short run's checkpoints are listed, and eval reports the accuracy of
@@ -47,5 +50,47 @@ checkpoint: {dir: `+dir+`, every_steps: 10, keep: 2}
 	}
 	if _, err := runLoom(t, "eval", filepath.Join(missing, "x", "step-00000001")); err == nil {
 		t.Fatal("eval of a missing checkpoint succeeded")
+	}
+}
+
+// loom eval of a GPT checkpoint reports the loss per token over the
+// validation windows (the launch's own final evaluation, read back from the
+// checkpoint's tensors) and its perplexity; without --config it says why it
+// needs one.
+func TestEvalGPTCheckpoint(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "ckpt")
+	// Ten documents, one held out: fewer validation windows than the
+	// launch's bounded evaluation reads, so both see all of them.
+	text := t.TempDir()
+	for i := range 10 {
+		doc := strings.Repeat(fmt.Sprintf("document %d: the quick brown fox jumps over the lazy dog.\n", i), 40)
+		if err := os.WriteFile(filepath.Join(text, fmt.Sprintf("doc%d.txt", i)), []byte(doc), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	job := writeJob(t, strings.Replace(fmt.Sprintf(gptJobYAML, "gpteval", dir), "/usr/share/common-licenses", text, 1))
+	s := summaryOf(t, 2*time.Minute, "launch", job, "--max-steps", "20", "--device", "cpu:threads=1")
+	ck := filepath.Join(dir, "gpteval", "step-00000020")
+	out, err := runLoom(t, "eval", ck, "--config", job, "--json")
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	var r struct {
+		Step       int     `json:"step"`
+		Loss       float64 `json:"validation_loss"`
+		Perplexity float64 `json:"perplexity"`
+		Accuracy   float64 `json:"next_token_accuracy"`
+		Windows    int     `json:"validation_windows"`
+		Tokens     int     `json:"validation_tokens"`
+	}
+	if err := json.Unmarshal([]byte(strings.TrimSpace(out)), &r); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if r.Step != 20 || r.Windows < 1 || r.Tokens != 32*r.Windows || math.Abs(r.Loss-s.TestLoss) > 1e-6*s.TestLoss ||
+		math.Abs(r.Perplexity-math.Exp(s.TestLoss)) > 1e-4*r.Perplexity || r.Accuracy != s.TestAccuracy {
+		t.Fatalf("eval %s\nlaunch summary: loss %g accuracy %g", out, s.TestLoss, s.TestAccuracy)
+	}
+	if out, err := runLoom(t, "eval", ck); err == nil || !strings.Contains(err.Error(), "pass --config") {
+		t.Fatalf("eval of a GPT without --config: %v\n%s", err, out)
 	}
 }

@@ -159,7 +159,7 @@ func runLaunch(ctx context.Context, stdout io.Writer, path string, o launchOpts)
 		return fmt.Errorf("%s: %w", path, err)
 	}
 	log.Info("launch", zap.String("job", job.Name), zap.String("data", split.Source), zap.Int("train_samples", tr.TrainSize()),
-		zap.Int("params", len(tr.Params())), zap.String("precision", job.Train.Precision), zap.String("device", dev.Name()),
+		zap.Int("params", tr.NumParams()), zap.String("precision", job.Train.Precision), zap.String("device", dev.Name()),
 		zap.Int("threads", dev.Threads()), zap.Int("steps", tr.TotalSteps()))
 
 	var view *progressView

@@ -48,6 +48,9 @@ func (v *progressView) Update(p worker.Progress) {
 			fields := []zap.Field{zap.Int("step", p.Step), zap.Int("of", p.TotalSteps), zap.Int("epoch", p.Epoch),
 				zap.Float64("loss", round(p.Loss, 4)), zap.Float64("lr", round(float64(p.LR), 6)),
 				zap.Float64("samples_per_s", round(p.SamplesPerSec, 0)), zap.Duration("eta", p.ETA.Round(time.Second))}
+			if p.GradNorm > 0 {
+				fields = append(fields, zap.Float64("grad_norm", round(p.GradNorm, 4)))
+			}
 			if !math.IsNaN(p.TestAccuracy) {
 				fields = append(fields, zap.Float64("test_accuracy", round(p.TestAccuracy, 4)))
 			}
