@@ -48,7 +48,7 @@ func (b *buffer) Free() {
 type v2Scratch struct {
 	round [2][]uint16 // MatMul: F32 operands rounded to 16-bit precision
 	part  []float64   // per-chunk partial sums of reductions
-	lnDW  []float32   // LayerNormBackward per-chunk partial dw and db
+	lnDW  []float32   // LayerNormBackward partial dw and db per fixed row block
 }
 
 // hostMemoryLimit is the lower of the cgroup limit (memory.max, v2) and the

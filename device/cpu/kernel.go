@@ -36,7 +36,7 @@ type kernel struct {
 	// uses it to fetch the next B micro-panel while the current one runs.
 	prefetch func(p *float32, lines int)
 	// vec, if set, runs the elementwise loops (GELU, exponentials, bf16
-	// rounding) in SIMD; nil uses the portable loops.
+	// rounding) and LayerNorm's rows in SIMD; nil uses the portable loops.
 	vec *vecKernels
 }
 

@@ -125,8 +125,17 @@ func (d *Device) EmbeddingBackward(dtable, dout, ids device.View, n, c int) {
 	})
 }
 
-// LayerNorm implements device.Backend. Mean and variance accumulate in
-// float64; the normalisation is float32.
+// LayerNorm's rows are split into blocks of at least lnBlockElems elements:
+// across threads in the forward, and in LayerNormBackward into a fixed
+// partition of lnBlockRows(c) rows, whatever the thread count, whose dw and
+// db partials add in block order.
+const lnBlockElems = 1 << 13
+
+// lnBlockRows is LayerNormBackward's row block for rows of c: at least 32
+// rows, so adding a block's partials costs at most 1/16 of its work.
+func lnBlockRows(c int) int { return max(32, ceilDiv(lnBlockElems, max(c, 1))) }
+
+// LayerNorm implements device.Backend one row at a time (layerNormRow).
 func (d *Device) LayerNorm(out, mean, rstd, x, w, b device.View, rows, c int, eps float32) {
 	checkShape("layernorm out", out, rows*c)
 	checkShape("layernorm mean", mean, rows)
@@ -135,36 +144,22 @@ func (d *Device) LayerNorm(out, mean, rstd, x, w, b device.View, rows, c int, ep
 	checkShape("layernorm w", w, c)
 	checkShape("layernorm b", b, c)
 	o, mu, rs, xs, ws, bs := d.f32(out), d.f32(mean), d.f32(rstd), d.f32(x), d.f32(w), d.f32(b)
-	d.parallelFor(rows, max(1, minGELUElemsPerThread/max(c, 1)), func(lo, hi int) {
+	d.parallelFor(rows, ceilDiv(lnBlockElems, max(c, 1)), func(lo, hi int) {
 		for i := lo; i < hi; i++ {
-			row, orow := xs[i*c:(i+1)*c], o[i*c:(i+1)*c]
-			var s float64
-			for _, v := range row {
-				s += float64(v)
-			}
-			m := s / float64(c)
-			var q float64
-			for _, v := range row {
-				dv := float64(v) - m
-				q += dv * dv
-			}
-			r := float32(1 / math.Sqrt(q/float64(c)+float64(eps)))
-			m32 := float32(m)
-			mu[i], rs[i] = m32, r
-			for j, v := range row {
-				orow[j] = (v-m32)*r*ws[j] + bs[j]
-			}
+			mu[i], rs[i] = d.kern.layerNormRow(o[i*c:(i+1)*c], xs[i*c:(i+1)*c], ws, bs, eps)
 		}
 	})
 }
 
-// LayerNormBackward implements device.Backend:
+// LayerNormBackward implements device.Backend one row at a time
+// (layerNormBackwardRow):
 //
 //	x̂ = (x−μ)·rstd, ĝ = dout·w
 //	dx += rstd·(ĝ − mean(ĝ) − x̂·mean(ĝ·x̂)), dw += Σ dout·x̂, db += Σ dout
 //
-// Row chunks after the first accumulate dw and db into scratch partials,
-// added in chunk order.
+// The first block of lnBlockRows(c) rows accumulates dw and db in place,
+// later blocks into scratch partials added in block order, so the result
+// does not depend on the thread count.
 func (d *Device) LayerNormBackward(dx, dw, db, dout, x, w, mean, rstd device.View, rows, c int) {
 	checkShape("layernorm backward dx", dx, rows*c)
 	checkShape("layernorm backward dw", dw, c)
@@ -175,34 +170,20 @@ func (d *Device) LayerNormBackward(dx, dw, db, dout, x, w, mean, rstd device.Vie
 	checkShape("layernorm backward mean", mean, rows)
 	checkShape("layernorm backward rstd", rstd, rows)
 	dxs, dws, dbs, g, xs, ws, mu, rs := d.f32(dx), d.f32(dw), d.f32(db), d.f32(dout), d.f32(x), d.f32(w), d.f32(mean), d.f32(rstd)
-	count, per := d.chunks(rows, max(1, minGELUElemsPerThread/max(c, 1)))
-	if count == 0 {
+	if rows <= 0 {
 		return
 	}
+	per := lnBlockRows(c)
+	count := ceilDiv(rows, per)
 	part := grow(&d.scratch.lnDW, (count-1)*2*c)
 	clear(part)
-	d.parallel(count, count, func(_, t int) {
+	d.parallel(d.threads, count, func(_, t int) {
 		pw, pb := dws, dbs
 		if t > 0 {
 			pw, pb = part[(t-1)*2*c:(t-1)*2*c+c], part[(t-1)*2*c+c:t*2*c]
 		}
 		for i := t * per; i < min(rows, (t+1)*per); i++ {
-			m, r := mu[i], rs[i]
-			xr, gr, dxr := xs[i*c:(i+1)*c], g[i*c:(i+1)*c], dxs[i*c:(i+1)*c]
-			var sg, sgx float64
-			for j, v := range xr {
-				xh := (v - m) * r
-				gh := gr[j] * ws[j]
-				sg += float64(gh)
-				sgx += float64(gh * xh)
-				pw[j] += gr[j] * xh
-				pb[j] += gr[j]
-			}
-			mg, mgx := float32(sg/float64(c)), float32(sgx/float64(c))
-			for j, v := range xr {
-				xh := (v - m) * r
-				dxr[j] += r * (gr[j]*ws[j] - mg - xh*mgx)
-			}
+			d.kern.layerNormBackwardRow(dxs[i*c:(i+1)*c], pw, pb, g[i*c:(i+1)*c], xs[i*c:(i+1)*c], ws, mu[i], rs[i])
 		}
 	})
 	for t := 1; t < count; t++ {

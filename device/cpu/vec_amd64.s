@@ -3,9 +3,11 @@
 #include "textflag.h"
 
 // Elementwise AVX2+FMA kernels (see vec_amd64.go): the GELU forward and
-// backward, the shifted exponentials of the attention softmax, and the
-// float32 → bf16 rounding. Each processes 8 floats per iteration; the Go
-// callers hand them multiples of 8 (16 for the encoder) and finish tails.
+// backward, the shifted exponentials of the attention softmax, the
+// float32 → bf16 rounding, and the LayerNorm rows. Each processes 8 floats
+// per iteration; the Go callers hand them multiples of 8 (16 for the
+// encoder) and finish tails, except the LayerNorm rows, which mask their
+// own last n mod 8 lanes.
 //
 // The exponential is exp32's algorithm on 8 lanes: x clamped to
 // [-87.33654, 88], n = round(x·log2e), r = x − n·ln2 (split in two),
@@ -249,5 +251,300 @@ enloop:
 	DECQ      CX
 	JNZ       enloop
 endone:
+	VZEROUPPER
+	RET
+
+// lnmask is 8 all-ones lanes then 8 zero lanes: the 8 floats at
+// lnmask<>+32−4r select the first r lanes, the masked tail of a row.
+DATA lnmask<>+0(SB)/8, $0xffffffffffffffff
+DATA lnmask<>+8(SB)/8, $0xffffffffffffffff
+DATA lnmask<>+16(SB)/8, $0xffffffffffffffff
+DATA lnmask<>+24(SB)/8, $0xffffffffffffffff
+DATA lnmask<>+32(SB)/8, $0
+DATA lnmask<>+40(SB)/8, $0
+DATA lnmask<>+48(SB)/8, $0
+DATA lnmask<>+56(SB)/8, $0
+GLOBL lnmask<>(SB), RODATA|NOPTR, $64
+
+// LNMASK puts the tail mask of a row of n floats (n in CX) in Y15 and the
+// number of whole vectors in BX; it clobbers AX and R9.
+#define LNMASK \
+	MOVQ    CX, AX; \
+	ANDQ    $7, AX; \
+	NEGQ    AX; \
+	LEAQ    lnmask<>+32(SB), R9; \
+	VMOVUPS (R9)(AX*4), Y15; \
+	MOVQ    CX, BX; \
+	SHRQ    $3, BX
+
+// HSUM replaces the low lane of X0 by the sum of Y0's 8 lanes (halves,
+// then pairs); it clobbers X1.
+#define HSUM \
+	VEXTRACTF128 $1, Y0, X1; \
+	VADDPS       X1, X0, X0; \
+	VMOVHLPS     X0, X1, X1; \
+	VADDPS       X1, X0, X0; \
+	VMOVSHDUP    X0, X1; \
+	VADDSS       X1, X0, X0
+
+// func layerNormAVX2(out, x, w, b *float32, n int, eps float32) (mean, rstd float32)
+// One row, n ≥ 1 floats, the last n mod 8 through masked loads and stores:
+// μ = Σx/n and var = Σ(x−μ)²/n in float32 (4×8 lane sums, then the lanes),
+// rstd = 1/√(var+eps), out = (x−μ)·rstd·w + b.
+TEXT ·layerNormAVX2(SB), NOSPLIT, $0-56
+	MOVQ out+0(FP), DI
+	MOVQ x+8(FP), SI
+	MOVQ w+16(FP), DX
+	MOVQ b+24(FP), R8
+	MOVQ n+32(FP), CX
+	LNMASK
+	VCVTSI2SSQ CX, X5, X5
+
+	// Σx.
+	VXORPS Y0, Y0, Y0
+	VXORPS Y1, Y1, Y1
+	VXORPS Y2, Y2, Y2
+	VXORPS Y3, Y3, Y3
+	XORQ   AX, AX
+	MOVQ   BX, R10
+	CMPQ   R10, $4
+	JB     lfs1
+lfs4:
+	VADDPS (SI)(AX*1), Y0, Y0
+	VADDPS 32(SI)(AX*1), Y1, Y1
+	VADDPS 64(SI)(AX*1), Y2, Y2
+	VADDPS 96(SI)(AX*1), Y3, Y3
+	ADDQ   $128, AX
+	SUBQ   $4, R10
+	CMPQ   R10, $4
+	JAE    lfs4
+lfs1:
+	TESTQ R10, R10
+	JZ    lfst
+lfs1loop:
+	VADDPS (SI)(AX*1), Y0, Y0
+	ADDQ   $32, AX
+	DECQ   R10
+	JNZ    lfs1loop
+lfst:
+	TESTQ      $7, CX
+	JZ         lfsdone
+	VMASKMOVPS (SI)(AX*1), Y15, Y4
+	VADDPS     Y4, Y1, Y1
+lfsdone:
+	VADDPS       Y1, Y0, Y0
+	VADDPS       Y3, Y2, Y2
+	VADDPS       Y2, Y0, Y0
+	HSUM
+	VDIVSS       X5, X0, X0
+	VMOVSS       X0, mean+48(FP)
+	VBROADCASTSS X0, Y6
+
+	// Σ(x−μ)².
+	VXORPS Y0, Y0, Y0
+	VXORPS Y1, Y1, Y1
+	VXORPS Y2, Y2, Y2
+	VXORPS Y3, Y3, Y3
+	XORQ   AX, AX
+	MOVQ   BX, R10
+	CMPQ   R10, $4
+	JB     lfq1
+lfq4:
+	VMOVUPS     (SI)(AX*1), Y4
+	VMOVUPS     32(SI)(AX*1), Y7
+	VMOVUPS     64(SI)(AX*1), Y8
+	VMOVUPS     96(SI)(AX*1), Y9
+	VSUBPS      Y6, Y4, Y4
+	VSUBPS      Y6, Y7, Y7
+	VSUBPS      Y6, Y8, Y8
+	VSUBPS      Y6, Y9, Y9
+	VFMADD231PS Y4, Y4, Y0
+	VFMADD231PS Y7, Y7, Y1
+	VFMADD231PS Y8, Y8, Y2
+	VFMADD231PS Y9, Y9, Y3
+	ADDQ        $128, AX
+	SUBQ        $4, R10
+	CMPQ        R10, $4
+	JAE         lfq4
+lfq1:
+	TESTQ R10, R10
+	JZ    lfqt
+lfq1loop:
+	VMOVUPS     (SI)(AX*1), Y4
+	VSUBPS      Y6, Y4, Y4
+	VFMADD231PS Y4, Y4, Y0
+	ADDQ        $32, AX
+	DECQ        R10
+	JNZ         lfq1loop
+lfqt:
+	TESTQ       $7, CX
+	JZ          lfqdone
+	VMASKMOVPS  (SI)(AX*1), Y15, Y4
+	VSUBPS      Y6, Y4, Y4
+	VANDPS      Y15, Y4, Y4
+	VFMADD231PS Y4, Y4, Y1
+lfqdone:
+	VADDPS       Y1, Y0, Y0
+	VADDPS       Y3, Y2, Y2
+	VADDPS       Y2, Y0, Y0
+	HSUM
+	VDIVSS       X5, X0, X0
+	VADDSS       eps+40(FP), X0, X0
+	VSQRTSS      X0, X0, X0
+	VMOVSS       vconst<>+C_ONE(SB), X1
+	VDIVSS       X0, X1, X1
+	VMOVSS       X1, rstd+52(FP)
+	VBROADCASTSS X1, Y7
+
+	// out = (x−μ)·rstd·w + b.
+	XORQ  AX, AX
+	MOVQ  BX, R10
+	TESTQ R10, R10
+	JZ    lfot
+lfoloop:
+	VMOVUPS     (SI)(AX*1), Y4
+	VSUBPS      Y6, Y4, Y4
+	VMULPS      Y7, Y4, Y4
+	VMOVUPS     (R8)(AX*1), Y5
+	VFMADD231PS (DX)(AX*1), Y4, Y5
+	VMOVUPS     Y5, (DI)(AX*1)
+	ADDQ        $32, AX
+	DECQ        R10
+	JNZ         lfoloop
+lfot:
+	TESTQ       $7, CX
+	JZ          lfodone
+	VMASKMOVPS  (SI)(AX*1), Y15, Y4
+	VMASKMOVPS  (DX)(AX*1), Y15, Y8
+	VMASKMOVPS  (R8)(AX*1), Y15, Y5
+	VSUBPS      Y6, Y4, Y4
+	VMULPS      Y7, Y4, Y4
+	VFMADD231PS Y8, Y4, Y5
+	VMASKMOVPS  Y5, Y15, (DI)(AX*1)
+lfodone:
+	VZEROUPPER
+	RET
+
+// LNBWD1 is one vector of the backward's first pass at byte offset AX:
+// x̂ = (x−μ)·rstd, ĝ = dout·w; sĝ (Y0 or Y2) += ĝ, sĝx̂ (Y1 or Y3) += ĝ·x̂,
+// dw += dout·x̂, db += dout. It clobbers Y4, Y5, Y8-Y10.
+#define LNBWD1(off, sg, sgx) \
+	VMOVUPS     off(SI)(AX*1), Y4; \
+	VSUBPS      Y6, Y4, Y4; \
+	VMULPS      Y7, Y4, Y4; \
+	VMOVUPS     off(DX)(AX*1), Y5; \
+	VMULPS      off(R8)(AX*1), Y5, Y8; \
+	VADDPS      Y8, sg, sg; \
+	VFMADD231PS Y8, Y4, sgx; \
+	VMOVUPS     off(R11)(AX*1), Y9; \
+	VFMADD231PS Y5, Y4, Y9; \
+	VMOVUPS     Y9, off(R11)(AX*1); \
+	VADDPS      off(R12)(AX*1), Y5, Y10; \
+	VMOVUPS     Y10, off(R12)(AX*1)
+
+// LNBWD2 is one vector of the backward's second pass at byte offset AX:
+// dx += rstd·(ĝ − mean(ĝ) − x̂·mean(ĝx̂)). It clobbers Y4, Y5, Y9.
+#define LNBWD2 \
+	VMOVUPS      (SI)(AX*1), Y4; \
+	VSUBPS       Y6, Y4, Y4; \
+	VMULPS       Y7, Y4, Y4; \
+	VMOVUPS      (DX)(AX*1), Y5; \
+	VMULPS       (R8)(AX*1), Y5, Y5; \
+	VSUBPS       Y11, Y5, Y5; \
+	VFNMADD231PS Y12, Y4, Y5; \
+	VMOVUPS      (DI)(AX*1), Y9; \
+	VFMADD231PS  Y7, Y5, Y9; \
+	VMOVUPS      Y9, (DI)(AX*1)
+
+// func layerNormBwdAVX2(dx, dw, db, dout, x, w *float32, n int, mean, rstd float32)
+// One row of n ≥ 1 floats, the last n mod 8 through masked loads and
+// stores: dw += dout·x̂ and db += dout, then dx += rstd·(ĝ − mean(ĝ) −
+// x̂·mean(ĝx̂)) with the two means from 2×8 lane sums.
+TEXT ·layerNormBwdAVX2(SB), NOSPLIT, $0-64
+	MOVQ         dx+0(FP), DI
+	MOVQ         dw+8(FP), R11
+	MOVQ         db+16(FP), R12
+	MOVQ         dout+24(FP), DX
+	MOVQ         x+32(FP), SI
+	MOVQ         w+40(FP), R8
+	MOVQ         n+48(FP), CX
+	VBROADCASTSS mean+56(FP), Y6
+	VBROADCASTSS rstd+60(FP), Y7
+	LNMASK
+	VCVTSI2SSQ   CX, X13, X13
+
+	VXORPS Y0, Y0, Y0
+	VXORPS Y1, Y1, Y1
+	VXORPS Y2, Y2, Y2
+	VXORPS Y3, Y3, Y3
+	XORQ   AX, AX
+	MOVQ   BX, R10
+	CMPQ   R10, $2
+	JB     lb1
+lb2:
+	LNBWD1(0, Y0, Y1)
+	LNBWD1(32, Y2, Y3)
+	ADDQ $64, AX
+	SUBQ $2, R10
+	CMPQ R10, $2
+	JAE  lb2
+lb1:
+	TESTQ R10, R10
+	JZ    lbt
+	LNBWD1(0, Y0, Y1)
+	ADDQ  $32, AX
+lbt:
+	TESTQ       $7, CX
+	JZ          lbsums
+	VMASKMOVPS  (SI)(AX*1), Y15, Y4
+	VSUBPS      Y6, Y4, Y4
+	VMULPS      Y7, Y4, Y4
+	VANDPS      Y15, Y4, Y4
+	VMASKMOVPS  (DX)(AX*1), Y15, Y5
+	VMASKMOVPS  (R8)(AX*1), Y15, Y8
+	VMULPS      Y8, Y5, Y8
+	VADDPS      Y8, Y2, Y2
+	VFMADD231PS Y8, Y4, Y3
+	VMASKMOVPS  (R11)(AX*1), Y15, Y9
+	VFMADD231PS Y5, Y4, Y9
+	VMASKMOVPS  Y9, Y15, (R11)(AX*1)
+	VMASKMOVPS  (R12)(AX*1), Y15, Y10
+	VADDPS      Y5, Y10, Y10
+	VMASKMOVPS  Y10, Y15, (R12)(AX*1)
+lbsums:
+	VADDPS       Y3, Y1, Y14
+	VADDPS       Y2, Y0, Y0
+	HSUM
+	VDIVSS       X13, X0, X0
+	VBROADCASTSS X0, Y11
+	VMOVAPS      Y14, Y0
+	HSUM
+	VDIVSS       X13, X0, X0
+	VBROADCASTSS X0, Y12
+
+	XORQ  AX, AX
+	MOVQ  BX, R10
+	TESTQ R10, R10
+	JZ    lbdt
+lbdloop:
+	LNBWD2
+	ADDQ $32, AX
+	DECQ R10
+	JNZ  lbdloop
+lbdt:
+	TESTQ        $7, CX
+	JZ           lbdone
+	VMASKMOVPS   (SI)(AX*1), Y15, Y4
+	VSUBPS       Y6, Y4, Y4
+	VMULPS       Y7, Y4, Y4
+	VMASKMOVPS   (DX)(AX*1), Y15, Y5
+	VMASKMOVPS   (R8)(AX*1), Y15, Y8
+	VMULPS       Y8, Y5, Y5
+	VSUBPS       Y11, Y5, Y5
+	VFNMADD231PS Y12, Y4, Y5
+	VMASKMOVPS   (DI)(AX*1), Y15, Y9
+	VFMADD231PS  Y7, Y5, Y9
+	VMASKMOVPS   Y9, Y15, (DI)(AX*1)
+lbdone:
 	VZEROUPPER
 	RET
