@@ -33,7 +33,7 @@ integ:
 	$(GO) test -tags integ -timeout 40m $(PKGS)
 
 bench:
-	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./device/cpu ./worker ./checkpoint
+	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./device/cpu ./train ./checkpoint
 	$(GO) test -run '^$$' -bench AllReduceTCP -benchmem -benchtime 20x ./collective
 
 lint:

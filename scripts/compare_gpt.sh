@@ -37,7 +37,8 @@ mode, th, peer, ours = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3]), j
 p, o = peer["tokens_per_s"], ours["tokens_per_s"]
 print(f"{mode} threads={th}  loom {o:7.0f} tok/s {ours['step_ms']:6.1f} ms/step RSS {ours['peak_rss_mib']:4.0f} MiB | "
       f"pytorch {peer['torch']} {p:7.0f} tok/s {peer['step_ms']:6.1f} ms/step RSS {peer['peak_rss_mib']:4.0f} MiB | "
-      f"speed {o/p:.2f}x  memory {ours['peak_rss_mib']/peer['peak_rss_mib']:.2f}x")
+      f"speed {o/p:.2f}x  memory {ours['peak_rss_mib']/peer['peak_rss_mib']:.2f}x | "
+      f"loom model {ours['model_gflops']:.1f} GFLOP/s = {ours['model_gflops']/ours['gemm_peak_gflops']:.0%} of its GEMM peak {ours['gemm_peak_gflops']:.1f}")
 PY
   done
 done

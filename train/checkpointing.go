@@ -1,4 +1,4 @@
-package worker
+package train
 
 import (
 	"context"
@@ -64,6 +64,18 @@ func (c *Checkpointer) Begin(ctx context.Context, t *Trainer, world int) error {
 		return c.w.WaitCaptured(ctx)
 	}
 	return nil
+}
+
+// Shutdown starts, on a clean stop, a checkpoint of the steps trained since
+// the last one, unless the state is the one loaded from disk; the write
+// completes in Close.
+func (c *Checkpointer) Shutdown(t *Trainer, world int) {
+	if t.step <= t.loaded || c.last == t.step {
+		return
+	}
+	if err := c.Begin(context.Background(), t, world); err != nil {
+		c.log.Warn("shutdown checkpoint not started", zap.Error(err))
+	}
 }
 
 // Close waits for the write in flight and returns the first write error.
@@ -134,7 +146,11 @@ func (t *Trainer) LoadCheckpoint(s *checkpoint.State) error {
 	st := TrainState{Step: s.Step, Sampler: data.Position{Epoch: s.SamplerEpoch, Offset: s.SamplerOffset},
 		OptSteps: int(s.RNG["optimizer_steps"])}
 	st.Scaler.Scale, st.Scaler.Good, st.Scaler.Skipped = s.Scaler.Scale, s.Scaler.GoodSteps, s.Scaler.Skipped
-	return t.Restore(st)
+	if err := t.Restore(st); err != nil {
+		return err
+	}
+	t.loaded = s.Step
+	return nil
 }
 
 // ResumeFrom loads the checkpoint job.Checkpoint.Resume names into t:

@@ -1,4 +1,4 @@
-package worker
+package train
 
 import (
 	"github.com/loomtrain/loom/data"

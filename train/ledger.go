@@ -1,4 +1,4 @@
-package worker
+package train
 
 // ReconcileLedgers returns the entries of one run's sample ledgers (one
 // slice per worker) that count as used: every completed entry, plus each

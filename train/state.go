@@ -1,4 +1,4 @@
-package worker
+package train
 
 import (
 	"fmt"
@@ -75,12 +75,12 @@ func (t *Trainer) LastBatch() int { return len(t.idx) }
 // Steps is the number of steps run so far.
 func (t *Trainer) Steps() int { return t.step }
 
-// metaWords is the length of an encoded TrainState.
-const metaWords = 8
+// StateWords is the length of an encoded TrainState.
+const StateWords = 8
 
-// encode packs s as exact 32-bit words (float32 bit patterns, so a
+// Encode packs s as exact 32-bit words (float32 bit patterns, so a
 // float32 Broadcast carries it unchanged).
-func (s TrainState) encode(dst []float32) {
+func (s TrainState) Encode(dst []float32) {
 	w := []uint32{uint32(s.Step), uint32(s.Sampler.Epoch), uint32(s.Sampler.Offset), uint32(s.OptSteps),
 		math.Float32bits(s.Scaler.Scale), uint32(s.Scaler.Good), uint32(s.Scaler.Skipped), 0x6c6f6f6d}
 	for i, v := range w {
@@ -88,8 +88,9 @@ func (s TrainState) encode(dst []float32) {
 	}
 }
 
-func decodeState(src []float32) (TrainState, error) {
-	w := make([]uint32, metaWords)
+// DecodeState unpacks a TrainState that Encode packed.
+func DecodeState(src []float32) (TrainState, error) {
+	w := make([]uint32, StateWords)
 	for i := range w {
 		w[i] = math.Float32bits(src[i])
 	}

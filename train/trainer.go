@@ -1,8 +1,9 @@
-// Package worker is the training agent: it builds the model, optimizer and
-// data pipeline for a job and runs training steps on a device. Today it runs
-// a single in-process worker (Trainer); the distributed agent (register,
-// heartbeat, watch plan, ring all-reduce) builds on the same step.
-package worker
+// Package train is the step loop: the model, optimizer and data of a job on
+// one device, its data-parallel steps (shares, gradient sync, micro-batches,
+// clipping), evaluation and checkpoint cadence, the train state and its
+// resume, and the sample ledger. loom launch runs it alone; the cluster
+// worker (package worker) drives the same loop inside plan generations.
+package train
 
 import (
 	"context"
@@ -10,7 +11,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math"
 	"time"
 
 	"go.uber.org/zap"
@@ -112,6 +112,8 @@ type Trainer struct {
 	beforeUpdate func() error
 
 	step, total int
+	loaded      int           // step of the checkpoint loaded from disk (0: none)
+	lastRows    int           // samples this rank computed on in the last step
 	lastCompute time.Duration // forward+backward time of the last step
 	lastWait    time.Duration // time the last step waited for the gradient sums
 	// lastGradNorm is the global norm of the last step's mean gradient
@@ -209,6 +211,7 @@ func (t *Trainer) StepShare(ctx context.Context, sync GradSync, shares *Shares) 
 		t.writeLedger(LedgerEntry{Epoch: startPos.Epoch, Step: t.step + 1, Gen: t.Generation, Tentative: true, Samples: t.idx[lo:hi]})
 	}
 	computeStart := time.Now()
+	t.lastRows = hi - lo
 	t.accumulate(t.idx[lo:hi], sync)
 	t.lastCompute = time.Since(computeStart)
 	t.lastWait = 0
@@ -367,56 +370,41 @@ func (t *Trainer) Evaluate() (acc, loss float64) {
 // windows); it also returns how many samples it read.
 func (t *Trainer) EvaluateAll() (acc, loss float64, samples int) { return t.task.evaluate(true) }
 
-// Run trains until the job's step count or until ctx is cancelled (then it
-// stops at the next step boundary and reports status "interrupted").
-// onProgress, if non-nil, is called after every step. With a checkpointer,
-// checkpoints are written as the job config asks, at the end, and when
-// interrupted; Run returns once the last one is on disk.
+// Run trains alone until the job's step count or until ctx is cancelled
+// (then it stops at the next step boundary and reports status
+// "interrupted"). onProgress, if non-nil, is called after every step. With
+// a checkpointer, checkpoints are written as the job config asks, at the
+// end, and when interrupted; Run returns once the last one is on disk.
 func (t *Trainer) Run(ctx context.Context, ck *Checkpointer, onProgress func(Progress)) (*Summary, error) {
 	start := time.Now()
 	first := t.step
 	var samples int64
 	var recent []float64
 	s := &Summary{Job: t.job.Name, Status: "completed", Precision: t.job.Train.Precision, Device: t.dev.Name(), Workers: 1}
-	for t.step < t.total {
-		if ctx.Err() != nil {
-			s.Status = "interrupted"
-			break
-		}
-		loss, err := t.StepShare(ctx, nil, nil)
-		if err != nil {
-			return nil, errors.Join(err, closeCheckpointer(ck))
-		}
-		if math.IsNaN(loss) {
-			return nil, errors.Join(fmt.Errorf("step %d: loss is NaN (lower optimizer.lr or use fp32)", t.step), closeCheckpointer(ck))
-		}
-		samples += int64(len(t.idx))
-		recent = append(recent, loss)
+	_, err := t.RunSteps(ctx, Loop{Lead: true, World: 1, Checkpointer: ck, After: func(r StepResult) {
+		samples += int64(r.Batch)
+		recent = append(recent, r.Loss)
 		if len(recent) > 50 {
 			recent = recent[1:]
 		}
-		if ck != nil && ck.Due(t) {
-			if err := ck.Begin(ctx, t, 1); err != nil {
-				t.log.Warn("checkpoint not started", zap.Int("step", t.step), zap.Error(err))
-			}
-		}
 		if onProgress == nil {
-			continue
+			return
 		}
 		el := time.Since(start)
-		p := Progress{Step: t.step, TotalSteps: t.total, Epoch: t.sampler.Position().Epoch, Loss: loss, LR: t.sched.LR(t.step - 1), GradNorm: t.lastGradNorm,
-			SamplesPerSec: float64(samples) / el.Seconds(), Elapsed: el, TestAccuracy: math.NaN()}
-		p.ETA = time.Duration(float64(el) / float64(t.step-first) * float64(t.total-t.step))
-		if ev := t.job.Train.EvalEvery; ev > 0 && t.step%ev == 0 && t.step < t.total {
-			p.TestAccuracy, _ = t.Evaluate()
-		}
+		p := Progress{Step: r.Step, TotalSteps: t.total, Epoch: t.sampler.Position().Epoch, Loss: r.Loss, LR: t.sched.LR(r.Step - 1),
+			GradNorm: t.lastGradNorm, SamplesPerSec: float64(samples) / el.Seconds(), Elapsed: el, TestAccuracy: r.TestAccuracy}
+		p.ETA = time.Duration(float64(el) / float64(r.Step-first) * float64(t.total-r.Step))
 		onProgress(p)
-	}
-	if ck != nil && s.Status == "interrupted" && t.step > first && ck.last != t.step {
-		// A clean shutdown keeps the work done since the last checkpoint.
-		if err := ck.Begin(context.Background(), t, 1); err != nil {
-			t.log.Warn("shutdown checkpoint not started", zap.Error(err))
+	}})
+	switch {
+	case err != nil && ctx.Err() != nil:
+		s.Status = "interrupted"
+		if ck != nil {
+			// A clean shutdown keeps the work done since the last checkpoint.
+			ck.Shutdown(t, 1)
 		}
+	case err != nil:
+		return nil, errors.Join(err, closeCheckpointer(ck))
 	}
 	wall := time.Since(start)
 	s.Steps = t.step

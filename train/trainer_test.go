@@ -1,4 +1,4 @@
-package worker
+package train
 
 import (
 	"context"
@@ -254,14 +254,14 @@ func ledgerEntries(t *testing.T, ledger string) []LedgerEntry {
 func TestTrainStateRoundTrip(t *testing.T) {
 	s := TrainState{Step: 7, Sampler: data.Position{Epoch: 1, Offset: 99}, OptSteps: 7,
 		Scaler: optimizer.ScalerState{Scale: 1024, Good: 3, Skipped: 1}}
-	buf := make([]float32, metaWords)
-	s.encode(buf)
-	got, err := decodeState(buf)
+	buf := make([]float32, StateWords)
+	s.Encode(buf)
+	got, err := DecodeState(buf)
 	if err != nil || got != s {
 		t.Fatalf("round trip: %+v %v, want %+v", got, err, s)
 	}
 	buf[7] = 0
-	if _, err := decodeState(buf); err == nil {
+	if _, err := DecodeState(buf); err == nil {
 		t.Fatal("corrupt header accepted")
 	}
 }

@@ -1,3 +1,8 @@
+// Package worker is the cluster member: it registers with the coordinator,
+// holds its lease by heartbeat, follows the job's plans, joins each plan
+// generation's ring, reports progress and measures its device's profile. The
+// training itself is package train's step loop, which the agent drives
+// inside each generation.
 package worker
 
 import (
@@ -5,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -22,6 +26,7 @@ import (
 	"github.com/loomtrain/loom/data"
 	"github.com/loomtrain/loom/device"
 	"github.com/loomtrain/loom/jobspec"
+	"github.com/loomtrain/loom/train"
 )
 
 // AgentConfig configures a worker agent.
@@ -158,7 +163,7 @@ func RunAgent(ctx context.Context, cfg AgentConfig) error {
 	}
 	dataCh := make(chan loaded, 1)
 	go func() {
-		sp, err := OpenData(job)
+		sp, err := train.OpenData(job)
 		dataCh <- loaded{sp, err}
 	}()
 	reg, err := a.call(ctx, func(c context.Context) (any, error) {
@@ -184,7 +189,7 @@ func RunAgent(ctx context.Context, cfg AgentConfig) error {
 	if ld.err != nil {
 		return fmt.Errorf("worker: job %s data: %w", cfg.JobID, ld.err)
 	}
-	tr, err := NewTrainer(job, cfg.Device, ld.split, a.log)
+	tr, err := train.NewTrainer(job, cfg.Device, ld.split, a.log)
 	if err != nil {
 		return err
 	}
@@ -193,16 +198,16 @@ func RunAgent(ctx context.Context, cfg AgentConfig) error {
 	if job.Checkpoint.Resume != "" && !job.Checkpoint.Disabled {
 		// The launcher resolves "latest" among the recorded checkpoints
 		// and hands every worker the same directory.
-		info, err := ResumeFrom(ctx, tr, nil, a.log)
+		info, err := train.ResumeFrom(ctx, tr, nil, a.log)
 		if err != nil {
 			return fmt.Errorf("worker: %w", err)
 		}
 		hasState = true
 		a.log.Info("resumed", zap.String("checkpoint", info.Path), zap.Int("step", info.Step))
 	}
-	var ck *Checkpointer
+	var ck *train.Checkpointer
 	if !job.Checkpoint.Disabled {
-		if ck, err = NewCheckpointer(job, a.log, a.commitCheckpoint); err != nil {
+		if ck, err = train.NewCheckpointer(job, a.log, a.commitCheckpoint); err != nil {
 			return err
 		}
 		defer func() {
@@ -232,7 +237,7 @@ var ErrJobCancelled = errors.New("job cancelled")
 var ErrDrained = errors.New("worker drained")
 
 // train follows plan generations until the job's last step.
-func (a *Agent) train(ctx context.Context, tr *Trainer, ck *Checkpointer, hasState bool, ln *net.Listener, compress collective.Compression, rep *reporter) error {
+func (a *Agent) train(ctx context.Context, tr *train.Trainer, ck *train.Checkpointer, hasState bool, ln *net.Listener, compress collective.Compression, rep *reporter) error {
 	var gen *generation
 	var cancelGen context.CancelFunc
 	defer func() {
@@ -290,12 +295,13 @@ func (a *Agent) train(ctx context.Context, tr *Trainer, ck *Checkpointer, hasSta
 			if errors.Is(err, ErrJobCancelled) {
 				return err
 			}
+			if errors.Is(err, train.ErrLossNaN) {
+				return err
+			}
 			if ctx.Err() != nil {
-				if ck != nil && gen.rank == 0 && tr.Steps() > 0 && ck.last != tr.Steps() {
+				if ck != nil && gen.rank == 0 {
 					// Clean shutdown: keep the steps since the last checkpoint.
-					if err := ck.Begin(context.Background(), tr, gen.comm.Size()); err != nil {
-						a.log.Warn("shutdown checkpoint not started", zap.Error(err))
-					}
+					ck.Shutdown(tr, gen.comm.Size())
 				}
 				return ctx.Err()
 			}
@@ -324,8 +330,7 @@ func (a *Agent) train(ctx context.Context, tr *Trainer, ck *Checkpointer, hasSta
 }
 
 // runSteps trains until the job is done, a newer plan exists, or a step fails.
-func (a *Agent) runSteps(ctx context.Context, tr *Trainer, gen *generation, ck *Checkpointer, rep *reporter) error {
-	evalEvery := tr.job.Train.EvalEvery
+func (a *Agent) runSteps(ctx context.Context, tr *train.Trainer, gen *generation, ck *train.Checkpointer, rep *reporter) error {
 	tr.Generation = gen.plan.GetGeneration()
 	// Where this generation's time went, logged at its end (debug).
 	var steps int
@@ -337,54 +342,37 @@ func (a *Agent) runSteps(ctx context.Context, tr *Trainer, gen *generation, ck *
 				zap.Duration("other", total-compute-wait), zap.Duration("total", total))
 		}
 	}()
-	for !tr.Done() {
-		// A rank that has seen a newer plan votes to switch; the votes are
-		// summed with the gradients, so every rank finishes this step and
-		// leaves the generation after it, together: no step is abandoned
-		// for a planned change.
-		select {
-		case <-a.jobDone: // cancelled (a completed job has no steps left)
-			return ErrJobCancelled
-		default:
-		}
-		tr.SwitchVote = 0
-		if a.newerPlan(gen.plan.GetGeneration()) {
-			tr.SwitchVote = 1
-		}
-		rows := gen.shares.All[gen.rank]
-		start := time.Now()
-		loss, err := tr.StepShare(ctx, gen.sync, gen.shares)
-		if err != nil {
-			return err
-		}
-		a.stepNanos.Store(int64(time.Since(start)))
-		if a.firstStep.IsZero() {
-			a.firstStep = start
-		}
-		a.lastStep = time.Now()
-		steps++
-		compute += tr.LastCompute()
-		wait += tr.LastWait()
-		total += a.lastStep.Sub(start)
-		a.samples += int64(tr.LastBatch())
-		acc := math.NaN()
-		if gen.rank == 0 && evalEvery > 0 && tr.Steps()%evalEvery == 0 && !tr.Done() {
-			acc, _ = tr.Evaluate()
-		}
-		// The step time reported is compute only: the wait for the slower
-		// ranks' gradients would hide this device's speed from the planner.
-		rep.step(gen.plan.GetGeneration(), tr.Steps(), loss, rows, tr.LastCompute(), acc)
-		// Every rank holds the same state: rank 0 writes the checkpoint.
-		if ck != nil && gen.rank == 0 && ck.Due(tr) {
-			if err := ck.Begin(ctx, tr, gen.comm.Size()); err != nil {
-				a.log.Warn("checkpoint not started", zap.Int("step", tr.Steps()), zap.Error(err))
+	_, err := tr.RunSteps(ctx, train.Loop{
+		Sync: gen.sync, Shares: gen.shares, World: gen.comm.Size(), Lead: gen.rank == 0, Checkpointer: ck,
+		Before: func() (bool, error) {
+			select {
+			case <-a.jobDone: // cancelled (a completed job has no steps left)
+				return false, ErrJobCancelled
+			default:
 			}
-		}
-		if tr.SwitchVotes > 0 {
-			return nil
-		}
-	}
-	return nil
+			// A rank that has seen a newer plan votes to switch, so every
+			// rank finishes this step and leaves the generation after it,
+			// together: no step is abandoned for a planned change.
+			return a.newerPlan(gen.plan.GetGeneration()), nil
+		},
+		After: func(r train.StepResult) {
+			a.lastStep = time.Now()
+			a.stepNanos.Store(int64(r.Took))
+			if a.firstStep.IsZero() {
+				a.firstStep = a.lastStep.Add(-r.Took)
+			}
+			steps++
+			compute += r.Compute
+			wait += r.Wait
+			total += r.Took
+			a.samples += int64(r.Batch)
+			// The step time reported is compute only: the wait for the
+			// slower ranks' gradients would hide this device's speed from
+			// the planner.
+			rep.step(gen.plan.GetGeneration(), r.Step, r.Loss, r.Rows, r.Compute, r.TestAccuracy)
+		},
+	})
+	return err
 }
 
 // commitCheckpoint records a published checkpoint with the coordinator

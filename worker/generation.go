@@ -12,6 +12,7 @@ import (
 
 	"github.com/loomtrain/loom/api"
 	"github.com/loomtrain/loom/collective"
+	"github.com/loomtrain/loom/train"
 )
 
 // generation is this worker's place in one plan generation: its rank, its
@@ -19,9 +20,9 @@ import (
 type generation struct {
 	plan   *api.Plan
 	rank   int
-	shares *Shares
+	shares *train.Shares
 	comm   *collective.Communicator
-	sync   *RingSync
+	sync   *train.RingSync
 }
 
 // setupTimeout bounds how long ranks wait for each other to connect.
@@ -64,7 +65,7 @@ func joinGeneration(ctx context.Context, plan *api.Plan, me string, ln net.Liste
 	if g.rank < 0 {
 		return nil, nil
 	}
-	if g.shares, err = NewShares(shares, g.rank, int(plan.GetGlobalBatch())); err != nil {
+	if g.shares, err = train.NewShares(shares, g.rank, int(plan.GetGlobalBatch())); err != nil {
 		return nil, fmt.Errorf("plan generation %d: %w", plan.GetGeneration(), err)
 	}
 	order := make([]int, 0, len(plan.GetRanks()))
@@ -92,7 +93,7 @@ func joinGeneration(ctx context.Context, plan *api.Plan, me string, ln net.Liste
 		tr.Close()
 		return nil, err
 	}
-	g.sync = NewRingSync(g.comm)
+	g.sync = train.NewRingSync(g.comm)
 	return g, nil
 }
 
@@ -131,7 +132,7 @@ func (g *generation) close() {
 // receives its state from a live peer, and how ranks that disagree after a
 // failed step converge. hasState is false for a worker that has trained no
 // step of this job yet and has not loaded state.
-func (g *generation) syncState(ctx context.Context, t *Trainer, hasState bool) (src int, err error) {
+func (g *generation) syncState(ctx context.Context, t *train.Trainer, hasState bool) (src int, err error) {
 	n := g.comm.Size()
 	steps := make([]int, n)
 	one := make([]float32, 1)
@@ -159,9 +160,9 @@ func (g *generation) syncState(ctx context.Context, t *Trainer, hasState bool) (
 		// a fresh job and every rank initialised from the same seed.
 		return -1, nil
 	}
-	meta := make([]float32, metaWords)
+	meta := make([]float32, train.StateWords)
 	if g.rank == src {
-		t.State().encode(meta)
+		t.State().Encode(meta)
 	}
 	if err := g.comm.Broadcast(ctx, src, collective.F32(meta)); err != nil {
 		return -1, fmt.Errorf("broadcast state from rank %d: %w", src, err)
@@ -174,7 +175,7 @@ func (g *generation) syncState(ctx context.Context, t *Trainer, hasState bool) (
 			failpoint("state-transfer")
 		}
 	}
-	st, err := decodeState(meta)
+	st, err := train.DecodeState(meta)
 	if err != nil {
 		return -1, err
 	}

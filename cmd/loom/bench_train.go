@@ -16,7 +16,7 @@ import (
 
 	"github.com/loomtrain/loom/device/cpu"
 	"github.com/loomtrain/loom/jobspec"
-	"github.com/loomtrain/loom/worker"
+	"github.com/loomtrain/loom/train"
 )
 
 // trainBenchResult is one line of `loom bench train --json`: the training
@@ -159,11 +159,11 @@ func benchTrainOnce(config string, job *jobspec.Job, th, steps, warmup int) (*tr
 	if err != nil {
 		return nil, err
 	}
-	split, err := worker.OpenData(job)
+	split, err := train.OpenData(job)
 	if err != nil {
 		return nil, fmt.Errorf("%s: data: %w", config, err)
 	}
-	tr, err := worker.NewTrainer(job, dev, split, nil)
+	tr, err := train.NewTrainer(job, dev, split, nil)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", config, err)
 	}

@@ -18,7 +18,7 @@ import (
 	"github.com/loomtrain/loom/api"
 	"github.com/loomtrain/loom/checkpoint"
 	"github.com/loomtrain/loom/jobspec"
-	"github.com/loomtrain/loom/worker"
+	"github.com/loomtrain/loom/train"
 )
 
 func newCheckpointsCmd() *cobra.Command {
@@ -175,11 +175,11 @@ func runEval(ctx context.Context, out io.Writer, dir, configPath, dataset, dataP
 	if err != nil {
 		return err
 	}
-	split, err := worker.OpenData(job)
+	split, err := train.OpenData(job)
 	if err != nil {
 		return err
 	}
-	tr, err := worker.NewTrainer(job, d, split, newLogger(zapcore.WarnLevel))
+	tr, err := train.NewTrainer(job, d, split, newLogger(zapcore.WarnLevel))
 	if err != nil {
 		return err
 	}

@@ -15,7 +15,7 @@ import (
 
 	"github.com/loomtrain/loom/checkpoint"
 	"github.com/loomtrain/loom/data"
-	"github.com/loomtrain/loom/worker"
+	"github.com/loomtrain/loom/train"
 )
 
 // loomCmd returns the test binary started as the loom CLI.
@@ -39,7 +39,7 @@ func loomCmd(t *testing.T, args ...string) *exec.Cmd {
 }
 
 // summaryOf runs the loom CLI as a process and decodes its --json summary.
-func summaryOf(t *testing.T, timeout time.Duration, args ...string) worker.Summary {
+func summaryOf(t *testing.T, timeout time.Duration, args ...string) train.Summary {
 	t.Helper()
 	cmd := loomCmd(t, append(args, "--json", "--quiet")...)
 	var stderr strings.Builder
@@ -58,7 +58,7 @@ func summaryOf(t *testing.T, timeout time.Duration, args ...string) worker.Summa
 	if err != nil {
 		t.Fatalf("loom %v: %v\n%s", args, err, stderr.String())
 	}
-	var s worker.Summary
+	var s train.Summary
 	if err := json.Unmarshal(out, &s); err != nil {
 		t.Fatalf("summary: %v\n%s\n%s", err, out, stderr.String())
 	}
@@ -92,10 +92,10 @@ func TestLaunchWorkersEndToEnd(t *testing.T) {
 }
 
 // readLedgers reads every *.jsonl sample ledger in dir, or the one ledger
-// dir.jsonl, and returns the entries that count (worker.ReconcileLedgers:
+// dir.jsonl, and returns the entries that count (train.ReconcileLedgers:
 // completed steps, and the tentative parts of killed ranks in steps the
 // others completed).
-func readLedgers(t *testing.T, dir string) []worker.LedgerEntry {
+func readLedgers(t *testing.T, dir string) []train.LedgerEntry {
 	t.Helper()
 	files, _ := filepath.Glob(filepath.Join(dir, "*.jsonl"))
 	if _, err := os.Stat(dir + ".jsonl"); err == nil {
@@ -104,17 +104,17 @@ func readLedgers(t *testing.T, dir string) []worker.LedgerEntry {
 	if len(files) == 0 {
 		t.Fatalf("no ledgers in %s", dir)
 	}
-	var all [][]worker.LedgerEntry
+	var all [][]train.LedgerEntry
 	for _, f := range files {
 		fh, err := os.Open(f)
 		if err != nil {
 			t.Fatal(err)
 		}
-		var es []worker.LedgerEntry
+		var es []train.LedgerEntry
 		sc := bufio.NewScanner(fh)
 		sc.Buffer(nil, 1<<24)
 		for sc.Scan() {
-			var e worker.LedgerEntry
+			var e train.LedgerEntry
 			if err := json.Unmarshal(sc.Bytes(), &e); err != nil {
 				t.Fatalf("%s: %v", f, err)
 			}
@@ -123,20 +123,20 @@ func readLedgers(t *testing.T, dir string) []worker.LedgerEntry {
 		fh.Close()
 		all = append(all, es)
 	}
-	return worker.ReconcileLedgers(all)
+	return train.ReconcileLedgers(all)
 }
 
 // assertExactlyOnce checks that the ledger's steps 1..steps consumed, in
 // epoch order, exactly the first steps×batch samples of the sampler's
 // (seed, epoch) permutations, each once.
-func assertExactlyOnce(t *testing.T, entries []worker.LedgerEntry, steps, batch int, seed uint64) {
+func assertExactlyOnce(t *testing.T, entries []train.LedgerEntry, steps, batch int, seed uint64) {
 	t.Helper()
 	assertExactlyOnceOf(t, entries, 60000, steps, batch, seed)
 }
 
 // assertExactlyOnceOf is assertExactlyOnce for a training set of n samples
 // (context windows for a text dataset).
-func assertExactlyOnceOf(t *testing.T, entries []worker.LedgerEntry, n, steps, batch int, seed uint64) {
+func assertExactlyOnceOf(t *testing.T, entries []train.LedgerEntry, n, steps, batch int, seed uint64) {
 	t.Helper()
 	got := map[[2]int]int{} // (epoch, sample) -> count
 	for _, e := range entries {

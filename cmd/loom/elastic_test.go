@@ -23,7 +23,7 @@ import (
 
 	"github.com/loomtrain/loom/api"
 	"github.com/loomtrain/loom/data"
-	"github.com/loomtrain/loom/worker"
+	"github.com/loomtrain/loom/train"
 )
 
 var submittedRE = regexp.MustCompile(`submitted\s+\{"job": "([^"]+)", "coordinator": \["([^"]+)"\]`)
@@ -405,7 +405,7 @@ var abandonedRE = regexp.MustCompile(`step abandoned.*"generation": (\d+), "step
 // entries). A rank whose left neighbour died in the middle of the all-gather
 // abandons a step that the others, who had all the pieces, completed; that
 // step was not lost.
-func abandonedSteps(logs string, completed []worker.LedgerEntry) (attempts, lost int) {
+func abandonedSteps(logs string, completed []train.LedgerEntry) (attempts, lost int) {
 	type key struct{ gen, step int64 }
 	done := map[key]bool{}
 	for _, e := range completed {

@@ -9,7 +9,7 @@ import (
 
 	"github.com/loomtrain/loom/checkpoint"
 	"github.com/loomtrain/loom/data"
-	"github.com/loomtrain/loom/worker"
+	"github.com/loomtrain/loom/train"
 )
 
 const gptJobYAML = `name: %s
@@ -54,7 +54,7 @@ func TestGPTKilledOnTwoResumesOnThree(t *testing.T) {
 	if s.Status != "completed" || s.Steps != 60 || s.Workers != 3 || !(s.FinalLoss < 4) {
 		t.Fatalf("resumed summary %+v (byte-level loss starts at ln 256 = 5.55)", s)
 	}
-	var entries []worker.LedgerEntry
+	var entries []train.LedgerEntry
 	for _, e := range readLedgers(t, filepath.Join(dir, "run1")) {
 		if e.Step <= last.Step { // later steps of the killed run were redone
 			entries = append(entries, e)

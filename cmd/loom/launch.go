@@ -23,7 +23,7 @@ import (
 	"github.com/loomtrain/loom/device"
 	"github.com/loomtrain/loom/device/cpu"
 	"github.com/loomtrain/loom/jobspec"
-	"github.com/loomtrain/loom/worker"
+	"github.com/loomtrain/loom/train"
 )
 
 type launchOpts struct {
@@ -150,11 +150,11 @@ func runLaunch(ctx context.Context, stdout io.Writer, path string, o launchOpts)
 		return runCluster(ctx, stdout, job, o, log)
 	}
 
-	split, err := worker.OpenData(job)
+	split, err := train.OpenData(job)
 	if err != nil {
 		return fmt.Errorf("%s: data: %w", path, err)
 	}
-	tr, err := worker.NewTrainer(job, dev, split, log)
+	tr, err := train.NewTrainer(job, dev, split, log)
 	if err != nil {
 		return fmt.Errorf("%s: %w", path, err)
 	}
@@ -183,7 +183,7 @@ func runLaunch(ctx context.Context, stdout io.Writer, path string, o launchOpts)
 		defer f.Close()
 		metrics = json.NewEncoder(f)
 	}
-	onProgress := func(p worker.Progress) {
+	onProgress := func(p train.Progress) {
 		if metrics != nil {
 			_ = metrics.Encode(map[string]any{"step": p.Step, "epoch": p.Epoch, "loss": p.Loss, "lr": p.LR})
 		}
@@ -191,16 +191,16 @@ func runLaunch(ctx context.Context, stdout io.Writer, path string, o launchOpts)
 			view.Update(p)
 		}
 	}
-	var ck *worker.Checkpointer
+	var ck *train.Checkpointer
 	if !job.Checkpoint.Disabled {
 		if job.Checkpoint.Resume != "" {
-			info, err := worker.ResumeFrom(ctx, tr, nil, log)
+			info, err := train.ResumeFrom(ctx, tr, nil, log)
 			if err != nil {
 				return err
 			}
 			log.Info("resumed", zap.String("checkpoint", info.Path), zap.Int("step", info.Step), zap.Int("of", tr.TotalSteps()))
 		}
-		if ck, err = worker.NewCheckpointer(job, log, func(i checkpoint.Info) {
+		if ck, err = train.NewCheckpointer(job, log, func(i checkpoint.Info) {
 			log.Debug("checkpoint published", zap.String("path", i.Path), zap.Int("step", i.Step))
 		}); err != nil {
 			return err
@@ -219,13 +219,13 @@ func runLaunch(ctx context.Context, stdout io.Writer, path string, o launchOpts)
 	} else {
 		printSummary(stdout, sum)
 	}
-	if errors.Is(runErr, worker.ErrInterrupted) {
+	if errors.Is(runErr, train.ErrInterrupted) {
 		return exitError{code: 130}
 	}
 	return runErr
 }
 
-func printSummary(out io.Writer, s *worker.Summary) {
+func printSummary(out io.Writer, s *train.Summary) {
 	w := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(w, "job\t%s (%s)\n", s.Job, s.Status)
 	fmt.Fprintf(w, "steps\t%d (%.2f epochs, %d samples)\n", s.Steps, s.Epochs, s.Samples)
@@ -251,7 +251,7 @@ func printSummary(out io.Writer, s *worker.Summary) {
 // formatShares shows each rank's samples per global batch and its fraction
 // of the batch, per pipeline stage ("stage N:" only with several stages),
 // e.g. "w0 2781 (67.9%), w1 1315 (32.1%)".
-func formatShares(shares []worker.RankShare) string {
+func formatShares(shares []train.RankShare) string {
 	total := map[int]int64{}
 	stages := 0
 	for _, r := range shares {

@@ -27,7 +27,7 @@ import (
 	"github.com/loomtrain/loom/coordinator"
 	"github.com/loomtrain/loom/data"
 	"github.com/loomtrain/loom/jobspec"
-	"github.com/loomtrain/loom/worker"
+	"github.com/loomtrain/loom/train"
 )
 
 // runCluster launches job through a coordinator: the embedded one (plus
@@ -120,7 +120,7 @@ func follow(ctx context.Context, stdout io.Writer, client api.CoordinatorClient,
 	}
 	goneSince := time.Time{}
 	var members []string // worker ids of the current plan, sorted
-	var shares []worker.RankShare
+	var shares []train.RankShare
 	var waitReason string
 	for {
 		select {
@@ -160,7 +160,7 @@ func follow(ctx context.Context, stdout io.Writer, client api.CoordinatorClient,
 			// The last plan with workers: ranks may leave once done.
 			shares = shares[:0]
 			for _, r := range ranks {
-				shares = append(shares, worker.RankShare{Worker: r.GetWorkerId(), Stage: int(r.GetStage()), Samples: r.GetBatchShare()})
+				shares = append(shares, train.RankShare{Worker: r.GetWorkerId(), Stage: int(r.GetStage()), Samples: r.GetBatchShare()})
 			}
 		}
 		if j.GetState() == api.JobState_JOB_STATE_PENDING && j.GetReason() != waitReason {
@@ -174,14 +174,14 @@ func follow(ctx context.Context, stdout io.Writer, client api.CoordinatorClient,
 			el := time.Since(start)
 			sps := float64(j.GetStep()*int64(job.Train.GlobalBatch)) / el.Seconds()
 			eta := time.Duration(float64(el) / float64(j.GetStep()) * float64(int64(total)-j.GetStep()))
-			view.Update(worker.Progress{Step: int(j.GetStep()), TotalSteps: total, Loss: j.GetLastLoss(), SamplesPerSec: sps,
+			view.Update(train.Progress{Step: int(j.GetStep()), TotalSteps: total, Loss: j.GetLastLoss(), SamplesPerSec: sps,
 				Elapsed: el, ETA: eta, TestAccuracy: math.NaN()})
 		}
 		lastStep = j.GetStep()
 		switch j.GetState() {
 		case api.JobState_JOB_STATE_COMPLETED:
 			wall := time.Since(start).Seconds()
-			s := &worker.Summary{Job: job.Name, Status: "completed", Steps: int(j.GetStep()), Samples: j.GetStep() * int64(job.Train.GlobalBatch),
+			s := &train.Summary{Job: job.Name, Status: "completed", Steps: int(j.GetStep()), Samples: j.GetStep() * int64(job.Train.GlobalBatch),
 				FinalLoss: j.GetLastLoss(), TestAccuracy: j.GetTestAccuracy(), TestLoss: j.GetTestLoss(), WallSeconds: wall,
 				Precision: job.Train.Precision, Device: o.device, Workers: int(resp.GetPlan().GetReplicas()), Shares: shares}
 			s.Epochs = float64(s.Samples) / float64(max(1, trainSize(job)))

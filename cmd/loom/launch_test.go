@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/loomtrain/loom/worker"
+	"github.com/loomtrain/loom/train"
 )
 
 func writeJob(t *testing.T, body string) string {
@@ -47,17 +47,17 @@ checkpoint: {dir: `+t.TempDir()+`}
 // per stage when the plan is a pipeline.
 func TestSummaryShowsShares(t *testing.T) {
 	for _, tc := range []struct {
-		shares []worker.RankShare
+		shares []train.RankShare
 		want   string
 	}{
-		{[]worker.RankShare{{Worker: "w0", Samples: 689}, {Worker: "w1", Samples: 335}},
+		{[]train.RankShare{{Worker: "w0", Samples: 689}, {Worker: "w1", Samples: 335}},
 			"batch shares   w0 689 (67.3%), w1 335 (32.7%)\n"},
-		{[]worker.RankShare{{Worker: "a", Samples: 64}, {Worker: "b", Stage: 1, Samples: 64}},
+		{[]train.RankShare{{Worker: "a", Samples: 64}, {Worker: "b", Stage: 1, Samples: 64}},
 			"batch shares   stage 0: a 64 (100.0%); stage 1: b 64 (100.0%)\n"},
-		{[]worker.RankShare{{Worker: "solo", Samples: 64}}, ""},
+		{[]train.RankShare{{Worker: "solo", Samples: 64}}, ""},
 	} {
 		var b strings.Builder
-		printSummary(&b, &worker.Summary{Shares: tc.shares})
+		printSummary(&b, &train.Summary{Shares: tc.shares})
 		got := ""
 		for _, l := range strings.SplitAfter(b.String(), "\n") {
 			if strings.HasPrefix(l, "batch shares") {

@@ -12,7 +12,7 @@ import (
 	"go.uber.org/zap/zapcore"
 	"golang.org/x/term"
 
-	"github.com/loomtrain/loom/worker"
+	"github.com/loomtrain/loom/train"
 )
 
 // progressView shows training progress: a single redrawn bar on a terminal,
@@ -41,7 +41,7 @@ func newProgressView(out *os.File, every int, log *zap.Logger) *progressView {
 }
 
 // Update renders one step's progress.
-func (v *progressView) Update(p worker.Progress) {
+func (v *progressView) Update(p train.Progress) {
 	last := p.Step == p.TotalSteps
 	if !v.tty {
 		if p.Step%v.every == 0 || last || !math.IsNaN(p.TestAccuracy) {

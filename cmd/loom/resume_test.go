@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/loomtrain/loom/checkpoint"
-	"github.com/loomtrain/loom/worker"
+	"github.com/loomtrain/loom/train"
 )
 
 // readLosses reads a --metrics file into step -> loss.
@@ -157,7 +157,7 @@ func TestResumeOnDifferentWorldSize(t *testing.T) {
 	if s.Status != "completed" || s.Steps != 60 || s.Workers != 3 || s.TestAccuracy < 0.85 {
 		t.Fatalf("resumed summary %+v", s)
 	}
-	var entries []worker.LedgerEntry
+	var entries []train.LedgerEntry
 	for _, e := range readLedgers(t, filepath.Join(dir, "run1")) {
 		if e.Step <= resumedAt { // later steps of the killed run were redone
 			entries = append(entries, e)

@@ -1,0 +1,103 @@
+package train
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// Loop is how one run of the step loop takes part in its job: alone (the
+// zero value with Lead set), or as one data-parallel rank of a plan
+// generation.
+type Loop struct {
+	// Sync sums the gradients across ranks (nil: one worker) and Shares
+	// is this rank's part of each global batch (nil: all of it).
+	Sync   GradSync
+	Shares *Shares
+	// World is the number of data-parallel ranks, recorded in checkpoints.
+	World int
+	// Lead is the one rank that evaluates during training and writes the
+	// checkpoints: every rank holds the same state.
+	Lead         bool
+	Checkpointer *Checkpointer
+	// Before, if set, runs before each step. It votes to end the run after
+	// that step (a newer plan exists): the votes travel with the gradients,
+	// so every rank sees their sum and all leave after the same step. An
+	// error ends the run before the step.
+	Before func() (vote bool, err error)
+	// After, if set, is told of each completed step.
+	After func(StepResult)
+}
+
+// StepResult is one completed step, as this rank saw it.
+type StepResult struct {
+	Step int
+	// Loss is the mean loss over the whole global batch.
+	Loss float64
+	// Rows is the samples this rank computed on, Batch the samples of
+	// the whole step (all ranks).
+	Rows, Batch int
+	// Compute is this rank's forward and backward time, Wait the time it
+	// then waited for the other ranks' gradients, Took the whole step
+	// (with the update; without an evaluation).
+	Compute, Wait, Took time.Duration
+	// TestAccuracy is the held-out accuracy when the step evaluated (the
+	// lead rank, every train.eval_every steps), else NaN.
+	TestAccuracy float64
+}
+
+// ErrLossNaN ends a run whose loss became NaN: every rank sees the same
+// summed loss, so all of them stop.
+var ErrLossNaN = errors.New("loss is NaN (lower optimizer.lr, set optimizer.clip_norm or use fp32)")
+
+// RunSteps runs steps until the job is done, ctx is cancelled, a step fails
+// (its samples go back to the sampler, so a retry uses exactly them), or
+// the ranks voted to switch after the step just taken (switched). The
+// evaluation and checkpoint cadence are the job config's.
+func (t *Trainer) RunSteps(ctx context.Context, l Loop) (switched bool, err error) {
+	evalEvery := t.job.Train.EvalEvery
+	for !t.Done() {
+		if err := ctx.Err(); err != nil {
+			return false, err
+		}
+		t.SwitchVote = 0
+		if l.Before != nil {
+			vote, err := l.Before()
+			if err != nil {
+				return false, err
+			}
+			if vote {
+				t.SwitchVote = 1
+			}
+		}
+		start := time.Now()
+		loss, err := t.StepShare(ctx, l.Sync, l.Shares)
+		took := time.Since(start)
+		if err != nil {
+			return false, err
+		}
+		if math.IsNaN(loss) {
+			return false, fmt.Errorf("step %d: %w", t.step, ErrLossNaN)
+		}
+		r := StepResult{Step: t.step, Loss: loss, Rows: t.lastRows, Batch: len(t.idx), Compute: t.lastCompute, Wait: t.lastWait, Took: took, TestAccuracy: math.NaN()}
+		if l.Lead && evalEvery > 0 && t.step%evalEvery == 0 && !t.Done() {
+			r.TestAccuracy, _ = t.Evaluate()
+		}
+		if l.After != nil {
+			l.After(r)
+		}
+		if ck := l.Checkpointer; ck != nil && l.Lead && ck.Due(t) {
+			if err := ck.Begin(ctx, t, l.World); err != nil {
+				t.log.Warn("checkpoint not started", zap.Int("step", t.step), zap.Error(err))
+			}
+		}
+		if t.SwitchVotes > 0 {
+			return true, nil
+		}
+	}
+	return false, nil
+}
