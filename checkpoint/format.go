@@ -78,6 +78,7 @@ type Manifest struct {
 	FormatVersion int               `json:"format_version"`
 	Job           string            `json:"job"`
 	ConfigHash    string            `json:"config_hash"`
+	Config        string            `json:"config,omitempty"` // the job config, YAML
 	Step          int               `json:"step"`
 	Epoch         int               `json:"epoch"`
 	Sampler       SamplerPosition   `json:"sampler"`

@@ -82,7 +82,7 @@ func load(ctx context.Context, st Storage, path string) (*State, Info, error) {
 		return nil, Info{}, err
 	}
 	s := &State{
-		Job: m.Job, ConfigHash: m.ConfigHash, Step: m.Step, Epoch: m.Epoch,
+		Job: m.Job, ConfigHash: m.ConfigHash, Config: m.Config, Step: m.Step, Epoch: m.Epoch,
 		SamplerEpoch: m.Sampler.Epoch, SamplerOffset: m.Sampler.Offset,
 		WorldSize: m.WorldSize, Precision: m.Precision, RNG: m.RNG, Scaler: m.Scaler,
 	}

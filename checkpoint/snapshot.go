@@ -143,6 +143,7 @@ func (f *fileBuf) index(dst []TensorEntry) []TensorEntry {
 // copied (or, between Begin and the writer goroutine's copy, borrowed).
 type snapshot struct {
 	job, configHash, precision string
+	config                     string
 	step, epoch, samplerEpoch  int
 	samplerOffset, worldSize   int
 	rng                        map[string]uint64
@@ -175,7 +176,7 @@ func (s *snapshot) capture(st *State) error {
 	for i, ts := range [2][]Tensor{st.Params, st.Optim} {
 		s.files[i].borrow(ts)
 	}
-	s.job, s.configHash, s.precision = st.Job, st.ConfigHash, st.Precision
+	s.job, s.configHash, s.precision, s.config = st.Job, st.ConfigHash, st.Precision, st.Config
 	s.step, s.epoch, s.samplerEpoch, s.samplerOffset, s.worldSize = st.Step, st.Epoch, st.SamplerEpoch, st.SamplerOffset, st.WorldSize
 	s.scaler = st.Scaler
 	clear(s.rng)
@@ -194,7 +195,7 @@ func (s *snapshot) copyData() {
 // manifest builds the manifest once both files have been written.
 func (s *snapshot) manifest(created time.Time, sizes [2]int64) *Manifest {
 	m := &Manifest{
-		FormatVersion: FormatVersion, Job: s.job, ConfigHash: s.configHash,
+		FormatVersion: FormatVersion, Job: s.job, ConfigHash: s.configHash, Config: s.config,
 		Step: s.step, Epoch: s.epoch,
 		Sampler: SamplerPosition{Epoch: s.samplerEpoch, Offset: s.samplerOffset},
 		RNG:     make(map[string]uint64, len(s.rng)),

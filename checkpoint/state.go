@@ -15,6 +15,10 @@ type State struct {
 	Job string
 	// ConfigHash identifies the job config the state was trained under.
 	ConfigHash string
+	// Config is the whole job config (YAML) the state was trained under,
+	// so a checkpoint describes itself ("" in checkpoints written before
+	// loom stored it).
+	Config string
 	// Step is the number of optimizer steps taken; it names the directory.
 	Step int
 	// Epoch is the training epoch in progress.

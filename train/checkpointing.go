@@ -84,7 +84,7 @@ func (c *Checkpointer) Close() error { return c.w.Close() }
 // fillCheckpoint points s at t's live state (no copy).
 func (t *Trainer) fillCheckpoint(s *checkpoint.State, world int) {
 	st := t.State()
-	s.Job, s.ConfigHash, s.Step, s.Epoch = t.job.Name, t.job.Hash(), st.Step, st.Sampler.Epoch
+	s.Job, s.ConfigHash, s.Config, s.Step, s.Epoch = t.job.Name, t.job.Hash(), t.config, st.Step, st.Sampler.Epoch
 	s.SamplerEpoch, s.SamplerOffset, s.WorldSize, s.Precision = st.Sampler.Epoch, st.Sampler.Offset, world, t.job.Train.Precision
 	s.RNG = map[string]uint64{"seed": t.job.Seed, "optimizer_steps": uint64(st.OptSteps)}
 	s.Scaler = checkpoint.ScalerState{Scale: st.Scaler.Scale, GoodSteps: st.Scaler.Good, Skipped: st.Scaler.Skipped}
@@ -118,25 +118,9 @@ func (t *Trainer) LoadCheckpoint(s *checkpoint.State) error {
 	if s.Job != t.job.Name {
 		return fmt.Errorf("checkpoint is of job %q, not %q", s.Job, t.job.Name)
 	}
-	byName := map[string]checkpoint.Tensor{}
-	for _, x := range append(append([]checkpoint.Tensor(nil), s.Params...), s.Optim...) {
-		byName[x.Name] = x
-	}
-	restore := func(name string, dst []float32) error {
-		x, ok := byName[name]
-		if !ok {
-			return fmt.Errorf("checkpoint lacks tensor %q", name)
-		}
-		if len(x.Data) != len(dst) {
-			return fmt.Errorf("checkpoint tensor %q has %d values, the model needs %d", name, len(x.Data), len(dst))
-		}
-		copy(dst, x.Data)
-		return nil
-	}
-	for _, p := range t.task.params() {
-		if err := restore(p.Name, p.Value); err != nil {
-			return err
-		}
+	restore := tensorRestorer(s)
+	if err := t.LoadWeights(s); err != nil {
+		return err
 	}
 	for _, o := range t.opt.State() {
 		if err := restore(o.Name, o.Data); err != nil {
@@ -151,6 +135,39 @@ func (t *Trainer) LoadCheckpoint(s *checkpoint.State) error {
 	}
 	t.loaded = s.Step
 	return nil
+}
+
+// LoadWeights sets the model's parameters from s and nothing else (no
+// optimizer state, step or data position): what evaluating needs.
+func (t *Trainer) LoadWeights(s *checkpoint.State) error {
+	restore := tensorRestorer(s)
+	for _, p := range t.task.params() {
+		if err := restore(p.Name, p.Value); err != nil {
+			return err
+		}
+	}
+	t.task.weightsChanged()
+	return nil
+}
+
+// tensorRestorer returns a function that copies s's tensor name into dst,
+// checking that it exists and has dst's size.
+func tensorRestorer(s *checkpoint.State) func(name string, dst []float32) error {
+	byName := map[string]checkpoint.Tensor{}
+	for _, x := range append(append([]checkpoint.Tensor(nil), s.Params...), s.Optim...) {
+		byName[x.Name] = x
+	}
+	return func(name string, dst []float32) error {
+		x, ok := byName[name]
+		if !ok {
+			return fmt.Errorf("checkpoint lacks tensor %q", name)
+		}
+		if len(x.Data) != len(dst) {
+			return fmt.Errorf("checkpoint tensor %q has %d values, the model needs %d", name, len(x.Data), len(dst))
+		}
+		copy(dst, x.Data)
+		return nil
+	}
 }
 
 // ResumeFrom loads the checkpoint job.Checkpoint.Resume names into t:

@@ -113,6 +113,7 @@ type Trainer struct {
 
 	step, total int
 	loaded      int           // step of the checkpoint loaded from disk (0: none)
+	config      string        // the job config as checkpoints store it (YAML)
 	lastRows    int           // samples this rank computed on in the last step
 	lastCompute time.Duration // forward+backward time of the last step
 	lastWait    time.Duration // time the last step waited for the gradient sums
@@ -168,6 +169,15 @@ func NewTrainer(job *jobspec.Job, dev device.Device, split *data.Split, log *zap
 		t.scaler = optimizer.NewLossScaler()
 	}
 	t.sampler = data.NewSampler(t.task.trainSize(), job.Seed)
+	// Checkpoints carry the config they were trained under, with paths
+	// made absolute and without the resume of the run that wrote them.
+	stored := *job
+	stored.Checkpoint.Resume = ""
+	b, err := stored.Marshal()
+	if err != nil {
+		return nil, fmt.Errorf("job config: %w", err)
+	}
+	t.config = string(b)
 	return t, nil
 }
 

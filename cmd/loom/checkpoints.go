@@ -8,6 +8,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -111,7 +112,7 @@ func listCheckpoints(ctx context.Context, out io.Writer, dir, job, coord string,
 }
 
 func newEvalCmd() *cobra.Command {
-	var configPath, dataset, dataPath, dev, act string
+	var configPath, dev string
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "eval CHECKPOINT_DIR",
@@ -121,28 +122,25 @@ quality on held-out data: for a classifier, accuracy and mean loss on the
 dataset's test split; for a GPT, the loss per token, perplexity and next-token
 accuracy over every validation window of its text.
 
-With --config the model and dataset come from the job config (required for a
-GPT); otherwise an MLP's widths are read from the checkpoint's tensor shapes
-and --activation and --data say the rest.`,
-		Example: `  loom eval checkpoints/mnist-mlp/step-00000703
-  loom eval checkpoints/mnist-mlp/step-00000703 --config examples/mnist-mlp.yaml --json
-  loom eval checkpoints/gpt-tiny/step-00000400 --config examples/gpt-tiny.yaml`,
+Only the weights are read. The model and its data come from the job config
+the checkpoint stores; --config gives another one (e.g. data that moved), and
+is refused if its model differs from the checkpoint's.`,
+		Example: `  loom eval checkpoints/mnist-mlp/step-00000705
+  loom eval checkpoints/gpt-tiny/step-00000400 --json
+  loom eval checkpoints/mnist-mlp/step-00000705 --config examples/mnist-mlp.yaml`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return runEval(cmd.Context(), cmd.OutOrStdout(), args[0], configPath, dataset, dataPath, dev, act, asJSON)
+			return runEval(cmd.Context(), cmd.OutOrStdout(), args[0], configPath, dev, asJSON)
 		},
 	}
 	f := cmd.Flags()
 	f.StringVar(&configPath, "config", "", "job config the checkpoint was trained with")
-	f.StringVar(&dataset, "data", "mnist", "dataset without --config: mnist or idx")
-	f.StringVar(&dataPath, "data-path", "", "dataset directory (required for idx)")
-	f.StringVar(&act, "activation", "relu", "hidden activation without --config: relu or gelu")
 	f.StringVar(&dev, "device", "cpu", "device spec")
 	f.BoolVar(&asJSON, "json", false, "print the result as one JSON object")
 	return cmd
 }
 
-func runEval(ctx context.Context, out io.Writer, dir, configPath, dataset, dataPath, devSpec, act string, asJSON bool) error {
+func runEval(ctx context.Context, out io.Writer, dir, configPath, devSpec string, asJSON bool) error {
 	if err := isDir("checkpoint", dir); err != nil {
 		return err
 	}
@@ -160,15 +158,24 @@ func runEval(ctx context.Context, out io.Writer, dir, configPath, dataset, dataP
 	if err != nil {
 		return err
 	}
-	var job *jobspec.Job
-	if configPath != "" {
+	var job, stored *jobspec.Job
+	if st.Config != "" {
+		if stored, err = jobspec.Parse(filepath.Join(dir, "manifest.json")+" (its config)", []byte(st.Config)); err != nil {
+			return fmt.Errorf("%w (pass --config to evaluate with another config)", err)
+		}
+	}
+	switch {
+	case configPath != "":
 		if job, err = jobspec.Load(configPath); err != nil {
 			return err
 		}
-	} else {
-		if job, err = jobFromCheckpoint(st, dataset, dataPath, act); err != nil {
-			return err
+		if stored != nil && !reflect.DeepEqual(job.Model, stored.Model) {
+			return fmt.Errorf("%s: its model %s differs from the checkpoint's %s (%s)", configPath, modelString(job.Model), modelString(stored.Model), dir)
 		}
+	case stored != nil:
+		job = stored
+	default:
+		return fmt.Errorf("%s stores no job config (an older loom wrote it): pass --config with the job's config", dir)
 	}
 	job.Name = st.Job
 	d, err := openDevice("--device", devSpec)
@@ -183,7 +190,7 @@ func runEval(ctx context.Context, out io.Writer, dir, configPath, dataset, dataP
 	if err != nil {
 		return err
 	}
-	if err := tr.LoadCheckpoint(st); err != nil {
+	if err := tr.LoadWeights(st); err != nil {
 		return fmt.Errorf("%s: %w", dir, err)
 	}
 	acc, loss, n := tr.EvaluateAll()
@@ -210,36 +217,13 @@ func runEval(ctx context.Context, out io.Writer, dir, configPath, dataset, dataP
 	return nil
 }
 
-// jobFromCheckpoint rebuilds an MLP job from the shapes of the checkpoint's
-// layers.N.weight tensors ([out, in]).
-func jobFromCheckpoint(st *checkpoint.State, dataset, dataPath, act string) (*jobspec.Job, error) {
-	shapes := map[string][]int{}
-	for _, p := range st.Params {
-		shapes[p.Name] = p.Shape
+// modelString describes m in one line.
+func modelString(m jobspec.Model) string {
+	if m.Kind == "gpt" {
+		return fmt.Sprintf("{kind: gpt, layers: %d, heads: %d, d_model: %d, context: %d, vocab: %d, tie_embeddings: %v}",
+			m.Layers.Count(), m.Heads, m.DModel, m.Context, m.Vocab, m.TieEmbeddings)
 	}
-	if _, ok := shapes["wte.weight"]; ok {
-		return nil, fmt.Errorf("checkpoint holds a GPT (wte.weight ...), whose heads and text dataset are not in its tensors: pass --config with the job's config")
-	}
-	var widths []int
-	for i := 0; ; i++ {
-		s, ok := shapes[fmt.Sprintf("layers.%d.weight", i)]
-		if !ok {
-			break
-		}
-		if len(s) != 2 {
-			return nil, fmt.Errorf("layers.%d.weight has shape %v, want [out in]", i, s)
-		}
-		if i == 0 {
-			widths = append(widths, s[1])
-		}
-		widths = append(widths, s[0])
-	}
-	if len(widths) < 2 {
-		return nil, fmt.Errorf("checkpoint holds no MLP layers (layers.0.weight ...): pass --config")
-	}
-	y := fmt.Sprintf("name: %s\nseed: %d\nmodel: {kind: mlp, layers: %s, activation: %s}\ndata: {dataset: %s, path: %q}\ntrain: {precision: %s}\n",
-		st.Job, st.RNG["seed"], strings.ReplaceAll(fmt.Sprint(widths), " ", ", "), act, dataset, dataPath, st.Precision)
-	return jobspec.Parse("(from checkpoint)", []byte(y))
+	return fmt.Sprintf("{kind: %s, layers: %v, activation: %s}", m.Kind, []int(m.Layers), m.Activation)
 }
 
 // isDir checks that dir exists and is a directory, so that read-only

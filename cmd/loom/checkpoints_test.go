@@ -11,23 +11,24 @@ import (
 	"time"
 )
 
-// A short run's checkpoints are listed, and eval reports the accuracy of
-// one, with the model from the config or from the tensor shapes.
+// A short run's checkpoints are listed, and eval reports the test accuracy
+// the run itself ended with, from the config the checkpoint stores or from
+// the one given: a GELU MLP trained with SGD past its first epoch (eval
+// reads the weights alone, with the stored activation).
 func TestCheckpointsListAndEval(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "ckpt")
 	job := writeJob(t, `name: evaljob
-model: {kind: mlp, layers: [784, 32, 10]}
-train: {epochs: 1, global_batch: 200}
+model: {kind: mlp, layers: [784, 32, 10], activation: gelu}
+train: {epochs: 2, global_batch: 2000}
+optimizer: {kind: sgd, lr: 0.1}
 checkpoint: {dir: `+dir+`, every_steps: 10, keep: 2}
 `)
-	if out, err := runLoom(t, "launch", job, "--quiet", "--max-steps", "30"); err != nil {
-		t.Fatalf("%v\n%s", err, out)
-	}
+	s := summaryOf(t, 2*time.Minute, "launch", job, "--max-steps", "40")
 	out, err := runLoom(t, "checkpoints", "list", "evaljob", "--dir", dir)
-	if err != nil || !strings.Contains(out, "step-00000030") || !strings.Contains(out, "step-00000020") || strings.Contains(out, "step-00000010") {
-		t.Fatalf("list (keep 2 of 10, 20, 30): %v\n%s", err, out)
+	if err != nil || !strings.Contains(out, "step-00000040") || !strings.Contains(out, "step-00000030") || strings.Contains(out, "step-00000020") {
+		t.Fatalf("list (keep 2 of 10, 20, 30, 40): %v\n%s", err, out)
 	}
-	ck := filepath.Join(dir, "evaljob", "step-00000030")
+	ck := filepath.Join(dir, "evaljob", "step-00000040")
 	for _, args := range [][]string{{"eval", ck, "--json"}, {"eval", ck, "--json", "--config", job}} {
 		out, err := runLoom(t, args...)
 		if err != nil {
@@ -37,9 +38,13 @@ checkpoint: {dir: `+dir+`, every_steps: 10, keep: 2}
 			Step         int     `json:"step"`
 			TestAccuracy float64 `json:"test_accuracy"`
 		}
-		if err := json.Unmarshal([]byte(strings.TrimSpace(out)), &r); err != nil || r.Step != 30 || r.TestAccuracy < 0.7 {
-			t.Fatalf("%v: %+v (%v)\n%s", args, r, err, out)
+		if err := json.Unmarshal([]byte(strings.TrimSpace(out)), &r); err != nil || r.Step != 40 || r.TestAccuracy != s.TestAccuracy || r.TestAccuracy < 0.7 {
+			t.Fatalf("%v: %+v (%v), the run ended at test accuracy %g\n%s", args, r, err, s.TestAccuracy, out)
 		}
+	}
+	relu := writeJob(t, strings.Replace(mustRead(t, job), "activation: gelu", "activation: relu", 1))
+	if out, err := runLoom(t, "eval", ck, "--config", relu); err == nil || !strings.Contains(err.Error(), "differs from the checkpoint's") {
+		t.Fatalf("eval with another activation: %v\n%s", err, out)
 	}
 	missing := filepath.Join(t.TempDir(), "typo")
 	if _, err := runLoom(t, "checkpoints", "list", "evaljob", "--dir", missing); err == nil || !strings.Contains(err.Error(), "no such file") {
@@ -55,8 +60,8 @@ checkpoint: {dir: `+dir+`, every_steps: 10, keep: 2}
 
 // loom eval of a GPT checkpoint reports the loss per token over the
 // validation windows (the launch's own final evaluation, read back from the
-// checkpoint's tensors) and its perplexity; without --config it says why it
-// needs one.
+// checkpoint's tensors) and its perplexity, with or without --config; a
+// config of another model is refused, naming both.
 func TestEvalGPTCheckpoint(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "ckpt")
 	// Ten documents, one held out: fewer validation windows than the
@@ -90,7 +95,22 @@ func TestEvalGPTCheckpoint(t *testing.T) {
 		math.Abs(r.Perplexity-math.Exp(s.TestLoss)) > 1e-4*r.Perplexity || r.Accuracy != s.TestAccuracy {
 		t.Fatalf("eval %s\nlaunch summary: loss %g accuracy %g", out, s.TestLoss, s.TestAccuracy)
 	}
-	if out, err := runLoom(t, "eval", ck); err == nil || !strings.Contains(err.Error(), "pass --config") {
-		t.Fatalf("eval of a GPT without --config: %v\n%s", err, out)
+	// The checkpoint's own config gives the same figures.
+	alone, err := runLoom(t, "eval", ck, "--json")
+	if err != nil || alone != out {
+		t.Fatalf("eval without --config: %v\n%s\nwith it:\n%s", err, alone, out)
 	}
+	other := writeJob(t, strings.Replace(mustRead(t, job), "heads: 2", "heads: 4", 1))
+	if out, err := runLoom(t, "eval", ck, "--config", other); err == nil || !strings.Contains(err.Error(), "heads: 4") {
+		t.Fatalf("eval with 4 heads of a 2-head checkpoint: %v\n%s", err, out)
+	}
+}
+
+func mustRead(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }
