@@ -15,9 +15,6 @@ func BenchmarkGPTStep(b *testing.B) {
 	for _, prec := range []tensor.DType{tensor.F32, tensor.BF16} {
 		b.Run(prec.String(), func(b *testing.B) {
 			be := gptCPU(b, 1)
-			if be == nil {
-				b.Skip("cpu backend does not implement device.Backend yet")
-			}
 			cfg := GPTConfig{Layers: 4, Heads: 4, DModel: 256, Context: 128, Vocab: 256, Precision: prec}
 			g, err := NewGPT(be, cfg, StageRange{0, cfg.Layers}, 1)
 			if err != nil {
@@ -56,9 +53,6 @@ func BenchmarkGPTStep(b *testing.B) {
 // device and compares the loss and every gradient.
 func TestGPTBackendsAgree(t *testing.T) {
 	bes := gptBackends(t, 3)
-	if len(bes) < 2 {
-		t.Skip("cpu backend does not implement device.Backend yet")
-	}
 	for _, tied := range []bool{false, true} {
 		var losses []float64
 		var grads [][]float32
