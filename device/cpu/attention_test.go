@@ -180,9 +180,7 @@ func TestAttentionNoAllocs(t *testing.T) {
 // multiply-adds = 2·hs flops, so 2·T²·hs flops per head (= 4·T²·hs for the
 // full square, halved by the mask). Backward recomputes S and forms dP,
 // dV, dK and dQ: five products, 5·T²·hs flops per head. GFLOP/s reports
-// (2+5)·T²·hs·heads·b / time, the exponentials and packing not counted;
-// fwd-GFLOP/s-equiv counts only the forward's 2·T²·hs (the usual "4·T²·d
-// with the causal half" convention applied to the whole step).
+// (2+5)·T²·hs·heads·b / time, the exponentials and packing not counted.
 func BenchmarkAttention(b *testing.B) {
 	for _, T := range []int{128, 256, 512, 1024, 2048} {
 		b.Run(fmt.Sprintf("T=%d", T), func(b *testing.B) {
