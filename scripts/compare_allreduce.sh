@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # All-reduce busbw, loom beside the peers, in one run on this machine: for
-# each rank count, ../shared/anchors/allreduce.sh (Gloo, OpenMPI over TCP and
+# each rank count, scripts/peers/allreduce.sh (Gloo, OpenMPI over TCP and
 # over shared memory), then loom between local processes (payloads through
 # shared memory, the default on one host) and loom over TCP only
 # (--shm-ring 0, as between hosts), each the median of --trials 3.
@@ -9,7 +9,7 @@
 # of loom (shared memory) / Gloo per size.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-anchors=${ANCHORS:-../shared/anchors}
+anchors=${ANCHORS:-scripts/peers}
 ranks=${*:-2 4}
 sizes=1,16,64
 make -s build

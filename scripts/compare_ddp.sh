@@ -4,11 +4,12 @@
 # lr 0.01), batch 64 per rank, one epoch (plus the peer's 20 warm-up steps),
 # one thread per rank.
 # Usage: scripts/compare_ddp.sh [ranks...]   (default: 1 2 4)
-# Needs ../shared/anchors (the peer scripts). Prints one line per run and
+# Uses scripts/peers (the peer scripts; they install what they need with
+# apt-get). Prints one line per run and
 # the samples/s ratio.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-anchors=${ANCHORS:-../shared/anchors}
+anchors=${ANCHORS:-scripts/peers}
 ranks=${*:-1 2 4}
 make -s build
 # The peer trains 20 untimed warm-up steps before its timed epoch of

@@ -6,8 +6,9 @@
 # Usage: scripts/compare_gpt.sh [threads...]   (default: 1 2)
 # Environment: MODES (default "fp32 bf16"), STEPS (timed steps, default 20),
 # PYTHON (default /usr/bin/python3).
-# Needs python3-torch (Debian's 1.13 is enough) and OpenBLAS; an inherited
-# OPENBLAS_CORETYPE (which would pin OpenBLAS to older kernels) is dropped.
+# Needs python3-torch (Debian's 1.13 is enough) and OpenBLAS, which
+# scripts/peers/setup.sh installs; an inherited OPENBLAS_CORETYPE (which
+# would pin OpenBLAS to older kernels) is dropped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 threads=${*:-1 2}
@@ -16,12 +17,14 @@ steps=${STEPS:-20}
 # Debian's python3-torch lives under /usr/bin/python3 (a pyenv or venv
 # python3 first on PATH would not see it).
 py=${PYTHON:-$( [ -x /usr/bin/python3 ] && echo /usr/bin/python3 || echo python3 )}
-# Debian's torch does its fp32 GEMMs in whatever libblas.so.3 is: the
-# reference BLAS (~5 GFLOP/s) unless OpenBLAS is installed.
+# The peers' Debian packages (python3-torch, OpenBLAS, ...), installed if
+# missing. Debian's torch does its fp32 GEMMs in whatever libblas.so.3 is:
+# the reference BLAS (~5 GFLOP/s) unless OpenBLAS is the alternative chosen.
+scripts/peers/setup.sh >/dev/null
 blas=$(readlink -f /usr/lib/x86_64-linux-gnu/libblas.so.3 2>/dev/null || true)
 case $blas in
   *openblas*) ;;
-  *) echo "compare_gpt.sh: libblas.so.3 is ${blas:-missing}, not OpenBLAS; apt-get install libopenblas0-pthread" >&2; exit 1 ;;
+  *) echo "compare_gpt.sh: libblas.so.3 is ${blas:-missing}, not OpenBLAS: update-alternatives --config libblas.so.3-x86_64-linux-gnu" >&2; exit 1 ;;
 esac
 make -s build
 grep -m1 'model name' /proc/cpuinfo | sed 's/^.*: /cpu: /'

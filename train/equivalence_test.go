@@ -52,22 +52,7 @@ func TestDataParallelEquivalence(t *testing.T) {
 		checkEquivalence(t, job, func(job *jobspec.Job) *Trainer { return newTrainer(t, job, 1) })
 	})
 	t.Run("gpt", func(t *testing.T) {
-		job := gptJob(t, 20)
-		split, err := OpenData(job)
-		if err != nil {
-			t.Fatal(err)
-		}
-		checkEquivalence(t, job, func(job *jobspec.Job) *Trainer {
-			dev, err := cpu.New(cpu.Config{Threads: 1})
-			if err != nil {
-				t.Fatal(err)
-			}
-			tr, err := NewTrainer(job, dev, split, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return tr
-		})
+		checkEquivalence(t, gptJob(t, 20), func(job *jobspec.Job) *Trainer { return gptTrainer(t, job) })
 	})
 }
 

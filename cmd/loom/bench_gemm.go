@@ -87,7 +87,7 @@ MxNxK[:NN|NT|TN|TT] or --mlp (the MNIST MLP's shapes at batch 64).
 --kernel all runs every kernel this CPU supports; LOOM_CPU_KERNEL is ignored
 here, name the kernel instead.
 
-Compare against ../shared/anchors/gemm_openblas.sh and gemm_torch.sh in the
+Compare against scripts/peers/gemm_openblas.sh and gemm_torch.sh in the
 same run: the machine is shared, so only ratios measured together mean much.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var todo []gemmShape

@@ -3,13 +3,9 @@ package main
 import (
 	"fmt"
 	"path/filepath"
-	"syscall"
 	"testing"
-	"time"
 
-	"github.com/loomtrain/loom/checkpoint"
 	"github.com/loomtrain/loom/data"
-	"github.com/loomtrain/loom/train"
 )
 
 const gptJobYAML = `name: %s
@@ -29,38 +25,10 @@ func TestGPTKilledOnTwoResumesOnThree(t *testing.T) {
 	dir := t.TempDir()
 	ckpt := filepath.Join(dir, "ckpt")
 	job := writeJob(t, fmt.Sprintf(gptJobYAML, "gptworld", ckpt))
-	cmd := loomCmd(t, "launch", job, "--workers", "2", "--device", "cpu:threads=1", "--quiet", "--max-steps", "60",
-		"--sample-ledger", filepath.Join(dir, "run1"))
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	waitPublished(t, ckpt, "gptworld", 20, 3*time.Minute, exited)
-	_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-	<-exited
-
-	store, _ := checkpoint.NewLocalStorage(ckpt)
-	infos, err := checkpoint.List(t.Context(), store, "gptworld")
-	if err != nil || len(infos) == 0 {
-		t.Fatal(err, infos)
-	}
-	last := infos[len(infos)-1]
-	if last.Step >= 60 || last.WorldSize != 2 {
-		t.Fatalf("newest checkpoint %+v: want one from 2 workers before the end", last)
-	}
-	s := summaryOf(t, 5*time.Minute, "launch", job, "--workers", "3", "--device", "cpu:threads=1", "--max-steps", "60",
-		"--resume", "latest", "--sample-ledger", filepath.Join(dir, "run2"))
-	if s.Status != "completed" || s.Steps != 60 || s.Workers != 3 || !(s.FinalLoss < 4) {
+	s, entries := killResumeOnThree(t, dir, ckpt, job, "gptworld")
+	if !(s.FinalLoss < 4) {
 		t.Fatalf("resumed summary %+v (byte-level loss starts at ln 256 = 5.55)", s)
 	}
-	var entries []train.LedgerEntry
-	for _, e := range readLedgers(t, filepath.Join(dir, "run1")) {
-		if e.Step <= last.Step { // later steps of the killed run were redone
-			entries = append(entries, e)
-		}
-	}
-	entries = append(entries, readLedgers(t, filepath.Join(dir, "run2"))...)
 	text, err := data.LoadText("/usr/share/common-licenses", 32)
 	if err != nil {
 		t.Fatal(err)

@@ -132,6 +132,22 @@ func TestResumeOnDifferentWorldSize(t *testing.T) {
 	dir := t.TempDir()
 	ckpt := filepath.Join(dir, "ckpt")
 	job := writeJob(t, fmt.Sprintf(smallJobYAML, "world", 1000, ckpt, 10))
+	s, entries := killResumeOnThree(t, dir, ckpt, job, "world")
+	if s.TestAccuracy < 0.85 {
+		t.Fatalf("resumed summary %+v", s)
+	}
+	assertExactlyOnce(t, entries, 60, 1000, 7)
+}
+
+// killResumeOnThree launches job (named name, checkpointing every 10 steps
+// into ckpt) on 2 workers for 60 steps, SIGKILLs them once the checkpoint of
+// step 20 is published, checks that the newest checkpoint is one of the 2
+// workers before the end, and resumes it on 3 workers to step 60. It
+// returns the resumed run's summary and the ledger entries that count: the
+// killed run's up to its newest checkpoint (later steps were redone), then
+// the resumed run's.
+func killResumeOnThree(t *testing.T, dir, ckpt, job, name string) (train.Summary, []train.LedgerEntry) {
+	t.Helper()
 	cmd := loomCmd(t, "launch", job, "--workers", "2", "--device", "cpu:threads=1", "--quiet", "--max-steps", "60",
 		"--sample-ledger", filepath.Join(dir, "run1"))
 	if err := cmd.Start(); err != nil {
@@ -139,30 +155,29 @@ func TestResumeOnDifferentWorldSize(t *testing.T) {
 	}
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
-	waitPublished(t, ckpt, "world", 20, 3*time.Minute, exited)
+	waitPublished(t, ckpt, name, 20, 3*time.Minute, exited)
 	_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 	<-exited
 
 	store, _ := checkpoint.NewLocalStorage(ckpt)
-	infos, err := checkpoint.List(t.Context(), store, "world")
+	infos, err := checkpoint.List(t.Context(), store, name)
 	if err != nil || len(infos) == 0 {
 		t.Fatal(err, infos)
 	}
-	resumedAt := infos[len(infos)-1].Step
-	if resumedAt >= 60 || infos[len(infos)-1].WorldSize != 2 {
-		t.Fatalf("newest checkpoint %+v: want one from 2 workers before the end", infos[len(infos)-1])
+	last := infos[len(infos)-1]
+	if last.Step >= 60 || last.WorldSize != 2 {
+		t.Fatalf("newest checkpoint %+v: want one from 2 workers before the end", last)
 	}
-	s := summaryOf(t, 3*time.Minute, "launch", job, "--workers", "3", "--device", "cpu:threads=1", "--max-steps", "60",
+	s := summaryOf(t, 5*time.Minute, "launch", job, "--workers", "3", "--device", "cpu:threads=1", "--max-steps", "60",
 		"--resume", "latest", "--sample-ledger", filepath.Join(dir, "run2"))
-	if s.Status != "completed" || s.Steps != 60 || s.Workers != 3 || s.TestAccuracy < 0.85 {
+	if s.Status != "completed" || s.Steps != 60 || s.Workers != 3 {
 		t.Fatalf("resumed summary %+v", s)
 	}
 	var entries []train.LedgerEntry
 	for _, e := range readLedgers(t, filepath.Join(dir, "run1")) {
-		if e.Step <= resumedAt { // later steps of the killed run were redone
+		if e.Step <= last.Step {
 			entries = append(entries, e)
 		}
 	}
-	entries = append(entries, readLedgers(t, filepath.Join(dir, "run2"))...)
-	assertExactlyOnce(t, entries, 60, 1000, 7)
+	return s, append(entries, readLedgers(t, filepath.Join(dir, "run2"))...)
 }
