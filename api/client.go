@@ -30,7 +30,7 @@ const (
 	ReasonJobCancelled      = "JOB_CANCELLED"
 	ReasonJobCompleted      = "JOB_COMPLETED"
 	ReasonUnknownWorker     = "UNKNOWN_WORKER"
-	ReasonDuplicateWorker   = "DUPLICATE_WORKER"
+	ReasonSuperseded        = "SUPERSEDED"
 	ReasonStaleGeneration   = "STALE_GENERATION"
 	ReasonNotInPlan         = "NOT_IN_PLAN"
 	ReasonStaleCheckpoint   = "STALE_CHECKPOINT"

@@ -894,7 +894,10 @@ type Worker struct {
 	Draining bool `protobuf:"varint,7,opt,name=draining,proto3" json:"draining,omitempty"`
 	// Set only in ListWorkers' lost list: when the lease expired (leader's
 	// clock, unix nanoseconds).
-	LostUnixNano  int64 `protobuf:"varint,8,opt,name=lost_unix_nano,json=lostUnixNano,proto3" json:"lost_unix_nano,omitempty"`
+	LostUnixNano int64 `protobuf:"varint,8,opt,name=lost_unix_nano,json=lostUnixNano,proto3" json:"lost_unix_nano,omitempty"`
+	// Set only in the lost list: why the worker was removed ("lease
+	// expired", or the failure report its silence confirmed).
+	LostReason    string `protobuf:"bytes,9,opt,name=lost_reason,json=lostReason,proto3" json:"lost_reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -985,9 +988,20 @@ func (x *Worker) GetLostUnixNano() int64 {
 	return 0
 }
 
+func (x *Worker) GetLostReason() string {
+	if x != nil {
+		return x.LostReason
+	}
+	return ""
+}
+
 // Registering an id that is already registered with the same profile and
-// job is a retry and renews the lease; with a different profile (another
-// process: its collective_addr differs) it is refused with DUPLICATE_WORKER.
+// job is a retry and renews the lease. With a different profile (another
+// process: its collective_addr differs) the new process takes the
+// registration over: it gets a new incarnation, and the old process's
+// heartbeats, failure reports and deregistration are refused with
+// SUPERSEDED (a worker restarted by its supervisor under its id replaces its
+// crashed self at once, without waiting out the lease).
 type RegisterWorkerRequest struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	WorkerId string                 `protobuf:"bytes,1,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
@@ -1052,7 +1066,9 @@ func (x *RegisterWorkerRequest) GetJobId() string {
 type RegisterWorkerResponse struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Worker *Worker                `protobuf:"bytes,1,opt,name=worker,proto3" json:"worker,omitempty"`
-	// Heartbeat at least this often (milliseconds): a third of the lease.
+	// Heartbeat this often (milliseconds): the leader confirms a reported
+	// failure by a worker's heartbeats stopping, so they come several times
+	// per failure-confirmation window, and at least three times per lease.
 	HeartbeatIntervalMs int64 `protobuf:"varint,2,opt,name=heartbeat_interval_ms,json=heartbeatIntervalMs,proto3" json:"heartbeat_interval_ms,omitempty"`
 	LeaseMs             int64 `protobuf:"varint,3,opt,name=lease_ms,json=leaseMs,proto3" json:"lease_ms,omitempty"`
 	unknownFields       protoimpl.UnknownFields
@@ -1110,9 +1126,13 @@ func (x *RegisterWorkerResponse) GetLeaseMs() int64 {
 	return 0
 }
 
+// incarnation, in the requests below, is the registered_unix_nano of the
+// registration this process holds (RegisterWorkerResponse.worker): a request
+// naming an older one is refused with SUPERSEDED. 0 skips the check.
 type HeartbeatRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	WorkerId      string                 `protobuf:"bytes,1,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	Incarnation   int64                  `protobuf:"varint,2,opt,name=incarnation,proto3" json:"incarnation,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1152,6 +1172,13 @@ func (x *HeartbeatRequest) GetWorkerId() string {
 		return x.WorkerId
 	}
 	return ""
+}
+
+func (x *HeartbeatRequest) GetIncarnation() int64 {
+	if x != nil {
+		return x.Incarnation
+	}
+	return 0
 }
 
 type HeartbeatResponse struct {
@@ -1219,6 +1246,7 @@ func (x *HeartbeatResponse) GetDraining() bool {
 type DeregisterWorkerRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	WorkerId      string                 `protobuf:"bytes,1,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	Incarnation   int64                  `protobuf:"varint,2,opt,name=incarnation,proto3" json:"incarnation,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1260,6 +1288,132 @@ func (x *DeregisterWorkerRequest) GetWorkerId() string {
 	return ""
 }
 
+func (x *DeregisterWorkerRequest) GetIncarnation() int64 {
+	if x != nil {
+		return x.Incarnation
+	}
+	return 0
+}
+
+// ReportFailure: a rank's work in a generation failed (a peer closed the
+// ring, or a collective made no progress within its deadline). The leader
+// confirms the failure by the heartbeats of the generation's workers: each
+// whose heartbeats have stopped for the failure-confirmation window is
+// removed (lost) at once, and the job is re-planned without it; the lease
+// stays the backstop. A report that no silence confirms changes nothing.
+type ReportFailureRequest struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	JobId       string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	WorkerId    string                 `protobuf:"bytes,2,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	Incarnation int64                  `protobuf:"varint,3,opt,name=incarnation,proto3" json:"incarnation,omitempty"`
+	Generation  int64                  `protobuf:"varint,4,opt,name=generation,proto3" json:"generation,omitempty"`
+	// What failed, as the rank saw it (logged and kept in the removal reason).
+	Error         string `protobuf:"bytes,5,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReportFailureRequest) Reset() {
+	*x = ReportFailureRequest{}
+	mi := &file_loom_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReportFailureRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReportFailureRequest) ProtoMessage() {}
+
+func (x *ReportFailureRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_loom_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReportFailureRequest.ProtoReflect.Descriptor instead.
+func (*ReportFailureRequest) Descriptor() ([]byte, []int) {
+	return file_loom_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *ReportFailureRequest) GetJobId() string {
+	if x != nil {
+		return x.JobId
+	}
+	return ""
+}
+
+func (x *ReportFailureRequest) GetWorkerId() string {
+	if x != nil {
+		return x.WorkerId
+	}
+	return ""
+}
+
+func (x *ReportFailureRequest) GetIncarnation() int64 {
+	if x != nil {
+		return x.Incarnation
+	}
+	return 0
+}
+
+func (x *ReportFailureRequest) GetGeneration() int64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+func (x *ReportFailureRequest) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+type ReportFailureResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReportFailureResponse) Reset() {
+	*x = ReportFailureResponse{}
+	mi := &file_loom_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReportFailureResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReportFailureResponse) ProtoMessage() {}
+
+func (x *ReportFailureResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_loom_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReportFailureResponse.ProtoReflect.Descriptor instead.
+func (*ReportFailureResponse) Descriptor() ([]byte, []int) {
+	return file_loom_proto_rawDescGZIP(), []int{19}
+}
+
 type DeregisterWorkerResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -1268,7 +1422,7 @@ type DeregisterWorkerResponse struct {
 
 func (x *DeregisterWorkerResponse) Reset() {
 	*x = DeregisterWorkerResponse{}
-	mi := &file_loom_proto_msgTypes[18]
+	mi := &file_loom_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1280,7 +1434,7 @@ func (x *DeregisterWorkerResponse) String() string {
 func (*DeregisterWorkerResponse) ProtoMessage() {}
 
 func (x *DeregisterWorkerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_proto_msgTypes[18]
+	mi := &file_loom_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1293,7 +1447,7 @@ func (x *DeregisterWorkerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeregisterWorkerResponse.ProtoReflect.Descriptor instead.
 func (*DeregisterWorkerResponse) Descriptor() ([]byte, []int) {
-	return file_loom_proto_rawDescGZIP(), []int{18}
+	return file_loom_proto_rawDescGZIP(), []int{20}
 }
 
 type ListWorkersRequest struct {
@@ -1304,7 +1458,7 @@ type ListWorkersRequest struct {
 
 func (x *ListWorkersRequest) Reset() {
 	*x = ListWorkersRequest{}
-	mi := &file_loom_proto_msgTypes[19]
+	mi := &file_loom_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1316,7 +1470,7 @@ func (x *ListWorkersRequest) String() string {
 func (*ListWorkersRequest) ProtoMessage() {}
 
 func (x *ListWorkersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_proto_msgTypes[19]
+	mi := &file_loom_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1329,7 +1483,7 @@ func (x *ListWorkersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListWorkersRequest.ProtoReflect.Descriptor instead.
 func (*ListWorkersRequest) Descriptor() ([]byte, []int) {
-	return file_loom_proto_rawDescGZIP(), []int{19}
+	return file_loom_proto_rawDescGZIP(), []int{21}
 }
 
 type ListWorkersResponse struct {
@@ -1344,7 +1498,7 @@ type ListWorkersResponse struct {
 
 func (x *ListWorkersResponse) Reset() {
 	*x = ListWorkersResponse{}
-	mi := &file_loom_proto_msgTypes[20]
+	mi := &file_loom_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1356,7 +1510,7 @@ func (x *ListWorkersResponse) String() string {
 func (*ListWorkersResponse) ProtoMessage() {}
 
 func (x *ListWorkersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_proto_msgTypes[20]
+	mi := &file_loom_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1369,7 +1523,7 @@ func (x *ListWorkersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListWorkersResponse.ProtoReflect.Descriptor instead.
 func (*ListWorkersResponse) Descriptor() ([]byte, []int) {
-	return file_loom_proto_rawDescGZIP(), []int{20}
+	return file_loom_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ListWorkersResponse) GetWorkers() []*Worker {
@@ -1398,7 +1552,7 @@ type DrainWorkerRequest struct {
 
 func (x *DrainWorkerRequest) Reset() {
 	*x = DrainWorkerRequest{}
-	mi := &file_loom_proto_msgTypes[21]
+	mi := &file_loom_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1410,7 +1564,7 @@ func (x *DrainWorkerRequest) String() string {
 func (*DrainWorkerRequest) ProtoMessage() {}
 
 func (x *DrainWorkerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_proto_msgTypes[21]
+	mi := &file_loom_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1423,7 +1577,7 @@ func (x *DrainWorkerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainWorkerRequest.ProtoReflect.Descriptor instead.
 func (*DrainWorkerRequest) Descriptor() ([]byte, []int) {
-	return file_loom_proto_rawDescGZIP(), []int{21}
+	return file_loom_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *DrainWorkerRequest) GetWorkerId() string {
@@ -1442,7 +1596,7 @@ type DrainWorkerResponse struct {
 
 func (x *DrainWorkerResponse) Reset() {
 	*x = DrainWorkerResponse{}
-	mi := &file_loom_proto_msgTypes[22]
+	mi := &file_loom_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1454,7 +1608,7 @@ func (x *DrainWorkerResponse) String() string {
 func (*DrainWorkerResponse) ProtoMessage() {}
 
 func (x *DrainWorkerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_proto_msgTypes[22]
+	mi := &file_loom_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1467,7 +1621,7 @@ func (x *DrainWorkerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainWorkerResponse.ProtoReflect.Descriptor instead.
 func (*DrainWorkerResponse) Descriptor() ([]byte, []int) {
-	return file_loom_proto_rawDescGZIP(), []int{22}
+	return file_loom_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *DrainWorkerResponse) GetWorker() *Worker {
@@ -1494,7 +1648,7 @@ type Rank struct {
 
 func (x *Rank) Reset() {
 	*x = Rank{}
-	mi := &file_loom_proto_msgTypes[23]
+	mi := &file_loom_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1506,7 +1660,7 @@ func (x *Rank) String() string {
 func (*Rank) ProtoMessage() {}
 
 func (x *Rank) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_proto_msgTypes[23]
+	mi := &file_loom_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1519,7 +1673,7 @@ func (x *Rank) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rank.ProtoReflect.Descriptor instead.
 func (*Rank) Descriptor() ([]byte, []int) {
-	return file_loom_proto_rawDescGZIP(), []int{23}
+	return file_loom_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Rank) GetRank() int32 {
@@ -1582,7 +1736,7 @@ type Plan struct {
 
 func (x *Plan) Reset() {
 	*x = Plan{}
-	mi := &file_loom_proto_msgTypes[24]
+	mi := &file_loom_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1594,7 +1748,7 @@ func (x *Plan) String() string {
 func (*Plan) ProtoMessage() {}
 
 func (x *Plan) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_proto_msgTypes[24]
+	mi := &file_loom_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1607,7 +1761,7 @@ func (x *Plan) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Plan.ProtoReflect.Descriptor instead.
 func (*Plan) Descriptor() ([]byte, []int) {
-	return file_loom_proto_rawDescGZIP(), []int{24}
+	return file_loom_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Plan) GetJobId() string {
@@ -1670,7 +1824,7 @@ type WatchPlanRequest struct {
 
 func (x *WatchPlanRequest) Reset() {
 	*x = WatchPlanRequest{}
-	mi := &file_loom_proto_msgTypes[25]
+	mi := &file_loom_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1682,7 +1836,7 @@ func (x *WatchPlanRequest) String() string {
 func (*WatchPlanRequest) ProtoMessage() {}
 
 func (x *WatchPlanRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_proto_msgTypes[25]
+	mi := &file_loom_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1695,7 +1849,7 @@ func (x *WatchPlanRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchPlanRequest.ProtoReflect.Descriptor instead.
 func (*WatchPlanRequest) Descriptor() ([]byte, []int) {
-	return file_loom_proto_rawDescGZIP(), []int{25}
+	return file_loom_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *WatchPlanRequest) GetJobId() string {
@@ -1738,7 +1892,7 @@ type ReportProgressRequest struct {
 
 func (x *ReportProgressRequest) Reset() {
 	*x = ReportProgressRequest{}
-	mi := &file_loom_proto_msgTypes[26]
+	mi := &file_loom_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1750,7 +1904,7 @@ func (x *ReportProgressRequest) String() string {
 func (*ReportProgressRequest) ProtoMessage() {}
 
 func (x *ReportProgressRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_proto_msgTypes[26]
+	mi := &file_loom_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1763,7 +1917,7 @@ func (x *ReportProgressRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportProgressRequest.ProtoReflect.Descriptor instead.
 func (*ReportProgressRequest) Descriptor() ([]byte, []int) {
-	return file_loom_proto_rawDescGZIP(), []int{26}
+	return file_loom_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ReportProgressRequest) GetJobId() string {
@@ -1853,7 +2007,7 @@ type ReportProgressResponse struct {
 
 func (x *ReportProgressResponse) Reset() {
 	*x = ReportProgressResponse{}
-	mi := &file_loom_proto_msgTypes[27]
+	mi := &file_loom_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1865,7 +2019,7 @@ func (x *ReportProgressResponse) String() string {
 func (*ReportProgressResponse) ProtoMessage() {}
 
 func (x *ReportProgressResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_proto_msgTypes[27]
+	mi := &file_loom_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1878,7 +2032,7 @@ func (x *ReportProgressResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportProgressResponse.ProtoReflect.Descriptor instead.
 func (*ReportProgressResponse) Descriptor() ([]byte, []int) {
-	return file_loom_proto_rawDescGZIP(), []int{27}
+	return file_loom_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ReportProgressResponse) GetGeneration() int64 {
@@ -1897,7 +2051,7 @@ type CommitCheckpointRequest struct {
 
 func (x *CommitCheckpointRequest) Reset() {
 	*x = CommitCheckpointRequest{}
-	mi := &file_loom_proto_msgTypes[28]
+	mi := &file_loom_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1909,7 +2063,7 @@ func (x *CommitCheckpointRequest) String() string {
 func (*CommitCheckpointRequest) ProtoMessage() {}
 
 func (x *CommitCheckpointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_proto_msgTypes[28]
+	mi := &file_loom_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1922,7 +2076,7 @@ func (x *CommitCheckpointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommitCheckpointRequest.ProtoReflect.Descriptor instead.
 func (*CommitCheckpointRequest) Descriptor() ([]byte, []int) {
-	return file_loom_proto_rawDescGZIP(), []int{28}
+	return file_loom_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *CommitCheckpointRequest) GetCheckpoint() *Checkpoint {
@@ -1941,7 +2095,7 @@ type CommitCheckpointResponse struct {
 
 func (x *CommitCheckpointResponse) Reset() {
 	*x = CommitCheckpointResponse{}
-	mi := &file_loom_proto_msgTypes[29]
+	mi := &file_loom_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1953,7 +2107,7 @@ func (x *CommitCheckpointResponse) String() string {
 func (*CommitCheckpointResponse) ProtoMessage() {}
 
 func (x *CommitCheckpointResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_proto_msgTypes[29]
+	mi := &file_loom_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1966,7 +2120,7 @@ func (x *CommitCheckpointResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommitCheckpointResponse.ProtoReflect.Descriptor instead.
 func (*CommitCheckpointResponse) Descriptor() ([]byte, []int) {
-	return file_loom_proto_rawDescGZIP(), []int{29}
+	return file_loom_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *CommitCheckpointResponse) GetJob() *Job {
@@ -1990,7 +2144,7 @@ type CoordinatorMember struct {
 
 func (x *CoordinatorMember) Reset() {
 	*x = CoordinatorMember{}
-	mi := &file_loom_proto_msgTypes[30]
+	mi := &file_loom_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2002,7 +2156,7 @@ func (x *CoordinatorMember) String() string {
 func (*CoordinatorMember) ProtoMessage() {}
 
 func (x *CoordinatorMember) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_proto_msgTypes[30]
+	mi := &file_loom_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2015,7 +2169,7 @@ func (x *CoordinatorMember) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CoordinatorMember.ProtoReflect.Descriptor instead.
 func (*CoordinatorMember) Descriptor() ([]byte, []int) {
-	return file_loom_proto_rawDescGZIP(), []int{30}
+	return file_loom_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *CoordinatorMember) GetId() string {
@@ -2065,7 +2219,7 @@ type JoinRequest struct {
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_loom_proto_msgTypes[31]
+	mi := &file_loom_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2077,7 +2231,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_proto_msgTypes[31]
+	mi := &file_loom_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2090,7 +2244,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_loom_proto_rawDescGZIP(), []int{31}
+	return file_loom_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *JoinRequest) GetClusterId() string {
@@ -2130,7 +2284,7 @@ type JoinResponse struct {
 
 func (x *JoinResponse) Reset() {
 	*x = JoinResponse{}
-	mi := &file_loom_proto_msgTypes[32]
+	mi := &file_loom_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2142,7 +2296,7 @@ func (x *JoinResponse) String() string {
 func (*JoinResponse) ProtoMessage() {}
 
 func (x *JoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_proto_msgTypes[32]
+	mi := &file_loom_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2155,7 +2309,7 @@ func (x *JoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
 func (*JoinResponse) Descriptor() ([]byte, []int) {
-	return file_loom_proto_rawDescGZIP(), []int{32}
+	return file_loom_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *JoinResponse) GetClusterId() string {
@@ -2174,7 +2328,7 @@ type RemoveCoordinatorRequest struct {
 
 func (x *RemoveCoordinatorRequest) Reset() {
 	*x = RemoveCoordinatorRequest{}
-	mi := &file_loom_proto_msgTypes[33]
+	mi := &file_loom_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2186,7 +2340,7 @@ func (x *RemoveCoordinatorRequest) String() string {
 func (*RemoveCoordinatorRequest) ProtoMessage() {}
 
 func (x *RemoveCoordinatorRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_proto_msgTypes[33]
+	mi := &file_loom_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2199,7 +2353,7 @@ func (x *RemoveCoordinatorRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveCoordinatorRequest.ProtoReflect.Descriptor instead.
 func (*RemoveCoordinatorRequest) Descriptor() ([]byte, []int) {
-	return file_loom_proto_rawDescGZIP(), []int{33}
+	return file_loom_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *RemoveCoordinatorRequest) GetNodeId() string {
@@ -2217,7 +2371,7 @@ type RemoveCoordinatorResponse struct {
 
 func (x *RemoveCoordinatorResponse) Reset() {
 	*x = RemoveCoordinatorResponse{}
-	mi := &file_loom_proto_msgTypes[34]
+	mi := &file_loom_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2229,7 +2383,7 @@ func (x *RemoveCoordinatorResponse) String() string {
 func (*RemoveCoordinatorResponse) ProtoMessage() {}
 
 func (x *RemoveCoordinatorResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_proto_msgTypes[34]
+	mi := &file_loom_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2242,7 +2396,7 @@ func (x *RemoveCoordinatorResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveCoordinatorResponse.ProtoReflect.Descriptor instead.
 func (*RemoveCoordinatorResponse) Descriptor() ([]byte, []int) {
-	return file_loom_proto_rawDescGZIP(), []int{34}
+	return file_loom_proto_rawDescGZIP(), []int{36}
 }
 
 type ClusterStatusRequest struct {
@@ -2253,7 +2407,7 @@ type ClusterStatusRequest struct {
 
 func (x *ClusterStatusRequest) Reset() {
 	*x = ClusterStatusRequest{}
-	mi := &file_loom_proto_msgTypes[35]
+	mi := &file_loom_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2265,7 +2419,7 @@ func (x *ClusterStatusRequest) String() string {
 func (*ClusterStatusRequest) ProtoMessage() {}
 
 func (x *ClusterStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_proto_msgTypes[35]
+	mi := &file_loom_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2278,7 +2432,7 @@ func (x *ClusterStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterStatusRequest.ProtoReflect.Descriptor instead.
 func (*ClusterStatusRequest) Descriptor() ([]byte, []int) {
-	return file_loom_proto_rawDescGZIP(), []int{35}
+	return file_loom_proto_rawDescGZIP(), []int{37}
 }
 
 type ClusterStatusResponse struct {
@@ -2297,7 +2451,7 @@ type ClusterStatusResponse struct {
 
 func (x *ClusterStatusResponse) Reset() {
 	*x = ClusterStatusResponse{}
-	mi := &file_loom_proto_msgTypes[36]
+	mi := &file_loom_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2309,7 +2463,7 @@ func (x *ClusterStatusResponse) String() string {
 func (*ClusterStatusResponse) ProtoMessage() {}
 
 func (x *ClusterStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_proto_msgTypes[36]
+	mi := &file_loom_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2322,7 +2476,7 @@ func (x *ClusterStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterStatusResponse.ProtoReflect.Descriptor instead.
 func (*ClusterStatusResponse) Descriptor() ([]byte, []int) {
-	return file_loom_proto_rawDescGZIP(), []int{36}
+	return file_loom_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ClusterStatusResponse) GetClusterId() string {
@@ -2446,7 +2600,7 @@ const file_loom_proto_rawDesc = "" +
 	"\x0fcollective_addr\x18\x06 \x01(\tR\x0ecollectiveAddr\x1a9\n" +
 	"\vGflopsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01\"\xb8\x02\n" +
+	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01\"\xd9\x02\n" +
 	"\x06Worker\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x120\n" +
 	"\aprofile\x18\x02 \x01(\v2\x16.loom.v1.DeviceProfileR\aprofile\x12\x15\n" +
@@ -2455,7 +2609,9 @@ const file_loom_proto_rawDesc = "" +
 	"\x14registered_unix_nano\x18\x05 \x01(\x03R\x12registeredUnixNano\x12,\n" +
 	"\x12samples_per_second\x18\x06 \x01(\x01R\x10samplesPerSecond\x12\x1a\n" +
 	"\bdraining\x18\a \x01(\bR\bdraining\x12$\n" +
-	"\x0elost_unix_nano\x18\b \x01(\x03R\flostUnixNano\"}\n" +
+	"\x0elost_unix_nano\x18\b \x01(\x03R\flostUnixNano\x12\x1f\n" +
+	"\vlost_reason\x18\t \x01(\tR\n" +
+	"lostReason\"}\n" +
 	"\x15RegisterWorkerRequest\x12\x1b\n" +
 	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x120\n" +
 	"\aprofile\x18\x02 \x01(\v2\x16.loom.v1.DeviceProfileR\aprofile\x12\x15\n" +
@@ -2463,17 +2619,28 @@ const file_loom_proto_rawDesc = "" +
 	"\x16RegisterWorkerResponse\x12'\n" +
 	"\x06worker\x18\x01 \x01(\v2\x0f.loom.v1.WorkerR\x06worker\x122\n" +
 	"\x15heartbeat_interval_ms\x18\x02 \x01(\x03R\x13heartbeatIntervalMs\x12\x19\n" +
-	"\blease_ms\x18\x03 \x01(\x03R\aleaseMs\"/\n" +
+	"\blease_ms\x18\x03 \x01(\x03R\aleaseMs\"Q\n" +
 	"\x10HeartbeatRequest\x12\x1b\n" +
-	"\tworker_id\x18\x01 \x01(\tR\bworkerId\"\x84\x01\n" +
+	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12 \n" +
+	"\vincarnation\x18\x02 \x01(\x03R\vincarnation\"\x84\x01\n" +
 	"\x11HeartbeatResponse\x123\n" +
 	"\x16lease_expiry_unix_nano\x18\x01 \x01(\x03R\x13leaseExpiryUnixNano\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x02 \x01(\x03R\n" +
 	"generation\x12\x1a\n" +
-	"\bdraining\x18\x03 \x01(\bR\bdraining\"6\n" +
+	"\bdraining\x18\x03 \x01(\bR\bdraining\"X\n" +
 	"\x17DeregisterWorkerRequest\x12\x1b\n" +
-	"\tworker_id\x18\x01 \x01(\tR\bworkerId\"\x1a\n" +
+	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12 \n" +
+	"\vincarnation\x18\x02 \x01(\x03R\vincarnation\"\xa2\x01\n" +
+	"\x14ReportFailureRequest\x12\x15\n" +
+	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x1b\n" +
+	"\tworker_id\x18\x02 \x01(\tR\bworkerId\x12 \n" +
+	"\vincarnation\x18\x03 \x01(\x03R\vincarnation\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x04 \x01(\x03R\n" +
+	"generation\x12\x14\n" +
+	"\x05error\x18\x05 \x01(\tR\x05error\"\x17\n" +
+	"\x15ReportFailureResponse\"\x1a\n" +
 	"\x18DeregisterWorkerResponse\"\x14\n" +
 	"\x12ListWorkersRequest\"e\n" +
 	"\x13ListWorkersResponse\x12)\n" +
@@ -2564,7 +2731,7 @@ const file_loom_proto_rawDesc = "" +
 	"\x11JOB_STATE_PENDING\x10\x01\x12\x15\n" +
 	"\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n" +
 	"\x13JOB_STATE_CANCELLED\x10\x03\x12\x17\n" +
-	"\x13JOB_STATE_COMPLETED\x10\x042\xfa\x06\n" +
+	"\x13JOB_STATE_COMPLETED\x10\x042\xca\a\n" +
 	"\vCoordinator\x12B\n" +
 	"\tSubmitJob\x12\x19.loom.v1.SubmitJobRequest\x1a\x1a.loom.v1.SubmitJobResponse\x129\n" +
 	"\x06GetJob\x12\x16.loom.v1.GetJobRequest\x1a\x17.loom.v1.GetJobResponse\x12?\n" +
@@ -2572,7 +2739,8 @@ const file_loom_proto_rawDesc = "" +
 	"\tCancelJob\x12\x19.loom.v1.CancelJobRequest\x1a\x1a.loom.v1.CancelJobResponse\x12Q\n" +
 	"\x0eRegisterWorker\x12\x1e.loom.v1.RegisterWorkerRequest\x1a\x1f.loom.v1.RegisterWorkerResponse\x12B\n" +
 	"\tHeartbeat\x12\x19.loom.v1.HeartbeatRequest\x1a\x1a.loom.v1.HeartbeatResponse\x12W\n" +
-	"\x10DeregisterWorker\x12 .loom.v1.DeregisterWorkerRequest\x1a!.loom.v1.DeregisterWorkerResponse\x12H\n" +
+	"\x10DeregisterWorker\x12 .loom.v1.DeregisterWorkerRequest\x1a!.loom.v1.DeregisterWorkerResponse\x12N\n" +
+	"\rReportFailure\x12\x1d.loom.v1.ReportFailureRequest\x1a\x1e.loom.v1.ReportFailureResponse\x12H\n" +
 	"\vListWorkers\x12\x1b.loom.v1.ListWorkersRequest\x1a\x1c.loom.v1.ListWorkersResponse\x12H\n" +
 	"\vDrainWorker\x12\x1b.loom.v1.DrainWorkerRequest\x1a\x1c.loom.v1.DrainWorkerResponse\x127\n" +
 	"\tWatchPlan\x12\x19.loom.v1.WatchPlanRequest\x1a\r.loom.v1.Plan0\x01\x12Q\n" +
@@ -2596,7 +2764,7 @@ func file_loom_proto_rawDescGZIP() []byte {
 }
 
 var file_loom_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_loom_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
+var file_loom_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
 var file_loom_proto_goTypes = []any{
 	(JobState)(0),                     // 0: loom.v1.JobState
 	(*JobSpec)(nil),                   // 1: loom.v1.JobSpec
@@ -2617,26 +2785,28 @@ var file_loom_proto_goTypes = []any{
 	(*HeartbeatRequest)(nil),          // 16: loom.v1.HeartbeatRequest
 	(*HeartbeatResponse)(nil),         // 17: loom.v1.HeartbeatResponse
 	(*DeregisterWorkerRequest)(nil),   // 18: loom.v1.DeregisterWorkerRequest
-	(*DeregisterWorkerResponse)(nil),  // 19: loom.v1.DeregisterWorkerResponse
-	(*ListWorkersRequest)(nil),        // 20: loom.v1.ListWorkersRequest
-	(*ListWorkersResponse)(nil),       // 21: loom.v1.ListWorkersResponse
-	(*DrainWorkerRequest)(nil),        // 22: loom.v1.DrainWorkerRequest
-	(*DrainWorkerResponse)(nil),       // 23: loom.v1.DrainWorkerResponse
-	(*Rank)(nil),                      // 24: loom.v1.Rank
-	(*Plan)(nil),                      // 25: loom.v1.Plan
-	(*WatchPlanRequest)(nil),          // 26: loom.v1.WatchPlanRequest
-	(*ReportProgressRequest)(nil),     // 27: loom.v1.ReportProgressRequest
-	(*ReportProgressResponse)(nil),    // 28: loom.v1.ReportProgressResponse
-	(*CommitCheckpointRequest)(nil),   // 29: loom.v1.CommitCheckpointRequest
-	(*CommitCheckpointResponse)(nil),  // 30: loom.v1.CommitCheckpointResponse
-	(*CoordinatorMember)(nil),         // 31: loom.v1.CoordinatorMember
-	(*JoinRequest)(nil),               // 32: loom.v1.JoinRequest
-	(*JoinResponse)(nil),              // 33: loom.v1.JoinResponse
-	(*RemoveCoordinatorRequest)(nil),  // 34: loom.v1.RemoveCoordinatorRequest
-	(*RemoveCoordinatorResponse)(nil), // 35: loom.v1.RemoveCoordinatorResponse
-	(*ClusterStatusRequest)(nil),      // 36: loom.v1.ClusterStatusRequest
-	(*ClusterStatusResponse)(nil),     // 37: loom.v1.ClusterStatusResponse
-	nil,                               // 38: loom.v1.DeviceProfile.GflopsEntry
+	(*ReportFailureRequest)(nil),      // 19: loom.v1.ReportFailureRequest
+	(*ReportFailureResponse)(nil),     // 20: loom.v1.ReportFailureResponse
+	(*DeregisterWorkerResponse)(nil),  // 21: loom.v1.DeregisterWorkerResponse
+	(*ListWorkersRequest)(nil),        // 22: loom.v1.ListWorkersRequest
+	(*ListWorkersResponse)(nil),       // 23: loom.v1.ListWorkersResponse
+	(*DrainWorkerRequest)(nil),        // 24: loom.v1.DrainWorkerRequest
+	(*DrainWorkerResponse)(nil),       // 25: loom.v1.DrainWorkerResponse
+	(*Rank)(nil),                      // 26: loom.v1.Rank
+	(*Plan)(nil),                      // 27: loom.v1.Plan
+	(*WatchPlanRequest)(nil),          // 28: loom.v1.WatchPlanRequest
+	(*ReportProgressRequest)(nil),     // 29: loom.v1.ReportProgressRequest
+	(*ReportProgressResponse)(nil),    // 30: loom.v1.ReportProgressResponse
+	(*CommitCheckpointRequest)(nil),   // 31: loom.v1.CommitCheckpointRequest
+	(*CommitCheckpointResponse)(nil),  // 32: loom.v1.CommitCheckpointResponse
+	(*CoordinatorMember)(nil),         // 33: loom.v1.CoordinatorMember
+	(*JoinRequest)(nil),               // 34: loom.v1.JoinRequest
+	(*JoinResponse)(nil),              // 35: loom.v1.JoinResponse
+	(*RemoveCoordinatorRequest)(nil),  // 36: loom.v1.RemoveCoordinatorRequest
+	(*RemoveCoordinatorResponse)(nil), // 37: loom.v1.RemoveCoordinatorResponse
+	(*ClusterStatusRequest)(nil),      // 38: loom.v1.ClusterStatusRequest
+	(*ClusterStatusResponse)(nil),     // 39: loom.v1.ClusterStatusResponse
+	nil,                               // 40: loom.v1.DeviceProfile.GflopsEntry
 }
 var file_loom_proto_depIdxs = []int32{
 	1,  // 0: loom.v1.Job.spec:type_name -> loom.v1.JobSpec
@@ -2645,20 +2815,20 @@ var file_loom_proto_depIdxs = []int32{
 	1,  // 3: loom.v1.SubmitJobRequest.spec:type_name -> loom.v1.JobSpec
 	3,  // 4: loom.v1.SubmitJobResponse.job:type_name -> loom.v1.Job
 	3,  // 5: loom.v1.GetJobResponse.job:type_name -> loom.v1.Job
-	25, // 6: loom.v1.GetJobResponse.plan:type_name -> loom.v1.Plan
+	27, // 6: loom.v1.GetJobResponse.plan:type_name -> loom.v1.Plan
 	3,  // 7: loom.v1.ListJobsResponse.jobs:type_name -> loom.v1.Job
 	3,  // 8: loom.v1.CancelJobResponse.job:type_name -> loom.v1.Job
-	38, // 9: loom.v1.DeviceProfile.gflops:type_name -> loom.v1.DeviceProfile.GflopsEntry
+	40, // 9: loom.v1.DeviceProfile.gflops:type_name -> loom.v1.DeviceProfile.GflopsEntry
 	12, // 10: loom.v1.Worker.profile:type_name -> loom.v1.DeviceProfile
 	12, // 11: loom.v1.RegisterWorkerRequest.profile:type_name -> loom.v1.DeviceProfile
 	13, // 12: loom.v1.RegisterWorkerResponse.worker:type_name -> loom.v1.Worker
 	13, // 13: loom.v1.ListWorkersResponse.workers:type_name -> loom.v1.Worker
 	13, // 14: loom.v1.ListWorkersResponse.lost:type_name -> loom.v1.Worker
 	13, // 15: loom.v1.DrainWorkerResponse.worker:type_name -> loom.v1.Worker
-	24, // 16: loom.v1.Plan.ranks:type_name -> loom.v1.Rank
+	26, // 16: loom.v1.Plan.ranks:type_name -> loom.v1.Rank
 	2,  // 17: loom.v1.CommitCheckpointRequest.checkpoint:type_name -> loom.v1.Checkpoint
 	3,  // 18: loom.v1.CommitCheckpointResponse.job:type_name -> loom.v1.Job
-	31, // 19: loom.v1.ClusterStatusResponse.members:type_name -> loom.v1.CoordinatorMember
+	33, // 19: loom.v1.ClusterStatusResponse.members:type_name -> loom.v1.CoordinatorMember
 	4,  // 20: loom.v1.Coordinator.SubmitJob:input_type -> loom.v1.SubmitJobRequest
 	6,  // 21: loom.v1.Coordinator.GetJob:input_type -> loom.v1.GetJobRequest
 	8,  // 22: loom.v1.Coordinator.ListJobs:input_type -> loom.v1.ListJobsRequest
@@ -2666,31 +2836,33 @@ var file_loom_proto_depIdxs = []int32{
 	14, // 24: loom.v1.Coordinator.RegisterWorker:input_type -> loom.v1.RegisterWorkerRequest
 	16, // 25: loom.v1.Coordinator.Heartbeat:input_type -> loom.v1.HeartbeatRequest
 	18, // 26: loom.v1.Coordinator.DeregisterWorker:input_type -> loom.v1.DeregisterWorkerRequest
-	20, // 27: loom.v1.Coordinator.ListWorkers:input_type -> loom.v1.ListWorkersRequest
-	22, // 28: loom.v1.Coordinator.DrainWorker:input_type -> loom.v1.DrainWorkerRequest
-	26, // 29: loom.v1.Coordinator.WatchPlan:input_type -> loom.v1.WatchPlanRequest
-	27, // 30: loom.v1.Coordinator.ReportProgress:input_type -> loom.v1.ReportProgressRequest
-	29, // 31: loom.v1.Coordinator.CommitCheckpoint:input_type -> loom.v1.CommitCheckpointRequest
-	32, // 32: loom.v1.Cluster.Join:input_type -> loom.v1.JoinRequest
-	34, // 33: loom.v1.Cluster.RemoveCoordinator:input_type -> loom.v1.RemoveCoordinatorRequest
-	36, // 34: loom.v1.Cluster.ClusterStatus:input_type -> loom.v1.ClusterStatusRequest
-	5,  // 35: loom.v1.Coordinator.SubmitJob:output_type -> loom.v1.SubmitJobResponse
-	7,  // 36: loom.v1.Coordinator.GetJob:output_type -> loom.v1.GetJobResponse
-	9,  // 37: loom.v1.Coordinator.ListJobs:output_type -> loom.v1.ListJobsResponse
-	11, // 38: loom.v1.Coordinator.CancelJob:output_type -> loom.v1.CancelJobResponse
-	15, // 39: loom.v1.Coordinator.RegisterWorker:output_type -> loom.v1.RegisterWorkerResponse
-	17, // 40: loom.v1.Coordinator.Heartbeat:output_type -> loom.v1.HeartbeatResponse
-	19, // 41: loom.v1.Coordinator.DeregisterWorker:output_type -> loom.v1.DeregisterWorkerResponse
-	21, // 42: loom.v1.Coordinator.ListWorkers:output_type -> loom.v1.ListWorkersResponse
-	23, // 43: loom.v1.Coordinator.DrainWorker:output_type -> loom.v1.DrainWorkerResponse
-	25, // 44: loom.v1.Coordinator.WatchPlan:output_type -> loom.v1.Plan
-	28, // 45: loom.v1.Coordinator.ReportProgress:output_type -> loom.v1.ReportProgressResponse
-	30, // 46: loom.v1.Coordinator.CommitCheckpoint:output_type -> loom.v1.CommitCheckpointResponse
-	33, // 47: loom.v1.Cluster.Join:output_type -> loom.v1.JoinResponse
-	35, // 48: loom.v1.Cluster.RemoveCoordinator:output_type -> loom.v1.RemoveCoordinatorResponse
-	37, // 49: loom.v1.Cluster.ClusterStatus:output_type -> loom.v1.ClusterStatusResponse
-	35, // [35:50] is the sub-list for method output_type
-	20, // [20:35] is the sub-list for method input_type
+	19, // 27: loom.v1.Coordinator.ReportFailure:input_type -> loom.v1.ReportFailureRequest
+	22, // 28: loom.v1.Coordinator.ListWorkers:input_type -> loom.v1.ListWorkersRequest
+	24, // 29: loom.v1.Coordinator.DrainWorker:input_type -> loom.v1.DrainWorkerRequest
+	28, // 30: loom.v1.Coordinator.WatchPlan:input_type -> loom.v1.WatchPlanRequest
+	29, // 31: loom.v1.Coordinator.ReportProgress:input_type -> loom.v1.ReportProgressRequest
+	31, // 32: loom.v1.Coordinator.CommitCheckpoint:input_type -> loom.v1.CommitCheckpointRequest
+	34, // 33: loom.v1.Cluster.Join:input_type -> loom.v1.JoinRequest
+	36, // 34: loom.v1.Cluster.RemoveCoordinator:input_type -> loom.v1.RemoveCoordinatorRequest
+	38, // 35: loom.v1.Cluster.ClusterStatus:input_type -> loom.v1.ClusterStatusRequest
+	5,  // 36: loom.v1.Coordinator.SubmitJob:output_type -> loom.v1.SubmitJobResponse
+	7,  // 37: loom.v1.Coordinator.GetJob:output_type -> loom.v1.GetJobResponse
+	9,  // 38: loom.v1.Coordinator.ListJobs:output_type -> loom.v1.ListJobsResponse
+	11, // 39: loom.v1.Coordinator.CancelJob:output_type -> loom.v1.CancelJobResponse
+	15, // 40: loom.v1.Coordinator.RegisterWorker:output_type -> loom.v1.RegisterWorkerResponse
+	17, // 41: loom.v1.Coordinator.Heartbeat:output_type -> loom.v1.HeartbeatResponse
+	21, // 42: loom.v1.Coordinator.DeregisterWorker:output_type -> loom.v1.DeregisterWorkerResponse
+	20, // 43: loom.v1.Coordinator.ReportFailure:output_type -> loom.v1.ReportFailureResponse
+	23, // 44: loom.v1.Coordinator.ListWorkers:output_type -> loom.v1.ListWorkersResponse
+	25, // 45: loom.v1.Coordinator.DrainWorker:output_type -> loom.v1.DrainWorkerResponse
+	27, // 46: loom.v1.Coordinator.WatchPlan:output_type -> loom.v1.Plan
+	30, // 47: loom.v1.Coordinator.ReportProgress:output_type -> loom.v1.ReportProgressResponse
+	32, // 48: loom.v1.Coordinator.CommitCheckpoint:output_type -> loom.v1.CommitCheckpointResponse
+	35, // 49: loom.v1.Cluster.Join:output_type -> loom.v1.JoinResponse
+	37, // 50: loom.v1.Cluster.RemoveCoordinator:output_type -> loom.v1.RemoveCoordinatorResponse
+	39, // 51: loom.v1.Cluster.ClusterStatus:output_type -> loom.v1.ClusterStatusResponse
+	36, // [36:52] is the sub-list for method output_type
+	20, // [20:36] is the sub-list for method input_type
 	20, // [20:20] is the sub-list for extension type_name
 	20, // [20:20] is the sub-list for extension extendee
 	0,  // [0:20] is the sub-list for field type_name
@@ -2701,14 +2873,14 @@ func file_loom_proto_init() {
 	if File_loom_proto != nil {
 		return
 	}
-	file_loom_proto_msgTypes[26].OneofWrappers = []any{}
+	file_loom_proto_msgTypes[28].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_loom_proto_rawDesc), len(file_loom_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   38,
+			NumMessages:   40,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -33,6 +33,7 @@ const (
 	Coordinator_RegisterWorker_FullMethodName   = "/loom.v1.Coordinator/RegisterWorker"
 	Coordinator_Heartbeat_FullMethodName        = "/loom.v1.Coordinator/Heartbeat"
 	Coordinator_DeregisterWorker_FullMethodName = "/loom.v1.Coordinator/DeregisterWorker"
+	Coordinator_ReportFailure_FullMethodName    = "/loom.v1.Coordinator/ReportFailure"
 	Coordinator_ListWorkers_FullMethodName      = "/loom.v1.Coordinator/ListWorkers"
 	Coordinator_DrainWorker_FullMethodName      = "/loom.v1.Coordinator/DrainWorker"
 	Coordinator_WatchPlan_FullMethodName        = "/loom.v1.Coordinator/WatchPlan"
@@ -54,6 +55,7 @@ type CoordinatorClient interface {
 	RegisterWorker(ctx context.Context, in *RegisterWorkerRequest, opts ...grpc.CallOption) (*RegisterWorkerResponse, error)
 	Heartbeat(ctx context.Context, in *HeartbeatRequest, opts ...grpc.CallOption) (*HeartbeatResponse, error)
 	DeregisterWorker(ctx context.Context, in *DeregisterWorkerRequest, opts ...grpc.CallOption) (*DeregisterWorkerResponse, error)
+	ReportFailure(ctx context.Context, in *ReportFailureRequest, opts ...grpc.CallOption) (*ReportFailureResponse, error)
 	ListWorkers(ctx context.Context, in *ListWorkersRequest, opts ...grpc.CallOption) (*ListWorkersResponse, error)
 	DrainWorker(ctx context.Context, in *DrainWorkerRequest, opts ...grpc.CallOption) (*DrainWorkerResponse, error)
 	// WatchPlan streams every new generation of a job's plan until the job is
@@ -141,6 +143,16 @@ func (c *coordinatorClient) DeregisterWorker(ctx context.Context, in *Deregister
 	return out, nil
 }
 
+func (c *coordinatorClient) ReportFailure(ctx context.Context, in *ReportFailureRequest, opts ...grpc.CallOption) (*ReportFailureResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReportFailureResponse)
+	err := c.cc.Invoke(ctx, Coordinator_ReportFailure_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *coordinatorClient) ListWorkers(ctx context.Context, in *ListWorkersRequest, opts ...grpc.CallOption) (*ListWorkersResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ListWorkersResponse)
@@ -214,6 +226,7 @@ type CoordinatorServer interface {
 	RegisterWorker(context.Context, *RegisterWorkerRequest) (*RegisterWorkerResponse, error)
 	Heartbeat(context.Context, *HeartbeatRequest) (*HeartbeatResponse, error)
 	DeregisterWorker(context.Context, *DeregisterWorkerRequest) (*DeregisterWorkerResponse, error)
+	ReportFailure(context.Context, *ReportFailureRequest) (*ReportFailureResponse, error)
 	ListWorkers(context.Context, *ListWorkersRequest) (*ListWorkersResponse, error)
 	DrainWorker(context.Context, *DrainWorkerRequest) (*DrainWorkerResponse, error)
 	// WatchPlan streams every new generation of a job's plan until the job is
@@ -251,6 +264,9 @@ func (UnimplementedCoordinatorServer) Heartbeat(context.Context, *HeartbeatReque
 }
 func (UnimplementedCoordinatorServer) DeregisterWorker(context.Context, *DeregisterWorkerRequest) (*DeregisterWorkerResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeregisterWorker not implemented")
+}
+func (UnimplementedCoordinatorServer) ReportFailure(context.Context, *ReportFailureRequest) (*ReportFailureResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ReportFailure not implemented")
 }
 func (UnimplementedCoordinatorServer) ListWorkers(context.Context, *ListWorkersRequest) (*ListWorkersResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListWorkers not implemented")
@@ -414,6 +430,24 @@ func _Coordinator_DeregisterWorker_Handler(srv interface{}, ctx context.Context,
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Coordinator_ReportFailure_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReportFailureRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CoordinatorServer).ReportFailure(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Coordinator_ReportFailure_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CoordinatorServer).ReportFailure(ctx, req.(*ReportFailureRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Coordinator_ListWorkers_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ListWorkersRequest)
 	if err := dec(in); err != nil {
@@ -531,6 +565,10 @@ var Coordinator_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DeregisterWorker",
 			Handler:    _Coordinator_DeregisterWorker_Handler,
+		},
+		{
+			MethodName: "ReportFailure",
+			Handler:    _Coordinator_ReportFailure_Handler,
 		},
 		{
 			MethodName: "ListWorkers",

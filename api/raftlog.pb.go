@@ -314,10 +314,13 @@ func (x *CmdRegisterWorker) GetWorker() *Worker {
 	return nil
 }
 
+// incarnation (both): 0, or the registered_unix_nano the command is for;
+// another is refused with SUPERSEDED.
 type CmdHeartbeat struct {
 	state               protoimpl.MessageState `protogen:"open.v1"`
 	WorkerId            string                 `protobuf:"bytes,1,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
 	LeaseExpiryUnixNano int64                  `protobuf:"varint,2,opt,name=lease_expiry_unix_nano,json=leaseExpiryUnixNano,proto3" json:"lease_expiry_unix_nano,omitempty"`
+	Incarnation         int64                  `protobuf:"varint,3,opt,name=incarnation,proto3" json:"incarnation,omitempty"`
 	unknownFields       protoimpl.UnknownFields
 	sizeCache           protoimpl.SizeCache
 }
@@ -366,6 +369,13 @@ func (x *CmdHeartbeat) GetLeaseExpiryUnixNano() int64 {
 	return 0
 }
 
+func (x *CmdHeartbeat) GetIncarnation() int64 {
+	if x != nil {
+		return x.Incarnation
+	}
+	return 0
+}
+
 type CmdRemoveWorker struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	WorkerId string                 `protobuf:"bytes,1,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
@@ -373,6 +383,7 @@ type CmdRemoveWorker struct {
 	// Set when the lease expired (leader's clock): the worker is kept in the
 	// lost list. Zero for a worker that deregistered.
 	LostUnixNano  int64 `protobuf:"varint,3,opt,name=lost_unix_nano,json=lostUnixNano,proto3" json:"lost_unix_nano,omitempty"`
+	Incarnation   int64 `protobuf:"varint,4,opt,name=incarnation,proto3" json:"incarnation,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -424,6 +435,13 @@ func (x *CmdRemoveWorker) GetReason() string {
 func (x *CmdRemoveWorker) GetLostUnixNano() int64 {
 	if x != nil {
 		return x.LostUnixNano
+	}
+	return 0
+}
+
+func (x *CmdRemoveWorker) GetIncarnation() int64 {
+	if x != nil {
+		return x.Incarnation
 	}
 	return 0
 }
@@ -746,14 +764,16 @@ const file_raftlog_proto_rawDesc = "" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\"<\n" +
 	"\x11CmdRegisterWorker\x12'\n" +
-	"\x06worker\x18\x01 \x01(\v2\x0f.loom.v1.WorkerR\x06worker\"`\n" +
+	"\x06worker\x18\x01 \x01(\v2\x0f.loom.v1.WorkerR\x06worker\"\x82\x01\n" +
 	"\fCmdHeartbeat\x12\x1b\n" +
 	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x123\n" +
-	"\x16lease_expiry_unix_nano\x18\x02 \x01(\x03R\x13leaseExpiryUnixNano\"l\n" +
+	"\x16lease_expiry_unix_nano\x18\x02 \x01(\x03R\x13leaseExpiryUnixNano\x12 \n" +
+	"\vincarnation\x18\x03 \x01(\x03R\vincarnation\"\x8e\x01\n" +
 	"\x0fCmdRemoveWorker\x12\x1b\n" +
 	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\x12$\n" +
-	"\x0elost_unix_nano\x18\x03 \x01(\x03R\flostUnixNano\"/\n" +
+	"\x0elost_unix_nano\x18\x03 \x01(\x03R\flostUnixNano\x12 \n" +
+	"\vincarnation\x18\x04 \x01(\x03R\vincarnation\"/\n" +
 	"\n" +
 	"CmdPutPlan\x12!\n" +
 	"\x04plan\x18\x01 \x01(\v2\r.loom.v1.PlanR\x04plan\"\x9d\x01\n" +

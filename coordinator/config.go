@@ -39,6 +39,11 @@ type Config struct {
 
 	// LeaseTTL is how long a worker stays registered without a heartbeat.
 	LeaseTTL time.Duration
+	// FailureConfirm: when a rank reports its generation failed, each of
+	// the generation's workers whose heartbeats have stopped this long is
+	// removed as lost without waiting for its lease (see failure.go).
+	// Workers heartbeat four times per window.
+	FailureConfirm time.Duration
 	// ReplanInterval bounds how long the leader waits between planning
 	// passes when nothing changes (speed drift is picked up then).
 	ReplanInterval time.Duration
@@ -99,6 +104,7 @@ func DefaultConfig() Config {
 		RaftAddr:             "127.0.0.1:0",
 		GRPCAddr:             "127.0.0.1:0",
 		LeaseTTL:             10 * time.Second,
+		FailureConfirm:       time.Second,
 		ReplanInterval:       5 * time.Second,
 		ReplanTolerance:      0.1,
 		SpeedReplanMinAge:    2 * time.Second,
@@ -135,7 +141,7 @@ func (c Config) Validate() error {
 		bad("coordinator: Bootstrap and Join are exclusive")
 	}
 	for name, d := range map[string]time.Duration{
-		"LeaseTTL": c.LeaseTTL, "ReplanInterval": c.ReplanInterval, "ApplyTimeout": c.ApplyTimeout,
+		"LeaseTTL": c.LeaseTTL, "FailureConfirm": c.FailureConfirm, "ReplanInterval": c.ReplanInterval, "ApplyTimeout": c.ApplyTimeout,
 		"LeaderWait": c.LeaderWait, "RaftHeartbeatTimeout": c.RaftHeartbeatTimeout,
 		"RaftElectionTimeout": c.RaftElectionTimeout, "RaftLeaderLease": c.RaftLeaderLease,
 		"SnapshotInterval": c.SnapshotInterval,

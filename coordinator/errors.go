@@ -20,7 +20,7 @@ var (
 	ErrJobCancelled      = errors.New("job cancelled")
 	ErrJobCompleted      = errors.New("job completed")
 	ErrUnknownWorker     = errors.New("unknown worker")
-	ErrDuplicateWorker   = errors.New("duplicate worker id")
+	ErrSuperseded        = errors.New("worker registration superseded")
 	ErrStaleGeneration   = errors.New("stale plan generation")
 	ErrNotInPlan         = errors.New("worker not in the job's plan")
 	ErrStaleCheckpoint   = errors.New("checkpoint older than the newest committed one")
@@ -42,7 +42,7 @@ var errTable = []struct {
 	{ErrJobCancelled, codes.FailedPrecondition, api.ReasonJobCancelled},
 	{ErrJobCompleted, codes.FailedPrecondition, api.ReasonJobCompleted},
 	{ErrUnknownWorker, codes.NotFound, api.ReasonUnknownWorker},
-	{ErrDuplicateWorker, codes.AlreadyExists, api.ReasonDuplicateWorker},
+	{ErrSuperseded, codes.FailedPrecondition, api.ReasonSuperseded},
 	{ErrStaleGeneration, codes.FailedPrecondition, api.ReasonStaleGeneration},
 	{ErrNotInPlan, codes.FailedPrecondition, api.ReasonNotInPlan},
 	{ErrStaleCheckpoint, codes.FailedPrecondition, api.ReasonStaleCheckpoint},

@@ -23,6 +23,7 @@ var writeMethods = map[string]func() proto.Message{
 	api.Coordinator_RegisterWorker_FullMethodName:   func() proto.Message { return &api.RegisterWorkerResponse{} },
 	api.Coordinator_Heartbeat_FullMethodName:        func() proto.Message { return &api.HeartbeatResponse{} },
 	api.Coordinator_DeregisterWorker_FullMethodName: func() proto.Message { return &api.DeregisterWorkerResponse{} },
+	api.Coordinator_ReportFailure_FullMethodName:    func() proto.Message { return &api.ReportFailureResponse{} },
 	api.Coordinator_DrainWorker_FullMethodName:      func() proto.Message { return &api.DrainWorkerResponse{} },
 	api.Coordinator_ReportProgress_FullMethodName:   func() proto.Message { return &api.ReportProgressResponse{} },
 	api.Coordinator_CommitCheckpoint_FullMethodName: func() proto.Message { return &api.CommitCheckpointResponse{} },

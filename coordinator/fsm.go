@@ -232,13 +232,14 @@ func (s *state) registerWorker(c *api.CmdRegisterWorker) ApplyResult {
 	if w.GetId() == "" {
 		return ApplyResult{Err: fmt.Errorf("%w: worker needs an id", ErrInvalidArgument)}
 	}
-	if old, ok := s.workers[w.GetId()]; ok {
-		if err := sameWorker(old, w); err != nil {
-			return ApplyResult{Err: err}
-		}
+	if old, ok := s.workers[w.GetId()]; ok && sameWorker(old, w) {
 		old.LeaseExpiryUnixNano = max(old.LeaseExpiryUnixNano, w.GetLeaseExpiryUnixNano())
 		return ApplyResult{Msg: proto.CloneOf(old)} // a retried registration
 	}
+	// A new worker, or another process taking the id over: the old
+	// registration is replaced (its requests are refused from now on, by
+	// registered_unix_nano), and a plan naming it is replaced because the
+	// collective address differs.
 	if w.GetJobId() != "" {
 		if _, err := s.liveJob(w.GetJobId()); err != nil {
 			return ApplyResult{Err: err}
@@ -251,19 +252,26 @@ func (s *state) registerWorker(c *api.CmdRegisterWorker) ApplyResult {
 
 // sameWorker decides whether a registration of an id that is already
 // registered is a retry by the same worker (same profile, including its
-// collective address, and same job) or a second worker claiming the id.
-func sameWorker(old, w *api.Worker) error {
-	if old.GetJobId() == w.GetJobId() && proto.Equal(old.GetProfile(), w.GetProfile()) {
-		return nil
+// collective address, and same job) or another process taking the id over.
+func sameWorker(old, w *api.Worker) bool {
+	return old.GetJobId() == w.GetJobId() && proto.Equal(old.GetProfile(), w.GetProfile())
+}
+
+// fenced refuses a command for an incarnation of w other than the current.
+func fenced(w *api.Worker, incarnation int64) error {
+	if incarnation != 0 && incarnation != w.GetRegisteredUnixNano() {
+		return superseded(w)
 	}
-	return fmt.Errorf("%w: %q is already registered (collective address %s, job %q) and holds a lease; pick another id or wait for its lease to expire",
-		ErrDuplicateWorker, w.GetId(), old.GetProfile().GetCollectiveAddr(), old.GetJobId())
+	return nil
 }
 
 func (s *state) heartbeat(c *api.CmdHeartbeat) ApplyResult {
 	w, ok := s.workers[c.GetWorkerId()]
 	if !ok {
 		return ApplyResult{Err: fmt.Errorf("%w: %q (its lease may have expired; register again)", ErrUnknownWorker, c.GetWorkerId())}
+	}
+	if err := fenced(w, c.GetIncarnation()); err != nil {
+		return ApplyResult{Err: err}
 	}
 	w.LeaseExpiryUnixNano = max(w.LeaseExpiryUnixNano, c.GetLeaseExpiryUnixNano())
 	return ApplyResult{Msg: proto.CloneOf(w)}
@@ -274,9 +282,13 @@ func (s *state) removeWorker(c *api.CmdRemoveWorker) ApplyResult {
 	if !ok {
 		return ApplyResult{Err: fmt.Errorf("%w: %q", ErrUnknownWorker, c.GetWorkerId())}
 	}
+	if err := fenced(w, c.GetIncarnation()); err != nil {
+		return ApplyResult{Err: err}
+	}
 	delete(s.workers, c.GetWorkerId())
 	if at := c.GetLostUnixNano(); at != 0 {
 		w.LostUnixNano = at
+		w.LostReason = c.GetReason()
 		s.forgetLost(w.GetId())
 		s.lost = append(s.lost, w)
 		if len(s.lost) > maxLost {

@@ -142,7 +142,8 @@ func TestApplyRefusals(t *testing.T) {
 		want error
 	}{
 		{&api.CmdInitCluster{ClusterId: "other"}, ErrClusterIDMismatch},
-		{&api.CmdRegisterWorker{Worker: &api.Worker{Id: "w1"}}, ErrDuplicateWorker},
+		{&api.CmdHeartbeat{WorkerId: "w1", Incarnation: 12345}, ErrSuperseded},
+		{&api.CmdRemoveWorker{WorkerId: "w1", Incarnation: 12345}, ErrSuperseded},
 		{&api.CmdRegisterWorker{Worker: &api.Worker{Id: "w9", JobId: "job-0009"}}, ErrUnknownJob},
 		{&api.CmdRegisterWorker{Worker: &api.Worker{Id: "w9", JobId: "job-0002"}}, ErrJobCancelled},
 		{&api.CmdHeartbeat{WorkerId: "w3"}, ErrUnknownWorker},

@@ -86,9 +86,10 @@ func (s *Server) leaderDuties(ctx context.Context) {
 		defer s.disc.setLeader(context.Background(), false)
 	}
 	var wg sync.WaitGroup
-	wg.Add(2)
+	wg.Add(3)
 	go func() { defer wg.Done(); s.reconcile(ctx) }()
 	go func() { defer wg.Done(); s.expireLeases(ctx) }()
+	go func() { defer wg.Done(); s.confirmFailures(ctx) }()
 	wg.Wait()
 }
 
@@ -190,6 +191,9 @@ func (s *Server) addMember(ctx context.Context, req *api.JoinRequest) error {
 	if req.GetClusterId() != have {
 		return fmt.Errorf("%w: node %q asked to join cluster %q, this is cluster %q", ErrClusterIDMismatch, req.GetNodeId(), req.GetClusterId(), have)
 	}
+	if err := s.sameMember(req); err != nil {
+		return err
+	}
 	f := s.raft.AddVoter(raft.ServerID(req.GetNodeId()), raft.ServerAddress(req.GetRaftAddr()), 0, s.cfg.ApplyTimeout)
 	if err := f.Error(); err != nil {
 		return fmt.Errorf("add voter %s: %w", req.GetNodeId(), err)
@@ -198,6 +202,41 @@ func (s *Server) addMember(ctx context.Context, req *api.JoinRequest) error {
 		Id: req.GetNodeId(), RaftAddr: req.GetRaftAddr(), GrpcAddr: req.GetGrpcAddr(),
 	}})
 	return err
+}
+
+// sameMember refuses a join whose id is already a member at other
+// addresses: it is a second node given the same id (replacing the member's
+// addresses would cut the real one off), or a member that moved and must be
+// removed first. A join from the same addresses is a retry.
+func (s *Server) sameMember(req *api.JoinRequest) error {
+	cf := s.raft.GetConfiguration()
+	if err := cf.Error(); err != nil {
+		return err
+	}
+	raftAddr := ""
+	for _, srv := range cf.Configuration().Servers {
+		if string(srv.ID) == req.GetNodeId() {
+			raftAddr = string(srv.Address)
+		}
+	}
+	grpcAddr := ""
+	for _, c := range s.fsm.Coordinators() {
+		if c.GetId() == req.GetNodeId() {
+			grpcAddr = c.GetGrpcAddr()
+		}
+	}
+	if (raftAddr != "" && raftAddr != req.GetRaftAddr()) || (grpcAddr != "" && grpcAddr != req.GetGrpcAddr()) {
+		return fmt.Errorf("%w: coordinator id %q is already a member (raft %s, grpc %s); this node (raft %s, grpc %s) needs another --id, or remove the member first with 'loom coordinator remove %s'",
+			ErrInvalidArgument, req.GetNodeId(), raftAddr, dashIfEmpty(grpcAddr), req.GetRaftAddr(), req.GetGrpcAddr(), req.GetNodeId())
+	}
+	return nil
+}
+
+func dashIfEmpty(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }
 
 // removeMember is the leader's half of RemoveCoordinator.

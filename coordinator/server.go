@@ -53,6 +53,8 @@ type Server struct {
 
 	leaderSince time.Time // guarded by progressMu; zero when not leader
 
+	live *liveness // heartbeats and failure reports (leader)
+
 	runCtx    context.Context // ends at Close
 	stop      context.CancelFunc
 	wg        sync.WaitGroup
@@ -74,7 +76,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		log = zap.NewNop()
 	}
 	log = log.With(zap.String("node", cfg.NodeID))
-	s := &Server{cfg: cfg, log: log, fsm: NewFSM(log), lastProgress: map[string]time.Time{}}
+	s := &Server{cfg: cfg, log: log, fsm: NewFSM(log), lastProgress: map[string]time.Time{}, live: newLiveness()}
 	s.fwd = newForwarder(s)
 	runCtx, stop := context.WithCancel(context.Background())
 	s.runCtx, s.stop = runCtx, stop

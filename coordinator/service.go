@@ -92,30 +92,49 @@ func (v *service) RegisterWorker(ctx context.Context, req *api.RegisterWorkerReq
 		Id: req.GetWorkerId(), Profile: req.GetProfile(), JobId: req.GetJobId(),
 		LeaseExpiryUnixNano: now.Add(v.s.cfg.LeaseTTL).UnixNano(), RegisteredUnixNano: now.UnixNano(),
 	}
-	if old, ok := v.s.fsm.Worker(req.GetWorkerId()); ok {
-		if err := sameWorker(old, w); err != nil {
-			return nil, err // refused without a log entry
-		}
-	}
 	m, _, err := v.s.apply(ctx, &api.CmdRegisterWorker{Worker: w})
 	if err != nil {
 		return nil, err
 	}
+	reg := m.(*api.Worker)
+	v.s.live.saw(reg.GetId(), now)
 	return &api.RegisterWorkerResponse{
-		Worker:              m.(*api.Worker),
-		HeartbeatIntervalMs: (v.s.cfg.LeaseTTL / 3).Milliseconds(),
+		Worker:              reg,
+		HeartbeatIntervalMs: v.s.cfg.HeartbeatInterval().Milliseconds(),
 		LeaseMs:             v.s.cfg.LeaseTTL.Milliseconds(),
 	}, nil
 }
 
+// Heartbeat records the worker as alive (in the leader's memory, see
+// failure.go) and renews its lease through Raft only when a third of the
+// lease has passed since the last renewal: heartbeats come several times
+// per failure-confirmation window, far more often than the lease needs.
 func (v *service) Heartbeat(ctx context.Context, req *api.HeartbeatRequest) (*api.HeartbeatResponse, error) {
-	exp := time.Now().Add(v.s.cfg.LeaseTTL).UnixNano()
-	m, _, err := v.s.apply(ctx, &api.CmdHeartbeat{WorkerId: req.GetWorkerId(), LeaseExpiryUnixNano: exp})
-	if err != nil {
+	now := time.Now()
+	w, ok := v.s.fsm.Worker(req.GetWorkerId())
+	if !ok {
+		return nil, fmt.Errorf("%w: %q (its lease may have expired; register again)", ErrUnknownWorker, req.GetWorkerId())
+	}
+	if err := v.s.checkIncarnation(w.GetId(), req.GetIncarnation()); err != nil {
 		return nil, err
 	}
-	w := m.(*api.Worker)
+	v.s.live.saw(w.GetId(), now)
+	ttl := v.s.cfg.LeaseTTL
+	if time.Unix(0, w.GetLeaseExpiryUnixNano()).Sub(now) <= ttl-ttl/3 {
+		m, _, err := v.s.apply(ctx, &api.CmdHeartbeat{WorkerId: w.GetId(), LeaseExpiryUnixNano: now.Add(ttl).UnixNano(), Incarnation: req.GetIncarnation()})
+		if err != nil {
+			return nil, err
+		}
+		w = m.(*api.Worker)
+	}
 	return &api.HeartbeatResponse{LeaseExpiryUnixNano: w.GetLeaseExpiryUnixNano(), Generation: v.s.generationOf(w), Draining: w.GetDraining()}, nil
+}
+
+func (v *service) ReportFailure(_ context.Context, req *api.ReportFailureRequest) (*api.ReportFailureResponse, error) {
+	if err := v.s.noteFailure(req); err != nil {
+		return nil, err
+	}
+	return &api.ReportFailureResponse{}, nil
 }
 
 // generationOf returns the current generation of the job whose plan names
@@ -137,7 +156,7 @@ func (s *Server) generationOf(w *api.Worker) int64 {
 }
 
 func (v *service) DeregisterWorker(ctx context.Context, req *api.DeregisterWorkerRequest) (*api.DeregisterWorkerResponse, error) {
-	if _, _, err := v.s.apply(ctx, &api.CmdRemoveWorker{WorkerId: req.GetWorkerId(), Reason: "deregistered"}); err != nil {
+	if _, _, err := v.s.apply(ctx, &api.CmdRemoveWorker{WorkerId: req.GetWorkerId(), Reason: "deregistered", Incarnation: req.GetIncarnation()}); err != nil {
 		return nil, err
 	}
 	return &api.DeregisterWorkerResponse{}, nil

@@ -150,15 +150,36 @@ func TestBadInputRefused(t *testing.T) {
 	if _, err := c.RegisterWorker(ctx, reg); err != nil {
 		t.Fatal(err)
 	}
-	// The same worker retrying (same profile) is accepted; a second process
-	// claiming the id (another collective address) is refused.
-	if _, err := c.RegisterWorker(ctx, reg); err != nil {
-		t.Fatalf("retried registration: %v", err)
+	// The same worker retrying (same profile) keeps its incarnation.
+	first, err := c.RegisterWorker(ctx, reg)
+	if err != nil {
+		t.Fatal(err)
 	}
-	_, err := c.RegisterWorker(ctx, &api.RegisterWorkerRequest{WorkerId: "dup", Profile: profile("127.0.0.1:9101", 1)})
-	wantReason(t, err, codes.AlreadyExists, api.ReasonDuplicateWorker)
-	if !strings.Contains(err.Error(), "127.0.0.1:9100") {
-		t.Fatalf("duplicate refusal does not name the holder: %v", err)
+	again, err := c.RegisterWorker(ctx, reg)
+	if err != nil || again.GetWorker().GetRegisteredUnixNano() != first.GetWorker().GetRegisteredUnixNano() {
+		t.Fatalf("retried registration: %v, %v", again, err)
+	}
+	// A second process claiming the id (another collective address: a
+	// restarted worker) takes it over; the old process is fenced off.
+	took, err := c.RegisterWorker(ctx, &api.RegisterWorkerRequest{WorkerId: "dup", Profile: profile("127.0.0.1:9101", 1)})
+	if err != nil {
+		t.Fatalf("takeover: %v", err)
+	}
+	oldInc, newInc := first.GetWorker().GetRegisteredUnixNano(), took.GetWorker().GetRegisteredUnixNano()
+	if newInc == oldInc || took.GetWorker().GetProfile().GetCollectiveAddr() != "127.0.0.1:9101" {
+		t.Fatalf("takeover kept the old registration: %v", took.GetWorker())
+	}
+	_, err = c.Heartbeat(ctx, &api.HeartbeatRequest{WorkerId: "dup", Incarnation: oldInc})
+	wantReason(t, err, codes.FailedPrecondition, api.ReasonSuperseded)
+	if !strings.Contains(err.Error(), "127.0.0.1:9101") {
+		t.Fatalf("superseded refusal does not name the new holder: %v", err)
+	}
+	_, err = c.DeregisterWorker(ctx, &api.DeregisterWorkerRequest{WorkerId: "dup", Incarnation: oldInc})
+	wantReason(t, err, codes.FailedPrecondition, api.ReasonSuperseded)
+	_, err = c.ReportFailure(ctx, &api.ReportFailureRequest{JobId: "j", WorkerId: "dup", Incarnation: oldInc})
+	wantReason(t, err, codes.FailedPrecondition, api.ReasonSuperseded)
+	if _, err := c.Heartbeat(ctx, &api.HeartbeatRequest{WorkerId: "dup", Incarnation: newInc}); err != nil {
+		t.Fatalf("new incarnation's heartbeat: %v", err)
 	}
 	// A retried submit with a request id returns the same job.
 	s1, err := c.SubmitJob(ctx, &api.SubmitJobRequest{Spec: &api.JobSpec{Name: "idem", GlobalBatch: 4}, RequestId: "req-1"})
@@ -222,8 +243,19 @@ func TestBadInputRefused(t *testing.T) {
 	cl := api.NewClusterClient(Dial(t, s.Addr()))
 	_, err = cl.Join(ctx, &api.JoinRequest{ClusterId: "zzz", NodeId: "n", RaftAddr: "127.0.0.1:1", GrpcAddr: "127.0.0.1:2"})
 	wantReason(t, err, codes.FailedPrecondition, api.ReasonClusterIDMismatch)
+	// A node that claims the id of a member at other addresses is refused,
+	// naming the member; the member's addresses are unchanged.
+	_, err = cl.Join(ctx, &api.JoinRequest{ClusterId: "loom", NodeId: s.cfg.NodeID, RaftAddr: "127.0.0.1:1", GrpcAddr: "127.0.0.1:2"})
+	wantReason(t, err, codes.InvalidArgument, api.ReasonInvalidArgument)
+	if !strings.Contains(err.Error(), "already a member (raft "+s.RaftAddr()) {
+		t.Fatalf("refusal does not name the member: %v", err)
+	}
+	// The member's own join, repeated, is a retry.
+	if _, err := cl.Join(ctx, &api.JoinRequest{ClusterId: "loom", NodeId: s.cfg.NodeID, RaftAddr: s.RaftAddr(), GrpcAddr: s.Addr()}); err != nil {
+		t.Fatalf("a member's repeated join: %v", err)
+	}
 	st, err := cl.ClusterStatus(ctx, &api.ClusterStatusRequest{})
-	if err != nil || len(st.Members) != 1 || st.ClusterId != "loom" {
+	if err != nil || len(st.Members) != 1 || st.ClusterId != "loom" || st.Members[0].GetRaftAddr() != s.RaftAddr() || st.Members[0].GetGrpcAddr() != s.Addr() {
 		t.Fatalf("refused joins changed membership: %v %v", st, err)
 	}
 }

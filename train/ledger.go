@@ -1,5 +1,11 @@
 package train
 
+import (
+	"fmt"
+
+	"github.com/loomtrain/loom/data"
+)
+
 // ReconcileLedgers returns the entries of one run's sample ledgers (one
 // slice per worker) that count as used: every completed entry, plus each
 // tentative one whose step some rank completed in the same generation
@@ -37,4 +43,36 @@ func ReconcileLedgers(workers [][]LedgerEntry) []LedgerEntry {
 		}
 	}
 	return out
+}
+
+// CheckExactlyOnce reports whether the reconciled entries' steps 1..steps
+// consumed, in epoch order, exactly the first steps×batch samples of the
+// sampler's (seed, epoch) permutations of a training set of n samples (or
+// context windows), each once; the error names the first that was not.
+func CheckExactlyOnce(entries []LedgerEntry, n, steps, batch int, seed uint64) error {
+	got := map[[2]int]int{} // (epoch, sample) -> count
+	for _, e := range entries {
+		if e.Step > steps {
+			continue
+		}
+		for _, s := range e.Samples {
+			got[[2]int{e.Epoch, s}]++
+		}
+	}
+	want := 0
+	for epoch := 0; want < steps*batch && epoch < 100; epoch++ {
+		perm := data.Permutation(n, seed, epoch)
+		for off := 0; off < n && want < steps*batch; off++ {
+			key := [2]int{epoch, perm[off]}
+			if got[key] != 1 {
+				return fmt.Errorf("epoch %d sample %d (position %d) used %d times", epoch, perm[off], off, got[key])
+			}
+			delete(got, key)
+			want++
+		}
+	}
+	for k := range got {
+		return fmt.Errorf("%d samples used beyond the expected ones, e.g. epoch %d sample %d", len(got), k[0], k[1])
+	}
+	return nil
 }

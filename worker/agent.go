@@ -103,6 +103,15 @@ type Agent struct {
 	// generationContext).
 	stepNanos atomic.Int64
 
+	// incarnation is the registration this process holds (its
+	// registered_unix_nano); requests name it so that a process whose id
+	// another has taken over is refused.
+	incarnation atomic.Int64
+	// runCtx ends when the agent stops; failure reports run under it and
+	// reports waits for them.
+	runCtx  context.Context
+	reports sync.WaitGroup
+
 	// Training throughput as this worker saw it: global samples of the
 	// steps it completed, from the start of its first to the end of its last.
 	firstStep, lastStep time.Time
@@ -112,7 +121,7 @@ type Agent struct {
 // RunAgent runs a worker until its job completes (nil), the job is
 // cancelled (ErrJobCancelled), the worker is drained and out of the plan
 // (ErrDrained), or ctx ends (ctx.Err()). It deregisters on the way out.
-func RunAgent(ctx context.Context, cfg AgentConfig) error {
+func RunAgent(ctx context.Context, cfg AgentConfig) (err error) {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
@@ -173,16 +182,26 @@ func RunAgent(ctx context.Context, cfg AgentConfig) error {
 		return fmt.Errorf("worker: register %s: %w", cfg.ID, err)
 	}
 	a.log.Info("registered", zap.String("collective", a.addr), zap.Any("gflops", profile.GetGflops()))
+	a.incarnation.Store(reg.(*api.RegisterWorkerResponse).GetWorker().GetRegisteredUnixNano())
 	hbEvery := time.Duration(reg.(*api.RegisterWorkerResponse).GetHeartbeatIntervalMs()) * time.Millisecond
-	rctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	// The heartbeat ends the run with its cause when another process has
+	// taken this worker's id over.
+	rctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	a.runCtx = rctx
 	var bg sync.WaitGroup
-	bg.Go(func() { a.heartbeat(rctx, hbEvery, profile) })
+	bg.Go(func() { a.heartbeat(rctx, hbEvery, profile, cancel) })
 	bg.Go(func() { a.watchPlans(rctx) })
 	defer func() {
-		cancel()
+		cancel(nil)
 		bg.Wait()
+		a.reports.Wait()
 		a.deregister()
+	}()
+	defer func() {
+		if cause := context.Cause(rctx); errors.Is(cause, errSuperseded) && ctx.Err() == nil {
+			err = cause
+		}
 	}()
 
 	ld := <-dataCh
@@ -226,7 +245,54 @@ func RunAgent(ctx context.Context, cfg AgentConfig) error {
 func (a *Agent) deregister() {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	_, _ = a.client.DeregisterWorker(ctx, &api.DeregisterWorkerRequest{WorkerId: a.cfg.ID})
+	_, _ = a.client.DeregisterWorker(ctx, &api.DeregisterWorkerRequest{WorkerId: a.cfg.ID, Incarnation: a.incarnation.Load()})
+}
+
+// errSuperseded wraps the coordinator's refusal when another process has
+// taken this worker's id over: this one stops.
+var errSuperseded = errors.New("worker: superseded")
+
+// suspectFloor is the least time a step or a generation's setup may take
+// before the rank reports it to the coordinator as possibly failed; a step
+// gets suspectSteps times the last step's duration when that is longer.
+const (
+	suspectFloor = 500 * time.Millisecond
+	suspectSteps = 4
+)
+
+// suspectAfter is how long the coming step may take before it is reported.
+func (a *Agent) suspectAfter() time.Duration {
+	return max(suspectFloor, suspectSteps*time.Duration(a.stepNanos.Load()))
+}
+
+// watchdog reports generation gen to the coordinator as failed if stop is
+// not called within d: a collective blocked on a frozen or cut-off peer
+// never returns an error by itself. The report only asks the coordinator to
+// check the generation's heartbeats (see coordinator/failure.go), so a peer
+// that is merely slow (evaluating, checkpointing) costs one message.
+func (a *Agent) watchdog(gen int64, what string, d time.Duration) (stop func() bool) {
+	return time.AfterFunc(d, func() {
+		a.reportFailure(gen, fmt.Errorf("%s: no progress for %v", what, d))
+	}).Stop
+}
+
+// reportFailure tells the coordinator (in the background) that this rank's
+// work in generation gen failed, unless a newer generation already exists:
+// the coordinator confirms the failure by heartbeats and re-plans without a
+// lost worker at once, instead of after its lease.
+func (a *Agent) reportFailure(gen int64, cause error) {
+	if a.newerPlan(gen) || a.runCtx.Err() != nil {
+		return
+	}
+	a.reports.Go(func() {
+		_, err := a.call(a.runCtx, func(c context.Context) (any, error) {
+			return a.client.ReportFailure(c, &api.ReportFailureRequest{JobId: a.cfg.JobID, WorkerId: a.cfg.ID,
+				Incarnation: a.incarnation.Load(), Generation: gen, Error: cause.Error()})
+		})
+		if err != nil && a.runCtx.Err() == nil {
+			a.log.Debug("failure report not delivered", zap.Int64("generation", gen), zap.Error(err))
+		}
+	})
 }
 
 // ErrJobCancelled is returned when the job was cancelled while running.
@@ -268,11 +334,14 @@ func (a *Agent) train(ctx context.Context, tr *train.Trainer, ck *train.Checkpoi
 		}
 		var gctx context.Context
 		gctx, cancelGen = a.generationContext(ctx, current)
+		stopDog := a.watchdog(current, "connecting the ranks", suspectFloor)
 		g, err := joinGeneration(gctx, plan, a.cfg.ID, *ln, a.cfg.Listen, linkOpts{compress: compress, shmRing: a.cfg.ShmRingBytes}, a.log)
+		stopDog()
 		if g != nil || err != nil {
 			*ln = nil // consumed by the transport, or closed
 		}
 		if err != nil {
+			a.reportFailure(current, err)
 			a.log.Warn("generation setup failed; waiting for the next plan", zap.Int64("generation", current), zap.Error(err))
 			continue
 		}
@@ -282,8 +351,11 @@ func (a *Agent) train(ctx context.Context, tr *train.Trainer, ck *train.Checkpoi
 			continue
 		}
 		gen = g
+		stopDog = a.watchdog(current, "state sync", suspectFloor)
 		src, err := gen.syncState(gctx, tr, hasState)
+		stopDog()
 		if err != nil {
+			a.reportFailure(current, err)
 			a.log.Warn("state sync failed; waiting for the next plan", zap.Int64("generation", current), zap.Error(err))
 			continue
 		}
@@ -305,6 +377,7 @@ func (a *Agent) train(ctx context.Context, tr *train.Trainer, ck *train.Checkpoi
 				}
 				return ctx.Err()
 			}
+			a.reportFailure(current, err)
 			a.log.Warn("step abandoned; waiting for the next plan", zap.Int64("generation", current), zap.Int("step", tr.Steps()+1), zap.Error(err))
 			retry = true
 		}
@@ -332,6 +405,8 @@ func (a *Agent) train(ctx context.Context, tr *train.Trainer, ck *train.Checkpoi
 // runSteps trains until the job is done, a newer plan exists, or a step fails.
 func (a *Agent) runSteps(ctx context.Context, tr *train.Trainer, gen *generation, ck *train.Checkpointer, rep *reporter) error {
 	tr.Generation = gen.plan.GetGeneration()
+	stopDog := func() bool { return false }
+	defer func() { stopDog() }()
 	// Where this generation's time went, logged at its end (debug).
 	var steps int
 	var compute, wait, total time.Duration
@@ -350,12 +425,14 @@ func (a *Agent) runSteps(ctx context.Context, tr *train.Trainer, gen *generation
 				return false, ErrJobCancelled
 			default:
 			}
+			stopDog = a.watchdog(gen.plan.GetGeneration(), fmt.Sprintf("step %d", tr.Steps()+1), a.suspectAfter())
 			// A rank that has seen a newer plan votes to switch, so every
 			// rank finishes this step and leaves the generation after it,
 			// together: no step is abandoned for a planned change.
 			return a.newerPlan(gen.plan.GetGeneration()), nil
 		},
 		After: func(r train.StepResult) {
+			stopDog()
 			a.lastStep = time.Now()
 			a.stepNanos.Store(int64(r.Took))
 			if a.firstStep.IsZero() {
@@ -531,7 +608,7 @@ func (a *Agent) watchPlans(ctx context.Context) {
 
 // heartbeat renews the lease; if the coordinator forgot the worker (lease
 // expired), it registers again.
-func (a *Agent) heartbeat(ctx context.Context, every time.Duration, profile *api.DeviceProfile) {
+func (a *Agent) heartbeat(ctx context.Context, every time.Duration, profile *api.DeviceProfile, stop context.CancelCauseFunc) {
 	if every <= 0 {
 		every = time.Second
 	}
@@ -544,8 +621,13 @@ func (a *Agent) heartbeat(ctx context.Context, every time.Duration, profile *api
 		case <-t.C:
 		}
 		r, err := a.call(ctx, func(c context.Context) (any, error) {
-			return a.client.Heartbeat(c, &api.HeartbeatRequest{WorkerId: a.cfg.ID})
+			return a.client.Heartbeat(c, &api.HeartbeatRequest{WorkerId: a.cfg.ID, Incarnation: a.incarnation.Load()})
 		})
+		if api.ReasonOf(err) == api.ReasonSuperseded {
+			a.log.Error("another process took this worker id over; stopping", zap.Error(err))
+			stop(fmt.Errorf("%w: %v", errSuperseded, status.Convert(err).Message()))
+			return
+		}
 		if err == nil && r.(*api.HeartbeatResponse).GetDraining() {
 			a.drainOnce.Do(func() {
 				a.log.Info("draining: leaving at the next step boundary")
@@ -555,9 +637,13 @@ func (a *Agent) heartbeat(ctx context.Context, every time.Duration, profile *api
 		}
 		if api.ReasonOf(err) == api.ReasonUnknownWorker {
 			a.log.Warn("lease lost; registering again")
-			_, err = a.call(ctx, func(c context.Context) (any, error) {
+			var r any
+			r, err = a.call(ctx, func(c context.Context) (any, error) {
 				return a.client.RegisterWorker(c, &api.RegisterWorkerRequest{WorkerId: a.cfg.ID, Profile: profile, JobId: a.cfg.JobID})
 			})
+			if err == nil {
+				a.incarnation.Store(r.(*api.RegisterWorkerResponse).GetWorker().GetRegisteredUnixNano())
+			}
 		}
 		if err != nil && ctx.Err() == nil {
 			a.log.Warn("heartbeat failed", zap.Error(err))

@@ -7,14 +7,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/loomtrain/loom/checkpoint"
-	"github.com/loomtrain/loom/data"
 	"github.com/loomtrain/loom/train"
 )
 
@@ -138,36 +136,8 @@ func assertExactlyOnce(t *testing.T, entries []train.LedgerEntry, steps, batch i
 // (context windows for a text dataset).
 func assertExactlyOnceOf(t *testing.T, entries []train.LedgerEntry, n, steps, batch int, seed uint64) {
 	t.Helper()
-	got := map[[2]int]int{} // (epoch, sample) -> count
-	for _, e := range entries {
-		if e.Step > steps {
-			continue
-		}
-		for _, s := range e.Samples {
-			got[[2]int{e.Epoch, s}]++
-		}
-	}
-	want := 0
-	for epoch := 0; want < steps*batch && epoch < 100; epoch++ {
-		perm := data.Permutation(n, seed, epoch)
-		for off := 0; off < n && want < steps*batch; off++ {
-			key := [2]int{epoch, perm[off]}
-			if got[key] != 1 {
-				t.Fatalf("epoch %d sample %d (position %d) used %d times", epoch, perm[off], off, got[key])
-			}
-			delete(got, key)
-			want++
-		}
-	}
-	if len(got) != 0 {
-		keys := slices.Collect(func(yield func([2]int) bool) {
-			for k := range got {
-				if !yield(k) {
-					return
-				}
-			}
-		})
-		t.Fatalf("%d samples used beyond the expected ones, e.g. %v", len(got), keys[0])
+	if err := train.CheckExactlyOnce(entries, n, steps, batch, seed); err != nil {
+		t.Fatal(err)
 	}
 }
 

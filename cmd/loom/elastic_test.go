@@ -47,6 +47,7 @@ type elasticRun struct {
 	addr     string
 	client   api.CoordinatorClient
 	job      elasticJob
+	plans    []*api.Plan // every generation, in order (guarded by mu)
 }
 
 // elasticJob is the job an elasticRun trains and what its end must show.
@@ -102,7 +103,77 @@ func startElasticJob(t *testing.T, steps int, ej elasticJob) *elasticRun {
 		t.Fatal("launcher did not report the submitted job")
 	}
 	r.client = api.NewCoordinatorClient(mustDial(t, r.addr))
+	ctx, cancel := context.WithCancel(context.Background())
+	stream, err := r.client.WatchPlan(ctx, &api.WatchPlanRequest{JobId: r.jobID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	t.Cleanup(func() { cancel(); <-done })
+	go func() {
+		defer close(done)
+		for {
+			p, err := stream.Recv()
+			if err != nil {
+				return
+			}
+			r.mu.Lock()
+			r.plans = append(r.plans, p)
+			r.mu.Unlock()
+		}
+	}()
 	return r
+}
+
+// assertLostByReport checks that worker id was removed because its peers
+// reported the failure and its heartbeats had stopped (not by its lease),
+// and, if final, that no plan after the first without it names it again.
+func (r *elasticRun) assertLostByReport(id string, final bool) {
+	r.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	ws, err := r.client.ListWorkers(ctx, &api.ListWorkersRequest{})
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	var reason string
+	for _, w := range ws.GetLost() {
+		if w.GetId() == id {
+			reason = w.GetLostReason()
+		}
+	}
+	if !strings.Contains(reason, "reported generation") || !strings.Contains(reason, "no heartbeat for") {
+		r.t.Fatalf("worker %s: lost reason %q; want a confirmed failure report\n%s", id, reason, r.log())
+	}
+	r.t.Logf("%s lost: %s", id, reason)
+	if !final {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	in, gone := false, false
+	for _, p := range r.plans {
+		has := hasWorker(p, id)
+		if in && !has {
+			gone = true
+		}
+		if gone && has {
+			r.t.Fatalf("generation %d names %s after a generation without it: a plan kept a confirmed-lost worker", p.GetGeneration(), id)
+		}
+		in = in || has
+	}
+	if !gone {
+		r.t.Fatalf("no plan left %s out after it was lost (%d plans)", id, len(r.plans))
+	}
+}
+
+func hasWorker(p *api.Plan, id string) bool {
+	for _, rk := range p.GetRanks() {
+		if rk.GetWorkerId() == id {
+			return true
+		}
+	}
+	return false
 }
 
 func (r *elasticRun) log() string {
@@ -130,8 +201,14 @@ func (r *elasticRun) waitStep(step int64) {
 // join starts worker id for the job, with extra environment variables.
 func (r *elasticRun) join(id string, env ...string) *proc {
 	r.t.Helper()
+	return r.joinAs(id, id, env...)
+}
+
+// joinAs starts a worker process with id that writes ledger name.jsonl.
+func (r *elasticRun) joinAs(id, name string, env ...string) *proc {
+	r.t.Helper()
 	c := loomCmd(r.t, "worker", "--coordinator", r.addr, "--job", r.jobID, "--id", id, "--device", elasticDevice,
-		"--log-level", "info", "--sample-ledger", filepath.Join(r.ledger, id+".jsonl"))
+		"--log-level", "info", "--sample-ledger", filepath.Join(r.ledger, name+".jsonl"))
 	c.Env = append(c.Env, env...)
 	p := &proc{cmd: c, stderr: &strings.Builder{}, done: make(chan error, 1)}
 	c.Stderr = p.stderr
@@ -227,7 +304,8 @@ func TestElasticJoinAndKill(t *testing.T) {
 	r.waitStep(100)
 	killAt := time.Now()
 	_ = syscall.Kill(x1.cmd.Process.Pid, syscall.SIGKILL)
-
+	r.waitStep(150)
+	r.assertLostByReport("x1", true)
 	r.finish()
 	// The surviving joiner ran to the end: it was never restarted.
 	if err := waitExit(t, x0, "x0", time.Minute); err != nil {
@@ -252,6 +330,51 @@ func TestElasticJoinAndKill(t *testing.T) {
 	}
 	if firstJoined == 0 || recovery < 0 || joinLatency > 30*time.Second || recovery > 30*time.Second {
 		t.Fatalf("join %v, recovery %v: the job stalled", joinLatency, recovery)
+	}
+}
+
+// A worker SIGKILLed and restarted at once under its id (as a supervisor
+// does) takes its registration over instead of being refused while the dead
+// process's lease runs: the new process trains, and the job completes with
+// every sample used exactly once.
+func TestRestartedWorkerTakesOver(t *testing.T) {
+	r := startElastic(t, 200)
+	r.waitStep(30)
+	x0 := r.join("x0")
+	r.waitTrained(map[string]*proc{"x0": x0})
+	_ = syscall.Kill(x0.cmd.Process.Pid, syscall.SIGKILL)
+	<-x0.done
+	again := r.joinAs("x0", "x0-again")
+	r.waitTrained(map[string]*proc{"x0-again": again})
+	r.finish()
+	if err := waitExit(t, again, "x0", time.Minute); err != nil {
+		t.Fatalf("restarted x0 exited with %v\n%s", err, again.stderr)
+	}
+	if strings.Contains(again.stderr.String(), "already registered") {
+		t.Fatalf("restarted worker was refused:\n%s", again.stderr)
+	}
+}
+
+// A frozen worker replaced by a new process under its id is fenced: once
+// thawed, its requests name the old registration, are refused, and it stops
+// with an error naming the new process, while the job completes on the new
+// one with every sample used exactly once.
+func TestReplacedWorkerIsFenced(t *testing.T) {
+	r := startElastic(t, 200)
+	r.waitStep(30)
+	old := r.join("x0")
+	r.waitTrained(map[string]*proc{"x0": old})
+	_ = syscall.Kill(old.cmd.Process.Pid, syscall.SIGSTOP)
+	repl := r.joinAs("x0", "x0-new")
+	r.waitTrained(map[string]*proc{"x0-new": repl})
+	_ = syscall.Kill(old.cmd.Process.Pid, syscall.SIGCONT)
+	err := waitExit(t, old, "x0 (old)", time.Minute)
+	if err == nil || !strings.Contains(old.stderr.String(), "taken over by a newer process") {
+		t.Fatalf("the replaced process exited with %v\n%s", err, old.stderr)
+	}
+	r.finish()
+	if err := waitExit(t, repl, "x0 (new)", time.Minute); err != nil {
+		t.Fatalf("the new x0 exited with %v\n%s", err, repl.stderr)
 	}
 }
 
@@ -286,8 +409,9 @@ checkpoint: {dir: %s}
 }
 
 // A worker whose link goes silent (SIGSTOP: the process is frozen, its
-// sockets stay open, nothing more arrives from it) is dropped when its lease
-// expires and the others go on without it; once thawed it finds its lease
+// sockets stay open, nothing more arrives from it) is dropped once a peer's
+// step watchdog reports the stalled step and the coordinator finds its
+// heartbeats stopped (long before its lease), and the others go on without it; once thawed it finds its lease
 // gone, registers again and rejoins with state from a live peer. Every
 // sample is used exactly once.
 func TestSilentWorkerDroppedAndRejoins(t *testing.T) {
@@ -299,6 +423,7 @@ func TestSilentWorkerDroppedAndRejoins(t *testing.T) {
 	stopAt := time.Now()
 	_ = syscall.Kill(x1.cmd.Process.Pid, syscall.SIGSTOP)
 	r.waitStep(130)
+	r.assertLostByReport("x1", false)
 	contAt := time.Now()
 	_ = syscall.Kill(x1.cmd.Process.Pid, syscall.SIGCONT)
 	r.finish()

@@ -39,10 +39,10 @@ func runCluster(ctx context.Context, stdout io.Writer, job *jobspec.Job, o launc
 	if o.coordinator == "" {
 		cfg := coordinator.DefaultConfig()
 		cfg.Logger = log.Named("coordinator").WithOptions(zap.IncreaseLevel(zapcore.WarnLevel))
-		// Local workers on one host: a short lease finds a killed worker
-		// (and re-plans without it) in at most 1.5 s,
-		cfg.LeaseTTL = 1500 * time.Millisecond
-		// and shares follow measured speed within about a second.
+		// The default lease, as a cluster has: a killed or frozen worker is
+		// found by its peers' failure reports in about a second (see
+		// coordinator/failure.go), not by the lease. Shares follow measured
+		// speed within about a second.
 		cfg.ReplanInterval = time.Second
 		srv, err := coordinator.StartEmbedded(ctx, cfg)
 		if err != nil {

@@ -121,8 +121,10 @@ func newWorkersCmd() *cobra.Command {
 plan that has reported steps), joining (a rank that has not reported yet),
 standby (registered, not in the plan: the job is at max_workers or waiting for
 min_workers), draining (leaving at the next step boundary: see
-'loom workers drain'), idle (its job has ended) or lost (its lease expired: it
-is out of every plan; the most recent 64 are listed until they register again).`,
+'loom workers drain'), idle (its job has ended) or lost (a peer reported its
+generation failed and its heartbeats had stopped, or its lease expired: it is
+out of every plan; the most recent 64 are listed, each with why it was
+removed, until they register again).`,
 		Example: `  loom workers --coordinator 127.0.0.1:7070
   loom workers drain w3 --coordinator 127.0.0.1:7070`,
 		Args: cobra.NoArgs,
@@ -322,6 +324,11 @@ func printWorkers(w io.Writer, ws []*api.Worker, places map[string]placement, no
 			gen, rank, share, dashIfEmpty(p.GetDeviceName()), p.GetCores(), dashIfEmpty(strings.Join(g, ",")), x.SamplesPerSecond, lease, p.GetCollectiveAddr())
 	}
 	_ = tw.Flush()
+	for _, x := range ws {
+		if x.GetLostReason() != "" {
+			fmt.Fprintf(w, "%s lost: %s\n", x.GetId(), x.GetLostReason())
+		}
+	}
 }
 
 func sortedGflopKeys(m map[string]float64) []string {
