@@ -3,6 +3,9 @@ GO      ?= go
 BIN     ?= bin/loom
 PKGS    ?= ./...
 BENCHTIME ?= 1s
+# The commit 'loom version' names, for builds where Go records no VCS stamp
+# (GOFLAGS=-buildvcs=false, or a tree without git).
+COMMIT  ?= $(shell git describe --always --dirty --abbrev=12 2>/dev/null)
 
 .PHONY: help build test integ bench lint demo demo-bf16 clean
 
@@ -15,7 +18,7 @@ help:
 	@echo "make build     build $(BIN)"
 
 build:
-	CGO_ENABLED=0 $(GO) build -o $(BIN) ./cmd/loom
+	CGO_ENABLED=0 $(GO) build -ldflags "-X main.buildCommit=$(COMMIT)" -o $(BIN) ./cmd/loom
 
 demo: build
 	$(BIN) launch examples/mnist-mlp.yaml

@@ -8,6 +8,8 @@ func addCommands(root, bench *cobra.Command) {
 	root.AddCommand(newLaunchCmd())
 	root.AddCommand(newCoordinatorCmd())
 	root.AddCommand(newStatusCmd())
+	root.AddCommand(newJobsCmd())
+	root.AddCommand(newVersionCmd())
 	root.AddCommand(newWorkersCmd())
 	root.AddCommand(newWorkerCmd())
 	root.AddCommand(newCheckpointsCmd())

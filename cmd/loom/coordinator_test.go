@@ -182,3 +182,41 @@ func TestWorkerRefusesBadShmRing(t *testing.T) {
 		}
 	}
 }
+
+// loom jobs lists jobs; loom jobs cancel cancels one (the state and reason
+// are on the job) and refuses an unknown job; loom version
+// and loom --version print the same line.
+func TestJobsCancelAndVersionCommands(t *testing.T) {
+	s := coordinator.NewTestServer(t, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	c := api.NewCoordinatorClient(coordinator.Dial(t, s.Addr()))
+	sub, err := c.SubmitJob(ctx, &api.SubmitJobRequest{Spec: &api.JobSpec{Name: "to-cancel", GlobalBatch: 32}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := sub.GetJob().GetId()
+	out, err := runLoom(t, "jobs", "--coordinator", s.Addr())
+	if err != nil || !strings.Contains(out, id) || !strings.Contains(out, "to-cancel") {
+		t.Fatalf("jobs: %v\n%s", err, out)
+	}
+	out, err = runLoom(t, "jobs", "cancel", id, "--coordinator", s.Addr(), "--reason", "wrong lr")
+	if err != nil || !strings.Contains(out, "cancelled "+id) {
+		t.Fatalf("jobs cancel: %v\n%s", err, out)
+	}
+	j, err := c.GetJob(ctx, &api.GetJobRequest{JobId: id})
+	if err != nil || j.GetJob().GetState() != api.JobState_JOB_STATE_CANCELLED || j.GetJob().GetReason() != "wrong lr" {
+		t.Fatalf("job after cancel: %v %v", j.GetJob(), err)
+	}
+	if out, err := runLoom(t, "jobs", "cancel", "job-9999", "--coordinator", s.Addr()); err == nil || !strings.Contains(err.Error(), "unknown job") {
+		t.Fatalf("cancel of an unknown job: %v\n%s", err, out)
+	}
+
+	v, err := runLoom(t, "version")
+	if err != nil || !strings.HasPrefix(v, "loom ") || !strings.Contains(v, "go1.") {
+		t.Fatalf("version: %q %v", v, err)
+	}
+	if f, err := runLoom(t, "--version"); err != nil || f != v {
+		t.Fatalf("--version %q differs from version %q (%v)", f, v, err)
+	}
+}

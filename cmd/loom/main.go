@@ -25,9 +25,11 @@ plain CPUs, ordinary networks, machines that come and go.
 
 Start with:
   loom launch examples/mnist-mlp.yaml     train the example on this machine`,
+		Version:       versionString(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
+	root.SetVersionTemplate("{{.Version}}\n")
 	bench := &cobra.Command{
 		Use:   "bench",
 		Short: "Measure kernels, collectives and training steps on this machine",
