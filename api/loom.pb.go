@@ -288,8 +288,14 @@ type Job struct {
 	// training, as measured by the reporting rank (startup and the final
 	// evaluation excluded).
 	SamplesPerSecond float64 `protobuf:"fixed64,15,opt,name=samples_per_second,json=samplesPerSecond,proto3" json:"samples_per_second,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Checkpoint writes that failed (reported by the writing rank), and the
+	// newest failure: its step and error. A completed job whose newest
+	// recorded checkpoint is not at its last step has no final checkpoint.
+	CheckpointFailures   int64  `protobuf:"varint,16,opt,name=checkpoint_failures,json=checkpointFailures,proto3" json:"checkpoint_failures,omitempty"`
+	CheckpointFailedStep int64  `protobuf:"varint,17,opt,name=checkpoint_failed_step,json=checkpointFailedStep,proto3" json:"checkpoint_failed_step,omitempty"`
+	CheckpointError      string `protobuf:"bytes,18,opt,name=checkpoint_error,json=checkpointError,proto3" json:"checkpoint_error,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
 }
 
 func (x *Job) Reset() {
@@ -418,6 +424,27 @@ func (x *Job) GetSamplesPerSecond() float64 {
 		return x.SamplesPerSecond
 	}
 	return 0
+}
+
+func (x *Job) GetCheckpointFailures() int64 {
+	if x != nil {
+		return x.CheckpointFailures
+	}
+	return 0
+}
+
+func (x *Job) GetCheckpointFailedStep() int64 {
+	if x != nil {
+		return x.CheckpointFailedStep
+	}
+	return 0
+}
+
+func (x *Job) GetCheckpointError() string {
+	if x != nil {
+		return x.CheckpointError
+	}
+	return ""
 }
 
 type SubmitJobRequest struct {
@@ -2042,9 +2069,13 @@ func (x *ReportProgressResponse) GetGeneration() int64 {
 	return 0
 }
 
+// CommitCheckpoint records a published checkpoint, or, with failure set,
+// that the checkpoint of checkpoint.step could not be written (path and
+// manifest are then empty): the job counts it and shows the error.
 type CommitCheckpointRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Checkpoint    *Checkpoint            `protobuf:"bytes,1,opt,name=checkpoint,proto3" json:"checkpoint,omitempty"`
+	Failure       string                 `protobuf:"bytes,2,opt,name=failure,proto3" json:"failure,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2084,6 +2115,13 @@ func (x *CommitCheckpointRequest) GetCheckpoint() *Checkpoint {
 		return x.Checkpoint
 	}
 	return nil
+}
+
+func (x *CommitCheckpointRequest) GetFailure() string {
+	if x != nil {
+		return x.Failure
+	}
+	return ""
 }
 
 type CommitCheckpointResponse struct {
@@ -2551,7 +2589,7 @@ const file_loom_proto_rawDesc = "" +
 	"\x04step\x18\x02 \x01(\x03R\x04step\x12\x12\n" +
 	"\x04path\x18\x03 \x01(\tR\x04path\x12'\n" +
 	"\x0fmanifest_sha256\x18\x04 \x01(\tR\x0emanifestSha256\x12.\n" +
-	"\x13committed_unix_nano\x18\x05 \x01(\x03R\x11committedUnixNano\"\xf9\x03\n" +
+	"\x13committed_unix_nano\x18\x05 \x01(\x03R\x11committedUnixNano\"\x8b\x05\n" +
 	"\x03Job\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12$\n" +
 	"\x04spec\x18\x02 \x01(\v2\x10.loom.v1.JobSpecR\x04spec\x12'\n" +
@@ -2570,7 +2608,10 @@ const file_loom_proto_rawDesc = "" +
 	"\x13completed_unix_nano\x18\r \x01(\x03R\x11completedUnixNano\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x0e \x01(\tR\trequestId\x12,\n" +
-	"\x12samples_per_second\x18\x0f \x01(\x01R\x10samplesPerSecondJ\x04\b\x06\x10\a\"W\n" +
+	"\x12samples_per_second\x18\x0f \x01(\x01R\x10samplesPerSecond\x12/\n" +
+	"\x13checkpoint_failures\x18\x10 \x01(\x03R\x12checkpointFailures\x124\n" +
+	"\x16checkpoint_failed_step\x18\x11 \x01(\x03R\x14checkpointFailedStep\x12)\n" +
+	"\x10checkpoint_error\x18\x12 \x01(\tR\x0fcheckpointErrorJ\x04\b\x06\x10\a\"W\n" +
 	"\x10SubmitJobRequest\x12$\n" +
 	"\x04spec\x18\x01 \x01(\v2\x10.loom.v1.JobSpecR\x04spec\x12\x1d\n" +
 	"\n" +
@@ -2690,11 +2731,12 @@ const file_loom_proto_rawDesc = "" +
 	"\x16ReportProgressResponse\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x01 \x01(\x03R\n" +
-	"generation\"N\n" +
+	"generation\"h\n" +
 	"\x17CommitCheckpointRequest\x123\n" +
 	"\n" +
 	"checkpoint\x18\x01 \x01(\v2\x13.loom.v1.CheckpointR\n" +
-	"checkpoint\":\n" +
+	"checkpoint\x12\x18\n" +
+	"\afailure\x18\x02 \x01(\tR\afailure\":\n" +
 	"\x18CommitCheckpointResponse\x12\x1e\n" +
 	"\x03job\x18\x01 \x01(\v2\f.loom.v1.JobR\x03job\"\x91\x01\n" +
 	"\x11CoordinatorMember\x12\x0e\n" +

@@ -553,9 +553,11 @@ func (x *CmdReportProgress) GetNowUnixNano() int64 {
 }
 
 type CmdCommitCheckpoint struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Checkpoint    *Checkpoint            `protobuf:"bytes,1,opt,name=checkpoint,proto3" json:"checkpoint,omitempty"`
-	NowUnixNano   int64                  `protobuf:"varint,2,opt,name=now_unix_nano,json=nowUnixNano,proto3" json:"now_unix_nano,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Checkpoint  *Checkpoint            `protobuf:"bytes,1,opt,name=checkpoint,proto3" json:"checkpoint,omitempty"`
+	NowUnixNano int64                  `protobuf:"varint,2,opt,name=now_unix_nano,json=nowUnixNano,proto3" json:"now_unix_nano,omitempty"`
+	// Set for a failed write (see CommitCheckpointRequest.failure).
+	Failure       string `protobuf:"bytes,3,opt,name=failure,proto3" json:"failure,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -602,6 +604,13 @@ func (x *CmdCommitCheckpoint) GetNowUnixNano() int64 {
 		return x.NowUnixNano
 	}
 	return 0
+}
+
+func (x *CmdCommitCheckpoint) GetFailure() string {
+	if x != nil {
+		return x.Failure
+	}
+	return ""
 }
 
 type CmdDrainWorker struct {
@@ -780,12 +789,13 @@ const file_raftlog_proto_rawDesc = "" +
 	"\x11CmdReportProgress\x126\n" +
 	"\x06report\x18\x01 \x01(\v2\x1e.loom.v1.ReportProgressRequestR\x06report\x12,\n" +
 	"\x12samples_per_second\x18\x02 \x01(\x01R\x10samplesPerSecond\x12\"\n" +
-	"\rnow_unix_nano\x18\x03 \x01(\x03R\vnowUnixNano\"n\n" +
+	"\rnow_unix_nano\x18\x03 \x01(\x03R\vnowUnixNano\"\x88\x01\n" +
 	"\x13CmdCommitCheckpoint\x123\n" +
 	"\n" +
 	"checkpoint\x18\x01 \x01(\v2\x13.loom.v1.CheckpointR\n" +
 	"checkpoint\x12\"\n" +
-	"\rnow_unix_nano\x18\x02 \x01(\x03R\vnowUnixNano\"-\n" +
+	"\rnow_unix_nano\x18\x02 \x01(\x03R\vnowUnixNano\x12\x18\n" +
+	"\afailure\x18\x03 \x01(\tR\afailure\"-\n" +
 	"\x0eCmdDrainWorker\x12\x1b\n" +
 	"\tworker_id\x18\x01 \x01(\tR\bworkerId\"\xaf\x02\n" +
 	"\rSnapshotState\x12\x1d\n" +

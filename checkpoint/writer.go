@@ -36,6 +36,10 @@ type WriterConfig struct {
 	// (they wait for the write that is calling it), and it delays the next
 	// Save for as long as it runs.
 	OnPublished func(Info)
+	// OnFailed, if set, is called from the writer goroutine after a
+	// write of the checkpoint of step fails (the same constraints as
+	// OnPublished): the distributed worker reports the failure on the job.
+	OnFailed func(step int, err error)
 }
 
 // DefaultConfig returns the defaults: keep 3 checkpoints, 10 minute write
@@ -260,6 +264,9 @@ func (w *Writer) run() {
 		cancel()
 		if err != nil {
 			w.log.Error("checkpoint write failed", zap.String("job", w.snap.job), zap.Int("step", w.snap.step), zap.Error(err))
+			if w.cfg.OnFailed != nil {
+				w.cfg.OnFailed(w.snap.step, err)
+			}
 			w.mu.Lock()
 			if w.err == nil {
 				w.err = err

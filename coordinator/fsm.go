@@ -409,6 +409,12 @@ func (s *state) commitCheckpoint(c *api.CmdCommitCheckpoint) ApplyResult {
 	if !ok {
 		return ApplyResult{Err: fmt.Errorf("%w: %q", ErrUnknownJob, ck.GetJobId())}
 	}
+	if f := c.GetFailure(); f != "" {
+		j.CheckpointFailures++
+		j.CheckpointFailedStep = ck.GetStep()
+		j.CheckpointError = f
+		return ApplyResult{Msg: proto.CloneOf(j)}
+	}
 	if ck.GetPath() == "" || ck.GetManifestSha256() == "" || ck.GetStep() < 0 {
 		return ApplyResult{Err: fmt.Errorf("%w: checkpoint needs a path, a manifest sha256 and a step >= 0", ErrInvalidArgument)}
 	}

@@ -261,7 +261,7 @@ func (v *service) CommitCheckpoint(ctx context.Context, req *api.CommitCheckpoin
 	if req.GetCheckpoint() == nil {
 		return nil, fmt.Errorf("%w: checkpoint is missing", ErrInvalidArgument)
 	}
-	m, _, err := v.s.apply(ctx, &api.CmdCommitCheckpoint{Checkpoint: req.GetCheckpoint(), NowUnixNano: time.Now().UnixNano()})
+	m, _, err := v.s.apply(ctx, &api.CmdCommitCheckpoint{Checkpoint: req.GetCheckpoint(), NowUnixNano: time.Now().UnixNano(), Failure: req.GetFailure()})
 	if err != nil {
 		return nil, err
 	}

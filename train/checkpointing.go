@@ -27,16 +27,17 @@ type Checkpointer struct {
 	last  int              // step of the newest saved checkpoint
 }
 
-// NewCheckpointer opens job's checkpoint directory. onPublished, if set, is
-// called (from the writer goroutine) after each checkpoint is published:
-// the distributed worker records it with the coordinator there.
-func NewCheckpointer(job *jobspec.Job, log *zap.Logger, onPublished func(checkpoint.Info)) (*Checkpointer, error) {
+// NewCheckpointer opens job's checkpoint directory. onPublished and
+// onFailed, if set, are called (from the writer goroutine) after each
+// checkpoint is published, or its write failed: the distributed worker
+// records either with the coordinator there.
+func NewCheckpointer(job *jobspec.Job, log *zap.Logger, onPublished func(checkpoint.Info), onFailed func(step int, err error)) (*Checkpointer, error) {
 	store, err := checkpoint.NewLocalStorage(job.Checkpoint.Dir)
 	if err != nil {
 		return nil, fmt.Errorf("checkpoint.dir %s: %w", job.Checkpoint.Dir, err)
 	}
 	cfg := checkpoint.DefaultConfig()
-	cfg.Keep, cfg.Logger, cfg.OnPublished = job.Checkpoint.Keep, log, onPublished
+	cfg.Keep, cfg.Logger, cfg.OnPublished, cfg.OnFailed = job.Checkpoint.Keep, log, onPublished, onFailed
 	w, err := checkpoint.NewWriter(store, cfg)
 	if err != nil {
 		return nil, err
@@ -77,6 +78,10 @@ func (c *Checkpointer) Shutdown(t *Trainer, world int) {
 		c.log.Warn("shutdown checkpoint not started", zap.Error(err))
 	}
 }
+
+// Flush waits for the write in flight and returns the first write error
+// since the last Flush.
+func (c *Checkpointer) Flush(ctx context.Context) error { return c.w.Flush(ctx) }
 
 // Close waits for the write in flight and returns the first write error.
 func (c *Checkpointer) Close() error { return c.w.Close() }

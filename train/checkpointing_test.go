@@ -15,7 +15,7 @@ func TestCheckpointRoundTripContinuesBitwise(t *testing.T) {
 	job := smallJob(t, "fp32", 30)
 	job.Checkpoint = jobspec.Checkpoint{Dir: t.TempDir(), Keep: 0}
 	a := newTrainer(t, job, 1)
-	ck, err := NewCheckpointer(job, nil, nil)
+	ck, err := NewCheckpointer(job, nil, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -69,7 +69,7 @@ func BenchmarkCheckpointOverhead(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
-				ck, err := NewCheckpointer(job, nil, nil)
+				ck, err := NewCheckpointer(job, nil, nil, nil)
 				if err != nil {
 					b.Fatal(err)
 				}

@@ -61,6 +61,12 @@ type Summary struct {
 	// Shares are the batch shares of the job's last plan (a launch with
 	// workers), in ring order: how the planner split each global batch.
 	Shares []RankShare `json:"shares,omitempty"`
+	// Checkpoint is the final checkpoint's directory; CheckpointError,
+	// when checkpointing is on, why there is none. CheckpointFailures
+	// counts the failed checkpoint writes of the run.
+	Checkpoint         string `json:"checkpoint,omitempty"`
+	CheckpointError    string `json:"checkpoint_error,omitempty"`
+	CheckpointFailures int    `json:"checkpoint_failures,omitempty"`
 }
 
 // RankShare is one rank's part of each global batch.

@@ -21,7 +21,6 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/loomtrain/loom/api"
-	"github.com/loomtrain/loom/checkpoint"
 	"github.com/loomtrain/loom/collective"
 	"github.com/loomtrain/loom/data"
 	"github.com/loomtrain/loom/device"
@@ -111,6 +110,9 @@ type Agent struct {
 	// reports waits for them.
 	runCtx  context.Context
 	reports sync.WaitGroup
+	// rec records checkpoints with the coordinator (nil without
+	// checkpointing).
+	rec *recorder
 
 	// Training throughput as this worker saw it: global samples of the
 	// steps it completed, from the start of its first to the end of its last.
@@ -226,7 +228,9 @@ func RunAgent(ctx context.Context, cfg AgentConfig) (err error) {
 	}
 	var ck *train.Checkpointer
 	if !job.Checkpoint.Disabled {
-		if ck, err = train.NewCheckpointer(job, a.log, a.commitCheckpoint); err != nil {
+		a.rec = a.startRecorder()
+		defer a.rec.stop(recordDrain)
+		if ck, err = train.NewCheckpointer(job, a.log, a.rec.published, a.rec.failed); err != nil {
 			return err
 		}
 		defer func() {
@@ -383,6 +387,17 @@ func (a *Agent) train(ctx context.Context, tr *train.Trainer, ck *train.Checkpoi
 		}
 	}
 	if gen != nil && gen.rank == 0 {
+		if ck != nil {
+			// The final checkpoint is written and recorded (or its
+			// failure is) before the job is reported complete, so the
+			// completed job says whether it has a final checkpoint.
+			if err := ck.Flush(ctx); err != nil {
+				a.log.Error("final checkpoint not written", zap.Error(err))
+			}
+			if !a.rec.wait(recordDrain) {
+				a.log.Warn("final checkpoint record not answered yet; reporting completion anyway")
+			}
+		}
 		acc, loss := tr.Evaluate()
 		var sps float64
 		if d := a.lastStep.Sub(a.firstStep); d > 0 {
@@ -450,20 +465,6 @@ func (a *Agent) runSteps(ctx context.Context, tr *train.Trainer, gen *generation
 		},
 	})
 	return err
-}
-
-// commitCheckpoint records a published checkpoint with the coordinator
-// (through Raft): only recorded checkpoints are resumed from.
-func (a *Agent) commitCheckpoint(info checkpoint.Info) {
-	ctx, cancel := context.WithTimeout(context.Background(), a.cfg.RPCTimeout)
-	defer cancel()
-	_, err := a.client.CommitCheckpoint(ctx, &api.CommitCheckpointRequest{Checkpoint: &api.Checkpoint{
-		JobId: a.cfg.JobID, Step: int64(info.Step), Path: info.Path, ManifestSha256: info.ManifestSHA256}})
-	if err != nil {
-		a.log.Warn("checkpoint not recorded by the coordinator", zap.String("path", info.Path), zap.Error(err))
-		return
-	}
-	a.log.Info("checkpoint recorded", zap.String("path", info.Path), zap.Int("step", info.Step))
 }
 
 // nextPlan waits for a plan of a generation after current. A draining

@@ -571,3 +571,54 @@ func hasLedger(path string) bool {
 	st, err := os.Stat(path)
 	return err == nil && st.Size() > 0
 }
+
+// A checkpoint directory that becomes unwritable mid-run (replaced by a
+// file: every later write fails, as on a full disk) is not silent: rank 0
+// reports each failed write on the job, the job completes with the failures
+// counted and no final checkpoint, the summary says so, and loom launch
+// exits non-zero.
+func TestCheckpointFailureIsLoud(t *testing.T) {
+	dir := t.TempDir()
+	ckDir := filepath.Join(dir, "ckpt")
+	job := writeJob(t, fmt.Sprintf(`name: ckfail
+seed: 5
+model: {kind: mlp, layers: [784, 64, 10]}
+train: {epochs: 1, global_batch: 256}
+checkpoint: {dir: %s, every_steps: 20}
+`, ckDir))
+	c := loomCmd(t, "launch", job, "--workers", "2", "--device", elasticDevice, "--max-steps", "120", "--json")
+	var stdout, stderr strings.Builder
+	c.Stdout, c.Stderr = &stdout, &stderr
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(20 * time.Millisecond) {
+		if m, _ := filepath.Glob(filepath.Join(ckDir, "ckfail", "step-*")); len(m) > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no checkpoint written\n%s", stderr.String())
+		}
+	}
+	if err := os.RemoveAll(ckDir); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(ckDir, []byte("not a directory"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	err := c.Wait()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() == 0 {
+		t.Fatalf("launch exited with %v; want non-zero\n%s", err, stderr.String())
+	}
+	var s train.Summary
+	if err := json.Unmarshal([]byte(stdout.String()), &s); err != nil {
+		t.Fatalf("summary %q: %v\n%s", stdout.String(), err, stderr.String())
+	}
+	if s.Status != "completed" || s.Steps != 120 || s.CheckpointError == "" || s.CheckpointFailures < 1 || s.Checkpoint != "" {
+		t.Fatalf("summary %+v: want completed with failed checkpoints and no final one\n%s", s, stderr.String())
+	}
+	if !strings.Contains(stderr.String(), "final checkpoint was not saved") {
+		t.Fatalf("launch did not say the final checkpoint is missing:\n%s", stderr.String())
+	}
+}

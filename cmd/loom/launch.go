@@ -192,6 +192,11 @@ func runLaunch(ctx context.Context, stdout io.Writer, path string, o launchOpts)
 		}
 	}
 	var ck *train.Checkpointer
+	// The writer goroutine reports each checkpoint; Run has closed the
+	// checkpointer (waited for it) before these are read.
+	var lastCk checkpoint.Info
+	var ckFailures int
+	var ckErr error
 	if !job.Checkpoint.Disabled {
 		if job.Checkpoint.Resume != "" {
 			info, err := train.ResumeFrom(ctx, tr, nil, log)
@@ -202,6 +207,10 @@ func runLaunch(ctx context.Context, stdout io.Writer, path string, o launchOpts)
 		}
 		if ck, err = train.NewCheckpointer(job, log, func(i checkpoint.Info) {
 			log.Debug("checkpoint published", zap.String("path", i.Path), zap.Int("step", i.Step))
+			lastCk = i
+		}, func(step int, err error) {
+			ckFailures++
+			ckErr = fmt.Errorf("step %d: %w", step, err)
 		}); err != nil {
 			return err
 		}
@@ -212,6 +221,17 @@ func runLaunch(ctx context.Context, stdout io.Writer, path string, o launchOpts)
 	}
 	if sum == nil {
 		return runErr
+	}
+	if ck != nil {
+		sum.CheckpointFailures = ckFailures
+		switch {
+		case lastCk.Step == sum.Steps && lastCk.Path != "":
+			sum.Checkpoint = filepath.Join(job.Checkpoint.Dir, lastCk.Path)
+		case ckErr != nil:
+			sum.CheckpointError = ckErr.Error()
+		case sum.Steps > 0:
+			sum.CheckpointError = "no checkpoint of the last step was written"
+		}
 	}
 	if o.json {
 		b, _ := json.Marshal(sum)
@@ -244,6 +264,15 @@ func printSummary(out io.Writer, s *train.Summary) {
 	}
 	if s.SkippedSteps > 0 {
 		fmt.Fprintf(w, "skipped steps\t%d (fp16 overflow)\n", s.SkippedSteps)
+	}
+	switch {
+	case s.CheckpointError != "":
+		fmt.Fprintf(w, "checkpoint\tNOT SAVED: %s\n", s.CheckpointError)
+	case s.Checkpoint != "":
+		fmt.Fprintf(w, "checkpoint\t%s\n", s.Checkpoint)
+	}
+	if s.CheckpointFailures > 0 {
+		fmt.Fprintf(w, "failed writes\t%d checkpoint(s)\n", s.CheckpointFailures)
 	}
 	w.Flush()
 }

@@ -196,17 +196,40 @@ func follow(ctx context.Context, stdout io.Writer, client api.CoordinatorClient,
 			if procs != nil {
 				procs.wait(10 * time.Second)
 			}
+			ckErr := finalCheckpoint(job, j, s)
 			if o.json {
 				b, _ := json.Marshal(s)
 				fmt.Fprintln(stdout, string(b))
 			} else {
 				printSummary(stdout, s)
 			}
-			return nil
+			return ckErr
 		case api.JobState_JOB_STATE_CANCELLED:
 			return fmt.Errorf("job %s cancelled: %s", jobID, j.GetReason())
 		}
 	}
+}
+
+// finalCheckpoint fills the summary's checkpoint fields from the completed
+// job: the path of its final checkpoint, or why there is none. Rank 0
+// records the final checkpoint, or its failure, before it reports the job
+// complete. It returns an error when checkpointing is on and the final
+// checkpoint was not saved: the launch then exits non-zero.
+func finalCheckpoint(job *jobspec.Job, j *api.Job, s *train.Summary) error {
+	s.CheckpointFailures = int(j.GetCheckpointFailures())
+	if job.Checkpoint.Disabled {
+		return nil
+	}
+	cks := j.GetCheckpoints()
+	if n := len(cks); n > 0 && cks[n-1].GetStep() == j.GetStep() {
+		s.Checkpoint = filepath.Join(job.Checkpoint.Dir, cks[n-1].GetPath())
+		return nil
+	}
+	s.CheckpointError = "no checkpoint of the last step was recorded"
+	if j.GetCheckpointFailedStep() == j.GetStep() && j.GetCheckpointError() != "" {
+		s.CheckpointError = j.GetCheckpointError()
+	}
+	return fmt.Errorf("job %s completed, but its final checkpoint was not saved: %s", j.GetId(), s.CheckpointError)
 }
 
 // logMembership logs which workers joined or left the job when the plan's

@@ -237,18 +237,36 @@ func printJobs(w io.Writer, jobs []*api.Job, plans map[string]*api.Plan) {
 		return
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "JOB\tNAME\tSTATE\tSTEP\tLOSS\tGEN\tRANKS\tCHECKPOINT\tREASON")
+	fmt.Fprintln(tw, "JOB\tNAME\tSTATE\tSTEP\tLOSS\tTEST ACC\tGEN\tRANKS\tCHECKPOINT\tREASON")
 	for _, j := range jobs {
 		ck := "-"
 		if n := len(j.Checkpoints); n > 0 {
 			ck = fmt.Sprintf("step %d", j.Checkpoints[n-1].Step)
 		}
+		if f := j.GetCheckpointFailures(); f > 0 {
+			ck += fmt.Sprintf(" (%d FAILED)", f)
+		}
+		acc := "-"
+		if j.GetTestAccuracy() > 0 {
+			acc = fmt.Sprintf("%.2f%%", 100*j.GetTestAccuracy())
+		}
 		p := plans[j.Id]
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%.4g\t%d\t%d\t%s\t%s\n", j.Id, j.Spec.GetName(),
-			strings.ToLower(strings.TrimPrefix(j.State.String(), "JOB_STATE_")), j.Step, j.LastLoss,
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%.4g\t%s\t%d\t%d\t%s\t%s\n", j.Id, j.Spec.GetName(),
+			strings.ToLower(strings.TrimPrefix(j.State.String(), "JOB_STATE_")), j.Step, j.LastLoss, acc,
 			j.Generation, len(p.GetRanks()), ck, dashIfEmpty(j.Reason))
 	}
 	_ = tw.Flush()
+	for _, j := range jobs {
+		if j.GetCheckpointFailures() == 0 {
+			continue
+		}
+		final := ""
+		if j.GetState() == api.JobState_JOB_STATE_COMPLETED && j.GetCheckpointFailedStep() == j.GetStep() {
+			final = "; the job has NO final checkpoint"
+		}
+		fmt.Fprintf(w, "%s: %d checkpoint write(s) failed, the newest at step %d: %s%s\n", j.GetId(), j.GetCheckpointFailures(),
+			j.GetCheckpointFailedStep(), j.GetCheckpointError(), final)
+	}
 }
 
 // placement is where a worker sits in its job's current plan.
