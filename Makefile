@@ -21,10 +21,10 @@ build:
 	CGO_ENABLED=0 $(GO) build -ldflags "-X main.buildCommit=$(COMMIT)" -o $(BIN) ./cmd/loom
 
 demo: build
-	$(BIN) launch examples/mnist-mlp.yaml
+	$(BIN) launch examples/mnist-mlp.yaml --overwrite
 
 demo-bf16: build
-	$(BIN) launch examples/mnist-mlp-bf16.yaml
+	$(BIN) launch examples/mnist-mlp-bf16.yaml --overwrite
 
 test:
 	$(GO) test -race -timeout 12m $(PKGS)

@@ -107,9 +107,11 @@ type Agent struct {
 	// another has taken over is refused.
 	incarnation atomic.Int64
 	// runCtx ends when the agent stops; failure reports run under it and
-	// reports waits for them.
-	runCtx  context.Context
-	reports sync.WaitGroup
+	// reports waits for them. reportMu orders starting a report after the
+	// check of runCtx against the final wait.
+	runCtx   context.Context
+	reportMu sync.Mutex
+	reports  sync.WaitGroup
 	// rec records checkpoints with the coordinator (nil without
 	// checkpointing).
 	rec *recorder
@@ -197,6 +199,8 @@ func RunAgent(ctx context.Context, cfg AgentConfig) (err error) {
 	defer func() {
 		cancel(nil)
 		bg.Wait()
+		a.reportMu.Lock() // no report starts after this
+		a.reportMu.Unlock()
 		a.reports.Wait()
 		a.deregister()
 	}()
@@ -285,6 +289,8 @@ func (a *Agent) watchdog(gen int64, what string, d time.Duration) (stop func() b
 // the coordinator confirms the failure by heartbeats and re-plans without a
 // lost worker at once, instead of after its lease.
 func (a *Agent) reportFailure(gen int64, cause error) {
+	a.reportMu.Lock()
+	defer a.reportMu.Unlock()
 	if a.newerPlan(gen) || a.runCtx.Err() != nil {
 		return
 	}

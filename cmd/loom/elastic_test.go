@@ -622,3 +622,22 @@ checkpoint: {dir: %s, every_steps: 20}
 		t.Fatalf("launch did not say the final checkpoint is missing:\n%s", stderr.String())
 	}
 }
+
+// Ctrl-C on a launch with workers cancels the job and still prints the
+// summary (status interrupted, the steps trained), exiting 130.
+func TestInterruptedClusterLaunchPrintsSummary(t *testing.T) {
+	r := startElastic(t, 230)
+	r.waitStep(20)
+	if err := r.launcher.Process.Signal(os.Interrupt); err != nil {
+		t.Fatal(err)
+	}
+	err := r.launcher.Wait()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 130 {
+		t.Fatalf("launch exited with %v; want 130\n%s", err, r.log())
+	}
+	var s train.Summary
+	if err := json.Unmarshal([]byte(r.stdout.String()), &s); err != nil || s.Status != "interrupted" || s.Steps < 1 || s.Steps >= 230 {
+		t.Fatalf("summary %q (%v)", r.stdout.String(), err)
+	}
+}

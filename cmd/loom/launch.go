@@ -37,6 +37,7 @@ type launchOpts struct {
 	quiet         bool
 	logLevel      string
 	resume        string
+	overwrite     bool
 	globalBatch   int
 	ledgerDir     string
 	metrics       string
@@ -83,6 +84,7 @@ workers: cancels the job and stops them).`,
 	f.IntVar(&o.globalBatch, "global-batch", 0, "override train.global_batch")
 	f.IntVar(&o.maxSteps, "max-steps", 0, "stop after this many steps (overrides train.max_steps)")
 	f.BoolVarP(&o.quiet, "quiet", "q", false, "no progress output, only the summary")
+	f.BoolVar(&o.overwrite, "overwrite", false, "start over even though checkpoint.dir holds checkpoints of an earlier run of this job: they are deleted")
 	f.StringVar(&o.resume, "resume", "", `continue from a checkpoint: "latest" (newest valid one of this job) or a checkpoint directory`)
 	f.StringVar(&o.ledgerDir, "sample-ledger", "", "directory for per-worker JSONL ledgers of the samples each step used (completed, and tentative when a worker starts its share; for audits and tests)")
 	f.StringVar(&o.metrics, "metrics", "", "write one JSON line per step (step, epoch, loss, lr) to this file (single-process launch)")
@@ -146,6 +148,15 @@ func runLaunch(ctx context.Context, stdout io.Writer, path string, o launchOpts)
 
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if !job.Checkpoint.Disabled && o.coordinator == "" {
+		// The checkpoints are written on this machine (by this process or
+		// its local workers): claim the job's directory for this run.
+		unlock, err := claimCheckpoints(ctx, job, o, log)
+		if err != nil {
+			return err
+		}
+		defer unlock()
+	}
 	if o.workers > 1 || o.coordinator != "" {
 		return runCluster(ctx, stdout, job, o, log)
 	}
@@ -243,6 +254,43 @@ func runLaunch(ctx context.Context, stdout io.Writer, path string, o launchOpts)
 		return exitError{code: 130}
 	}
 	return runErr
+}
+
+// claimCheckpoints locks the job's checkpoint directory for this run, and
+// refuses a fresh run (no --resume) where an earlier run of the job left
+// checkpoints, unless --overwrite deletes them: a re-run never replaces
+// another run's checkpoints without being told to.
+func claimCheckpoints(ctx context.Context, job *jobspec.Job, o launchOpts, log *zap.Logger) (func(), error) {
+	host, _ := os.Hostname()
+	unlock, err := checkpoint.LockJob(job.Checkpoint.Dir, job.Name,
+		fmt.Sprintf("loom launch (pid %d on %s, started %s)", os.Getpid(), host, time.Now().Format(time.RFC3339)))
+	if err != nil {
+		return nil, err
+	}
+	if job.Checkpoint.Resume != "" {
+		return unlock, nil
+	}
+	store, err := checkpoint.NewLocalStorage(job.Checkpoint.Dir)
+	if err != nil {
+		unlock()
+		return nil, err
+	}
+	old, err := checkpoint.List(ctx, store, job.Name)
+	if err != nil || len(old) == 0 {
+		return unlock, err
+	}
+	dir := filepath.Join(job.Checkpoint.Dir, job.Name)
+	if !o.overwrite {
+		unlock()
+		return nil, fmt.Errorf("%s holds %d checkpoint(s) of an earlier run of %q (newest: step %d): --resume latest continues from it, --overwrite deletes them and starts over, or set checkpoint.dir elsewhere",
+			dir, len(old), job.Name, old[0].Step)
+	}
+	if err := store.RemoveAll(ctx, job.Name); err != nil {
+		unlock()
+		return nil, fmt.Errorf("--overwrite: %w", err)
+	}
+	log.Warn("--overwrite: deleted the checkpoints of an earlier run", zap.String("dir", dir), zap.Int("checkpoints", len(old)), zap.Int("newest_step", old[0].Step))
+	return unlock, nil
 }
 
 func printSummary(out io.Writer, s *train.Summary) {

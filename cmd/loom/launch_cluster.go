@@ -122,6 +122,30 @@ func follow(ctx context.Context, stdout io.Writer, client api.CoordinatorClient,
 	var members []string // worker ids of the current plan, sorted
 	var shares []train.RankShare
 	var waitReason string
+	var last *api.GetJobResponse // the newest answer
+	summary := func(status string, j *api.Job, plan *api.Plan) *train.Summary {
+		s := &train.Summary{Job: job.Name, Status: status, Steps: int(j.GetStep()), Samples: j.GetStep() * int64(job.Train.GlobalBatch),
+			FinalLoss: j.GetLastLoss(), TestAccuracy: j.GetTestAccuracy(), TestLoss: j.GetTestLoss(), WallSeconds: time.Since(start).Seconds(),
+			Precision: job.Train.Precision, Device: o.device, Workers: int(plan.GetReplicas()), Shares: shares}
+		s.Epochs = float64(s.Samples) / float64(max(1, trainSize(job)))
+		s.SamplesPerSec = j.GetSamplesPerSecond() // measured by the reporting rank
+		if s.SamplesPerSec == 0 && !firstStep.IsZero() {
+			s.SamplesPerSec = float64(s.Samples) / time.Since(firstStep).Seconds()
+		}
+		if job.Model.Kind == "gpt" {
+			s.TokensPerSample = job.Model.Context
+			s.TokensPerSec = s.SamplesPerSec * float64(job.Model.Context)
+		}
+		return s
+	}
+	emit := func(s *train.Summary) {
+		if o.json {
+			b, _ := json.Marshal(s)
+			fmt.Fprintln(stdout, string(b))
+		} else {
+			printSummary(stdout, s)
+		}
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -132,6 +156,9 @@ func follow(ctx context.Context, stdout io.Writer, client api.CoordinatorClient,
 				view.Done()
 			}
 			fmt.Fprintf(os.Stderr, "job %s cancelled at step %d\n", jobID, max(lastStep, 0))
+			if last != nil && last.GetJob().GetStep() > 0 {
+				emit(summary("interrupted", last.GetJob(), last.GetPlan()))
+			}
 			return exitError{code: 130}
 		case err := <-exited:
 			return fmt.Errorf("job %s: %w", jobID, err)
@@ -154,6 +181,7 @@ func follow(ctx context.Context, stdout io.Writer, client api.CoordinatorClient,
 			}
 			continue
 		}
+		last = resp
 		j := resp.GetJob()
 		members = logMembership(log, resp.GetPlan(), members)
 		if ranks := resp.GetPlan().GetRanks(); len(ranks) > 0 {
@@ -180,29 +208,12 @@ func follow(ctx context.Context, stdout io.Writer, client api.CoordinatorClient,
 		lastStep = j.GetStep()
 		switch j.GetState() {
 		case api.JobState_JOB_STATE_COMPLETED:
-			wall := time.Since(start).Seconds()
-			s := &train.Summary{Job: job.Name, Status: "completed", Steps: int(j.GetStep()), Samples: j.GetStep() * int64(job.Train.GlobalBatch),
-				FinalLoss: j.GetLastLoss(), TestAccuracy: j.GetTestAccuracy(), TestLoss: j.GetTestLoss(), WallSeconds: wall,
-				Precision: job.Train.Precision, Device: o.device, Workers: int(resp.GetPlan().GetReplicas()), Shares: shares}
-			s.Epochs = float64(s.Samples) / float64(max(1, trainSize(job)))
-			s.SamplesPerSec = j.GetSamplesPerSecond() // measured by the reporting rank
-			if s.SamplesPerSec == 0 && !firstStep.IsZero() {
-				s.SamplesPerSec = float64(s.Samples) / time.Since(firstStep).Seconds()
-			}
-			if job.Model.Kind == "gpt" {
-				s.TokensPerSample = job.Model.Context
-				s.TokensPerSec = s.SamplesPerSec * float64(job.Model.Context)
-			}
+			s := summary("completed", j, resp.GetPlan())
 			if procs != nil {
 				procs.wait(10 * time.Second)
 			}
 			ckErr := finalCheckpoint(job, j, s)
-			if o.json {
-				b, _ := json.Marshal(s)
-				fmt.Fprintln(stdout, string(b))
-			} else {
-				printSummary(stdout, s)
-			}
+			emit(s)
 			return ckErr
 		case api.JobState_JOB_STATE_CANCELLED:
 			return fmt.Errorf("job %s cancelled: %s", jobID, j.GetReason())

@@ -2,11 +2,13 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/loomtrain/loom/checkpoint"
 	"github.com/loomtrain/loom/train"
 )
 
@@ -137,5 +139,46 @@ func TestExamplesAreValid(t *testing.T) {
 		if _, err := runLoom(t, "launch", f, "--max-steps", "-1"); err == nil || !strings.Contains(err.Error(), "--max-steps -1") {
 			t.Errorf("%s: config should load and stop at the flag check, got %v", f, err)
 		}
+	}
+}
+
+// A job's checkpoint directory belongs to one run at a time: a fresh launch
+// refuses to replace an earlier run's checkpoints unless --overwrite (which
+// deletes them), --resume continues them, and a launch while another
+// process holds the directory is refused, naming the holder. The summary
+// names the final checkpoint.
+func TestLaunchClaimsItsCheckpoints(t *testing.T) {
+	ck := t.TempDir()
+	p := writeJob(t, `name: claim
+model: {kind: mlp, layers: [784, 16, 10]}
+train: {epochs: 1, global_batch: 200}
+checkpoint: {dir: `+ck+`}
+`)
+	out, err := runLoom(t, "launch", p, "--quiet", "--max-steps", "5")
+	if err != nil || !strings.Contains(out, filepath.Join(ck, "claim", "step-00000005")) {
+		t.Fatalf("first run: %v\n%s", err, out)
+	}
+	out, err = runLoom(t, "launch", p, "--quiet", "--max-steps", "5")
+	if err == nil || !strings.Contains(err.Error(), "holds 1 checkpoint(s) of an earlier run") || !strings.Contains(err.Error(), "--resume latest") {
+		t.Fatalf("a re-run over an earlier run's checkpoints: %v\n%s", err, out)
+	}
+	if out, err := runLoom(t, "launch", p, "--quiet", "--max-steps", "3", "--overwrite"); err != nil {
+		t.Fatalf("--overwrite: %v\n%s", err, out)
+	}
+	if _, err := os.Stat(filepath.Join(ck, "claim", "step-00000005")); !os.IsNotExist(err) {
+		t.Fatalf("--overwrite kept the earlier run's step 5: %v", err)
+	}
+	if out, err := runLoom(t, "launch", p, "--quiet", "--max-steps", "6", "--resume", "latest"); err != nil || !strings.Contains(out, "step-00000006") {
+		t.Fatalf("--resume latest: %v\n%s", err, out)
+	}
+
+	unlock, err := checkpoint.LockJob(ck, "claim", "another run (test)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unlock()
+	_, err = runLoom(t, "launch", p, "--quiet", "--max-steps", "7", "--resume", "latest")
+	if !errors.Is(err, checkpoint.ErrLocked) || !strings.Contains(err.Error(), "another run (test)") {
+		t.Fatalf("launch while another run holds the directory: %v", err)
 	}
 }
