@@ -1908,7 +1908,9 @@ type ReportProgressRequest struct {
 	// Set by the rank that evaluated the model on the test set at this step.
 	TestAccuracy *float64 `protobuf:"fixed64,8,opt,name=test_accuracy,json=testAccuracy,proto3,oneof" json:"test_accuracy,omitempty"`
 	TestLoss     float64  `protobuf:"fixed64,9,opt,name=test_loss,json=testLoss,proto3" json:"test_loss,omitempty"`
-	// The job's last step is done: the job becomes COMPLETED.
+	// The job's last step is done: the job becomes COMPLETED. The loss of a
+	// done report is the mean over the reporting rank's last (up to 50)
+	// steps: the final loss of a summary.
 	Done bool `protobuf:"varint,10,opt,name=done,proto3" json:"done,omitempty"`
 	// With done: the job's training throughput seen by this rank (global
 	// samples per second over the steps it trained).

@@ -17,6 +17,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -338,8 +339,15 @@ func newHCLogger(log *zap.Logger) hclog.Logger {
 
 type zapWriter struct{ log *zap.Logger }
 
+// Write logs one hclog line at warn, except the election a new cluster
+// starts with (no leader was ever known): that one is normal, at info.
 func (w zapWriter) Write(p []byte) (int, error) {
-	w.log.Warn(string(trimNL(p)))
+	msg := string(trimNL(p))
+	if strings.Contains(msg, "starting election") && strings.HasSuffix(msg, "last-leader-id=") {
+		w.log.Info(msg)
+	} else {
+		w.log.Warn(msg)
+	}
 	return len(p), nil
 }
 

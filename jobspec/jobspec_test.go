@@ -125,3 +125,18 @@ func TestMarshalRoundTrip(t *testing.T) {
 		t.Fatalf("unknown balance: %v", err)
 	}
 }
+
+// SamplesIn counts the short last step of each epoch, as the sampler does.
+func TestSamplesIn(t *testing.T) {
+	j := &Job{Train: Train{GlobalBatch: 256}}
+	for _, c := range []struct {
+		steps, n int
+		want     int64
+	}{
+		{234, 60000, 59904}, {235, 60000, 60000}, {236, 60000, 60256}, {470, 60000, 120000}, {3, 0, 768},
+	} {
+		if got := j.SamplesIn(c.steps, c.n); got != c.want {
+			t.Errorf("SamplesIn(%d, %d) = %d, want %d", c.steps, c.n, got, c.want)
+		}
+	}
+}

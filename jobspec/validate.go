@@ -243,6 +243,18 @@ func (j *Job) validateOptimizer() error {
 	return nil
 }
 
+// SamplesIn is the number of training samples the first steps consume on a
+// training set of n: every epoch has ceil(n / global_batch) steps, the last
+// one short. 0 for n <= 0 means unknown: steps × global_batch.
+func (j *Job) SamplesIn(steps, n int) int64 {
+	b := j.Train.GlobalBatch
+	if n <= 0 {
+		return int64(steps) * int64(b)
+	}
+	per := (n + b - 1) / b
+	return int64(steps/per)*int64(n) + int64(min((steps%per)*b, n))
+}
+
 // TotalSteps is the number of optimizer steps the job runs for a training set
 // of n examples.
 func (j *Job) TotalSteps(n int) int {

@@ -43,7 +43,7 @@ type Summary struct {
 	Steps         int     `json:"steps"`
 	Epochs        float64 `json:"epochs"`
 	Samples       int64   `json:"samples"`
-	FinalLoss     float64 `json:"final_loss"` // mean training loss over the last ≤50 steps
+	FinalLoss     float64 `json:"final_loss"` // mean training loss over the last ≤FinalLossSteps steps
 	TestAccuracy  float64 `json:"test_accuracy"`
 	TestLoss      float64 `json:"test_loss"`
 	SamplesPerSec float64 `json:"samples_per_s"`
@@ -159,6 +159,10 @@ func NewTrainer(job *jobspec.Job, dev device.Device, split *data.Split, log *zap
 	if t.task, err = newTask(job, dev, split); err != nil {
 		return nil, err
 	}
+	if n := t.task.trainSize(); job.Train.GlobalBatch > n {
+		return nil, fmt.Errorf("train.global_batch %d is larger than the training set (%d examples in %s): a step cannot take more than an epoch; use at most %d",
+			job.Train.GlobalBatch, n, split.Source, n)
+	}
 	t.values, t.grads = t.task.flat()
 	for _, p := range t.task.params() {
 		t.params = append(t.params, optimizer.Param{Name: p.Name, Value: p.Value, Grad: p.Grad, Decay: p.Decay})
@@ -170,7 +174,7 @@ func NewTrainer(job *jobspec.Job, dev device.Device, split *data.Split, log *zap
 		return nil, err
 	}
 	t.total = job.TotalSteps(t.task.trainSize())
-	t.sched = optimizer.Schedule{Base: o.LR, Warmup: job.Schedule.WarmupSteps, Total: t.total, Cosine: job.Schedule.Kind == "cosine", MinRatio: job.Schedule.MinLRRatio}
+	t.sched = ScheduleOf(job, t.total)
 	if job.DType() == tensor.F16 {
 		t.scaler = optimizer.NewLossScaler()
 	}
@@ -400,7 +404,7 @@ func (t *Trainer) Run(ctx context.Context, ck *Checkpointer, onProgress func(Pro
 	_, err := t.RunSteps(ctx, Loop{Lead: true, World: 1, Checkpointer: ck, After: func(r StepResult) {
 		samples += int64(r.Batch)
 		recent = append(recent, r.Loss)
-		if len(recent) > 50 {
+		if len(recent) > FinalLossSteps {
 			recent = recent[1:]
 		}
 		if onProgress == nil {
@@ -459,6 +463,16 @@ func closeCheckpointer(ck *Checkpointer) error {
 	}
 	return nil
 }
+
+// ScheduleOf is job's learning-rate schedule over total steps.
+func ScheduleOf(job *jobspec.Job, total int) optimizer.Schedule {
+	s := job.Schedule
+	return optimizer.Schedule{Base: job.Optimizer.LR, Warmup: s.WarmupSteps, Total: total, Cosine: s.Kind == "cosine", MinRatio: s.MinLRRatio}
+}
+
+// FinalLossSteps is how many of the last steps a summary's final loss
+// averages, in every path (one process, or rank 0's report with workers).
+const FinalLossSteps = 50
 
 // ErrInterrupted is returned (with a summary) when Run stopped early.
 var ErrInterrupted = errors.New("training interrupted")

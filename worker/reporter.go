@@ -11,6 +11,7 @@ import (
 
 	"github.com/loomtrain/loom/api"
 	"github.com/loomtrain/loom/jobspec"
+	"github.com/loomtrain/loom/train"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -36,6 +37,11 @@ type reporter struct {
 	winGen              int64
 	winSteps            int
 	winSamples, winSecs float64
+
+	// recent holds the global losses of the last train.FinalLossSteps
+	// steps this rank trained: the final report's loss is their mean, the
+	// summary's final loss as a one-process run defines it.
+	recent []float64
 }
 
 // speedWindow is about how much compute time the reported speed averages.
@@ -71,6 +77,9 @@ func (r *reporter) step(gen int64, step int, loss float64, samples int, took tim
 		r.winSamples += float64(samples)
 		r.winSecs += took.Seconds()
 	}
+	if r.recent = append(r.recent, loss); len(r.recent) > train.FinalLossSteps {
+		r.recent = r.recent[1:]
+	}
 	req := &api.ReportProgressRequest{JobId: r.a.cfg.JobID, WorkerId: r.a.cfg.ID, Generation: gen, Step: int64(step), Loss: loss}
 	if r.winSteps > minSpeedSteps || r.winSecs >= minSpeedTime.Seconds() {
 		req.Samples, req.StepSeconds = int64(math.Round(r.winSamples)), r.winSecs
@@ -93,6 +102,12 @@ func (r *reporter) final(ctx context.Context, acc, loss, samplesPerSec float64) 
 	req := &api.ReportProgressRequest{JobId: r.a.cfg.JobID, WorkerId: r.a.cfg.ID}
 	if r.last != nil {
 		req = proto.CloneOf(r.last)
+	}
+	if len(r.recent) > 0 {
+		req.Loss = 0
+		for _, l := range r.recent {
+			req.Loss += l / float64(len(r.recent))
+		}
 	}
 	r.latest = nil
 	r.mu.Unlock()

@@ -21,20 +21,14 @@ and newest checkpoint (the job table of 'loom status').`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return t.with(cmd.Context(), func(ctx context.Context, c *coordClients) error {
-				jobs, err := c.coord.ListJobs(ctx, &api.ListJobsRequest{})
+				jobs, plans, err := jobsAndPlans(ctx, c.coord)
 				if err != nil {
 					return err
 				}
-				plans := map[string]*api.Plan{}
-				for _, j := range jobs.Jobs {
-					if r, err := c.coord.GetJob(ctx, &api.GetJobRequest{JobId: j.Id}); err == nil && r.Plan != nil {
-						plans[j.Id] = r.Plan
-					}
-				}
 				if t.json {
-					return printProtoJSON(cmd.OutOrStdout(), map[string]any{"jobs": jobs.Jobs, "plans": plans})
+					return printProtoJSON(cmd.OutOrStdout(), map[string]any{"jobs": jobs, "plans": plans})
 				}
-				printJobs(cmd.OutOrStdout(), jobs.Jobs, plans)
+				printJobs(cmd.OutOrStdout(), jobs, plans)
 				return nil
 			})
 		},

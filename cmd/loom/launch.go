@@ -71,6 +71,9 @@ workers: cancels the job and stops them).`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			o.workerDevices = parseWorkerDevices(devs)
+			if cmd.Flags().Changed("global-batch") && o.globalBatch <= 0 {
+				return fmt.Errorf("--global-batch %d: must be > 0", o.globalBatch)
+			}
 			return runLaunch(cmd.Context(), cmd.OutOrStdout(), args[0], o)
 		},
 	}
@@ -214,6 +217,9 @@ func runLaunch(ctx context.Context, stdout io.Writer, path string, o launchOpts)
 			if err != nil {
 				return err
 			}
+			if err := nothingLeft(job, info, tr.TotalSteps()); err != nil {
+				return err
+			}
 			log.Info("resumed", zap.String("checkpoint", info.Path), zap.Int("step", info.Step), zap.Int("of", tr.TotalSteps()))
 		}
 		if ck, err = train.NewCheckpointer(job, log, func(i checkpoint.Info) {
@@ -256,6 +262,16 @@ func runLaunch(ctx context.Context, stdout io.Writer, path string, o launchOpts)
 	return runErr
 }
 
+// nothingLeft refuses to resume a checkpoint at or past the job's last
+// step: there is nothing to train (a finished job).
+func nothingLeft(job *jobspec.Job, info checkpoint.Info, total int) error {
+	if info.Step < total {
+		return nil
+	}
+	return fmt.Errorf("--resume: %s is at step %d and the job has %d steps (train.epochs %d, train.max_steps %d): nothing left to train; raise train.epochs or --max-steps to train further",
+		filepath.Join(job.Checkpoint.Dir, info.Path), info.Step, total, job.Train.Epochs, job.Train.MaxSteps)
+}
+
 // claimCheckpoints locks the job's checkpoint directory for this run, and
 // refuses a fresh run (no --resume) where an earlier run of the job left
 // checkpoints, unless --overwrite deletes them: a re-run never replaces
@@ -289,7 +305,7 @@ func claimCheckpoints(ctx context.Context, job *jobspec.Job, o launchOpts, log *
 		unlock()
 		return nil, fmt.Errorf("--overwrite: %w", err)
 	}
-	log.Warn("--overwrite: deleted the checkpoints of an earlier run", zap.String("dir", dir), zap.Int("checkpoints", len(old)), zap.Int("newest_step", old[0].Step))
+	log.Info("--overwrite: deleted the checkpoints of an earlier run", zap.String("dir", dir), zap.Int("checkpoints", len(old)), zap.Int("newest_step", old[0].Step))
 	return unlock, nil
 }
 

@@ -103,7 +103,9 @@ func runCluster(ctx context.Context, stdout io.Writer, job *jobspec.Job, o launc
 
 // follow polls the job until it ends and prints the summary.
 func follow(ctx context.Context, stdout io.Writer, client api.CoordinatorClient, job *jobspec.Job, jobID string, o launchOpts, procs *workerProcs, log *zap.Logger) error {
-	total := job.TotalSteps(trainSize(job))
+	n := trainSize(job)
+	total := job.TotalSteps(n)
+	sched := train.ScheduleOf(job, total)
 	var view *progressView
 	if !o.quiet {
 		view = newProgressView(os.Stderr, job.Train.LogEvery, log)
@@ -124,10 +126,10 @@ func follow(ctx context.Context, stdout io.Writer, client api.CoordinatorClient,
 	var waitReason string
 	var last *api.GetJobResponse // the newest answer
 	summary := func(status string, j *api.Job, plan *api.Plan) *train.Summary {
-		s := &train.Summary{Job: job.Name, Status: status, Steps: int(j.GetStep()), Samples: j.GetStep() * int64(job.Train.GlobalBatch),
+		s := &train.Summary{Job: job.Name, Status: status, Steps: int(j.GetStep()), Samples: job.SamplesIn(int(j.GetStep()), n),
 			FinalLoss: j.GetLastLoss(), TestAccuracy: j.GetTestAccuracy(), TestLoss: j.GetTestLoss(), WallSeconds: time.Since(start).Seconds(),
 			Precision: job.Train.Precision, Device: o.device, Workers: int(plan.GetReplicas()), Shares: shares}
-		s.Epochs = float64(s.Samples) / float64(max(1, trainSize(job)))
+		s.Epochs = float64(s.Samples) / float64(max(1, n))
 		s.SamplesPerSec = j.GetSamplesPerSecond() // measured by the reporting rank
 		if s.SamplesPerSec == 0 && !firstStep.IsZero() {
 			s.SamplesPerSec = float64(s.Samples) / time.Since(firstStep).Seconds()
@@ -203,6 +205,7 @@ func follow(ctx context.Context, stdout io.Writer, client api.CoordinatorClient,
 			sps := float64(j.GetStep()*int64(job.Train.GlobalBatch)) / el.Seconds()
 			eta := time.Duration(float64(el) / float64(j.GetStep()) * float64(int64(total)-j.GetStep()))
 			view.Update(train.Progress{Step: int(j.GetStep()), TotalSteps: total, Loss: j.GetLastLoss(), SamplesPerSec: sps,
+				Epoch: int(job.SamplesIn(int(j.GetStep()), n) / int64(max(1, n))), LR: sched.LR(int(j.GetStep()) - 1),
 				Elapsed: el, ETA: eta, TestAccuracy: math.NaN()})
 		}
 		lastStep = j.GetStep()
@@ -418,6 +421,9 @@ func resolveLatest(ctx context.Context, client api.CoordinatorClient, job *jobsp
 	_, info, err := checkpoint.Latest(ctx, store, job.Name, allowed, log)
 	if err != nil {
 		return fmt.Errorf("--resume latest: %w", err)
+	}
+	if err := nothingLeft(job, info, job.TotalSteps(trainSize(job))); err != nil {
+		return err
 	}
 	job.Checkpoint.Resume = filepath.Join(job.Checkpoint.Dir, filepath.FromSlash(info.Path))
 	log.Info("resuming", zap.String("checkpoint", info.Path), zap.Int("step", info.Step))

@@ -95,6 +95,13 @@ func TestLaunchRejectsBadConfigBeforeTraining(t *testing.T) {
 	if _, err := runLoom(t, "launch", "../../examples/mnist-mlp.yaml", "--device", "tpu"); err == nil || !strings.Contains(err.Error(), `unknown device "tpu"`) {
 		t.Fatalf("bad device: %v", err)
 	}
+	if _, err := runLoom(t, "launch", "../../examples/mnist-mlp.yaml", "--global-batch", "0"); err == nil || !strings.Contains(err.Error(), "--global-batch 0: must be > 0") {
+		t.Fatalf("--global-batch 0: %v", err)
+	}
+	big := writeJob(t, "name: big\nmodel: {kind: mlp, layers: [784, 16, 10]}\ntrain: {epochs: 1, global_batch: 60001}\ncheckpoint: {disabled: true}\n")
+	if _, err := runLoom(t, "launch", big); err == nil || !strings.Contains(err.Error(), "train.global_batch 60001 is larger than the training set (60000 examples") {
+		t.Fatalf("a global batch beyond the training set: %v", err)
+	}
 }
 
 // A GPT config that cannot train is refused before any step, with what is
@@ -170,6 +177,9 @@ checkpoint: {dir: `+ck+`}
 	}
 	if out, err := runLoom(t, "launch", p, "--quiet", "--max-steps", "6", "--resume", "latest"); err != nil || !strings.Contains(out, "step-00000006") {
 		t.Fatalf("--resume latest: %v\n%s", err, out)
+	}
+	if out, err := runLoom(t, "launch", p, "--quiet", "--max-steps", "6", "--resume", "latest"); err == nil || !strings.Contains(err.Error(), "nothing left to train") {
+		t.Fatalf("--resume latest of a finished job: %v\n%s", err, out)
 	}
 
 	unlock, err := checkpoint.LockJob(ck, "claim", "another run (test)")

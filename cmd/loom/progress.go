@@ -24,6 +24,7 @@ type progressView struct {
 	log      *zap.Logger
 	lastDraw time.Time
 	width    int
+	logged   int // the last step logged (non-terminal)
 }
 
 func newProgressView(out *os.File, every int, log *zap.Logger) *progressView {
@@ -44,7 +45,10 @@ func newProgressView(out *os.File, every int, log *zap.Logger) *progressView {
 func (v *progressView) Update(p train.Progress) {
 	last := p.Step == p.TotalSteps
 	if !v.tty {
-		if p.Step%v.every == 0 || last || !math.IsNaN(p.TestAccuracy) {
+		// A launch with workers sees the job's step every 200 ms, not
+		// every step: it logs each time a multiple of every was passed.
+		if p.Step/v.every > v.logged/v.every || last || !math.IsNaN(p.TestAccuracy) {
+			v.logged = p.Step
 			fields := []zap.Field{zap.Int("step", p.Step), zap.Int("of", p.TotalSteps), zap.Int("epoch", p.Epoch),
 				zap.Float64("loss", round(p.Loss, 4)), zap.Float64("lr", round(float64(p.LR), 6)),
 				zap.Float64("samples_per_s", round(p.SamplesPerSec, 0)), zap.Duration("eta", p.ETA.Round(time.Second))}

@@ -87,23 +87,17 @@ replica, which may trail the leader by a moment.`,
 				if err != nil {
 					return err
 				}
-				jobs, err := c.coord.ListJobs(ctx, &api.ListJobsRequest{})
+				jobs, plans, err := jobsAndPlans(ctx, c.coord)
 				if err != nil {
 					return err
 				}
-				plans := map[string]*api.Plan{}
-				for _, j := range jobs.Jobs {
-					if r, err := c.coord.GetJob(ctx, &api.GetJobRequest{JobId: j.Id}); err == nil && r.Plan != nil {
-						plans[j.Id] = r.Plan
-					}
-				}
 				out := cmd.OutOrStdout()
 				if t.json {
-					return printProtoJSON(out, map[string]any{"cluster": st, "jobs": jobs.Jobs, "plans": plans})
+					return printProtoJSON(out, map[string]any{"cluster": st, "jobs": jobs, "plans": plans})
 				}
 				printMembers(out, st)
 				fmt.Fprintln(out)
-				printJobs(out, jobs.Jobs, plans)
+				printJobs(out, jobs, plans)
 				return nil
 			})
 		},
@@ -229,6 +223,21 @@ func printMembers(w io.Writer, st *api.ClusterStatusResponse) {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", m.Id, role, dashIfEmpty(m.GrpcAddr), m.RaftAddr)
 	}
 	_ = tw.Flush()
+}
+
+// jobsAndPlans lists every job and, by job id, its current plan.
+func jobsAndPlans(ctx context.Context, c api.CoordinatorClient) ([]*api.Job, map[string]*api.Plan, error) {
+	jobs, err := c.ListJobs(ctx, &api.ListJobsRequest{})
+	if err != nil {
+		return nil, nil, err
+	}
+	plans := map[string]*api.Plan{}
+	for _, j := range jobs.GetJobs() {
+		if r, err := c.GetJob(ctx, &api.GetJobRequest{JobId: j.GetId()}); err == nil && r.GetPlan() != nil {
+			plans[j.GetId()] = r.GetPlan()
+		}
+	}
+	return jobs.GetJobs(), plans, nil
 }
 
 func printJobs(w io.Writer, jobs []*api.Job, plans map[string]*api.Plan) {

@@ -66,6 +66,11 @@ type result struct {
 	accuracy  float64
 	note      string
 	completed bool
+	// Checkpoints: on disk but not recorded; write failures the job
+	// counts; whether the job has its final checkpoint recorded.
+	unrecorded int
+	ckFailures int64
+	finalCk    bool
 }
 
 type fault struct {
@@ -79,9 +84,9 @@ type fault struct {
 	fullDisk bool
 }
 
-func main() {
-	flag.Parse()
-	cases := []fault{
+// faultCases is the matrix, in the order it runs.
+func faultCases() []fault {
+	return []fault{
 		{name: "none", inject: func(*cluster) (string, error) { return "", nil }},
 		{name: "worker SIGKILL", inject: func(c *cluster) (string, error) {
 			return "", c.workers[2].signal(syscall.SIGKILL)
@@ -110,7 +115,6 @@ func main() {
 			return "killed " + c.coords[i].id, c.coords[i].signal(syscall.SIGKILL)
 		}},
 		{name: "all coordinators SIGKILL", inject: func(c *cluster) (string, error) {
-			before, _ := c.job()
 			for _, p := range c.coords {
 				_ = p.signal(syscall.SIGKILL)
 			}
@@ -119,9 +123,14 @@ func main() {
 			for i := range c.coords {
 				c.startCoordinator(i, false)
 			}
-			return fmt.Sprintf("restarted after 5 s; %d steps trained meanwhile (job was at step %d)", during, before.GetStep()), nil
+			return fmt.Sprintf("restarted after 5 s; %d steps trained meanwhile", during), nil
 		}},
 	}
+}
+
+func main() {
+	flag.Parse()
+	cases := faultCases()
 	var want []string
 	if *only != "" {
 		want = strings.Split(*only, ",")
@@ -262,13 +271,16 @@ func runCase(f fault) (res result) {
 	res.exactly = train.CheckExactlyOnce(entries, samples, steps, batch, seed)
 	res.redone = redone(raw, entries)
 	res.recovery, res.gap = stallAfter(entries, at, 30*time.Second)
-	res.note = strings.TrimPrefix(res.note+"; "+c.checkpoints(j), "; ")
+	var ck string
+	ck, res.unrecorded, res.finalCk = c.checkpoints(j)
+	res.ckFailures = j.GetCheckpointFailures()
+	res.note = strings.TrimPrefix(res.note+"; "+ck, "; ")
 	return res
 }
 
 // checkpoints says whether every checkpoint on disk was recorded, and
 // whether the job says its final checkpoint exists.
-func (c *cluster) checkpoints(j *api.Job) string {
+func (c *cluster) checkpoints(j *api.Job) (note string, unrecorded int, final bool) {
 	recorded := map[string]bool{}
 	for _, ck := range j.GetCheckpoints() {
 		recorded[filepath.Base(ck.GetPath())] = true
@@ -285,12 +297,13 @@ func (c *cluster) checkpoints(j *api.Job) string {
 		out += fmt.Sprintf("; %d writes failed (job shows: %s)", n, j.GetCheckpointError())
 	}
 	cks := j.GetCheckpoints()
-	if len(cks) > 0 && cks[len(cks)-1].GetStep() == j.GetStep() {
+	final = len(cks) > 0 && cks[len(cks)-1].GetStep() == j.GetStep()
+	if final {
 		out += "; final checkpoint recorded"
 	} else {
 		out += "; NO final checkpoint"
 	}
-	return out
+	return out, missing, final
 }
 
 // mountFull mounts a 2 MiB tmpfs as the checkpoint directory.
