@@ -18,19 +18,37 @@ import (
 // retried, in order, until one does: the published checkpoint and a failed
 // write both end up on the job, and the callers never waited.
 func TestRecorderRetriesUntilTheCoordinatorAnswers(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	free := func() string {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		return ln.Addr().String()
 	}
-	addr := ln.Addr().String()
-	ln.Close() // nothing listens here until the coordinator starts
-	conn, err := api.Dial([]string{addr})
+	dataDir, grpcAddr, raftAddr := t.TempDir(), free(), free()
+	cfg := func(c *coordinator.Config) { c.DataDir, c.GRPCAddr, c.RaftAddr = dataDir, grpcAddr, raftAddr }
+	conn, err := api.Dial([]string{grpcAddr})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	a := &Agent{cfg: AgentConfig{ID: "w0", JobID: "job-0001", RPCTimeout: 500 * time.Millisecond}, log: zap.NewNop(),
-		client: api.NewCoordinatorClient(conn)}
+	c := api.NewCoordinatorClient(conn)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	// The job exists; then its only coordinator goes down.
+	s := coordinator.NewTestServer(t, cfg)
+	sub, err := c.SubmitJob(ctx, &api.SubmitJobRequest{Spec: &api.JobSpec{Name: "j", GlobalBatch: 8}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	job := sub.GetJob().GetId()
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	a := &Agent{cfg: AgentConfig{ID: "w0", JobID: job, RPCTimeout: 500 * time.Millisecond}, log: zap.NewNop(), client: c}
 	r := a.startRecorder()
 	start := time.Now()
 	r.published(checkpoint.Info{Step: 20, Path: "j/step-00000020", ManifestSHA256: "ab"})
@@ -43,19 +61,12 @@ func TestRecorderRetriesUntilTheCoordinatorAnswers(t *testing.T) {
 		t.Fatalf("%d records pending while no coordinator answers, want 2", r.pending())
 	}
 
-	s := coordinator.NewTestServer(t, func(c *coordinator.Config) { c.GRPCAddr = addr })
-	c := api.NewCoordinatorClient(conn)
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	sub, err := c.SubmitJob(ctx, &api.SubmitJobRequest{Spec: &api.JobSpec{Name: "j", GlobalBatch: 8}})
-	if err != nil || sub.GetJob().GetId() != "job-0001" {
-		t.Fatalf("submit: %v %v", sub, err)
-	}
-	if !r.wait(15 * time.Second) {
-		t.Fatalf("%d records still pending after the coordinator (%s) came up", r.pending(), s.Addr())
+	coordinator.NewTestServer(t, cfg) // the same node, restarted from its data directory
+	if !r.wait(20 * time.Second) {
+		t.Fatalf("%d records still pending after the coordinator came back", r.pending())
 	}
 	r.stop(time.Second)
-	j, err := c.GetJob(ctx, &api.GetJobRequest{JobId: "job-0001"})
+	j, err := c.GetJob(ctx, &api.GetJobRequest{JobId: job})
 	if err != nil {
 		t.Fatal(err)
 	}
