@@ -115,7 +115,7 @@ func (v *service) Heartbeat(ctx context.Context, req *api.HeartbeatRequest) (*ap
 	if !ok {
 		return nil, fmt.Errorf("%w: %q (its lease may have expired; register again)", ErrUnknownWorker, req.GetWorkerId())
 	}
-	if err := v.s.checkIncarnation(w.GetId(), req.GetIncarnation()); err != nil {
+	if err := fenced(w, req.GetIncarnation()); err != nil {
 		return nil, err
 	}
 	v.s.live.saw(w.GetId(), now)
