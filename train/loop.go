@@ -95,7 +95,11 @@ func (t *Trainer) RunSteps(ctx context.Context, l Loop) (switched bool, err erro
 				t.log.Warn("checkpoint not started", zap.Int("step", t.step), zap.Error(err))
 			}
 		}
-		if t.SwitchVotes > 0 {
+		// Leave only once every rank has the newer plan: a rank whose
+		// coordinator died before the plan reached it would otherwise
+		// leave and wait, with nothing to train, for a plan that only the
+		// next leader can send.
+		if int(t.SwitchVotes+0.5) >= max(1, l.World) {
 			return true, nil
 		}
 	}

@@ -101,7 +101,8 @@ type Trainer struct {
 	// SwitchVote is this rank's vote, sent with the step's gradients, to
 	// end the generation after this step (1: it has seen a newer plan).
 	// SwitchVotes is the sum over ranks of the last step's votes: every
-	// rank sees the same sum, so all leave the generation at the same step.
+	// rank sees the same sum, so all leave the generation at the same step,
+	// the first at which every rank has voted.
 	SwitchVote, SwitchVotes float32
 
 	// Ledger, if set, receives one JSON line per completed step with the

@@ -98,9 +98,10 @@ type Agent struct {
 	drainCh   chan struct{}
 	drainOnce sync.Once
 
-	// stepNanos is the duration of the last completed step (see
-	// generationContext).
+	// stepNanos is the duration of the last completed step, stepsDone the
+	// steps completed (see generationContext).
 	stepNanos atomic.Int64
+	stepsDone atomic.Int64
 
 	// incarnation is the registration this process holds (its
 	// registered_unix_nano); requests name it so that a process whose id
@@ -456,6 +457,7 @@ func (a *Agent) runSteps(ctx context.Context, tr *train.Trainer, gen *generation
 			stopDog()
 			a.lastStep = time.Now()
 			a.stepNanos.Store(int64(r.Took))
+			a.stepsDone.Add(1)
 			if a.firstStep.IsZero() {
 				a.firstStep = a.lastStep.Add(-r.Took)
 			}
@@ -538,30 +540,37 @@ func (a *Agent) newerPlan(gen int64) bool {
 	return p != nil && p.GetGeneration() > gen
 }
 
-// switchGrace is the least time work in a generation may go on after a
-// newer plan arrived: enough for the step in flight and the next to finish
-// (ranks switch together, by vote, after the next), short enough that a
-// rank blocked on a dead peer gives up quickly. Slow steps get three step
-// times instead.
+// switchGrace is the least time work in a generation may go on without
+// completing a step once a newer plan arrived: enough for the step in
+// flight and the next to finish (ranks switch together, by vote, once all
+// have the plan), short enough that a rank blocked on a dead peer gives up
+// quickly. Slow steps get three step times instead.
 const switchGrace = 500 * time.Millisecond
 
 // generationContext returns a context for work in generation gen that is
-// cancelled a grace period (switchGrace, or three times the last step if
-// longer) after a newer plan arrives: connecting to a dead peer, or an
-// all-reduce with one, then gives up instead of waiting for a timeout.
+// cancelled once a newer plan exists and no step has completed for a grace
+// period (switchGrace, or three times the last step if longer): connecting
+// to a dead peer, or an all-reduce with one, then gives up instead of
+// waiting for a timeout, while a generation that still steps (its ranks
+// wait for every one of them to have the new plan) goes on.
 func (a *Agent) generationContext(ctx context.Context, gen int64) (context.Context, context.CancelFunc) {
 	gctx, cancel := context.WithCancel(ctx)
 	go func() {
 		for {
 			p, changed := a.latestPlan()
 			if p != nil && p.GetGeneration() > gen {
-				grace := max(switchGrace, 3*time.Duration(a.stepNanos.Load()))
-				select {
-				case <-gctx.Done():
-				case <-time.After(grace):
-					cancel()
+				for {
+					done := a.stepsDone.Load()
+					select {
+					case <-gctx.Done():
+						return
+					case <-time.After(max(switchGrace, 3*time.Duration(a.stepNanos.Load()))):
+					}
+					if a.stepsDone.Load() == done {
+						cancel()
+						return
+					}
 				}
-				return
 			}
 			select {
 			case <-gctx.Done():
