@@ -427,8 +427,14 @@ func (a *Agent) train(ctx context.Context, tr *train.Trainer, ck *train.Checkpoi
 // runSteps trains until the job is done, a newer plan exists, or a step fails.
 func (a *Agent) runSteps(ctx context.Context, tr *train.Trainer, gen *generation, ck *train.Checkpointer, rep *reporter) error {
 	tr.Generation = gen.plan.GetGeneration()
-	stopDog := func() bool { return false }
-	defer func() { stopDog() }()
+	// One step watchdog for the generation, re-armed before each step and
+	// stopped after it (no timer or message is built per step).
+	var dogStep, dogAfter atomic.Int64
+	dog := time.AfterFunc(time.Hour, func() {
+		a.reportFailure(gen.plan.GetGeneration(), fmt.Errorf("step %d: no progress for %v", dogStep.Load(), time.Duration(dogAfter.Load())))
+	})
+	dog.Stop()
+	defer dog.Stop()
 	// Where this generation's time went, logged at its end (debug).
 	var steps int
 	var compute, wait, total time.Duration
@@ -447,14 +453,17 @@ func (a *Agent) runSteps(ctx context.Context, tr *train.Trainer, gen *generation
 				return false, ErrJobCancelled
 			default:
 			}
-			stopDog = a.watchdog(gen.plan.GetGeneration(), fmt.Sprintf("step %d", tr.Steps()+1), a.suspectAfter())
+			d := a.suspectAfter()
+			dogStep.Store(int64(tr.Steps() + 1))
+			dogAfter.Store(int64(d))
+			dog.Reset(d)
 			// A rank that has seen a newer plan votes to switch, so every
 			// rank finishes this step and leaves the generation after it,
 			// together: no step is abandoned for a planned change.
 			return a.newerPlan(gen.plan.GetGeneration()), nil
 		},
 		After: func(r train.StepResult) {
-			stopDog()
+			dog.Stop()
 			a.lastStep = time.Now()
 			a.stepNanos.Store(int64(r.Took))
 			a.stepsDone.Add(1)

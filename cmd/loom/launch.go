@@ -124,6 +124,14 @@ func runLaunch(ctx context.Context, stdout io.Writer, path string, o launchOpts)
 			return fmt.Errorf("--global-batch: %w", err)
 		}
 	}
+	switch {
+	case o.overwrite && o.resume != "":
+		return fmt.Errorf("--overwrite deletes the job's checkpoints and --resume continues from one: give one of them")
+	case o.overwrite && o.coordinator != "":
+		return fmt.Errorf("--overwrite deletes checkpoints on this machine; with --coordinator the workers write them on theirs: remove them there")
+	case o.overwrite && job.Checkpoint.Disabled:
+		return fmt.Errorf("--overwrite: %s has checkpoint.disabled: true", path)
+	}
 	if o.resume != "" {
 		if job.Checkpoint.Disabled {
 			return fmt.Errorf("--resume: %s has checkpoint.disabled: true", path)

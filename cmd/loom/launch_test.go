@@ -98,6 +98,14 @@ func TestLaunchRejectsBadConfigBeforeTraining(t *testing.T) {
 	if _, err := runLoom(t, "launch", "../../examples/mnist-mlp.yaml", "--global-batch", "0"); err == nil || !strings.Contains(err.Error(), "--global-batch 0: must be > 0") {
 		t.Fatalf("--global-batch 0: %v", err)
 	}
+	for _, args := range [][]string{
+		{"--overwrite", "--resume", "latest"},
+		{"--overwrite", "--coordinator", "127.0.0.1:1"},
+	} {
+		if _, err := runLoom(t, append([]string{"launch", "../../examples/mnist-mlp.yaml"}, args...)...); err == nil || !strings.Contains(err.Error(), "--overwrite") {
+			t.Fatalf("%v: %v", args, err)
+		}
+	}
 	big := writeJob(t, "name: big\nmodel: {kind: mlp, layers: [784, 16, 10]}\ntrain: {epochs: 1, global_batch: 60001}\ncheckpoint: {disabled: true}\n")
 	if _, err := runLoom(t, "launch", big); err == nil || !strings.Contains(err.Error(), "train.global_batch 60001 is larger than the training set (60000 examples") {
 		t.Fatalf("a global batch beyond the training set: %v", err)

@@ -15,7 +15,9 @@ import (
 // completes, every sample is used exactly once, every checkpoint on disk is
 // recorded and the final one exists, except on the full disk, where the job
 // counts the failed writes and has no final checkpoint. The link-cut and
-// full-disk cases need root (a network namespace, a tmpfs mount).
+// full-disk cases need root (a network namespace, a tmpfs mount): make integ
+// runs as root, as .ci/run does, and fails them otherwise rather than
+// passing without them.
 func TestFaultMatrix(t *testing.T) {
 	*bin = filepath.Join(t.TempDir(), "loom")
 	build := exec.Command("go", "build", "-o", *bin, "github.com/loomtrain/loom/cmd/loom")
@@ -27,7 +29,7 @@ func TestFaultMatrix(t *testing.T) {
 	for _, f := range faultCases() {
 		t.Run(strings.ReplaceAll(f.name, " ", "_"), func(t *testing.T) {
 			if (f.netns || f.fullDisk) && os.Geteuid() != 0 {
-				t.Skip("needs root")
+				t.Fatalf("the %q case needs root (ip netns, mount): run make integ as root", f.name)
 			}
 			r := runCase(f)
 			t.Logf("%s", describe(r))
