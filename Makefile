@@ -7,10 +7,15 @@ BENCHTIME ?= 1s
 # (GOFLAGS=-buildvcs=false, or a tree without git).
 COMMIT  ?= $(shell git describe --always --dirty --abbrev=12 2>/dev/null)
 
-.PHONY: help build test integ bench lint demo demo-bf16 clean
+# The Go standard library's source: the corpus of make demo-gpt, present
+# wherever the Go that builds loom is.
+GOSRC   ?= $(shell $(GO) env GOROOT)/src
+
+.PHONY: help build test integ bench lint demo demo-bf16 demo-gpt clean
 
 help:
 	@echo "make demo      train the MNIST MLP example end to end (embedded default)"
+	@echo "make demo-gpt  tokenize the Go standard library, train a small GPT on it (~7 min on 2 cores), sample from it"
 	@echo "make test      unit and multi-process tests with the race detector (< 15 min on 2 cores)"
 	@echo "make integ     every test plus the slower multi-process suites (tag integ; no race detector)"
 	@echo "make bench     kernel and training-step benchmarks"
@@ -25,6 +30,15 @@ demo: build
 
 demo-bf16: build
 	$(BIN) launch examples/mnist-mlp-bf16.yaml --overwrite
+
+# The token shards are prepared once (datasets/ is not tracked).
+datasets/gosrc/dataset.json:
+	$(MAKE) build
+	$(BIN) data prepare $(GOSRC) --include '*.go' --exclude testdata --out datasets/gosrc --overwrite
+
+demo-gpt: build datasets/gosrc/dataset.json
+	$(BIN) launch examples/gpt-gosrc.yaml --overwrite
+	$(BIN) generate checkpoints/gpt-gosrc/step-00000300 --prompt 'func (s *Server) ' --max-tokens 120 --temperature 0.7 --top-k 40 --seed 1
 
 test:
 	$(GO) test -race -timeout 12m $(PKGS)

@@ -89,6 +89,15 @@ type Manifest struct {
 	Created       time.Time         `json:"created"`
 	Files         []FileEntry       `json:"files"`
 	Tensors       []TensorEntry     `json:"tensors"`
+	Sidecars      []SidecarEntry    `json:"sidecars,omitempty"`
+}
+
+// SidecarEntry is one small non-tensor file of the checkpoint (see
+// State.Sidecars): its name, exact size and lower-case hex sha256.
+type SidecarEntry struct {
+	Name   string `json:"name"`
+	Size   int64  `json:"size"`
+	SHA256 string `json:"sha256"`
 }
 
 // SamplerPosition is where the data sampler resumes: the epoch and the number
@@ -188,6 +197,18 @@ func (m *Manifest) check(path, job string, step int) error {
 	for _, want := range []string{ModelFile, OptimizerFile} {
 		if _, ok := sizes[want]; !ok {
 			return bad("file %q not listed", want)
+		}
+	}
+	for _, f := range m.Sidecars {
+		if err := checkSidecarName(f.Name); err != nil {
+			return bad("%v", err)
+		}
+		if _, dup := sizes[f.Name]; dup {
+			return bad("file %q listed twice", f.Name)
+		}
+		sizes[f.Name] = -1 // holds no tensors
+		if f.Size < 0 || f.Size > maxSidecarBytes || len(f.SHA256) != 64 {
+			return bad("sidecar %q: size %d, sha256 %q", f.Name, f.Size, f.SHA256)
 		}
 	}
 	seen := make(map[[2]string]bool, len(m.Tensors))

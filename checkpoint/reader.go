@@ -12,6 +12,7 @@ import (
 	"io"
 	"io/fs"
 	"math"
+	"path/filepath"
 	"sort"
 	"strings"
 	"unsafe"
@@ -100,7 +101,38 @@ func load(ctx context.Context, st Storage, path string) (*State, Info, error) {
 			s.Optim = ts
 		}
 	}
+	for _, f := range m.Sidecars {
+		b, err := loadSidecar(ctx, st, path, f)
+		if err != nil {
+			return nil, Info{}, err
+		}
+		s.Sidecars = append(s.Sidecars, Sidecar{Name: f.Name, Data: b})
+	}
 	return s, info, nil
+}
+
+// loadSidecar reads one sidecar file and verifies its size and checksum.
+func loadSidecar(ctx context.Context, st Storage, dir string, f SidecarEntry) ([]byte, error) {
+	name := dir + "/" + f.Name
+	rc, size, err := st.Open(ctx, name)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("%w: %s: missing (listed in the manifest)", ErrCorrupt, name)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("checkpoint: %s: %w", name, err)
+	}
+	defer rc.Close()
+	if size != f.Size {
+		return nil, fmt.Errorf("%w: %s: %d bytes, manifest says %d", ErrCorrupt, name, size, f.Size)
+	}
+	b, err := io.ReadAll(io.LimitReader(rc, maxSidecarBytes+1))
+	if err != nil {
+		return nil, fmt.Errorf("checkpoint: %s: %w", name, err)
+	}
+	if sum := sha256.Sum256(b); int64(len(b)) != f.Size || hex.EncodeToString(sum[:]) != f.SHA256 {
+		return nil, fmt.Errorf("%w: %s: content does not match the manifest's size and sha256", ErrCorrupt, name)
+	}
+	return b, nil
 }
 
 // loadFile reads one tensor file and verifies it against the manifest.
@@ -318,4 +350,19 @@ func List(ctx context.Context, st Storage, job string) ([]Info, error) {
 		out = append(out, info)
 	}
 	return out, nil
+}
+
+// LoadDir loads and verifies the published checkpoint directory dir (a
+// filesystem path ending in <job>/step-XXXXXXXX), as `loom eval` and
+// `loom generate` name it.
+func LoadDir(ctx context.Context, dir string) (*State, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, err
+	}
+	store, err := NewLocalStorage(filepath.Dir(filepath.Dir(abs)))
+	if err != nil {
+		return nil, err
+	}
+	return Load(ctx, store, filepath.Base(filepath.Dir(abs))+"/"+filepath.Base(abs))
 }

@@ -1,11 +1,18 @@
 package checkpoint
 
 import (
+	"bufio"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
+	"os"
+	"slices"
+	"sort"
 	"strconv"
+
+	"github.com/loomtrain/loom/tensor"
 )
 
 // maxHeaderBytes bounds the JSON header a reader accepts (the safetensors
@@ -172,4 +179,74 @@ func equalInts(a, b []int) bool {
 		}
 	}
 	return true
+}
+
+// ReadSafetensors reads every tensor of a safetensors file written by any
+// tool (a Hugging Face model.safetensors, say), widening F16 and BF16 to
+// float32, in the file's data order. Other dtypes, overlapping tensors and
+// sizes that disagree with shapes are refused naming the tensor.
+func ReadSafetensors(path string) ([]Tensor, map[string]string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, nil, err
+	}
+	r := bufio.NewReaderSize(f, 256<<10)
+	h, err := readHeader(r, st.Size(), path)
+	if err != nil {
+		return nil, nil, err
+	}
+	names := make([]string, 0, len(h.Tensors))
+	for name := range h.Tensors {
+		names = append(names, name)
+	}
+	sort.Slice(names, func(a, b int) bool {
+		return h.Tensors[names[a]].DataOffsets[0] < h.Tensors[names[b]].DataOffsets[0]
+	})
+	out := make([]Tensor, 0, len(names))
+	pos := int64(0)
+	var raw []byte
+	for _, name := range names {
+		t := h.Tensors[name]
+		n, ok := numel(t.Shape)
+		if !ok {
+			return nil, nil, fmt.Errorf("%w: %s: tensor %q has invalid shape %v", ErrCorrupt, path, name, t.Shape)
+		}
+		width := map[string]int{f32Name: 4, "F16": 2, "BF16": 2}[t.DType]
+		if width == 0 {
+			return nil, nil, fmt.Errorf("%s: tensor %q has dtype %s; loom reads F32, F16 and BF16", path, name, t.DType)
+		}
+		begin, end := t.DataOffsets[0], t.DataOffsets[1]
+		if end-begin != int64(width*n) {
+			return nil, nil, fmt.Errorf("%w: %s: tensor %q: %d bytes for %s %v", ErrCorrupt, path, name, end-begin, t.DType, t.Shape)
+		}
+		if begin < pos {
+			return nil, nil, fmt.Errorf("%w: %s: tensor %q overlaps the previous one", ErrCorrupt, path, name)
+		}
+		if _, err := r.Discard(int(begin - pos)); err != nil {
+			return nil, nil, fmt.Errorf("%w: %s: tensor %q: %v", ErrCorrupt, path, name, err)
+		}
+		raw = slices.Grow(raw[:0], int(end-begin))[:end-begin]
+		if _, err := io.ReadFull(r, raw); err != nil {
+			return nil, nil, fmt.Errorf("%w: %s: tensor %q at data offset %d: %v", ErrCorrupt, path, name, begin, err)
+		}
+		data := make([]float32, n)
+		for i := range data {
+			switch t.DType {
+			case f32Name:
+				data[i] = math.Float32frombits(binary.LittleEndian.Uint32(raw[4*i:]))
+			case "BF16":
+				data[i] = tensor.FromBF16(binary.LittleEndian.Uint16(raw[2*i:]))
+			default:
+				data[i] = tensor.FromF16(binary.LittleEndian.Uint16(raw[2*i:]))
+			}
+		}
+		out = append(out, Tensor{Name: name, Shape: t.Shape, Data: data})
+		pos = end
+	}
+	return out, h.Meta, nil
 }

@@ -149,6 +149,7 @@ type snapshot struct {
 	rng                        map[string]uint64
 	scaler                     ScalerState
 	files                      [2]fileBuf // ModelFile, OptimizerFile
+	sidecars                   []Sidecar  // copies
 }
 
 func (s *snapshot) init() {
@@ -179,6 +180,10 @@ func (s *snapshot) capture(st *State) error {
 	s.job, s.configHash, s.precision, s.config = st.Job, st.ConfigHash, st.Precision, st.Config
 	s.step, s.epoch, s.samplerEpoch, s.samplerOffset, s.worldSize = st.Step, st.Epoch, st.SamplerEpoch, st.SamplerOffset, st.WorldSize
 	s.scaler = st.Scaler
+	s.sidecars = s.sidecars[:0]
+	for _, f := range st.Sidecars {
+		s.sidecars = append(s.sidecars, Sidecar{Name: f.Name, Data: append([]byte(nil), f.Data...)})
+	}
 	clear(s.rng)
 	for k, v := range st.RNG {
 		s.rng[k] = v
@@ -208,6 +213,10 @@ func (s *snapshot) manifest(created time.Time, sizes [2]int64) *Manifest {
 	for i := range s.files {
 		m.Files = append(m.Files, FileEntry{Name: s.files[i].name, Size: sizes[i]})
 		m.Tensors = s.files[i].index(m.Tensors)
+	}
+	for _, f := range s.sidecars {
+		sum := sha256.Sum256(f.Data)
+		m.Sidecars = append(m.Sidecars, SidecarEntry{Name: f.Name, Size: int64(len(f.Data)), SHA256: hex.EncodeToString(sum[:])})
 	}
 	return m
 }

@@ -39,7 +39,21 @@ type State struct {
 	// Optim is the optimizer state (e.g. AdamW m and v per parameter),
 	// written to optimizer.safetensors.
 	Optim []Tensor
+	// Sidecars are small files written into the checkpoint directory
+	// beside the tensors (a GPT's Hugging Face config.json), listed in
+	// the manifest with their size and sha256 and verified on load.
+	Sidecars []Sidecar
 }
+
+// Sidecar is one small file of a checkpoint: a single safe path segment
+// that is none of the checkpoint's own file names, and its bytes.
+type Sidecar struct {
+	Name string
+	Data []byte
+}
+
+// maxSidecarBytes bounds one sidecar file: they are metadata, read whole.
+const maxSidecarBytes = 1 << 20
 
 // Tensor is one named fp32 tensor. len(Data) must equal the product of Shape
 // (1 for the empty shape). Names are unique within Params and within Optim,
@@ -105,6 +119,26 @@ func (s *State) validateMeta() error {
 		return fmt.Errorf("%w: job %q step %d: negative world size, epoch or sampler position", ErrInvalidState, s.Job, s.Step)
 	case math.IsNaN(float64(s.Scaler.Scale)) || math.IsInf(float64(s.Scaler.Scale), 0):
 		return fmt.Errorf("%w: job %q step %d: loss scale %v is not finite", ErrInvalidState, s.Job, s.Step, s.Scaler.Scale)
+	}
+	for _, f := range s.Sidecars {
+		if err := checkSidecarName(f.Name); err != nil {
+			return fmt.Errorf("%w: job %q step %d: %v", ErrInvalidState, s.Job, s.Step, err)
+		}
+		if len(f.Data) > maxSidecarBytes {
+			return fmt.Errorf("%w: job %q step %d: sidecar %q of %d bytes (at most %d)", ErrInvalidState, s.Job, s.Step, f.Name, len(f.Data), maxSidecarBytes)
+		}
+	}
+	return nil
+}
+
+// checkSidecarName refuses a sidecar name that is not a plain file name in
+// the checkpoint directory or that is one of the checkpoint's own files.
+func checkSidecarName(name string) error {
+	switch {
+	case name == ManifestFile || name == ModelFile || name == OptimizerFile:
+		return fmt.Errorf("sidecar name %q is reserved", name)
+	case !validJob(name): // the same rule: one segment, no '/', not hidden
+		return fmt.Errorf("sidecar name %q is not a single safe path segment", name)
 	}
 	return nil
 }

@@ -301,6 +301,14 @@ func (w *Writer) write(ctx context.Context) error {
 			return fail(err)
 		}
 	}
+	for _, f := range s.sidecars {
+		if err := w.st.WriteFile(ctx, staging+"/"+f.Name, func(out io.Writer) error {
+			_, err := out.Write(f.Data)
+			return err
+		}); err != nil {
+			return fail(err)
+		}
+	}
 	m := s.manifest(time.Now(), sizes)
 	raw, err := json.MarshalIndent(m, "", "  ")
 	if err != nil {

@@ -1,6 +1,3 @@
-// Package data loads datasets (MNIST from the GoMNIST module, any IDX-format
-// dataset by path) and provides the deterministic, resumable sampler whose
-// order depends only on (seed, epoch).
 package data
 
 import (

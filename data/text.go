@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 )
 
@@ -20,26 +21,28 @@ const TextVocab = 256
 // is validation instead.
 const ValidationEvery = 10
 
-// TextSet is one split of a byte-level text corpus cut into N windows of
+// TextSet is one split of a tokenised corpus cut into N windows of
 // Context+1 tokens: window i is Tokens[i·Context : i·Context+Context+1], so
 // consecutive windows share one token (the last target of one is the first
 // input of the next) and a trailing remainder shorter than a window is
 // unused. Index windows with a Sampler: NewSampler(set.N, seed).
 type TextSet struct {
-	// Tokens is the split's documents concatenated in sorted path order,
-	// each followed by '\n' unless it already ends in one. Token ids are
-	// the bytes themselves, in [0, TextVocab).
-	Tokens  []uint8
+	// Tokens is the split's token ids, in [0, TextSplit.Vocab). For byte
+	// text (LoadText) they are the documents' bytes concatenated in sorted
+	// path order, each document followed by '\n' unless it already ends in
+	// one; for token shards (LoadTokens), the split's shards concatenated
+	// in manifest order.
+	Tokens  []uint16
 	Context int
 	N       int      // windows: (len(Tokens)-1)/Context
-	Files   []string // the documents whose bytes are in this split
+	Files   []string // the documents (text) or shard files (tokens) of this split
 }
 
 // NumTokens is the number of tokens in the split.
 func (s *TextSet) NumTokens() int { return len(s.Tokens) }
 
 // Span is window i's Context+1 tokens (a view, not a copy).
-func (s *TextSet) Span(i int) []uint8 {
+func (s *TextSet) Span(i int) []uint16 {
 	if i < 0 || i >= s.N {
 		panic(fmt.Sprintf("data: text window %d out of range [0, %d)", i, s.N))
 	}
@@ -52,17 +55,19 @@ func (s *TextSet) Span(i int) []uint8 {
 func (s *TextSet) Window(i int, inputs, targets []int32) {
 	w := s.Span(i)
 	in, tg := inputs[:s.Context], targets[:s.Context]
+	w = w[:len(in)+1]
 	for k := range in {
 		in[k] = int32(w[k])
 		tg[k] = int32(w[k+1])
 	}
 }
 
-// TextSplit is a train/validation pair of byte-level text that never share
-// bytes.
+// TextSplit is a train/validation pair of token windows that never share
+// a token.
 type TextSplit struct {
 	Train, Validation *TextSet
-	Vocab             int    // TextVocab
+	Vocab             int    // token ids are in [0, Vocab): TextVocab for byte text
+	Tokenizer         string // how to decode the ids (NewTokenizer): "byte" for LoadText
 	Source            string // path and how it was split, for logs
 }
 
@@ -103,7 +108,7 @@ func LoadText(path string, context int) (*TextSplit, error) {
 		docs = []textDoc{{path, b}}
 	}
 	train, val, how := splitText(docs)
-	s := &TextSplit{Train: train, Validation: val, Vocab: TextVocab}
+	s := &TextSplit{Train: train, Validation: val, Vocab: TextVocab, Tokenizer: TokenizerByte}
 	for _, set := range []struct {
 		name string
 		s    *TextSet
@@ -171,7 +176,7 @@ func splitText(docs []textDoc) (train, val *TextSet, how string) {
 		return train, val, fmt.Sprintf("%d files: %d for training, %d (every %dth) for validation",
 			len(docs), len(train.Files), len(val.Files), ValidationEvery)
 	}
-	var all []byte
+	var all []uint16
 	var ends []int // end offset of each document in all
 	for _, d := range docs {
 		all = appendDoc(all, d.b)
@@ -196,9 +201,13 @@ func splitText(docs []textDoc) (train, val *TextSet, how string) {
 	return train, val, fmt.Sprintf("%s: the last 1/%d of the bytes for validation", files, ValidationEvery)
 }
 
-// appendDoc appends b and, unless b ends in one, a '\n' separator.
-func appendDoc(dst, b []byte) []byte {
-	dst = append(dst, b...)
+// appendDoc appends b's bytes as token ids and, unless b ends in one, a
+// '\n' separator.
+func appendDoc(dst []uint16, b []byte) []uint16 {
+	dst = slices.Grow(dst, len(b)+1)
+	for _, c := range b {
+		dst = append(dst, uint16(c))
+	}
 	if len(b) > 0 && b[len(b)-1] != '\n' {
 		dst = append(dst, '\n')
 	}

@@ -23,6 +23,24 @@ func writeFile(t *testing.T, path string, b []byte) {
 	}
 }
 
+// tb is byte-level tokens as the bytes they are.
+func tb(ids []uint16) []byte {
+	b := make([]byte, len(ids))
+	for i, id := range ids {
+		b[i] = byte(id)
+	}
+	return b
+}
+
+// tu16 is s's bytes as byte-level tokens.
+func tu16(s string) []uint16 {
+	ids := make([]uint16, len(s))
+	for i := range len(s) {
+		ids[i] = uint16(s[i])
+	}
+	return ids
+}
+
 func TestLoadTextSingleFile(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "a.txt")
 	text := make([]byte, 1000)
@@ -36,7 +54,7 @@ func TestLoadTextSingleFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The last 10% of the bytes is validation; together they are the file.
-	if !bytes.Equal(s.Train.Tokens, text[:900]) || !bytes.Equal(s.Validation.Tokens, text[900:]) {
+	if !bytes.Equal(tb(s.Train.Tokens), text[:900]) || !bytes.Equal(tb(s.Validation.Tokens), text[900:]) {
 		t.Fatalf("split: %d + %d tokens", len(s.Train.Tokens), len(s.Validation.Tokens))
 	}
 	if s.Train.N != 899/8 || s.Validation.N != 99/8 || s.Vocab != 256 || s.Train.NumTokens() != 900 {
@@ -47,7 +65,7 @@ func TestLoadTextSingleFile(t *testing.T) {
 	}
 	// Appending to the training tokens must not write into validation.
 	_ = append(s.Train.Tokens, 'X')
-	if s.Validation.Tokens[0] != text[900] {
+	if s.Validation.Tokens[0] != uint16(text[900]) {
 		t.Fatal("train and validation share a backing array")
 	}
 	again, _ := LoadText(path, 8)
@@ -57,7 +75,7 @@ func TestLoadTextSingleFile(t *testing.T) {
 }
 
 func TestTextWindowBoundaries(t *testing.T) {
-	tok := []uint8("0123456789abcdefghij") // 20 tokens
+	tok := tu16("0123456789abcdefghij") // 20 tokens
 	s := &TextSet{Tokens: tok, Context: 4, N: (len(tok) - 1) / 4}
 	if s.N != 4 {
 		t.Fatalf("N = %d", s.N)
@@ -70,8 +88,8 @@ func TestTextWindowBoundaries(t *testing.T) {
 				t.Fatalf("window %d: inputs %v targets %v, want %q", i, in, tg, want)
 			}
 		}
-		if string(s.Span(i)) != want {
-			t.Fatalf("span %d = %q", i, s.Span(i))
+		if string(tb(s.Span(i))) != want {
+			t.Fatalf("span %d = %q", i, tb(s.Span(i)))
 		}
 	}
 	// The remainder "hij" (one short of a window) is never read; i = N panics.
@@ -131,16 +149,16 @@ func TestLoadTextDirSplitsByDocument(t *testing.T) {
 			buf.WriteByte('\n')
 		}
 	}
-	if !bytes.Equal(s.Train.Tokens, tr.Bytes()) || !bytes.Equal(s.Validation.Tokens, va.Bytes()) {
+	if !bytes.Equal(tb(s.Train.Tokens), tr.Bytes()) || !bytes.Equal(tb(s.Validation.Tokens), va.Bytes()) {
 		t.Fatal("tokens are not the concatenated documents")
 	}
-	if bytes.IndexByte(s.Train.Tokens, 0) >= 0 || bytes.Contains(s.Train.Tokens, []byte("GIF89a")) {
+	if bytes.IndexByte(tb(s.Train.Tokens), 0) >= 0 || bytes.Contains(tb(s.Train.Tokens), []byte("GIF89a")) {
 		t.Fatal("binary file was read")
 	}
 	// Disjoint: no validation document's text appears in training.
 	for _, p := range wantVal {
 		b, _ := os.ReadFile(p)
-		if bytes.Contains(s.Train.Tokens, b[:20]) {
+		if bytes.Contains(tb(s.Train.Tokens), b[:20]) {
 			t.Fatalf("%s is in both splits", p)
 		}
 	}
@@ -159,8 +177,8 @@ func TestLoadTextFewFilesSplitsBytes(t *testing.T) {
 		t.Fatal(err)
 	}
 	// 200 bytes (each file gets a newline): the last 20 are validation.
-	if len(s.Train.Tokens) != 180 || len(s.Validation.Tokens) != 20 || string(s.Validation.Tokens) != strings.Repeat("b", 19)+"\n" {
-		t.Fatalf("split %d + %d: %q", len(s.Train.Tokens), len(s.Validation.Tokens), s.Validation.Tokens)
+	if len(s.Train.Tokens) != 180 || len(s.Validation.Tokens) != 20 || string(tb(s.Validation.Tokens)) != strings.Repeat("b", 19)+"\n" {
+		t.Fatalf("split %d + %d: %q", len(s.Train.Tokens), len(s.Validation.Tokens), tb(s.Validation.Tokens))
 	}
 	if !slices.Equal(s.Train.Files, []string{filepath.Join(dir, "a"), filepath.Join(dir, "b")}) || !slices.Equal(s.Validation.Files, []string{filepath.Join(dir, "b")}) {
 		t.Fatalf("files %v %v", s.Train.Files, s.Validation.Files)

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"strings"
 	"testing"
@@ -128,7 +129,7 @@ func TestGPTErrorsNameFileLineAndField(t *testing.T) {
 		{"gpt on mnist", rep("dataset: text", "dataset: mnist"), 10, "data.dataset", "model.kind gpt needs dataset text"},
 		{"text without path", rep("  path: corpus.txt\n", ""), 9, "data.path", "required for dataset text"},
 		{"text path missing", rep("path: corpus.txt", "path: nope.txt"), 11, "data.path", "does not exist"},
-		{"unknown dataset", rep("dataset: text", "dataset: tokens"), 10, "data.dataset", `"tokens" unknown (want mnist, idx or text)`},
+		{"unknown dataset", rep("dataset: text", "dataset: tokenz"), 10, "data.dataset", `"tokenz" unknown (want mnist, idx, text or tokens)`},
 		{"tie not bool", rep("  vocab: 256", "  vocab: 256\n  tie_embeddings: yes please"), 9, "model.tie_embeddings", "want true or false"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -201,6 +202,18 @@ func TestExamplesLoad(t *testing.T) {
 	seen := map[string]*Job{}
 	for _, f := range files {
 		j, err := Load(f)
+		if err != nil && strings.Contains(err.Error(), "loom data prepare INPUT") {
+			// A token dataset the example's make target prepares
+			// (datasets/ is not tracked): the rest of the config must
+			// hold with the data in place.
+			raw, rerr := os.ReadFile(f)
+			if rerr != nil {
+				t.Fatal(rerr)
+			}
+			dir := t.TempDir()
+			body := regexp.MustCompile(`(?m)^(\s*path:).*$`).ReplaceAllString(string(raw), "${1} "+dir)
+			j, err = Parse(f, []byte(body))
+		}
 		if err != nil {
 			if _, serr := os.Stat("/usr/share/common-licenses"); serr != nil && strings.Contains(err.Error(), "common-licenses") {
 				t.Logf("skip %s: %v", f, err)

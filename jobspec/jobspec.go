@@ -52,6 +52,11 @@ type Model struct {
 	// Load sets it to true for gpt unless the config says otherwise; a Job
 	// built in code must set it.
 	TieEmbeddings bool `yaml:"tie_embeddings"`
+	// Init starts training from the weights in a directory instead of a
+	// random initialisation (fine-tuning): a loom GPT checkpoint or a
+	// Hugging Face GPT-2 directory (config.json, model.safetensors) of the
+	// same architecture. Relative to the config file.
+	Init string `yaml:"init"`
 }
 
 // Layers is model.layers: a list of widths for mlp ([784, 512, 10]) or,
@@ -122,10 +127,15 @@ func (m Model) MarshalYAML() (any, error) {
 
 // Data names the dataset.
 type Data struct {
-	Dataset string `yaml:"dataset"` // mnist | idx | text
-	// Path is a directory of IDX files (idx; optional for mnist), or a
-	// text file or directory of text files (text; required).
+	Dataset string `yaml:"dataset"` // mnist | idx | text | tokens
+	// Path is a directory of IDX files (idx; optional for mnist), a text
+	// file or directory of text files (text; required), or a directory of
+	// token shards that `loom data prepare` wrote, or of llm.c / nanoGPT
+	// .bin files (tokens; required).
 	Path string `yaml:"path"`
+	// Tokenizer, when set, is the tokenizer the data must have been made
+	// with (byte | gpt2): shards of another are refused. Text is byte.
+	Tokenizer string `yaml:"tokenizer,omitempty"`
 }
 
 // Train holds the loop settings.

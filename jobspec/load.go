@@ -222,6 +222,11 @@ func (j *Job) Marshal() ([]byte, error) {
 			c.Data.Path = abs
 		}
 	}
+	if p := j.InitPath(); p != "" {
+		if abs, err := filepath.Abs(p); err == nil {
+			c.Model.Init = abs
+		}
+	}
 	if c.Checkpoint.Dir != "" {
 		if abs, err := filepath.Abs(c.Checkpoint.Dir); err == nil {
 			c.Checkpoint.Dir = abs

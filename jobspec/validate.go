@@ -113,6 +113,7 @@ func (j *Job) validateMLP() error {
 		{"context", m.Context != 0},
 		{"vocab", m.Vocab != 0},
 		{"tie_embeddings", m.TieEmbeddings || j.written("model.tie_embeddings")},
+		{"init", m.Init != ""},
 	} {
 		if f.set || j.written("model."+f.name) {
 			return j.errf("model."+f.name, "only for model.kind gpt (this model is an mlp)")
@@ -157,7 +158,26 @@ func (j *Job) validateGPT() error {
 	case m.Vocab < 2:
 		return j.errf("model.vocab", "must be >= 2, got %d", m.Vocab)
 	}
+	if p := j.InitPath(); p != "" {
+		st, err := os.Stat(p)
+		if err != nil {
+			return j.errf("model.init", "%v", err)
+		}
+		if !st.IsDir() {
+			return j.errf("model.init", "%s is not a directory (a loom checkpoint or a Hugging Face GPT-2 directory)", p)
+		}
+	}
 	return nil
+}
+
+// InitPath is model.init resolved against the config file's directory when
+// relative ("" when unset).
+func (j *Job) InitPath() string {
+	p := j.Model.Init
+	if p == "" || filepath.IsAbs(p) || j.file == "" {
+		return p
+	}
+	return filepath.Join(filepath.Dir(j.file), p)
 }
 
 func (j *Job) validateData() error {
@@ -172,27 +192,50 @@ func (j *Job) validateData() error {
 		if d.Path == "" {
 			return j.errf("data.path", "required for dataset text (a text file or a directory of text files)")
 		}
+	case "tokens":
+		if d.Path == "" {
+			return j.errf("data.path", "required for dataset tokens (a directory that `loom data prepare --out` wrote, or one of llm.c or nanoGPT .bin files)")
+		}
 	default:
-		return j.errf("data.dataset", "%q unknown (want mnist, idx or text)", d.Dataset)
+		return j.errf("data.dataset", "%q unknown (want mnist, idx, text or tokens)", d.Dataset)
 	}
+	lm := d.Dataset == "text" || d.Dataset == "tokens"
 	switch {
-	case j.Model.Kind == "gpt" && d.Dataset != "text":
-		return j.errf("data.dataset", "model.kind gpt needs dataset text, got %q", d.Dataset)
-	case j.Model.Kind != "gpt" && d.Dataset == "text":
-		return j.errf("data.dataset", "dataset text needs model.kind gpt (this model is an %s)", j.Model.Kind)
+	case j.Model.Kind == "gpt" && !lm:
+		return j.errf("data.dataset", "model.kind gpt needs dataset text or tokens, got %q", d.Dataset)
+	case j.Model.Kind != "gpt" && lm:
+		return j.errf("data.dataset", "dataset %s needs model.kind gpt (this model is an %s)", d.Dataset, j.Model.Kind)
 	case d.Dataset == "text" && j.Model.Vocab < 256:
 		return j.errf("model.vocab", "dataset text is byte-level and needs vocab >= 256, got %d", j.Model.Vocab)
+	}
+	switch {
+	case d.Tokenizer == "":
+	case !lm:
+		return j.errf("data.tokenizer", "only datasets text and tokens have a tokenizer, not %s", d.Dataset)
+	case d.Tokenizer != "byte" && d.Tokenizer != "gpt2":
+		return j.errf("data.tokenizer", "%q unknown (want byte or gpt2)", d.Tokenizer)
+	case d.Dataset == "text" && d.Tokenizer != "byte":
+		return j.errf("data.tokenizer", "dataset text is byte-level (tokenizer byte), not %s: tokenise it with `loom data prepare --tokenizer %s` and use dataset tokens", d.Tokenizer, d.Tokenizer)
 	}
 	if d.Path == "" {
 		return nil
 	}
 	p := j.DataPath()
 	st, err := os.Stat(p)
+	if err != nil && d.Dataset == "tokens" {
+		return j.errf("data.path", "%s does not exist: make it with `loom data prepare INPUT... --out %s`", p, p)
+	}
 	if err != nil {
 		return j.errf("data.path", "%s does not exist", p)
 	}
 	if d.Dataset == "text" {
 		return nil // a file or a directory; data.LoadText reads it
+	}
+	if d.Dataset == "tokens" {
+		if !st.IsDir() {
+			return j.errf("data.path", "%s is not a directory (dataset tokens reads the directory `loom data prepare --out` wrote)", p)
+		}
+		return nil // data.LoadTokens checks its files
 	}
 	if !st.IsDir() {
 		return j.errf("data.path", "%s is not a directory", p)

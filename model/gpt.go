@@ -4,22 +4,23 @@ package model
 //
 // Layout of a stage's parameters: one F32 buffer, tensors in this order
 // (each a contiguous row-major range; the gradient buffer has the identical
-// layout):
+// layout). Names and layouts are Hugging Face's GPT-2 (GPT2LMHeadModel), so
+// a checkpoint's model.safetensors loads there as it is:
 //
-//	stage 0 only:      wte.weight (V×C), wpe.weight (T×C)
-//	per block l:       h.l.ln_1.weight (C), h.l.ln_1.bias (C),
-//	                   h.l.attn.c_attn.weight (3C×C), h.l.attn.c_attn.bias (3C),
-//	                   h.l.attn.c_proj.weight (C×C), h.l.attn.c_proj.bias (C),
-//	                   h.l.ln_2.weight (C), h.l.ln_2.bias (C),
-//	                   h.l.mlp.c_fc.weight (4C×C), h.l.mlp.c_fc.bias (4C),
-//	                   h.l.mlp.c_proj.weight (C×4C), h.l.mlp.c_proj.bias (C)
-//	last stage only:   ln_f.weight (C), ln_f.bias (C),
+//	stage 0 only:      transformer.wte.weight (V×C), transformer.wpe.weight (T×C)
+//	per block l:       transformer.h.l.ln_1.weight (C), ….ln_1.bias (C),
+//	                   ….attn.c_attn.weight (C×3C), ….attn.c_attn.bias (3C),
+//	                   ….attn.c_proj.weight (C×C), ….attn.c_proj.bias (C),
+//	                   ….ln_2.weight (C), ….ln_2.bias (C),
+//	                   ….mlp.c_fc.weight (C×4C), ….mlp.c_fc.bias (4C),
+//	                   ….mlp.c_proj.weight (4C×C), ….mlp.c_proj.bias (C)
+//	last stage only:   transformer.ln_f.weight (C), transformer.ln_f.bias (C),
 //	                   lm_head.weight (V×C) when embeddings are untied
 //
-// Linear weights are stored (out, in) like torch.nn.Linear (and llm.c), so a
-// layer computes y = x·Wᵀ + b. Hugging Face's GPT-2 checkpoints store the
-// c_attn/c_proj/c_fc weights as Conv1D (in, out): a loader transposes them
-// (as nanoGPT's from_pretrained does); wte, wpe and lm_head need no change.
+// The block's linear weights are stored (in, out), as HF's Conv1D stores
+// them (not torch.nn.Linear's (out, in)), so a layer computes y = x·W + b;
+// c_attn's output columns are q, k, v in that order, each (heads, hs). The
+// embeddings and the head are (rows, C) tables: logits = ln_f(x)·Wᵀ.
 
 import (
 	"errors"
@@ -109,7 +110,7 @@ type StageRange struct{ First, Last int }
 // ParamView is one parameter tensor inside the stage's flat buffers: elements
 // [Offset, Offset+N) of ParamBuffer (values) and GradBuffer (gradients).
 type ParamView struct {
-	Name   string // Hugging Face GPT-2 naming, e.g. "h.0.attn.c_attn.weight"
+	Name   string // Hugging Face GPT-2 naming, e.g. "transformer.h.0.attn.c_attn.weight"
 	Shape  tensor.Shape
 	Offset int
 	N      int
@@ -245,40 +246,8 @@ func NewGPT(be device.Backend, cfg GPTConfig, r StageRange, seed uint64) (*GPT, 
 	if cfg.TieEmbeddings && !(r.First == 0 && r.Last == cfg.Layers) {
 		return nil, fmt.Errorf("gpt: stage [%d, %d) of %d layers: tied embeddings need the embedding and head in one stage (untie them or use a single stage)", r.First, r.Last, cfg.Layers)
 	}
-	C, V, T := cfg.DModel, cfg.Vocab, cfg.Context
-	g := &GPT{be: be, cfg: cfg, r: r, wte: -1, wpe: -1, lnfw: -1, lnfb: -1, head: -1}
-	if g.First() {
-		g.wte = g.addParam("wte.weight", true, V, C)
-		g.wpe = g.addParam("wpe.weight", true, T, C)
-		g.embedHi = g.nparams
-	}
-	for l := r.First; l < r.Last; l++ {
-		h := fmt.Sprintf("h.%d.", l)
-		var b blockParams
-		b.lo = g.nparams
-		b.ln1w = g.addParam(h+"ln_1.weight", false, C)
-		b.ln1b = g.addParam(h+"ln_1.bias", false, C)
-		b.attnW = g.addParam(h+"attn.c_attn.weight", true, 3*C, C)
-		b.attnB = g.addParam(h+"attn.c_attn.bias", false, 3*C)
-		b.projW = g.addParam(h+"attn.c_proj.weight", true, C, C)
-		b.projB = g.addParam(h+"attn.c_proj.bias", false, C)
-		b.ln2w = g.addParam(h+"ln_2.weight", false, C)
-		b.ln2b = g.addParam(h+"ln_2.bias", false, C)
-		b.fcW = g.addParam(h+"mlp.c_fc.weight", true, 4*C, C)
-		b.fcB = g.addParam(h+"mlp.c_fc.bias", false, 4*C)
-		b.fcProjW = g.addParam(h+"mlp.c_proj.weight", true, C, 4*C)
-		b.fcProjB = g.addParam(h+"mlp.c_proj.bias", false, C)
-		b.hi = g.nparams
-		g.blocks = append(g.blocks, b)
-	}
-	g.finalLo = g.nparams
-	if g.Last() {
-		g.lnfw = g.addParam("ln_f.weight", false, C)
-		g.lnfb = g.addParam("ln_f.bias", false, C)
-		if !cfg.TieEmbeddings {
-			g.head = g.addParam("lm_head.weight", true, V, C)
-		}
-	}
+	g := &GPT{be: be, cfg: cfg, r: r}
+	g.layout()
 
 	// Device memory first, so a model too large fails with the device's
 	// sizes; then each tensor is drawn into one reused host slice.
@@ -297,7 +266,7 @@ func NewGPT(be device.Backend, cfg GPTConfig, r StageRange, seed uint64) (*GPT, 
 		dst := host
 		clear(dst)
 		switch {
-		case hasSuffix(p.Name, "ln_1.weight"), hasSuffix(p.Name, "ln_2.weight"), p.Name == "ln_f.weight":
+		case hasSuffix(p.Name, "ln_1.weight"), hasSuffix(p.Name, "ln_2.weight"), hasSuffix(p.Name, "ln_f.weight"):
 			for i := range dst {
 				dst[i] = 1
 			}
@@ -315,6 +284,54 @@ func NewGPT(be device.Backend, cfg GPTConfig, r StageRange, seed uint64) (*GPT, 
 		be.Upload(g.pv(i), dst)
 	}
 	return g, nil
+}
+
+// layout lists the stage's parameter tensors (names, shapes, offsets) for
+// g.cfg and g.r, without allocating device memory.
+func (g *GPT) layout() {
+	C, V, T, r := g.cfg.DModel, g.cfg.Vocab, g.cfg.Context, g.r
+	g.wte, g.wpe, g.lnfw, g.lnfb, g.head = -1, -1, -1, -1, -1
+	if g.First() {
+		g.wte = g.addParam("transformer.wte.weight", true, V, C)
+		g.wpe = g.addParam("transformer.wpe.weight", true, T, C)
+		g.embedHi = g.nparams
+	}
+	for l := r.First; l < r.Last; l++ {
+		h := fmt.Sprintf("transformer.h.%d.", l)
+		var b blockParams
+		b.lo = g.nparams
+		b.ln1w = g.addParam(h+"ln_1.weight", false, C)
+		b.ln1b = g.addParam(h+"ln_1.bias", false, C)
+		b.attnW = g.addParam(h+"attn.c_attn.weight", true, C, 3*C)
+		b.attnB = g.addParam(h+"attn.c_attn.bias", false, 3*C)
+		b.projW = g.addParam(h+"attn.c_proj.weight", true, C, C)
+		b.projB = g.addParam(h+"attn.c_proj.bias", false, C)
+		b.ln2w = g.addParam(h+"ln_2.weight", false, C)
+		b.ln2b = g.addParam(h+"ln_2.bias", false, C)
+		b.fcW = g.addParam(h+"mlp.c_fc.weight", true, C, 4*C)
+		b.fcB = g.addParam(h+"mlp.c_fc.bias", false, 4*C)
+		b.fcProjW = g.addParam(h+"mlp.c_proj.weight", true, 4*C, C)
+		b.fcProjB = g.addParam(h+"mlp.c_proj.bias", false, C)
+		b.hi = g.nparams
+		g.blocks = append(g.blocks, b)
+	}
+	g.finalLo = g.nparams
+	if g.Last() {
+		g.lnfw = g.addParam("transformer.ln_f.weight", false, C)
+		g.lnfb = g.addParam("transformer.ln_f.bias", false, C)
+		if !g.cfg.TieEmbeddings {
+			g.head = g.addParam("lm_head.weight", true, V, C)
+		}
+	}
+}
+
+// ParamShapes lists every parameter tensor of the whole model c (one stage
+// holding every block), in buffer order, without allocating anything:
+// the names and shapes a checkpoint or Hugging Face directory must hold.
+func (c GPTConfig) ParamShapes() []ParamView {
+	g := &GPT{cfg: c, r: StageRange{First: 0, Last: c.Layers}}
+	g.layout()
+	return g.params
 }
 
 func hasSuffix(s, suf string) bool { return len(s) >= len(suf) && s[len(s)-len(suf):] == suf }

@@ -133,21 +133,22 @@ func (g *GPT) mm(transA, transB bool, m, n, k int, a, b, c device.View, beta flo
 	})
 }
 
-// linear writes y (rows×out) = x (rows×in)·Wᵀ + bias (plus beta·y).
+// linear writes y (rows×out) = x (rows×in)·W + bias (plus beta·y), W
+// stored (in, out).
 func (g *GPT) linear(y, x, w, bias device.View, rows, in, out int, beta float32) {
-	g.mm(false, true, rows, out, in, x, w, y, beta)
+	g.mm(false, false, rows, out, in, x, w, y, beta)
 	g.be.BiasAdd(y, bias, rows, out)
 }
 
-// linearBackward accumulates dW += dyᵀ·x and db += colsum(dy), and writes (or
-// with betaX = 1 accumulates) dx = dy·W; dx may be the zero View.
+// linearBackward accumulates dW += xᵀ·dy and db += colsum(dy), and writes (or
+// with betaX = 1 accumulates) dx = dy·Wᵀ; dx may be the zero View.
 func (g *GPT) linearBackward(dx, dw, db, dy, x, w device.View, rows, in, out int, betaX float32) {
-	g.mm(true, false, out, in, rows, dy, x, dw, 1)
+	g.mm(true, false, in, out, rows, x, dy, dw, 1)
 	if !db.IsZero() {
 		g.be.BiasGrad(db, dy, rows, out)
 	}
 	if !dx.IsZero() {
-		g.mm(false, false, rows, in, out, dy, w, dx, betaX)
+		g.mm(false, true, rows, in, out, dy, w, dx, betaX)
 	}
 }
 
@@ -280,8 +281,9 @@ func (g *GPT) Backward(dout device.View) device.View {
 		}
 		dlogits := rows(a.logits, bt, V)
 		lnf := rows(a.lnf, bt, C)
-		// dlnf = dlogits·W_head; dW_head += dlogitsᵀ·lnf.
-		g.linearBackward(dtmp, g.headG(), device.View{}, dlogits, lnf, g.headW(), bt, C, V, 0)
+		// The head is a (V, C) table: dW_head += dlogitsᵀ·lnf; dlnf = dlogits·W_head.
+		g.mm(true, false, V, C, bt, dlogits, lnf, g.headG(), 1)
+		g.mm(false, false, bt, C, V, dlogits, g.headW(), dtmp, 0)
 		g.be.Fill(dres, 0)
 		g.be.LayerNormBackward(dres, g.gv(g.lnfw), g.gv(g.lnfb), dtmp, blockOut(L-1), g.pv(g.lnfw),
 			rows(a.lnfMean, bt, 1), rows(a.lnfRstd, bt, 1), bt, C)

@@ -175,8 +175,8 @@ func TestGPTLayout(t *testing.T) {
 		}
 	}
 	ps := g.Params()
-	if ps[0].Name != "wte.weight" || ps[2].Name != "h.0.ln_1.weight" || ps[4].Name != "h.0.attn.c_attn.weight" ||
-		ps[len(ps)-1].Name != "lm_head.weight" || !ps[4].Shape.Equal(tensor.Shape{3 * C, C}) {
+	if ps[0].Name != "transformer.wte.weight" || ps[2].Name != "transformer.h.0.ln_1.weight" || ps[4].Name != "transformer.h.0.attn.c_attn.weight" ||
+		ps[len(ps)-1].Name != "lm_head.weight" || !ps[4].Shape.Equal(tensor.Shape{C, 3 * C}) {
 		t.Fatalf("layout: %+v", ps)
 	}
 	off := 0

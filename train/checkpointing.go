@@ -100,6 +100,10 @@ func (t *Trainer) fillCheckpoint(s *checkpoint.State, world int) {
 		for _, o := range t.opt.State() {
 			s.Optim = append(s.Optim, checkpoint.Tensor{Name: o.Name, Shape: t.shapeOfState(o.Name), Data: o.Data})
 		}
+		if g, ok := t.task.(*gptTask); ok {
+			// A GPT checkpoint is a Hugging Face GPT-2 directory too.
+			s.Sidecars = []checkpoint.Sidecar{{Name: HFConfigFile, Data: g.net.Config().MarshalHFConfig(g.text.Tokenizer)}}
+		}
 	}
 	if t.scaler == nil {
 		s.Scaler.Scale = 1

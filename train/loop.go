@@ -48,6 +48,7 @@ type StepResult struct {
 	// TestAccuracy is the held-out accuracy when the step evaluated (the
 	// lead rank, every train.eval_every steps), else NaN.
 	TestAccuracy float64
+	TestLoss     float64 // with TestAccuracy: the held-out loss per position
 }
 
 // ErrLossNaN ends a run whose loss became NaN: every rank sees the same
@@ -85,7 +86,7 @@ func (t *Trainer) RunSteps(ctx context.Context, l Loop) (switched bool, err erro
 		}
 		r := StepResult{Step: t.step, Loss: loss, Rows: t.lastRows, Batch: len(t.idx), Compute: t.lastCompute, Wait: t.lastWait, Took: took, TestAccuracy: math.NaN()}
 		if l.Lead && evalEvery > 0 && t.step%evalEvery == 0 && !t.Done() {
-			r.TestAccuracy, _ = t.Evaluate()
+			r.TestAccuracy, r.TestLoss = t.Evaluate()
 		}
 		if l.After != nil {
 			l.After(r)

@@ -39,9 +39,10 @@ type task interface {
 	// weightsChanged tells the model its master weights were updated.
 	weightsChanged()
 	// evaluate returns the held-out accuracy (classes, or next tokens),
-	// mean loss per predicted position and the samples it read: every
-	// held-out sample if full, else a bounded prefix of a large set.
-	evaluate(full bool) (acc, loss float64, samples int)
+	// mean loss per predicted position and the samples it read: limit
+	// held-out samples (0: every one; < 0: a bounded sample of a large
+	// set, what an evaluation during training reads).
+	evaluate(limit int) (acc, loss float64, samples int)
 }
 
 // newTask builds the task of job's model kind over split.
@@ -136,7 +137,7 @@ func (m *mlpTask) accumulate(idx []int, scale float32, add bool, done func(lo in
 }
 
 // evaluate returns the accuracy and mean loss on the whole test set.
-func (m *mlpTask) evaluate(bool) (acc, loss float64, samples int) {
+func (m *mlpTask) evaluate(int) (acc, loss float64, samples int) {
 	const batch = 1000
 	ds := m.split.Test
 	correct := 0

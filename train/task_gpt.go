@@ -12,9 +12,10 @@ import (
 	"github.com/loomtrain/loom/tensor"
 )
 
-// evalMaxWindows bounds the validation windows one evaluation reads, so an
-// evaluation during training costs a bounded time on a large corpus.
-const evalMaxWindows = 512
+// evalMaxTokens bounds the validation tokens one evaluation during training
+// reads (in whole windows, at least 8 and at most 512), so it costs a
+// bounded time on a large corpus.
+const evalMaxTokens = 32768
 
 // gptTask is a GPT language model over byte-level text, on a device API v2
 // backend whose memory the host can address (the CPU): the step loop's flat
@@ -115,11 +116,10 @@ func gib(b int64) string { return fmt.Sprintf("%.2f GiB", float64(b)/(1<<30)) }
 // layernorm with the head.
 func gptGroup(name string) string {
 	switch {
-	case strings.HasPrefix(name, "h."):
-		rest := strings.TrimPrefix(name, "h.")
-		n, _, _ := strings.Cut(rest, ".")
+	case strings.HasPrefix(name, "transformer.h."):
+		n, _, _ := strings.Cut(strings.TrimPrefix(name, "transformer.h."), ".")
 		return "h." + n
-	case strings.HasPrefix(name, "wte") || strings.HasPrefix(name, "wpe"):
+	case strings.HasPrefix(name, "transformer.wte") || strings.HasPrefix(name, "transformer.wpe"):
 		return "embed"
 	}
 	return "final"
@@ -193,13 +193,17 @@ func (g *gptTask) accumulate(idx []int, scale float32, add bool, done func(lo in
 }
 
 // evaluate returns the next-token accuracy and mean loss per token over the
-// validation windows (the first evalMaxWindows unless full), in batches of
-// the reserved size.
-func (g *gptTask) evaluate(full bool) (acc, loss float64, windows int) {
+// validation windows (see task.evaluate for limit; a limited evaluation
+// reads windows evenly spaced over the split), in batches of the reserved
+// size.
+func (g *gptTask) evaluate(limit int) (acc, loss float64, windows int) {
 	set := g.text.Validation
 	windows = set.N
-	if !full {
-		windows = min(windows, evalMaxWindows)
+	switch {
+	case limit < 0:
+		windows = min(windows, max(8, min(512, evalMaxTokens/g.ctx)))
+	case limit > 0:
+		windows = min(windows, limit)
 	}
 	batch := g.ids.Len() / g.ctx
 	V := g.net.Config().Vocab
@@ -208,7 +212,9 @@ func (g *gptTask) evaluate(full bool) (acc, loss float64, windows int) {
 	for lo := 0; lo < windows; lo += batch {
 		idx = idx[:0]
 		for i := lo; i < min(lo+batch, windows); i++ {
-			idx = append(idx, i)
+			// Spread over the whole split: the first windows alone are
+			// the first few documents, not a sample of all of them.
+			idx = append(idx, int(int64(i)*int64(set.N)/int64(windows)))
 		}
 		n := len(idx) * g.ctx
 		logits := g.forward(set, idx)

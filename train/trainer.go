@@ -34,6 +34,10 @@ type Progress struct {
 	Elapsed          time.Duration
 	ETA              time.Duration
 	TestAccuracy     float64 // NaN unless an evaluation ran at this step
+	TestLoss         float64 // held-out loss per predicted position, when TestAccuracy is set
+	// TokensPerSample is the positions a sample predicts: the context of a
+	// language model (samples are windows), 1 for a classifier.
+	TokensPerSample int
 }
 
 // Summary describes a finished (or interrupted) run.
@@ -163,6 +167,11 @@ func NewTrainer(job *jobspec.Job, dev device.Device, split *data.Split, log *zap
 	if n := t.task.trainSize(); job.Train.GlobalBatch > n {
 		return nil, fmt.Errorf("train.global_batch %d is larger than the training set (%d examples in %s): a step cannot take more than an epoch; use at most %d",
 			job.Train.GlobalBatch, n, split.Source, n)
+	}
+	if job.Model.Init != "" {
+		if err := initFromDir(t); err != nil {
+			return nil, err
+		}
 	}
 	t.values, t.grads = t.task.flat()
 	for _, p := range t.task.params() {
@@ -382,14 +391,17 @@ func grow(b []float32, n int) []float32 {
 // Evaluate returns the model's accuracy and mean loss per predicted
 // position on the held-out data.
 func (t *Trainer) Evaluate() (acc, loss float64) {
-	acc, loss, _ = t.task.evaluate(false)
+	acc, loss, _ = t.task.evaluate(-1)
 	return acc, loss
 }
 
-// EvaluateAll is Evaluate over every held-out sample (a language model's
-// evaluation during training reads a bounded prefix of its validation
-// windows); it also returns how many samples it read.
-func (t *Trainer) EvaluateAll() (acc, loss float64, samples int) { return t.task.evaluate(true) }
+// EvaluateN is Evaluate over n held-out samples spread over the held-out
+// set, or every one if n is 0 (a language model's evaluation during
+// training reads a bounded sample of its validation windows); it returns
+// how many it read.
+func (t *Trainer) EvaluateN(n int) (acc, loss float64, samples int) {
+	return t.task.evaluate(max(n, 0))
+}
 
 // Run trains alone until the job's step count or until ctx is cancelled
 // (then it stops at the next step boundary and reports status
@@ -413,7 +425,8 @@ func (t *Trainer) Run(ctx context.Context, ck *Checkpointer, onProgress func(Pro
 		}
 		el := time.Since(start)
 		p := Progress{Step: r.Step, TotalSteps: t.total, Epoch: t.sampler.Position().Epoch, Loss: r.Loss, LR: t.sched.LR(r.Step - 1),
-			GradNorm: t.lastGradNorm, SamplesPerSec: float64(samples) / el.Seconds(), Elapsed: el, TestAccuracy: r.TestAccuracy}
+			GradNorm: t.lastGradNorm, SamplesPerSec: float64(samples) / el.Seconds(), Elapsed: el, TestAccuracy: r.TestAccuracy, TestLoss: r.TestLoss,
+			TokensPerSample: t.task.tokensPerSample()}
 		p.ETA = time.Duration(float64(el) / float64(r.Step-first) * float64(t.total-r.Step))
 		onProgress(p)
 	}})

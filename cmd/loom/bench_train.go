@@ -183,7 +183,7 @@ func benchTrainOnce(config string, job *jobspec.Job, th, steps, warmup int) (*tr
 	params, matmul := 0, 0
 	for _, p := range tr.Params() {
 		params += len(p.Value)
-		if p.Name == "wpe.weight" || (p.Name == "wte.weight" && !job.Model.TieEmbeddings) {
+		if p.Name == "transformer.wpe.weight" || (p.Name == "transformer.wte.weight" && !job.Model.TieEmbeddings) {
 			continue
 		}
 		matmul += len(p.Value)

@@ -114,6 +114,7 @@ func listCheckpoints(ctx context.Context, out io.Writer, dir, job, coord string,
 func newEvalCmd() *cobra.Command {
 	var configPath, dev string
 	var asJSON bool
+	var maxTokens int
 	cmd := &cobra.Command{
 		Use:   "eval CHECKPOINT_DIR",
 		Short: "Held-out accuracy and loss (perplexity for a GPT) of a checkpoint",
@@ -124,37 +125,34 @@ accuracy over every validation window of its text.
 
 Only the weights are read. The model and its data come from the job config
 the checkpoint stores; --config gives another one (e.g. data that moved), and
-is refused if its model differs from the checkpoint's.`,
+is refused if its model differs from the checkpoint's. --max-tokens bounds a
+GPT's evaluation to that many tokens, in validation windows spread evenly
+over the split.`,
 		Example: `  loom eval checkpoints/mnist-mlp/step-00000705
   loom eval checkpoints/gpt-tiny/step-00000400 --json
+  loom eval checkpoints/gpt-gosrc/step-00000300 --max-tokens 131072
   loom eval checkpoints/mnist-mlp/step-00000705 --config examples/mnist-mlp.yaml`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return runEval(cmd.Context(), cmd.OutOrStdout(), args[0], configPath, dev, asJSON)
+			if maxTokens < 0 {
+				return fmt.Errorf("--max-tokens must be >= 0, got %d", maxTokens)
+			}
+			return runEval(cmd.Context(), cmd.OutOrStdout(), args[0], configPath, dev, maxTokens, asJSON)
 		},
 	}
 	f := cmd.Flags()
 	f.StringVar(&configPath, "config", "", "job config the checkpoint was trained with")
 	f.StringVar(&dev, "device", "cpu", "device spec")
 	f.BoolVar(&asJSON, "json", false, "print the result as one JSON object")
+	f.IntVar(&maxTokens, "max-tokens", 0, "GPT: evaluate at most this many validation tokens, in whole windows (0: all)")
 	return cmd
 }
 
-func runEval(ctx context.Context, out io.Writer, dir, configPath, devSpec string, asJSON bool) error {
+func runEval(ctx context.Context, out io.Writer, dir, configPath, devSpec string, maxTokens int, asJSON bool) error {
 	if err := isDir("checkpoint", dir); err != nil {
 		return err
 	}
-	abs, err := filepath.Abs(dir)
-	if err != nil {
-		return err
-	}
-	root := filepath.Dir(filepath.Dir(abs))
-	rel := filepath.ToSlash(filepath.Join(filepath.Base(filepath.Dir(abs)), filepath.Base(abs)))
-	store, err := checkpoint.NewLocalStorage(root)
-	if err != nil {
-		return err
-	}
-	st, err := checkpoint.Load(ctx, store, rel)
+	st, err := checkpoint.LoadDir(ctx, dir)
 	if err != nil {
 		return err
 	}
@@ -178,6 +176,7 @@ func runEval(ctx context.Context, out io.Writer, dir, configPath, devSpec string
 		return fmt.Errorf("%s stores no job config (an older loom wrote it): pass --config with the job's config", dir)
 	}
 	job.Name = st.Job
+	job.Model.Init = "" // the checkpoint's weights replace the initial ones
 	d, err := openDevice("--device", devSpec)
 	if err != nil {
 		return err
@@ -193,19 +192,27 @@ func runEval(ctx context.Context, out io.Writer, dir, configPath, devSpec string
 	if err := tr.LoadWeights(st); err != nil {
 		return fmt.Errorf("%s: %w", dir, err)
 	}
-	acc, loss, n := tr.EvaluateAll()
+	limit := 0
+	if maxTokens > 0 && split.Text != nil {
+		limit = max(1, maxTokens/job.Model.Context)
+	}
+	start := time.Now()
+	acc, loss, n := tr.EvaluateN(limit)
+	took := time.Since(start).Seconds()
 	if split.Text != nil {
 		// A language model: loss per token on the held-out windows, and its
 		// perplexity.
 		tokens := n * job.Model.Context
+		rate := float64(tokens) / took
 		if asJSON {
 			b, _ := json.Marshal(map[string]any{"checkpoint": dir, "job": st.Job, "step": st.Step, "validation_loss": loss,
-				"perplexity": math.Exp(loss), "next_token_accuracy": acc, "validation_windows": n, "validation_tokens": tokens})
+				"perplexity": math.Exp(loss), "next_token_accuracy": acc, "validation_windows": n, "validation_tokens": tokens,
+				"of_windows": split.Text.Validation.N, "tokens_per_s": rate})
 			fmt.Fprintln(out, string(b))
 			return nil
 		}
-		fmt.Fprintf(out, "%s (job %s, step %d): validation loss %.4f, perplexity %.2f, next-token accuracy %.2f%% over %d windows (%d tokens)\n",
-			dir, st.Job, st.Step, loss, math.Exp(loss), 100*acc, n, tokens)
+		fmt.Fprintf(out, "%s (job %s, step %d): validation loss %.4f, perplexity %.2f, next-token accuracy %.2f%% over %d of %d windows (%d tokens, %.0f tokens/s)\n",
+			dir, st.Job, st.Step, loss, math.Exp(loss), 100*acc, n, split.Text.Validation.N, tokens, rate)
 		return nil
 	}
 	if asJSON {

@@ -14,7 +14,10 @@ func addCommands(root, bench *cobra.Command) {
 	root.AddCommand(newWorkerCmd())
 	root.AddCommand(newCheckpointsCmd())
 	root.AddCommand(newEvalCmd())
+	root.AddCommand(newDataCmd())
+	root.AddCommand(newGenerateCmd())
 	bench.AddCommand(newBenchGemmCmd())
 	bench.AddCommand(newBenchAllreduceCmd())
 	bench.AddCommand(newBenchTrainCmd())
+	bench.AddCommand(newBenchGenerateCmd())
 }

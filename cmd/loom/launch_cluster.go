@@ -276,14 +276,22 @@ func logMembership(log *zap.Logger, p *api.Plan, old []string) []string {
 
 // trainSize is the number of training samples of the job's dataset (for
 // step counts and ETA): examples, read from the label file's header, or
-// context windows of a text corpus; 0 if it cannot be read here.
+// context windows of a text corpus or of token shards (from their
+// manifest and headers); 0 if it cannot be read here.
 func trainSize(job *jobspec.Job) int {
-	if job.Data.Dataset == "text" {
+	switch job.Data.Dataset {
+	case "text":
 		ts, err := data.LoadText(job.DataPath(), job.Model.Context)
 		if err != nil {
 			return 0
 		}
 		return ts.Train.N
+	case "tokens":
+		m, err := data.StatTokens(job.DataPath())
+		if err != nil || m.Train.Tokens < 1 {
+			return 0
+		}
+		return int((m.Train.Tokens - 1) / int64(job.Model.Context))
 	}
 	n, err := data.TrainSize(job.Data.Dataset, job.DataPath())
 	if err != nil {

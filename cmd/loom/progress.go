@@ -55,7 +55,13 @@ func (v *progressView) Update(p train.Progress) {
 			if p.GradNorm > 0 {
 				fields = append(fields, zap.Float64("grad_norm", round(p.GradNorm, 4)))
 			}
-			if !math.IsNaN(p.TestAccuracy) {
+			if p.TokensPerSample > 1 {
+				fields = append(fields, zap.Float64("tokens_per_s", round(p.SamplesPerSec*float64(p.TokensPerSample), 0)))
+			}
+			switch {
+			case !math.IsNaN(p.TestAccuracy) && p.TokensPerSample > 1:
+				fields = append(fields, zap.Float64("val_loss", round(p.TestLoss, 4)), zap.Float64("val_perplexity", round(math.Exp(p.TestLoss), 2)))
+			case !math.IsNaN(p.TestAccuracy):
 				fields = append(fields, zap.Float64("test_accuracy", round(p.TestAccuracy, 4)))
 			}
 			v.log.Info("train", fields...)
@@ -66,14 +72,19 @@ func (v *progressView) Update(p train.Progress) {
 		return
 	}
 	v.lastDraw = time.Now()
-	if !math.IsNaN(p.TestAccuracy) {
+	switch {
+	case !math.IsNaN(p.TestAccuracy) && p.TokensPerSample > 1:
+		fmt.Fprintf(v.out, "\r\033[K  step %d: validation loss %.4f, perplexity %.2f\n", p.Step, p.TestLoss, math.Exp(p.TestLoss))
+	case !math.IsNaN(p.TestAccuracy):
 		fmt.Fprintf(v.out, "\r\033[K  step %d: test accuracy %.2f%%\n", p.Step, 100*p.TestAccuracy)
 	}
-	info := fmt.Sprintf(" %d/%d  ep %d  loss %.4f  %s samples/s  ETA %s", p.Step, p.TotalSteps, p.Epoch, p.Loss, human(p.SamplesPerSec), p.ETA.Round(time.Second))
+	rate := human(p.SamplesPerSec) + " samples/s"
+	if p.TokensPerSample > 1 {
+		rate = human(p.SamplesPerSec*float64(p.TokensPerSample)) + " tokens/s"
+	}
+	info := fmt.Sprintf(" %d/%d  ep %d  loss %.4f  %s  ETA %s", p.Step, p.TotalSteps, p.Epoch, p.Loss, rate, p.ETA.Round(time.Second))
 	barW := max(10, min(40, v.width-len(info)-4))
-	filled := int(float64(barW) * float64(p.Step) / float64(max(1, p.TotalSteps)))
-	bar := strings.Repeat("█", filled) + strings.Repeat("░", barW-filled)
-	fmt.Fprintf(v.out, "\r\033[K%s%s", bar, info)
+	fmt.Fprintf(v.out, "\r\033[K%s%s", drawBar(float64(p.Step)/float64(max(1, p.TotalSteps)), barW), info)
 	if last {
 		fmt.Fprintln(v.out)
 	}
@@ -84,6 +95,13 @@ func (v *progressView) Done() {
 	if v.tty {
 		fmt.Fprint(v.out, "\r\033[K")
 	}
+}
+
+// drawBar is a bar of width cells, the fraction frac (clamped to [0, 1])
+// of them filled.
+func drawBar(frac float64, width int) string {
+	filled := int(float64(width) * min(1, max(0, frac)))
+	return strings.Repeat("█", filled) + strings.Repeat("░", width-filled)
 }
 
 func human(x float64) string {
