@@ -38,7 +38,7 @@ datasets/gosrc/dataset.json:
 
 demo-gpt: build datasets/gosrc/dataset.json
 	$(BIN) launch examples/gpt-gosrc.yaml --overwrite
-	$(BIN) generate checkpoints/gpt-gosrc/step-00000300 --prompt 'func (s *Server) ' --max-tokens 120 --temperature 0.7 --top-k 40 --seed 1
+	$(BIN) generate checkpoints/gpt-gosrc/step-00000300 --prompt 'func (s *Server) Close() error {' --max-tokens 120 --temperature 0.8 --top-k 40 --seed 2
 
 test:
 	$(GO) test -race -timeout 12m $(PKGS)

@@ -206,7 +206,7 @@ func (m *Manifest) check(path, job string, step int) error {
 		if _, dup := sizes[f.Name]; dup {
 			return bad("file %q listed twice", f.Name)
 		}
-		sizes[f.Name] = -1 // holds no tensors
+		sizes[f.Name] = -1 // holds no tensors: any tensor "in" it fails the bounds check below
 		if f.Size < 0 || f.Size > maxSidecarBytes || len(f.SHA256) != 64 {
 			return bad("sidecar %q: size %d, sha256 %q", f.Name, f.Size, f.SHA256)
 		}

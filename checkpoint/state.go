@@ -120,7 +120,12 @@ func (s *State) validateMeta() error {
 	case math.IsNaN(float64(s.Scaler.Scale)) || math.IsInf(float64(s.Scaler.Scale), 0):
 		return fmt.Errorf("%w: job %q step %d: loss scale %v is not finite", ErrInvalidState, s.Job, s.Step, s.Scaler.Scale)
 	}
-	for _, f := range s.Sidecars {
+	for i, f := range s.Sidecars {
+		for _, g := range s.Sidecars[:i] {
+			if g.Name == f.Name {
+				return fmt.Errorf("%w: job %q step %d: sidecar %q given twice", ErrInvalidState, s.Job, s.Step, f.Name)
+			}
+		}
 		if err := checkSidecarName(f.Name); err != nil {
 			return fmt.Errorf("%w: job %q step %d: %v", ErrInvalidState, s.Job, s.Step, err)
 		}

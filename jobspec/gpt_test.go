@@ -71,6 +71,19 @@ func TestGPTParses(t *testing.T) {
 	if GPTHash := j.Hash(); GPTHash == mlpJob(t).Hash() {
 		t.Fatal("gpt and mlp jobs hash alike")
 	}
+	// model.init survives marshalling (what workers receive), made
+	// absolute, and does not change the hash.
+	y3 := strings.Replace(y2, "  vocab: 256\n", "  vocab: 256\n  init: .\n", 1)
+	os.WriteFile(path, []byte(y3), 0o644)
+	if j, err = Load(path); err != nil {
+		t.Fatal(err)
+	}
+	if b, err = j.Marshal(); err != nil {
+		t.Fatal(err)
+	}
+	if k, err = Parse("again.yaml", b); err != nil || k.Model.Init != filepath.Dir(path) || k.Hash() != j.Hash() {
+		t.Fatalf("model.init after a round trip: %v %q (want %q)\n%s", err, k.Model.Init, filepath.Dir(path), b)
+	}
 }
 
 func mlpJob(t *testing.T) *Job {

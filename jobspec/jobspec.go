@@ -116,7 +116,8 @@ func (m Model) MarshalYAML() (any, error) {
 			Context       int    `yaml:"context"`
 			Vocab         int    `yaml:"vocab"`
 			TieEmbeddings bool   `yaml:"tie_embeddings"`
-		}{m.Kind, m.Layers.Count(), m.Heads, m.DModel, m.Context, m.Vocab, m.TieEmbeddings}, nil
+			Init          string `yaml:"init,omitempty"`
+		}{m.Kind, m.Layers.Count(), m.Heads, m.DModel, m.Context, m.Vocab, m.TieEmbeddings, m.Init}, nil
 	}
 	return struct {
 		Kind       string `yaml:"kind"`

@@ -244,6 +244,10 @@ func (j *Job) Marshal() ([]byte, error) {
 // model, the seed (the data order) and the global batch. Step counts,
 // logging and cluster settings may change between runs.
 func (j *Job) Hash() string {
+	// model.init only chooses the first weights: where that directory
+	// lives does not change which checkpoints continue the job.
+	m := j.Model
+	m.Init = ""
 	b, _ := yaml.Marshal(struct {
 		Seed   uint64
 		Model  Model
@@ -251,7 +255,7 @@ func (j *Job) Hash() string {
 		Opt    string
 		Sched  string
 		Warmup int
-	}{j.Seed, j.Model, j.Train.GlobalBatch, j.Optimizer.Kind, j.Schedule.Kind, j.Schedule.WarmupSteps})
+	}{j.Seed, m, j.Train.GlobalBatch, j.Optimizer.Kind, j.Schedule.Kind, j.Schedule.WarmupSteps})
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:8])
 }

@@ -86,14 +86,11 @@ func (d *Decoder) Free() {
 		b.Free()
 	}
 	d.cache = nil
-	if d.buf != nil {
-		d.buf.Free()
-	}
-	if d.ids != nil {
-		d.ids.Free()
-	}
-	if d.prompt != nil {
-		d.prompt.Free()
+	for _, b := range []*device.Buffer{&d.buf, &d.ids, &d.prompt} {
+		if *b != nil {
+			(*b).Free()
+			*b = nil
+		}
 	}
 }
 

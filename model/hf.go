@@ -51,7 +51,7 @@ func (c GPTConfig) HFConfig(tokenizer string) HFConfig {
 		VocabSize: c.Vocab, LayerNormEpsilon: gptLNEps, ActivationFunction: "gelu_new",
 		TieWordEmbeddings: &tie, ScaleAttnWeights: &scale, TorchDtype: "float32", Tokenizer: tokenizer,
 	}
-	if c.Vocab > gpt2EOT {
+	if tokenizer == "gpt2" && c.Vocab > gpt2EOT {
 		eot := gpt2EOT
 		h.BosTokenID, h.EosTokenID = &eot, &eot
 	}
@@ -69,8 +69,9 @@ func (c GPTConfig) MarshalHFConfig(tokenizer string) []byte {
 
 // ParseHFConfig reads a GPT-2 config.json and returns the model it
 // describes, refusing (by field name) every setting GPT does not compute:
-// another model type or activation, dropout, a layernorm epsilon other than
-// 1e-5, an MLP width other than 4·n_embd, or attention scaled otherwise. The
+// another model type or activation, a layernorm epsilon other than 1e-5, an
+// MLP width other than 4·n_embd, or attention scaled otherwise. Dropout is
+// accepted and ignored (loom trains without it; the Hub's gpt2 says 0.1). The
 // precision is left 0 (the job chooses it).
 func ParseHFConfig(raw []byte) (GPTConfig, HFConfig, error) {
 	var h HFConfig

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"go.uber.org/zap"
@@ -132,7 +133,7 @@ func (t *Trainer) LoadCheckpoint(s *checkpoint.State) error {
 		return err
 	}
 	for _, o := range t.opt.State() {
-		if err := restore(o.Name, o.Data); err != nil {
+		if err := restore(o.Name, t.shapeOfState(o.Name), o.Data); err != nil {
 			return err
 		}
 	}
@@ -151,7 +152,7 @@ func (t *Trainer) LoadCheckpoint(s *checkpoint.State) error {
 func (t *Trainer) LoadWeights(s *checkpoint.State) error {
 	restore := tensorRestorer(s)
 	for _, p := range t.task.params() {
-		if err := restore(p.Name, p.Value); err != nil {
+		if err := restore(p.Name, p.Shape, p.Value); err != nil {
 			return err
 		}
 	}
@@ -161,18 +162,21 @@ func (t *Trainer) LoadWeights(s *checkpoint.State) error {
 
 // tensorRestorer returns a function that copies s's tensor name into dst,
 // checking that it exists and has dst's size.
-func tensorRestorer(s *checkpoint.State) func(name string, dst []float32) error {
+func tensorRestorer(s *checkpoint.State) func(name string, shape []int, dst []float32) error {
 	byName := map[string]checkpoint.Tensor{}
 	for _, x := range append(append([]checkpoint.Tensor(nil), s.Params...), s.Optim...) {
 		byName[x.Name] = x
 	}
-	return func(name string, dst []float32) error {
+	return func(name string, shape []int, dst []float32) error {
 		x, ok := byName[name]
 		if !ok {
+			if _, old := byName["wte.weight"]; old {
+				return fmt.Errorf("checkpoint lacks tensor %q: it is a GPT checkpoint of an earlier loom, before GPT parameters took Hugging Face's GPT-2 names and Conv1D layouts, which this build cannot load", name)
+			}
 			return fmt.Errorf("checkpoint lacks tensor %q", name)
 		}
-		if len(x.Data) != len(dst) {
-			return fmt.Errorf("checkpoint tensor %q has %d values, the model needs %d", name, len(x.Data), len(dst))
+		if len(x.Data) != len(dst) || (shape != nil && !slices.Equal(x.Shape, shape)) {
+			return fmt.Errorf("checkpoint tensor %q has shape %v (%d values), the model needs %v (%d)", name, x.Shape, len(x.Data), shape, len(dst))
 		}
 		copy(dst, x.Data)
 		return nil

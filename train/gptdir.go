@@ -10,8 +10,10 @@ import (
 	"strings"
 
 	"github.com/loomtrain/loom/checkpoint"
+	"github.com/loomtrain/loom/device"
 	"github.com/loomtrain/loom/jobspec"
 	"github.com/loomtrain/loom/model"
+	"github.com/loomtrain/loom/tensor"
 )
 
 // HFConfigFile is the Hugging Face config a GPT checkpoint carries beside
@@ -115,6 +117,20 @@ func LoadGPTDir(ctx context.Context, dir string) (*GPTWeights, error) {
 		}
 	}
 	return w, nil
+}
+
+// NewGPT builds the whole model of w on be, fp32, with w's weights.
+func (w *GPTWeights) NewGPT(be device.Backend) (*model.GPT, error) {
+	cfg := w.Config
+	cfg.Precision = tensor.F32
+	g, err := model.NewGPT(be, cfg, model.StageRange{First: 0, Last: cfg.Layers}, 0)
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range g.Params() {
+		be.Upload(device.Whole(g.ParamBuffer()).Slice(p.Offset, p.Offset+p.N), w.Tensors[p.Name])
+	}
+	return g, nil
 }
 
 // hfName maps a tensor name of a Hugging Face GPT-2 file to loom's: the

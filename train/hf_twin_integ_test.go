@@ -15,7 +15,6 @@ import (
 
 	"github.com/loomtrain/loom/device"
 	"github.com/loomtrain/loom/device/cpu"
-	"github.com/loomtrain/loom/model"
 	"github.com/loomtrain/loom/tensor"
 )
 
@@ -37,14 +36,9 @@ func TestHuggingFaceTwinLogits(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		cfg := w.Config
-		cfg.Precision = tensor.F32
-		g, err := model.NewGPT(be, cfg, model.StageRange{First: 0, Last: cfg.Layers}, 0)
+		g, err := w.NewGPT(be)
 		if err != nil {
 			t.Fatal(err)
-		}
-		for _, p := range g.Params() {
-			be.Upload(device.Whole(g.ParamBuffer()).Slice(p.Offset, p.Offset+p.N), w.Tensors[p.Name])
 		}
 		text := "the quick brown"
 		ids := make([]int32, len(text))

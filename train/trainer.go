@@ -168,7 +168,7 @@ func NewTrainer(job *jobspec.Job, dev device.Device, split *data.Split, log *zap
 		return nil, fmt.Errorf("train.global_batch %d is larger than the training set (%d examples in %s): a step cannot take more than an epoch; use at most %d",
 			job.Train.GlobalBatch, n, split.Source, n)
 	}
-	if job.Model.Init != "" {
+	if job.Model.Init != "" && job.Checkpoint.Resume == "" { // a resume replaces the weights
 		if err := initFromDir(t); err != nil {
 			return nil, err
 		}

@@ -19,7 +19,6 @@ import (
 	"github.com/loomtrain/loom/data"
 	"github.com/loomtrain/loom/device"
 	"github.com/loomtrain/loom/model"
-	"github.com/loomtrain/loom/tensor"
 	"github.com/loomtrain/loom/train"
 )
 
@@ -180,7 +179,9 @@ func runGenerate(ctx context.Context, stdout, stderr io.Writer, dir string, o ge
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		next := sampler.next(logits)
+		// Only ids the tokenizer has: a vocab padded past it (50304 for
+		// GPT-2's 50257) has rows no text ever trained.
+		next := sampler.next(logits[:tok.Vocab()])
 		if next == tok.EOT() {
 			res.Stop = "eos"
 			break
@@ -242,14 +243,9 @@ func openBackend(spec string) (device.Backend, error) {
 // newDecoder builds the whole model of w on be with its weights and a KV
 // cache (fp32: the master weights as trained).
 func newDecoder(be device.Backend, w *train.GPTWeights) (*model.Decoder, *model.GPT, error) {
-	cfg := w.Config
-	cfg.Precision = tensor.F32
-	g, err := model.NewGPT(be, cfg, model.StageRange{First: 0, Last: cfg.Layers}, 0)
+	g, err := w.NewGPT(be)
 	if err != nil {
 		return nil, nil, err
-	}
-	for _, p := range g.Params() {
-		be.Upload(device.Whole(g.ParamBuffer()).Slice(p.Offset, p.Offset+p.N), w.Tensors[p.Name])
 	}
 	dec, err := model.NewDecoder(g)
 	if err != nil {
@@ -328,29 +324,39 @@ func (s *tokenSampler) next(logits []float32) int {
 	return s.idx[len(s.idx)-1]
 }
 
-// tokenStream prints generated tokens as they come, holding back the bytes
-// of a character a BPE token has only begun.
+// tokenStream prints generated tokens as they come, holding back only the
+// bytes of a character a token has begun and a later one may finish (at
+// most 3); bytes that can never be valid UTF-8 print as U+FFFD.
 type tokenStream struct {
 	tok     data.Tokenizer
 	out     io.Writer
 	on      bool
-	pending []int
+	pending []byte
 }
 
 func (t *tokenStream) add(id int) {
 	if !t.on {
 		return
 	}
-	t.pending = append(t.pending, id)
-	if s := t.tok.Decode(t.pending); utf8.ValidString(s) {
-		io.WriteString(t.out, s)
-		t.pending = t.pending[:0]
+	t.pending = append(t.pending, t.tok.Decode([]int{id})...)
+	keep := 0
+	for k := 1; k <= 3 && k <= len(t.pending); k++ {
+		// A lead byte in the last k bytes whose character needs more.
+		tail := t.pending[len(t.pending)-k:]
+		if utf8.RuneStart(tail[0]) {
+			if !utf8.FullRune(tail) {
+				keep = k
+			}
+			break
+		}
 	}
+	io.WriteString(t.out, strings.ToValidUTF8(string(t.pending[:len(t.pending)-keep]), "\uFFFD"))
+	t.pending = append(t.pending[:0], t.pending[len(t.pending)-keep:]...)
 }
 
 func (t *tokenStream) flush() {
 	if t.on && len(t.pending) > 0 {
-		io.WriteString(t.out, strings.ToValidUTF8(t.tok.Decode(t.pending), "\uFFFD"))
+		io.WriteString(t.out, strings.ToValidUTF8(string(t.pending), "\uFFFD"))
 		t.pending = t.pending[:0]
 	}
 }

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/loomtrain/loom/data"
 )
 
 // loom generate samples from a GPT checkpoint: greedy decoding is
@@ -81,5 +83,33 @@ func TestGenerate(t *testing.T) {
 		if out, err := runLoom(t, c.args...); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%v: %v\n%s\nwant %q", c.args, err, out, c.want)
 		}
+	}
+}
+
+// The stream prints each character once it is complete and never stalls
+// on bytes that cannot become one.
+func TestTokenStream(t *testing.T) {
+	tok, err := data.NewTokenizer(data.TokenizerByte)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out strings.Builder
+	s := &tokenStream{tok: tok, out: &out, on: true}
+	for i, b := range []byte("a\xc3") { // 'a', then the first byte of 'é'
+		s.add(int(b))
+		if want := []string{"a", "a"}[i]; out.String() != want {
+			t.Fatalf("after byte %d: %q, want %q", i, out.String(), want)
+		}
+	}
+	s.add(0xa9) // completes 'é'
+	s.add(0x80) // a stray continuation byte: never valid
+	s.add('b')
+	if out.String() != "aé\uFFFDb" {
+		t.Fatalf("streamed %q", out.String())
+	}
+	s.add(0xe2) // a 3-byte character begun and never finished
+	s.flush()
+	if out.String() != "aé\uFFFDb\uFFFD" {
+		t.Fatalf("after flush %q", out.String())
 	}
 }
