@@ -635,6 +635,6 @@ func TestInterruptedClusterLaunchPrintsSummary(t *testing.T) {
 	}
 	var s train.Summary
 	if err := json.Unmarshal([]byte(r.stdout.String()), &s); err != nil || s.Status != "interrupted" || s.Steps < 1 || s.Steps >= 230 {
-		t.Fatalf("summary %q (%v)", r.stdout.String(), err)
+		t.Fatalf("summary %q (%v)\n%s", r.stdout.String(), err, r.log())
 	}
 }

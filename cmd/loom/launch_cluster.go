@@ -153,6 +153,12 @@ func follow(ctx context.Context, stdout io.Writer, client api.CoordinatorClient,
 		case <-ctx.Done():
 			cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			_, _ = client.CancelJob(cctx, &api.CancelJobRequest{JobId: jobID, Reason: "launch interrupted"})
+			// The job as it stands now, not as the last poll saw it: a
+			// fast job can be steps ahead of it (or it saw none yet).
+			if now, err := client.GetJob(cctx, &api.GetJobRequest{JobId: jobID}); err == nil && now.GetJob().GetStep() >= last.GetJob().GetStep() {
+				last = now
+				lastStep = now.GetJob().GetStep()
+			}
 			cancel()
 			if view != nil {
 				view.Done()
