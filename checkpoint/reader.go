@@ -111,20 +111,30 @@ func load(ctx context.Context, st Storage, path string) (*State, Info, error) {
 	return s, info, nil
 }
 
+// openListed opens a file the manifest lists with its exact size.
+func openListed(ctx context.Context, st Storage, name string, want int64) (io.ReadCloser, int64, error) {
+	rc, size, err := st.Open(ctx, name)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, 0, fmt.Errorf("%w: %s: missing (listed in the manifest)", ErrCorrupt, name)
+	}
+	if err != nil {
+		return nil, 0, fmt.Errorf("checkpoint: %s: %w", name, err)
+	}
+	if size != want {
+		rc.Close()
+		return nil, 0, fmt.Errorf("%w: %s: %d bytes, manifest says %d (truncated or overwritten)", ErrCorrupt, name, size, want)
+	}
+	return rc, size, nil
+}
+
 // loadSidecar reads one sidecar file and verifies its size and checksum.
 func loadSidecar(ctx context.Context, st Storage, dir string, f SidecarEntry) ([]byte, error) {
 	name := dir + "/" + f.Name
-	rc, size, err := st.Open(ctx, name)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("%w: %s: missing (listed in the manifest)", ErrCorrupt, name)
-	}
+	rc, _, err := openListed(ctx, st, name, f.Size)
 	if err != nil {
-		return nil, fmt.Errorf("checkpoint: %s: %w", name, err)
+		return nil, err
 	}
 	defer rc.Close()
-	if size != f.Size {
-		return nil, fmt.Errorf("%w: %s: %d bytes, manifest says %d", ErrCorrupt, name, size, f.Size)
-	}
 	b, err := io.ReadAll(io.LimitReader(rc, maxSidecarBytes+1))
 	if err != nil {
 		return nil, fmt.Errorf("checkpoint: %s: %w", name, err)
@@ -138,17 +148,11 @@ func loadSidecar(ctx context.Context, st Storage, dir string, f SidecarEntry) ([
 // loadFile reads one tensor file and verifies it against the manifest.
 func loadFile(ctx context.Context, st Storage, dir string, f FileEntry, index []TensorEntry) ([]Tensor, error) {
 	name := dir + "/" + f.Name
-	rc, size, err := st.Open(ctx, name)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("%w: %s: missing (listed in the manifest)", ErrCorrupt, name)
-	}
+	rc, size, err := openListed(ctx, st, name, f.Size)
 	if err != nil {
-		return nil, fmt.Errorf("checkpoint: %s: %w", name, err)
+		return nil, err
 	}
 	defer rc.Close()
-	if size != f.Size {
-		return nil, fmt.Errorf("%w: %s: %d bytes, manifest says %d (truncated or overwritten)", ErrCorrupt, name, size, f.Size)
-	}
 	r := bufio.NewReaderSize(rc, 256<<10)
 	h, err := readHeader(r, size, name)
 	if err != nil {
