@@ -29,8 +29,9 @@ import (
 var submittedRE = regexp.MustCompile(`submitted\s+\{"job": "([^"]+)", "coordinator": \["([^"]+)"\]`)
 
 // elasticDevice keeps a job long enough to join, drain and kill in its
-// middle.
-const elasticDevice = "cpu:threads=1,slowdown=3"
+// middle (with slowdown=3 a fast CPU ran the 230-step job in 5 s, and a
+// worker killed at step 100 had barely joined).
+const elasticDevice = "cpu:threads=1,slowdown=8"
 
 // elasticRun is a job started by loom launch with two local workers, which
 // a test then changes from outside: workers join, die, drain.
@@ -219,12 +220,14 @@ func (r *elasticRun) joinAs(id, name string, env ...string) *proc {
 	return p
 }
 
-// waitTrained waits until each worker's ledger has a step.
+// waitTrained waits until each worker's ledger has a completed step: it is
+// in the ring, past its join (a tentative line alone can be a step that
+// the joiner's first generation abandons).
 func (r *elasticRun) waitTrained(ps map[string]*proc) {
 	r.t.Helper()
 	deadline := time.Now().Add(2 * time.Minute)
 	for id := range ps {
-		for !hasLedger(filepath.Join(r.ledger, id+".jsonl")) {
+		for !hasCompletedStep(filepath.Join(r.ledger, id+".jsonl")) {
 			if time.Now().After(deadline) {
 				r.t.Fatalf("worker %s trained no step\nlauncher:\n%s\n%s:\n%s", id, r.log(), id, ps[id].stderr)
 			}
@@ -567,6 +570,22 @@ func mustDial(t *testing.T, addr string) *grpc.ClientConn {
 func hasLedger(path string) bool {
 	st, err := os.Stat(path)
 	return err == nil && st.Size() > 0
+}
+
+// hasCompletedStep reports whether the ledger at path has a line for a
+// completed (not tentative) step.
+func hasCompletedStep(path string) bool {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return false
+	}
+	for line := range strings.Lines(string(b)) {
+		var e train.LedgerEntry
+		if json.Unmarshal([]byte(line), &e) == nil && !e.Tentative {
+			return true
+		}
+	}
+	return false
 }
 
 // A checkpoint directory that becomes unwritable mid-run (replaced by a
