@@ -2568,6 +2568,619 @@ func (x *ClusterStatusResponse) GetRaftState() string {
 	return ""
 }
 
+// Event is one entry of the coordinator's event log, written by the FSM as
+// it applies the command that caused it (so every replica holds the same
+// log and it survives a leader failover). index is the Raft index of that
+// command: events are totally ordered by it.
+type Event struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Index    uint64                 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
+	UnixNano int64                  `protobuf:"varint,2,opt,name=unix_nano,json=unixNano,proto3" json:"unix_nano,omitempty"` // the leader's clock when the command was appended
+	JobId    string                 `protobuf:"bytes,3,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`           // empty for a cluster event (a leader change)
+	// submitted | plan | worker_joined | worker_lost | worker_left |
+	// worker_draining | eval | checkpoint | checkpoint_failed | completed |
+	// cancelled | leader
+	Kind          string `protobuf:"bytes,4,opt,name=kind,proto3" json:"kind,omitempty"`
+	Message       string `protobuf:"bytes,5,opt,name=message,proto3" json:"message,omitempty"`
+	WorkerId      string `protobuf:"bytes,6,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	Generation    int64  `protobuf:"varint,7,opt,name=generation,proto3" json:"generation,omitempty"`
+	Step          int64  `protobuf:"varint,8,opt,name=step,proto3" json:"step,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Event) Reset() {
+	*x = Event{}
+	mi := &file_loom_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Event) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Event) ProtoMessage() {}
+
+func (x *Event) ProtoReflect() protoreflect.Message {
+	mi := &file_loom_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Event.ProtoReflect.Descriptor instead.
+func (*Event) Descriptor() ([]byte, []int) {
+	return file_loom_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *Event) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *Event) GetUnixNano() int64 {
+	if x != nil {
+		return x.UnixNano
+	}
+	return 0
+}
+
+func (x *Event) GetJobId() string {
+	if x != nil {
+		return x.JobId
+	}
+	return ""
+}
+
+func (x *Event) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *Event) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *Event) GetWorkerId() string {
+	if x != nil {
+		return x.WorkerId
+	}
+	return ""
+}
+
+func (x *Event) GetGeneration() int64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+func (x *Event) GetStep() int64 {
+	if x != nil {
+		return x.Step
+	}
+	return 0
+}
+
+// HistoryPoint is the job's progress at a step: the reported (global) loss,
+// averaged over the reports the point stands for, and the job's speed (the
+// sum of its ranks' measured samples/s).
+type HistoryPoint struct {
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	UnixNano         int64                  `protobuf:"varint,1,opt,name=unix_nano,json=unixNano,proto3" json:"unix_nano,omitempty"`
+	Step             int64                  `protobuf:"varint,2,opt,name=step,proto3" json:"step,omitempty"`
+	Loss             float64                `protobuf:"fixed64,3,opt,name=loss,proto3" json:"loss,omitempty"`
+	SamplesPerSecond float64                `protobuf:"fixed64,4,opt,name=samples_per_second,json=samplesPerSecond,proto3" json:"samples_per_second,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *HistoryPoint) Reset() {
+	*x = HistoryPoint{}
+	mi := &file_loom_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HistoryPoint) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HistoryPoint) ProtoMessage() {}
+
+func (x *HistoryPoint) ProtoReflect() protoreflect.Message {
+	mi := &file_loom_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HistoryPoint.ProtoReflect.Descriptor instead.
+func (*HistoryPoint) Descriptor() ([]byte, []int) {
+	return file_loom_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *HistoryPoint) GetUnixNano() int64 {
+	if x != nil {
+		return x.UnixNano
+	}
+	return 0
+}
+
+func (x *HistoryPoint) GetStep() int64 {
+	if x != nil {
+		return x.Step
+	}
+	return 0
+}
+
+func (x *HistoryPoint) GetLoss() float64 {
+	if x != nil {
+		return x.Loss
+	}
+	return 0
+}
+
+func (x *HistoryPoint) GetSamplesPerSecond() float64 {
+	if x != nil {
+		return x.SamplesPerSecond
+	}
+	return 0
+}
+
+// EvalPoint is one held-out evaluation.
+type EvalPoint struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	UnixNano      int64                  `protobuf:"varint,1,opt,name=unix_nano,json=unixNano,proto3" json:"unix_nano,omitempty"`
+	Step          int64                  `protobuf:"varint,2,opt,name=step,proto3" json:"step,omitempty"`
+	Loss          float64                `protobuf:"fixed64,3,opt,name=loss,proto3" json:"loss,omitempty"`
+	Accuracy      float64                `protobuf:"fixed64,4,opt,name=accuracy,proto3" json:"accuracy,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EvalPoint) Reset() {
+	*x = EvalPoint{}
+	mi := &file_loom_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EvalPoint) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EvalPoint) ProtoMessage() {}
+
+func (x *EvalPoint) ProtoReflect() protoreflect.Message {
+	mi := &file_loom_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EvalPoint.ProtoReflect.Descriptor instead.
+func (*EvalPoint) Descriptor() ([]byte, []int) {
+	return file_loom_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *EvalPoint) GetUnixNano() int64 {
+	if x != nil {
+		return x.UnixNano
+	}
+	return 0
+}
+
+func (x *EvalPoint) GetStep() int64 {
+	if x != nil {
+		return x.Step
+	}
+	return 0
+}
+
+func (x *EvalPoint) GetLoss() float64 {
+	if x != nil {
+		return x.Loss
+	}
+	return 0
+}
+
+func (x *EvalPoint) GetAccuracy() float64 {
+	if x != nil {
+		return x.Accuracy
+	}
+	return 0
+}
+
+// WorkerSpeedPoint is one worker's measured samples/s at a time.
+type WorkerSpeedPoint struct {
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	UnixNano         int64                  `protobuf:"varint,1,opt,name=unix_nano,json=unixNano,proto3" json:"unix_nano,omitempty"`
+	WorkerId         string                 `protobuf:"bytes,2,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	SamplesPerSecond float64                `protobuf:"fixed64,3,opt,name=samples_per_second,json=samplesPerSecond,proto3" json:"samples_per_second,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *WorkerSpeedPoint) Reset() {
+	*x = WorkerSpeedPoint{}
+	mi := &file_loom_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WorkerSpeedPoint) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WorkerSpeedPoint) ProtoMessage() {}
+
+func (x *WorkerSpeedPoint) ProtoReflect() protoreflect.Message {
+	mi := &file_loom_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WorkerSpeedPoint.ProtoReflect.Descriptor instead.
+func (*WorkerSpeedPoint) Descriptor() ([]byte, []int) {
+	return file_loom_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *WorkerSpeedPoint) GetUnixNano() int64 {
+	if x != nil {
+		return x.UnixNano
+	}
+	return 0
+}
+
+func (x *WorkerSpeedPoint) GetWorkerId() string {
+	if x != nil {
+		return x.WorkerId
+	}
+	return ""
+}
+
+func (x *WorkerSpeedPoint) GetSamplesPerSecond() float64 {
+	if x != nil {
+		return x.SamplesPerSecond
+	}
+	return 0
+}
+
+// JobHistory is a job's progress over time, bounded: when points fill, each
+// pair of neighbours is merged and stride doubles, so a job of any length
+// keeps at most a few thousand evenly spaced points.
+type JobHistory struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	JobId          string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	Points         []*HistoryPoint        `protobuf:"bytes,2,rep,name=points,proto3" json:"points,omitempty"`
+	Evals          []*EvalPoint           `protobuf:"bytes,3,rep,name=evals,proto3" json:"evals,omitempty"`
+	WorkerSpeeds   []*WorkerSpeedPoint    `protobuf:"bytes,4,rep,name=worker_speeds,json=workerSpeeds,proto3" json:"worker_speeds,omitempty"`
+	Stride         int64                  `protobuf:"varint,5,opt,name=stride,proto3" json:"stride,omitempty"`  // progress reports per point (1, 2, 4, ...)
+	Pending        *HistoryPoint          `protobuf:"bytes,6,opt,name=pending,proto3" json:"pending,omitempty"` // the point being filled (loss: a sum)
+	PendingReports int64                  `protobuf:"varint,7,opt,name=pending_reports,json=pendingReports,proto3" json:"pending_reports,omitempty"`
+	WorkerStride   int64                  `protobuf:"varint,8,opt,name=worker_stride,json=workerStride,proto3" json:"worker_stride,omitempty"` // speed reports per worker point
+	WorkerReports  int64                  `protobuf:"varint,9,opt,name=worker_reports,json=workerReports,proto3" json:"worker_reports,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *JobHistory) Reset() {
+	*x = JobHistory{}
+	mi := &file_loom_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JobHistory) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JobHistory) ProtoMessage() {}
+
+func (x *JobHistory) ProtoReflect() protoreflect.Message {
+	mi := &file_loom_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JobHistory.ProtoReflect.Descriptor instead.
+func (*JobHistory) Descriptor() ([]byte, []int) {
+	return file_loom_proto_rawDescGZIP(), []int{43}
+}
+
+func (x *JobHistory) GetJobId() string {
+	if x != nil {
+		return x.JobId
+	}
+	return ""
+}
+
+func (x *JobHistory) GetPoints() []*HistoryPoint {
+	if x != nil {
+		return x.Points
+	}
+	return nil
+}
+
+func (x *JobHistory) GetEvals() []*EvalPoint {
+	if x != nil {
+		return x.Evals
+	}
+	return nil
+}
+
+func (x *JobHistory) GetWorkerSpeeds() []*WorkerSpeedPoint {
+	if x != nil {
+		return x.WorkerSpeeds
+	}
+	return nil
+}
+
+func (x *JobHistory) GetStride() int64 {
+	if x != nil {
+		return x.Stride
+	}
+	return 0
+}
+
+func (x *JobHistory) GetPending() *HistoryPoint {
+	if x != nil {
+		return x.Pending
+	}
+	return nil
+}
+
+func (x *JobHistory) GetPendingReports() int64 {
+	if x != nil {
+		return x.PendingReports
+	}
+	return 0
+}
+
+func (x *JobHistory) GetWorkerStride() int64 {
+	if x != nil {
+		return x.WorkerStride
+	}
+	return 0
+}
+
+func (x *JobHistory) GetWorkerReports() int64 {
+	if x != nil {
+		return x.WorkerReports
+	}
+	return 0
+}
+
+type ListEventsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	JobId         string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`                 // empty: every event
+	AfterIndex    uint64                 `protobuf:"varint,2,opt,name=after_index,json=afterIndex,proto3" json:"after_index,omitempty"` // only events with a larger index (follow)
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListEventsRequest) Reset() {
+	*x = ListEventsRequest{}
+	mi := &file_loom_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListEventsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListEventsRequest) ProtoMessage() {}
+
+func (x *ListEventsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_loom_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListEventsRequest.ProtoReflect.Descriptor instead.
+func (*ListEventsRequest) Descriptor() ([]byte, []int) {
+	return file_loom_proto_rawDescGZIP(), []int{44}
+}
+
+func (x *ListEventsRequest) GetJobId() string {
+	if x != nil {
+		return x.JobId
+	}
+	return ""
+}
+
+func (x *ListEventsRequest) GetAfterIndex() uint64 {
+	if x != nil {
+		return x.AfterIndex
+	}
+	return 0
+}
+
+type ListEventsResponse struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Events []*Event               `protobuf:"bytes,1,rep,name=events,proto3" json:"events,omitempty"`
+	// The log keeps the newest events; dropped counts the older ones it no
+	// longer holds.
+	Dropped       uint64 `protobuf:"varint,2,opt,name=dropped,proto3" json:"dropped,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListEventsResponse) Reset() {
+	*x = ListEventsResponse{}
+	mi := &file_loom_proto_msgTypes[45]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListEventsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListEventsResponse) ProtoMessage() {}
+
+func (x *ListEventsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_loom_proto_msgTypes[45]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListEventsResponse.ProtoReflect.Descriptor instead.
+func (*ListEventsResponse) Descriptor() ([]byte, []int) {
+	return file_loom_proto_rawDescGZIP(), []int{45}
+}
+
+func (x *ListEventsResponse) GetEvents() []*Event {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
+func (x *ListEventsResponse) GetDropped() uint64 {
+	if x != nil {
+		return x.Dropped
+	}
+	return 0
+}
+
+type GetJobHistoryRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	JobId         string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetJobHistoryRequest) Reset() {
+	*x = GetJobHistoryRequest{}
+	mi := &file_loom_proto_msgTypes[46]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetJobHistoryRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetJobHistoryRequest) ProtoMessage() {}
+
+func (x *GetJobHistoryRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_loom_proto_msgTypes[46]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetJobHistoryRequest.ProtoReflect.Descriptor instead.
+func (*GetJobHistoryRequest) Descriptor() ([]byte, []int) {
+	return file_loom_proto_rawDescGZIP(), []int{46}
+}
+
+func (x *GetJobHistoryRequest) GetJobId() string {
+	if x != nil {
+		return x.JobId
+	}
+	return ""
+}
+
+type GetJobHistoryResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	History       *JobHistory            `protobuf:"bytes,1,opt,name=history,proto3" json:"history,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetJobHistoryResponse) Reset() {
+	*x = GetJobHistoryResponse{}
+	mi := &file_loom_proto_msgTypes[47]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetJobHistoryResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetJobHistoryResponse) ProtoMessage() {}
+
+func (x *GetJobHistoryResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_loom_proto_msgTypes[47]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetJobHistoryResponse.ProtoReflect.Descriptor instead.
+func (*GetJobHistoryResponse) Descriptor() ([]byte, []int) {
+	return file_loom_proto_rawDescGZIP(), []int{47}
+}
+
+func (x *GetJobHistoryResponse) GetHistory() *JobHistory {
+	if x != nil {
+		return x.History
+	}
+	return nil
+}
+
 var File_loom_proto protoreflect.FileDescriptor
 
 const file_loom_proto_rawDesc = "" +
@@ -2769,13 +3382,60 @@ const file_loom_proto_rawDesc = "" +
 	"\anode_id\x18\x05 \x01(\tR\x06nodeId\x12#\n" +
 	"\rapplied_index\x18\x06 \x01(\x04R\fappliedIndex\x12\x1d\n" +
 	"\n" +
-	"raft_state\x18\a \x01(\tR\traftState*\x85\x01\n" +
+	"raft_state\x18\a \x01(\tR\traftState\"\xd0\x01\n" +
+	"\x05Event\x12\x14\n" +
+	"\x05index\x18\x01 \x01(\x04R\x05index\x12\x1b\n" +
+	"\tunix_nano\x18\x02 \x01(\x03R\bunixNano\x12\x15\n" +
+	"\x06job_id\x18\x03 \x01(\tR\x05jobId\x12\x12\n" +
+	"\x04kind\x18\x04 \x01(\tR\x04kind\x12\x18\n" +
+	"\amessage\x18\x05 \x01(\tR\amessage\x12\x1b\n" +
+	"\tworker_id\x18\x06 \x01(\tR\bworkerId\x12\x1e\n" +
+	"\n" +
+	"generation\x18\a \x01(\x03R\n" +
+	"generation\x12\x12\n" +
+	"\x04step\x18\b \x01(\x03R\x04step\"\x81\x01\n" +
+	"\fHistoryPoint\x12\x1b\n" +
+	"\tunix_nano\x18\x01 \x01(\x03R\bunixNano\x12\x12\n" +
+	"\x04step\x18\x02 \x01(\x03R\x04step\x12\x12\n" +
+	"\x04loss\x18\x03 \x01(\x01R\x04loss\x12,\n" +
+	"\x12samples_per_second\x18\x04 \x01(\x01R\x10samplesPerSecond\"l\n" +
+	"\tEvalPoint\x12\x1b\n" +
+	"\tunix_nano\x18\x01 \x01(\x03R\bunixNano\x12\x12\n" +
+	"\x04step\x18\x02 \x01(\x03R\x04step\x12\x12\n" +
+	"\x04loss\x18\x03 \x01(\x01R\x04loss\x12\x1a\n" +
+	"\baccuracy\x18\x04 \x01(\x01R\baccuracy\"z\n" +
+	"\x10WorkerSpeedPoint\x12\x1b\n" +
+	"\tunix_nano\x18\x01 \x01(\x03R\bunixNano\x12\x1b\n" +
+	"\tworker_id\x18\x02 \x01(\tR\bworkerId\x12,\n" +
+	"\x12samples_per_second\x18\x03 \x01(\x01R\x10samplesPerSecond\"\xfa\x02\n" +
+	"\n" +
+	"JobHistory\x12\x15\n" +
+	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12-\n" +
+	"\x06points\x18\x02 \x03(\v2\x15.loom.v1.HistoryPointR\x06points\x12(\n" +
+	"\x05evals\x18\x03 \x03(\v2\x12.loom.v1.EvalPointR\x05evals\x12>\n" +
+	"\rworker_speeds\x18\x04 \x03(\v2\x19.loom.v1.WorkerSpeedPointR\fworkerSpeeds\x12\x16\n" +
+	"\x06stride\x18\x05 \x01(\x03R\x06stride\x12/\n" +
+	"\apending\x18\x06 \x01(\v2\x15.loom.v1.HistoryPointR\apending\x12'\n" +
+	"\x0fpending_reports\x18\a \x01(\x03R\x0ependingReports\x12#\n" +
+	"\rworker_stride\x18\b \x01(\x03R\fworkerStride\x12%\n" +
+	"\x0eworker_reports\x18\t \x01(\x03R\rworkerReports\"K\n" +
+	"\x11ListEventsRequest\x12\x15\n" +
+	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x1f\n" +
+	"\vafter_index\x18\x02 \x01(\x04R\n" +
+	"afterIndex\"V\n" +
+	"\x12ListEventsResponse\x12&\n" +
+	"\x06events\x18\x01 \x03(\v2\x0e.loom.v1.EventR\x06events\x12\x18\n" +
+	"\adropped\x18\x02 \x01(\x04R\adropped\"-\n" +
+	"\x14GetJobHistoryRequest\x12\x15\n" +
+	"\x06job_id\x18\x01 \x01(\tR\x05jobId\"F\n" +
+	"\x15GetJobHistoryResponse\x12-\n" +
+	"\ahistory\x18\x01 \x01(\v2\x13.loom.v1.JobHistoryR\ahistory*\x85\x01\n" +
 	"\bJobState\x12\x19\n" +
 	"\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11JOB_STATE_PENDING\x10\x01\x12\x15\n" +
 	"\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n" +
 	"\x13JOB_STATE_CANCELLED\x10\x03\x12\x17\n" +
-	"\x13JOB_STATE_COMPLETED\x10\x042\xca\a\n" +
+	"\x13JOB_STATE_COMPLETED\x10\x042\xe1\b\n" +
 	"\vCoordinator\x12B\n" +
 	"\tSubmitJob\x12\x19.loom.v1.SubmitJobRequest\x1a\x1a.loom.v1.SubmitJobResponse\x129\n" +
 	"\x06GetJob\x12\x16.loom.v1.GetJobRequest\x1a\x17.loom.v1.GetJobResponse\x12?\n" +
@@ -2789,7 +3449,10 @@ const file_loom_proto_rawDesc = "" +
 	"\vDrainWorker\x12\x1b.loom.v1.DrainWorkerRequest\x1a\x1c.loom.v1.DrainWorkerResponse\x127\n" +
 	"\tWatchPlan\x12\x19.loom.v1.WatchPlanRequest\x1a\r.loom.v1.Plan0\x01\x12Q\n" +
 	"\x0eReportProgress\x12\x1e.loom.v1.ReportProgressRequest\x1a\x1f.loom.v1.ReportProgressResponse\x12W\n" +
-	"\x10CommitCheckpoint\x12 .loom.v1.CommitCheckpointRequest\x1a!.loom.v1.CommitCheckpointResponse2\xea\x01\n" +
+	"\x10CommitCheckpoint\x12 .loom.v1.CommitCheckpointRequest\x1a!.loom.v1.CommitCheckpointResponse\x12E\n" +
+	"\n" +
+	"ListEvents\x12\x1a.loom.v1.ListEventsRequest\x1a\x1b.loom.v1.ListEventsResponse\x12N\n" +
+	"\rGetJobHistory\x12\x1d.loom.v1.GetJobHistoryRequest\x1a\x1e.loom.v1.GetJobHistoryResponse2\xea\x01\n" +
 	"\aCluster\x123\n" +
 	"\x04Join\x12\x14.loom.v1.JoinRequest\x1a\x15.loom.v1.JoinResponse\x12Z\n" +
 	"\x11RemoveCoordinator\x12!.loom.v1.RemoveCoordinatorRequest\x1a\".loom.v1.RemoveCoordinatorResponse\x12N\n" +
@@ -2808,7 +3471,7 @@ func file_loom_proto_rawDescGZIP() []byte {
 }
 
 var file_loom_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_loom_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
+var file_loom_proto_msgTypes = make([]protoimpl.MessageInfo, 49)
 var file_loom_proto_goTypes = []any{
 	(JobState)(0),                     // 0: loom.v1.JobState
 	(*JobSpec)(nil),                   // 1: loom.v1.JobSpec
@@ -2850,7 +3513,16 @@ var file_loom_proto_goTypes = []any{
 	(*RemoveCoordinatorResponse)(nil), // 37: loom.v1.RemoveCoordinatorResponse
 	(*ClusterStatusRequest)(nil),      // 38: loom.v1.ClusterStatusRequest
 	(*ClusterStatusResponse)(nil),     // 39: loom.v1.ClusterStatusResponse
-	nil,                               // 40: loom.v1.DeviceProfile.GflopsEntry
+	(*Event)(nil),                     // 40: loom.v1.Event
+	(*HistoryPoint)(nil),              // 41: loom.v1.HistoryPoint
+	(*EvalPoint)(nil),                 // 42: loom.v1.EvalPoint
+	(*WorkerSpeedPoint)(nil),          // 43: loom.v1.WorkerSpeedPoint
+	(*JobHistory)(nil),                // 44: loom.v1.JobHistory
+	(*ListEventsRequest)(nil),         // 45: loom.v1.ListEventsRequest
+	(*ListEventsResponse)(nil),        // 46: loom.v1.ListEventsResponse
+	(*GetJobHistoryRequest)(nil),      // 47: loom.v1.GetJobHistoryRequest
+	(*GetJobHistoryResponse)(nil),     // 48: loom.v1.GetJobHistoryResponse
+	nil,                               // 49: loom.v1.DeviceProfile.GflopsEntry
 }
 var file_loom_proto_depIdxs = []int32{
 	1,  // 0: loom.v1.Job.spec:type_name -> loom.v1.JobSpec
@@ -2862,7 +3534,7 @@ var file_loom_proto_depIdxs = []int32{
 	27, // 6: loom.v1.GetJobResponse.plan:type_name -> loom.v1.Plan
 	3,  // 7: loom.v1.ListJobsResponse.jobs:type_name -> loom.v1.Job
 	3,  // 8: loom.v1.CancelJobResponse.job:type_name -> loom.v1.Job
-	40, // 9: loom.v1.DeviceProfile.gflops:type_name -> loom.v1.DeviceProfile.GflopsEntry
+	49, // 9: loom.v1.DeviceProfile.gflops:type_name -> loom.v1.DeviceProfile.GflopsEntry
 	12, // 10: loom.v1.Worker.profile:type_name -> loom.v1.DeviceProfile
 	12, // 11: loom.v1.RegisterWorkerRequest.profile:type_name -> loom.v1.DeviceProfile
 	13, // 12: loom.v1.RegisterWorkerResponse.worker:type_name -> loom.v1.Worker
@@ -2873,43 +3545,53 @@ var file_loom_proto_depIdxs = []int32{
 	2,  // 17: loom.v1.CommitCheckpointRequest.checkpoint:type_name -> loom.v1.Checkpoint
 	3,  // 18: loom.v1.CommitCheckpointResponse.job:type_name -> loom.v1.Job
 	33, // 19: loom.v1.ClusterStatusResponse.members:type_name -> loom.v1.CoordinatorMember
-	4,  // 20: loom.v1.Coordinator.SubmitJob:input_type -> loom.v1.SubmitJobRequest
-	6,  // 21: loom.v1.Coordinator.GetJob:input_type -> loom.v1.GetJobRequest
-	8,  // 22: loom.v1.Coordinator.ListJobs:input_type -> loom.v1.ListJobsRequest
-	10, // 23: loom.v1.Coordinator.CancelJob:input_type -> loom.v1.CancelJobRequest
-	14, // 24: loom.v1.Coordinator.RegisterWorker:input_type -> loom.v1.RegisterWorkerRequest
-	16, // 25: loom.v1.Coordinator.Heartbeat:input_type -> loom.v1.HeartbeatRequest
-	18, // 26: loom.v1.Coordinator.DeregisterWorker:input_type -> loom.v1.DeregisterWorkerRequest
-	19, // 27: loom.v1.Coordinator.ReportFailure:input_type -> loom.v1.ReportFailureRequest
-	22, // 28: loom.v1.Coordinator.ListWorkers:input_type -> loom.v1.ListWorkersRequest
-	24, // 29: loom.v1.Coordinator.DrainWorker:input_type -> loom.v1.DrainWorkerRequest
-	28, // 30: loom.v1.Coordinator.WatchPlan:input_type -> loom.v1.WatchPlanRequest
-	29, // 31: loom.v1.Coordinator.ReportProgress:input_type -> loom.v1.ReportProgressRequest
-	31, // 32: loom.v1.Coordinator.CommitCheckpoint:input_type -> loom.v1.CommitCheckpointRequest
-	34, // 33: loom.v1.Cluster.Join:input_type -> loom.v1.JoinRequest
-	36, // 34: loom.v1.Cluster.RemoveCoordinator:input_type -> loom.v1.RemoveCoordinatorRequest
-	38, // 35: loom.v1.Cluster.ClusterStatus:input_type -> loom.v1.ClusterStatusRequest
-	5,  // 36: loom.v1.Coordinator.SubmitJob:output_type -> loom.v1.SubmitJobResponse
-	7,  // 37: loom.v1.Coordinator.GetJob:output_type -> loom.v1.GetJobResponse
-	9,  // 38: loom.v1.Coordinator.ListJobs:output_type -> loom.v1.ListJobsResponse
-	11, // 39: loom.v1.Coordinator.CancelJob:output_type -> loom.v1.CancelJobResponse
-	15, // 40: loom.v1.Coordinator.RegisterWorker:output_type -> loom.v1.RegisterWorkerResponse
-	17, // 41: loom.v1.Coordinator.Heartbeat:output_type -> loom.v1.HeartbeatResponse
-	21, // 42: loom.v1.Coordinator.DeregisterWorker:output_type -> loom.v1.DeregisterWorkerResponse
-	20, // 43: loom.v1.Coordinator.ReportFailure:output_type -> loom.v1.ReportFailureResponse
-	23, // 44: loom.v1.Coordinator.ListWorkers:output_type -> loom.v1.ListWorkersResponse
-	25, // 45: loom.v1.Coordinator.DrainWorker:output_type -> loom.v1.DrainWorkerResponse
-	27, // 46: loom.v1.Coordinator.WatchPlan:output_type -> loom.v1.Plan
-	30, // 47: loom.v1.Coordinator.ReportProgress:output_type -> loom.v1.ReportProgressResponse
-	32, // 48: loom.v1.Coordinator.CommitCheckpoint:output_type -> loom.v1.CommitCheckpointResponse
-	35, // 49: loom.v1.Cluster.Join:output_type -> loom.v1.JoinResponse
-	37, // 50: loom.v1.Cluster.RemoveCoordinator:output_type -> loom.v1.RemoveCoordinatorResponse
-	39, // 51: loom.v1.Cluster.ClusterStatus:output_type -> loom.v1.ClusterStatusResponse
-	36, // [36:52] is the sub-list for method output_type
-	20, // [20:36] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	41, // 20: loom.v1.JobHistory.points:type_name -> loom.v1.HistoryPoint
+	42, // 21: loom.v1.JobHistory.evals:type_name -> loom.v1.EvalPoint
+	43, // 22: loom.v1.JobHistory.worker_speeds:type_name -> loom.v1.WorkerSpeedPoint
+	41, // 23: loom.v1.JobHistory.pending:type_name -> loom.v1.HistoryPoint
+	40, // 24: loom.v1.ListEventsResponse.events:type_name -> loom.v1.Event
+	44, // 25: loom.v1.GetJobHistoryResponse.history:type_name -> loom.v1.JobHistory
+	4,  // 26: loom.v1.Coordinator.SubmitJob:input_type -> loom.v1.SubmitJobRequest
+	6,  // 27: loom.v1.Coordinator.GetJob:input_type -> loom.v1.GetJobRequest
+	8,  // 28: loom.v1.Coordinator.ListJobs:input_type -> loom.v1.ListJobsRequest
+	10, // 29: loom.v1.Coordinator.CancelJob:input_type -> loom.v1.CancelJobRequest
+	14, // 30: loom.v1.Coordinator.RegisterWorker:input_type -> loom.v1.RegisterWorkerRequest
+	16, // 31: loom.v1.Coordinator.Heartbeat:input_type -> loom.v1.HeartbeatRequest
+	18, // 32: loom.v1.Coordinator.DeregisterWorker:input_type -> loom.v1.DeregisterWorkerRequest
+	19, // 33: loom.v1.Coordinator.ReportFailure:input_type -> loom.v1.ReportFailureRequest
+	22, // 34: loom.v1.Coordinator.ListWorkers:input_type -> loom.v1.ListWorkersRequest
+	24, // 35: loom.v1.Coordinator.DrainWorker:input_type -> loom.v1.DrainWorkerRequest
+	28, // 36: loom.v1.Coordinator.WatchPlan:input_type -> loom.v1.WatchPlanRequest
+	29, // 37: loom.v1.Coordinator.ReportProgress:input_type -> loom.v1.ReportProgressRequest
+	31, // 38: loom.v1.Coordinator.CommitCheckpoint:input_type -> loom.v1.CommitCheckpointRequest
+	45, // 39: loom.v1.Coordinator.ListEvents:input_type -> loom.v1.ListEventsRequest
+	47, // 40: loom.v1.Coordinator.GetJobHistory:input_type -> loom.v1.GetJobHistoryRequest
+	34, // 41: loom.v1.Cluster.Join:input_type -> loom.v1.JoinRequest
+	36, // 42: loom.v1.Cluster.RemoveCoordinator:input_type -> loom.v1.RemoveCoordinatorRequest
+	38, // 43: loom.v1.Cluster.ClusterStatus:input_type -> loom.v1.ClusterStatusRequest
+	5,  // 44: loom.v1.Coordinator.SubmitJob:output_type -> loom.v1.SubmitJobResponse
+	7,  // 45: loom.v1.Coordinator.GetJob:output_type -> loom.v1.GetJobResponse
+	9,  // 46: loom.v1.Coordinator.ListJobs:output_type -> loom.v1.ListJobsResponse
+	11, // 47: loom.v1.Coordinator.CancelJob:output_type -> loom.v1.CancelJobResponse
+	15, // 48: loom.v1.Coordinator.RegisterWorker:output_type -> loom.v1.RegisterWorkerResponse
+	17, // 49: loom.v1.Coordinator.Heartbeat:output_type -> loom.v1.HeartbeatResponse
+	21, // 50: loom.v1.Coordinator.DeregisterWorker:output_type -> loom.v1.DeregisterWorkerResponse
+	20, // 51: loom.v1.Coordinator.ReportFailure:output_type -> loom.v1.ReportFailureResponse
+	23, // 52: loom.v1.Coordinator.ListWorkers:output_type -> loom.v1.ListWorkersResponse
+	25, // 53: loom.v1.Coordinator.DrainWorker:output_type -> loom.v1.DrainWorkerResponse
+	27, // 54: loom.v1.Coordinator.WatchPlan:output_type -> loom.v1.Plan
+	30, // 55: loom.v1.Coordinator.ReportProgress:output_type -> loom.v1.ReportProgressResponse
+	32, // 56: loom.v1.Coordinator.CommitCheckpoint:output_type -> loom.v1.CommitCheckpointResponse
+	46, // 57: loom.v1.Coordinator.ListEvents:output_type -> loom.v1.ListEventsResponse
+	48, // 58: loom.v1.Coordinator.GetJobHistory:output_type -> loom.v1.GetJobHistoryResponse
+	35, // 59: loom.v1.Cluster.Join:output_type -> loom.v1.JoinResponse
+	37, // 60: loom.v1.Cluster.RemoveCoordinator:output_type -> loom.v1.RemoveCoordinatorResponse
+	39, // 61: loom.v1.Cluster.ClusterStatus:output_type -> loom.v1.ClusterStatusResponse
+	44, // [44:62] is the sub-list for method output_type
+	26, // [26:44] is the sub-list for method input_type
+	26, // [26:26] is the sub-list for extension type_name
+	26, // [26:26] is the sub-list for extension extendee
+	0,  // [0:26] is the sub-list for field type_name
 }
 
 func init() { file_loom_proto_init() }
@@ -2924,7 +3606,7 @@ func file_loom_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_loom_proto_rawDesc), len(file_loom_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   40,
+			NumMessages:   49,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -39,14 +39,13 @@ const (
 	Coordinator_WatchPlan_FullMethodName        = "/loom.v1.Coordinator/WatchPlan"
 	Coordinator_ReportProgress_FullMethodName   = "/loom.v1.Coordinator/ReportProgress"
 	Coordinator_CommitCheckpoint_FullMethodName = "/loom.v1.Coordinator/CommitCheckpoint"
+	Coordinator_ListEvents_FullMethodName       = "/loom.v1.Coordinator/ListEvents"
+	Coordinator_GetJobHistory_FullMethodName    = "/loom.v1.Coordinator/GetJobHistory"
 )
 
 // CoordinatorClient is the client API for Coordinator service.
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
-//
-// Coordinator is served by every coordinator node. Writes sent to a follower
-// are forwarded to the leader; reads are answered from the node's replica.
 type CoordinatorClient interface {
 	SubmitJob(ctx context.Context, in *SubmitJobRequest, opts ...grpc.CallOption) (*SubmitJobResponse, error)
 	GetJob(ctx context.Context, in *GetJobRequest, opts ...grpc.CallOption) (*GetJobResponse, error)
@@ -63,6 +62,8 @@ type CoordinatorClient interface {
 	WatchPlan(ctx context.Context, in *WatchPlanRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[Plan], error)
 	ReportProgress(ctx context.Context, in *ReportProgressRequest, opts ...grpc.CallOption) (*ReportProgressResponse, error)
 	CommitCheckpoint(ctx context.Context, in *CommitCheckpointRequest, opts ...grpc.CallOption) (*CommitCheckpointResponse, error)
+	ListEvents(ctx context.Context, in *ListEventsRequest, opts ...grpc.CallOption) (*ListEventsResponse, error)
+	GetJobHistory(ctx context.Context, in *GetJobHistoryRequest, opts ...grpc.CallOption) (*GetJobHistoryResponse, error)
 }
 
 type coordinatorClient struct {
@@ -212,12 +213,29 @@ func (c *coordinatorClient) CommitCheckpoint(ctx context.Context, in *CommitChec
 	return out, nil
 }
 
+func (c *coordinatorClient) ListEvents(ctx context.Context, in *ListEventsRequest, opts ...grpc.CallOption) (*ListEventsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListEventsResponse)
+	err := c.cc.Invoke(ctx, Coordinator_ListEvents_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *coordinatorClient) GetJobHistory(ctx context.Context, in *GetJobHistoryRequest, opts ...grpc.CallOption) (*GetJobHistoryResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetJobHistoryResponse)
+	err := c.cc.Invoke(ctx, Coordinator_GetJobHistory_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // CoordinatorServer is the server API for Coordinator service.
 // All implementations must embed UnimplementedCoordinatorServer
 // for forward compatibility.
-//
-// Coordinator is served by every coordinator node. Writes sent to a follower
-// are forwarded to the leader; reads are answered from the node's replica.
 type CoordinatorServer interface {
 	SubmitJob(context.Context, *SubmitJobRequest) (*SubmitJobResponse, error)
 	GetJob(context.Context, *GetJobRequest) (*GetJobResponse, error)
@@ -234,6 +252,8 @@ type CoordinatorServer interface {
 	WatchPlan(*WatchPlanRequest, grpc.ServerStreamingServer[Plan]) error
 	ReportProgress(context.Context, *ReportProgressRequest) (*ReportProgressResponse, error)
 	CommitCheckpoint(context.Context, *CommitCheckpointRequest) (*CommitCheckpointResponse, error)
+	ListEvents(context.Context, *ListEventsRequest) (*ListEventsResponse, error)
+	GetJobHistory(context.Context, *GetJobHistoryRequest) (*GetJobHistoryResponse, error)
 	mustEmbedUnimplementedCoordinatorServer()
 }
 
@@ -282,6 +302,12 @@ func (UnimplementedCoordinatorServer) ReportProgress(context.Context, *ReportPro
 }
 func (UnimplementedCoordinatorServer) CommitCheckpoint(context.Context, *CommitCheckpointRequest) (*CommitCheckpointResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CommitCheckpoint not implemented")
+}
+func (UnimplementedCoordinatorServer) ListEvents(context.Context, *ListEventsRequest) (*ListEventsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListEvents not implemented")
+}
+func (UnimplementedCoordinatorServer) GetJobHistory(context.Context, *GetJobHistoryRequest) (*GetJobHistoryResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetJobHistory not implemented")
 }
 func (UnimplementedCoordinatorServer) mustEmbedUnimplementedCoordinatorServer() {}
 func (UnimplementedCoordinatorServer) testEmbeddedByValue()                     {}
@@ -531,6 +557,42 @@ func _Coordinator_CommitCheckpoint_Handler(srv interface{}, ctx context.Context,
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Coordinator_ListEvents_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListEventsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CoordinatorServer).ListEvents(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Coordinator_ListEvents_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CoordinatorServer).ListEvents(ctx, req.(*ListEventsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Coordinator_GetJobHistory_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetJobHistoryRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CoordinatorServer).GetJobHistory(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Coordinator_GetJobHistory_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CoordinatorServer).GetJobHistory(ctx, req.(*GetJobHistoryRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Coordinator_ServiceDesc is the grpc.ServiceDesc for Coordinator service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -585,6 +647,14 @@ var Coordinator_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CommitCheckpoint",
 			Handler:    _Coordinator_CommitCheckpoint_Handler,
+		},
+		{
+			MethodName: "ListEvents",
+			Handler:    _Coordinator_ListEvents_Handler,
+		},
+		{
+			MethodName: "GetJobHistory",
+			Handler:    _Coordinator_GetJobHistory_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -657,6 +657,59 @@ func (x *CmdDrainWorker) GetWorkerId() string {
 	return ""
 }
 
+// CmdLeaderElected records a new leader in the event log.
+type CmdLeaderElected struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	NodeId        string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	Term          uint64                 `protobuf:"varint,2,opt,name=term,proto3" json:"term,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CmdLeaderElected) Reset() {
+	*x = CmdLeaderElected{}
+	mi := &file_raftlog_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CmdLeaderElected) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CmdLeaderElected) ProtoMessage() {}
+
+func (x *CmdLeaderElected) ProtoReflect() protoreflect.Message {
+	mi := &file_raftlog_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CmdLeaderElected.ProtoReflect.Descriptor instead.
+func (*CmdLeaderElected) Descriptor() ([]byte, []int) {
+	return file_raftlog_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *CmdLeaderElected) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *CmdLeaderElected) GetTerm() uint64 {
+	if x != nil {
+		return x.Term
+	}
+	return 0
+}
+
 // SnapshotState is the whole FSM state.
 type SnapshotState struct {
 	state        protoimpl.MessageState `protogen:"open.v1"`
@@ -667,14 +720,19 @@ type SnapshotState struct {
 	Plans        []*Plan                `protobuf:"bytes,5,rep,name=plans,proto3" json:"plans,omitempty"`
 	Coordinators []*CoordinatorMember   `protobuf:"bytes,6,rep,name=coordinators,proto3" json:"coordinators,omitempty"`
 	// Workers whose lease expired, oldest first (bounded).
-	LostWorkers   []*Worker `protobuf:"bytes,7,rep,name=lost_workers,json=lostWorkers,proto3" json:"lost_workers,omitempty"`
+	LostWorkers []*Worker `protobuf:"bytes,7,rep,name=lost_workers,json=lostWorkers,proto3" json:"lost_workers,omitempty"`
+	// The event log, oldest first (bounded), and how many older events it
+	// dropped.
+	Events        []*Event      `protobuf:"bytes,8,rep,name=events,proto3" json:"events,omitempty"`
+	EventsDropped uint64        `protobuf:"varint,9,opt,name=events_dropped,json=eventsDropped,proto3" json:"events_dropped,omitempty"`
+	Histories     []*JobHistory `protobuf:"bytes,10,rep,name=histories,proto3" json:"histories,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SnapshotState) Reset() {
 	*x = SnapshotState{}
-	mi := &file_raftlog_proto_msgTypes[12]
+	mi := &file_raftlog_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -686,7 +744,7 @@ func (x *SnapshotState) String() string {
 func (*SnapshotState) ProtoMessage() {}
 
 func (x *SnapshotState) ProtoReflect() protoreflect.Message {
-	mi := &file_raftlog_proto_msgTypes[12]
+	mi := &file_raftlog_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -699,7 +757,7 @@ func (x *SnapshotState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotState.ProtoReflect.Descriptor instead.
 func (*SnapshotState) Descriptor() ([]byte, []int) {
-	return file_raftlog_proto_rawDescGZIP(), []int{12}
+	return file_raftlog_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *SnapshotState) GetClusterId() string {
@@ -751,6 +809,27 @@ func (x *SnapshotState) GetLostWorkers() []*Worker {
 	return nil
 }
 
+func (x *SnapshotState) GetEvents() []*Event {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
+func (x *SnapshotState) GetEventsDropped() uint64 {
+	if x != nil {
+		return x.EventsDropped
+	}
+	return 0
+}
+
+func (x *SnapshotState) GetHistories() []*JobHistory {
+	if x != nil {
+		return x.Histories
+	}
+	return nil
+}
+
 var File_raftlog_proto protoreflect.FileDescriptor
 
 const file_raftlog_proto_rawDesc = "" +
@@ -797,7 +876,10 @@ const file_raftlog_proto_rawDesc = "" +
 	"\rnow_unix_nano\x18\x02 \x01(\x03R\vnowUnixNano\x12\x18\n" +
 	"\afailure\x18\x03 \x01(\tR\afailure\"-\n" +
 	"\x0eCmdDrainWorker\x12\x1b\n" +
-	"\tworker_id\x18\x01 \x01(\tR\bworkerId\"\xaf\x02\n" +
+	"\tworker_id\x18\x01 \x01(\tR\bworkerId\"?\n" +
+	"\x10CmdLeaderElected\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x12\n" +
+	"\x04term\x18\x02 \x01(\x04R\x04term\"\xb1\x03\n" +
 	"\rSnapshotState\x12\x1d\n" +
 	"\n" +
 	"cluster_id\x18\x01 \x01(\tR\tclusterId\x12\x19\n" +
@@ -806,7 +888,11 @@ const file_raftlog_proto_rawDesc = "" +
 	"\aworkers\x18\x04 \x03(\v2\x0f.loom.v1.WorkerR\aworkers\x12#\n" +
 	"\x05plans\x18\x05 \x03(\v2\r.loom.v1.PlanR\x05plans\x12>\n" +
 	"\fcoordinators\x18\x06 \x03(\v2\x1a.loom.v1.CoordinatorMemberR\fcoordinators\x122\n" +
-	"\flost_workers\x18\a \x03(\v2\x0f.loom.v1.WorkerR\vlostWorkersB#Z!github.com/loomtrain/loom/api;apib\x06proto3"
+	"\flost_workers\x18\a \x03(\v2\x0f.loom.v1.WorkerR\vlostWorkers\x12&\n" +
+	"\x06events\x18\b \x03(\v2\x0e.loom.v1.EventR\x06events\x12%\n" +
+	"\x0eevents_dropped\x18\t \x01(\x04R\reventsDropped\x121\n" +
+	"\thistories\x18\n" +
+	" \x03(\v2\x13.loom.v1.JobHistoryR\thistoriesB#Z!github.com/loomtrain/loom/api;apib\x06proto3"
 
 var (
 	file_raftlog_proto_rawDescOnce sync.Once
@@ -820,7 +906,7 @@ func file_raftlog_proto_rawDescGZIP() []byte {
 	return file_raftlog_proto_rawDescData
 }
 
-var file_raftlog_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_raftlog_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_raftlog_proto_goTypes = []any{
 	(*CmdInitCluster)(nil),        // 0: loom.v1.CmdInitCluster
 	(*CmdPutCoordinator)(nil),     // 1: loom.v1.CmdPutCoordinator
@@ -834,32 +920,37 @@ var file_raftlog_proto_goTypes = []any{
 	(*CmdReportProgress)(nil),     // 9: loom.v1.CmdReportProgress
 	(*CmdCommitCheckpoint)(nil),   // 10: loom.v1.CmdCommitCheckpoint
 	(*CmdDrainWorker)(nil),        // 11: loom.v1.CmdDrainWorker
-	(*SnapshotState)(nil),         // 12: loom.v1.SnapshotState
-	(*CoordinatorMember)(nil),     // 13: loom.v1.CoordinatorMember
-	(*JobSpec)(nil),               // 14: loom.v1.JobSpec
-	(*Worker)(nil),                // 15: loom.v1.Worker
-	(*Plan)(nil),                  // 16: loom.v1.Plan
-	(*ReportProgressRequest)(nil), // 17: loom.v1.ReportProgressRequest
-	(*Checkpoint)(nil),            // 18: loom.v1.Checkpoint
-	(*Job)(nil),                   // 19: loom.v1.Job
+	(*CmdLeaderElected)(nil),      // 12: loom.v1.CmdLeaderElected
+	(*SnapshotState)(nil),         // 13: loom.v1.SnapshotState
+	(*CoordinatorMember)(nil),     // 14: loom.v1.CoordinatorMember
+	(*JobSpec)(nil),               // 15: loom.v1.JobSpec
+	(*Worker)(nil),                // 16: loom.v1.Worker
+	(*Plan)(nil),                  // 17: loom.v1.Plan
+	(*ReportProgressRequest)(nil), // 18: loom.v1.ReportProgressRequest
+	(*Checkpoint)(nil),            // 19: loom.v1.Checkpoint
+	(*Job)(nil),                   // 20: loom.v1.Job
+	(*Event)(nil),                 // 21: loom.v1.Event
+	(*JobHistory)(nil),            // 22: loom.v1.JobHistory
 }
 var file_raftlog_proto_depIdxs = []int32{
-	13, // 0: loom.v1.CmdPutCoordinator.member:type_name -> loom.v1.CoordinatorMember
-	14, // 1: loom.v1.CmdSubmitJob.spec:type_name -> loom.v1.JobSpec
-	15, // 2: loom.v1.CmdRegisterWorker.worker:type_name -> loom.v1.Worker
-	16, // 3: loom.v1.CmdPutPlan.plan:type_name -> loom.v1.Plan
-	17, // 4: loom.v1.CmdReportProgress.report:type_name -> loom.v1.ReportProgressRequest
-	18, // 5: loom.v1.CmdCommitCheckpoint.checkpoint:type_name -> loom.v1.Checkpoint
-	19, // 6: loom.v1.SnapshotState.jobs:type_name -> loom.v1.Job
-	15, // 7: loom.v1.SnapshotState.workers:type_name -> loom.v1.Worker
-	16, // 8: loom.v1.SnapshotState.plans:type_name -> loom.v1.Plan
-	13, // 9: loom.v1.SnapshotState.coordinators:type_name -> loom.v1.CoordinatorMember
-	15, // 10: loom.v1.SnapshotState.lost_workers:type_name -> loom.v1.Worker
-	11, // [11:11] is the sub-list for method output_type
-	11, // [11:11] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	14, // 0: loom.v1.CmdPutCoordinator.member:type_name -> loom.v1.CoordinatorMember
+	15, // 1: loom.v1.CmdSubmitJob.spec:type_name -> loom.v1.JobSpec
+	16, // 2: loom.v1.CmdRegisterWorker.worker:type_name -> loom.v1.Worker
+	17, // 3: loom.v1.CmdPutPlan.plan:type_name -> loom.v1.Plan
+	18, // 4: loom.v1.CmdReportProgress.report:type_name -> loom.v1.ReportProgressRequest
+	19, // 5: loom.v1.CmdCommitCheckpoint.checkpoint:type_name -> loom.v1.Checkpoint
+	20, // 6: loom.v1.SnapshotState.jobs:type_name -> loom.v1.Job
+	16, // 7: loom.v1.SnapshotState.workers:type_name -> loom.v1.Worker
+	17, // 8: loom.v1.SnapshotState.plans:type_name -> loom.v1.Plan
+	14, // 9: loom.v1.SnapshotState.coordinators:type_name -> loom.v1.CoordinatorMember
+	16, // 10: loom.v1.SnapshotState.lost_workers:type_name -> loom.v1.Worker
+	21, // 11: loom.v1.SnapshotState.events:type_name -> loom.v1.Event
+	22, // 12: loom.v1.SnapshotState.histories:type_name -> loom.v1.JobHistory
+	13, // [13:13] is the sub-list for method output_type
+	13, // [13:13] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_raftlog_proto_init() }
@@ -874,7 +965,7 @@ func file_raftlog_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_raftlog_proto_rawDesc), len(file_raftlog_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   13,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

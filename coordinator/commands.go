@@ -26,6 +26,7 @@ const (
 	CmdReportProgress    CmdType = 10
 	CmdCommitCheckpoint  CmdType = 11
 	CmdDrainWorker       CmdType = 12
+	CmdLeaderElected     CmdType = 13
 )
 
 // cmdVersion is the payload encoding version written after the type byte.
@@ -49,6 +50,7 @@ var cmdTypes = map[CmdType]func() proto.Message{
 	CmdReportProgress:    func() proto.Message { return &api.CmdReportProgress{} },
 	CmdCommitCheckpoint:  func() proto.Message { return &api.CmdCommitCheckpoint{} },
 	CmdDrainWorker:       func() proto.Message { return &api.CmdDrainWorker{} },
+	CmdLeaderElected:     func() proto.Message { return &api.CmdLeaderElected{} },
 }
 
 // typeOf returns the command type of a payload message.
@@ -78,6 +80,8 @@ func typeOf(m proto.Message) (CmdType, error) {
 		return CmdCommitCheckpoint, nil
 	case *api.CmdDrainWorker:
 		return CmdDrainWorker, nil
+	case *api.CmdLeaderElected:
+		return CmdLeaderElected, nil
 	}
 	return 0, fmt.Errorf("%w: payload %T", ErrUnknownCommand, m)
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sort"
+	"strings"
 	"testing"
 	"time"
 
@@ -80,6 +81,11 @@ func TestFailoverSIGKILLLeader(t *testing.T) {
 		t.Fatalf("job before kill: %v %v", before, err)
 	}
 
+	evBefore, err := c.ListEvents(ctx, &api.ListEventsRequest{JobId: job})
+	if err != nil || len(evBefore.GetEvents()) == 0 {
+		t.Fatalf("events before kill: %v %v", evBefore, err)
+	}
+
 	victim.kill()
 	killed := time.Now()
 	// Writes go to the survivors; retry until one succeeds.
@@ -116,6 +122,30 @@ func TestFailoverSIGKILLLeader(t *testing.T) {
 	}
 	if after.Plan.GetGeneration() != before.Plan.GetGeneration() || !proto.Equal(after.Plan, before.Plan) {
 		t.Fatalf("plan changed across failover:\nbefore %v\nafter  %v", before.Plan, after.Plan)
+	}
+	// The event log survives: the new leader holds every earlier event of
+	// the job, unchanged, and then its own election.
+	var evAfter *api.ListEventsResponse
+	for {
+		evAfter, err = lc.ListEvents(ctx, &api.ListEventsRequest{JobId: job})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := len(evAfter.GetEvents()); n > len(evBefore.GetEvents()) && evAfter.GetEvents()[n-1].GetKind() == "leader" {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("no leader event after failover: %v", evAfter)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for i, e := range evBefore.GetEvents() {
+		if !proto.Equal(e, evAfter.GetEvents()[i]) {
+			t.Fatalf("event %d changed across failover: %v, now %v", i, e, evAfter.GetEvents()[i])
+		}
+	}
+	if last := evAfter.GetEvents()[len(evAfter.GetEvents())-1]; !strings.Contains(last.GetMessage(), st2.LeaderId+" became leader") {
+		t.Fatalf("last event %v, want %s's election", last, st2.LeaderId)
 	}
 	ws, err := lc.ListWorkers(ctx, &api.ListWorkersRequest{})
 	if err != nil || len(ws.Workers) != 2 {

@@ -83,6 +83,11 @@ func (f *FSM) Apply(l *raft.Log) any {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.applied = l.Index
+	f.st.applyIndex = l.Index
+	f.st.applyUnixNano = 0
+	if !l.AppendedAt.IsZero() {
+		f.st.applyUnixNano = l.AppendedAt.UnixNano()
+	}
 	var res ApplyResult
 	switch c := m.(type) {
 	case *api.CmdInitCluster:
@@ -109,6 +114,8 @@ func (f *FSM) Apply(l *raft.Log) any {
 		res = f.st.commitCheckpoint(c)
 	case *api.CmdDrainWorker:
 		res = f.st.drainWorker(c)
+	case *api.CmdLeaderElected:
+		f.st.event(&api.Event{Kind: "leader", Message: fmt.Sprintf("%s became leader (term %d)", c.GetNodeId(), c.GetTerm())})
 	default:
 		res = ApplyResult{Err: fmt.Errorf("%w: %s has no case in Apply", ErrUnknownCommand, t)}
 	}
@@ -167,6 +174,7 @@ func (s *state) submitJob(c *api.CmdSubmitJob) ApplyResult {
 		Reason:            "waiting for the first plan",
 	}
 	s.jobs[j.Id] = j
+	s.event(&api.Event{JobId: j.Id, Kind: "submitted", Message: fmt.Sprintf("job %q submitted (global batch %d)", j.Spec.GetName(), j.Spec.GetGlobalBatch())})
 	return ApplyResult{Msg: proto.CloneOf(j)}
 }
 
@@ -202,6 +210,7 @@ func (s *state) cancelJob(c *api.CmdCancelJob) ApplyResult {
 	if !jobEnded(j) { // cancelling twice, or after completion, is a no-op
 		j.State = api.JobState_JOB_STATE_CANCELLED
 		j.Reason = c.GetReason()
+		s.event(&api.Event{JobId: j.Id, Kind: "cancelled", Message: "cancelled: " + c.GetReason(), Step: j.Step, Generation: j.Generation})
 	}
 	return ApplyResult{Msg: proto.CloneOf(j)}
 }
@@ -245,8 +254,16 @@ func (s *state) registerWorker(c *api.CmdRegisterWorker) ApplyResult {
 			return ApplyResult{Err: err}
 		}
 	}
+	_, takeover := s.workers[w.GetId()]
 	s.workers[w.GetId()] = proto.CloneOf(w)
 	s.forgetLost(w.GetId())
+	if w.GetJobId() != "" {
+		msg := fmt.Sprintf("%s registered: %s", w.GetId(), w.GetProfile().GetDeviceName())
+		if takeover {
+			msg += " (a new process took its registration over)"
+		}
+		s.event(&api.Event{JobId: w.GetJobId(), Kind: "worker_joined", WorkerId: w.GetId(), Message: msg})
+	}
 	return ApplyResult{Msg: proto.CloneOf(w)}
 }
 
@@ -286,6 +303,13 @@ func (s *state) removeWorker(c *api.CmdRemoveWorker) ApplyResult {
 		return ApplyResult{Err: err}
 	}
 	delete(s.workers, c.GetWorkerId())
+	if w.GetJobId() != "" {
+		e := &api.Event{JobId: w.GetJobId(), Kind: "worker_left", WorkerId: w.GetId(), Message: w.GetId() + " left"}
+		if c.GetLostUnixNano() != 0 {
+			e.Kind, e.Message = "worker_lost", w.GetId()+" lost: "+c.GetReason()
+		}
+		s.event(e)
+	}
 	if at := c.GetLostUnixNano(); at != 0 {
 		w.LostUnixNano = at
 		w.LostReason = c.GetReason()
@@ -313,6 +337,9 @@ func (s *state) drainWorker(c *api.CmdDrainWorker) ApplyResult {
 	if !ok {
 		return ApplyResult{Err: fmt.Errorf("%w: %q (not registered, or its lease expired)", ErrUnknownWorker, c.GetWorkerId())}
 	}
+	if !w.Draining && w.GetJobId() != "" {
+		s.event(&api.Event{JobId: w.GetJobId(), Kind: "worker_draining", WorkerId: w.GetId(), Message: w.GetId() + " draining: it leaves at the next step boundary"})
+	}
 	w.Draining = true
 	return ApplyResult{Msg: proto.CloneOf(w)}
 }
@@ -333,6 +360,7 @@ func (s *state) putPlan(c *api.CmdPutPlan) ApplyResult {
 	}
 	s.plans[j.Id] = proto.CloneOf(p)
 	j.Generation = p.GetGeneration()
+	s.event(&api.Event{JobId: j.Id, Kind: "plan", Generation: p.GetGeneration(), Step: j.Step, Message: planMessage(p)})
 	if len(p.GetRanks()) > 0 {
 		j.State, j.Reason = api.JobState_JOB_STATE_RUNNING, ""
 	} else {
@@ -376,18 +404,31 @@ func (s *state) reportProgress(c *api.CmdReportProgress) ApplyResult {
 	if noop {
 		return ApplyResult{Msg: &api.ReportProgressResponse{Generation: j.Generation}}
 	}
+	if w, ok := s.workers[r.GetWorkerId()]; ok && c.GetSamplesPerSecond() > 0 {
+		w.SamplesPerSecond = smoothSpeed(w.SamplesPerSecond, c.GetSamplesPerSecond())
+		s.recordSpeed(j.Id, w)
+	}
+	if r.GetStep() > j.Step && !r.GetDone() {
+		s.recordStep(j, r)
+	}
 	if r.GetStep() >= j.Step {
 		j.Step, j.LastLoss = r.GetStep(), r.GetLoss()
 	}
 	if r.TestAccuracy != nil {
 		j.TestAccuracy, j.TestLoss = r.GetTestAccuracy(), r.GetTestLoss()
+		if !r.GetDone() {
+			s.recordEval(j, r)
+			s.event(&api.Event{JobId: j.Id, Kind: "eval", WorkerId: r.GetWorkerId(), Step: r.GetStep(), Generation: j.Generation,
+				Message: fmt.Sprintf("step %d: held-out loss %.4f, accuracy %.4f", r.GetStep(), r.GetTestLoss(), r.GetTestAccuracy())})
+		}
 	}
 	if r.GetDone() {
 		j.State, j.Reason, j.CompletedUnixNano = api.JobState_JOB_STATE_COMPLETED, "", c.GetNowUnixNano()
 		j.SamplesPerSecond = r.GetJobSamplesPerSecond()
-	}
-	if w, ok := s.workers[r.GetWorkerId()]; ok && c.GetSamplesPerSecond() > 0 {
-		w.SamplesPerSecond = smoothSpeed(w.SamplesPerSecond, c.GetSamplesPerSecond())
+		h := s.history(j.Id)
+		h.Evals = append(h.Evals, &api.EvalPoint{UnixNano: s.applyUnixNano, Step: j.Step, Loss: r.GetTestLoss(), Accuracy: r.GetTestAccuracy()})
+		s.event(&api.Event{JobId: j.Id, Kind: "completed", WorkerId: r.GetWorkerId(), Step: j.Step, Generation: j.Generation,
+			Message: fmt.Sprintf("completed at step %d: test loss %.4f, accuracy %.4f", j.Step, r.GetTestLoss(), r.GetTestAccuracy())})
 	}
 	return ApplyResult{Msg: &api.ReportProgressResponse{Generation: j.Generation}}
 }
@@ -413,6 +454,8 @@ func (s *state) commitCheckpoint(c *api.CmdCommitCheckpoint) ApplyResult {
 		j.CheckpointFailures++
 		j.CheckpointFailedStep = ck.GetStep()
 		j.CheckpointError = f
+		s.event(&api.Event{JobId: j.Id, Kind: "checkpoint_failed", Step: ck.GetStep(), Generation: j.Generation,
+			Message: fmt.Sprintf("checkpoint of step %d failed: %s", ck.GetStep(), f)})
 		return ApplyResult{Msg: proto.CloneOf(j)}
 	}
 	if ck.GetPath() == "" || ck.GetManifestSha256() == "" || ck.GetStep() < 0 {
@@ -430,6 +473,8 @@ func (s *state) commitCheckpoint(c *api.CmdCommitCheckpoint) ApplyResult {
 	ck = proto.CloneOf(ck)
 	ck.CommittedUnixNano = c.GetNowUnixNano()
 	j.Checkpoints = append(j.Checkpoints, ck)
+	s.event(&api.Event{JobId: j.Id, Kind: "checkpoint", Step: ck.GetStep(), Generation: j.Generation,
+		Message: fmt.Sprintf("checkpoint of step %d recorded: %s", ck.GetStep(), ck.GetPath())})
 	return ApplyResult{Msg: proto.CloneOf(j)}
 }
 

@@ -53,6 +53,7 @@ func everyCommand() []proto.Message {
 		}}},
 		&api.CmdReportProgress{Report: &api.ReportProgressRequest{JobId: "job-0001", WorkerId: "w1", Generation: 1, Step: 7, Loss: 0.5, Samples: 40, StepSeconds: 0.1}, SamplesPerSecond: 400},
 		&api.CmdCommitCheckpoint{Checkpoint: &api.Checkpoint{JobId: "job-0001", Step: 7, Path: "/ck/7", ManifestSha256: "ab"}, NowUnixNano: 200},
+		&api.CmdLeaderElected{NodeId: "n1", Term: 3},
 	}
 }
 

@@ -81,6 +81,9 @@ func (s *Server) leaderDuties(ctx context.Context) {
 			s.log.Error("record own address", zap.Error(err))
 		}
 	}
+	if _, _, err := s.apply(ctx, &api.CmdLeaderElected{NodeId: s.cfg.NodeID, Term: s.raft.CurrentTerm()}); err != nil {
+		s.log.Warn("record leader change in the event log", zap.Error(err))
+	}
 	if s.disc != nil {
 		s.disc.setLeader(ctx, true)
 		defer s.disc.setLeader(context.Background(), false)

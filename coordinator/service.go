@@ -40,6 +40,25 @@ func (v *service) GetJob(ctx context.Context, req *api.GetJobRequest) (*api.GetJ
 	return &api.GetJobResponse{Job: j, Plan: p}, nil
 }
 
+// ListEvents returns a job's events (every event for an empty job id).
+func (v *service) ListEvents(ctx context.Context, req *api.ListEventsRequest) (*api.ListEventsResponse, error) {
+	if id := req.GetJobId(); id != "" {
+		if _, ok := v.s.awaitJob(ctx, id); !ok {
+			return nil, fmt.Errorf("%w: %q", ErrUnknownJob, id)
+		}
+	}
+	es, dropped := v.s.fsm.Events(req.GetJobId(), req.GetAfterIndex())
+	return &api.ListEventsResponse{Events: es, Dropped: dropped}, nil
+}
+
+// GetJobHistory returns a job's progress history.
+func (v *service) GetJobHistory(ctx context.Context, req *api.GetJobHistoryRequest) (*api.GetJobHistoryResponse, error) {
+	if _, ok := v.s.awaitJob(ctx, req.GetJobId()); !ok {
+		return nil, fmt.Errorf("%w: %q", ErrUnknownJob, req.GetJobId())
+	}
+	return &api.GetJobHistoryResponse{History: v.s.fsm.History(req.GetJobId())}, nil
+}
+
 // awaitJob returns job id from this node's replica. On a follower that does
 // not know it yet it waits up to FollowerReadWait (bounded by ctx) for
 // replication, so that a client may write through one node and read

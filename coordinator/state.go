@@ -19,6 +19,15 @@ type state struct {
 	plans        map[string]*api.Plan // by job id
 	coordinators map[string]*api.CoordinatorMember
 	lost         []*api.Worker // lease expired, oldest first, at most maxLost
+
+	events        []*api.Event // oldest first, at most maxEvents (activity.go)
+	eventsDropped uint64
+	histories     map[string]*api.JobHistory // by job id
+
+	// The command being applied: its Raft index and the leader's clock
+	// when it was appended (set by Apply before each command).
+	applyIndex    uint64
+	applyUnixNano int64
 }
 
 func newState() state {
@@ -27,6 +36,7 @@ func newState() state {
 		workers:      map[string]*api.Worker{},
 		plans:        map[string]*api.Plan{},
 		coordinators: map[string]*api.CoordinatorMember{},
+		histories:    map[string]*api.JobHistory{},
 	}
 }
 
@@ -48,6 +58,13 @@ func (s *state) toProto() *api.SnapshotState {
 	for _, w := range s.lost {
 		out.LostWorkers = append(out.LostWorkers, proto.CloneOf(w))
 	}
+	for _, e := range s.events {
+		out.Events = append(out.Events, proto.CloneOf(e))
+	}
+	out.EventsDropped = s.eventsDropped
+	for _, k := range sortedKeys(s.histories) {
+		out.Histories = append(out.Histories, proto.CloneOf(s.histories[k]))
+	}
 	return out
 }
 
@@ -68,6 +85,10 @@ func stateFromProto(p *api.SnapshotState) state {
 		s.coordinators[c.GetId()] = c
 	}
 	s.lost = p.GetLostWorkers()
+	s.events, s.eventsDropped = p.GetEvents(), p.GetEventsDropped()
+	for _, h := range p.GetHistories() {
+		s.histories[h.GetJobId()] = h
+	}
 	return s
 }
 

@@ -9,6 +9,7 @@ func addCommands(root, bench *cobra.Command) {
 	root.AddCommand(newCoordinatorCmd())
 	root.AddCommand(newStatusCmd())
 	root.AddCommand(newJobsCmd())
+	root.AddCommand(newEventsCmd())
 	root.AddCommand(newVersionCmd())
 	root.AddCommand(newWorkersCmd())
 	root.AddCommand(newWorkerCmd())

@@ -220,3 +220,72 @@ func TestJobsCancelAndVersionCommands(t *testing.T) {
 		t.Fatalf("--version %q differs from version %q (%v)", f, v, err)
 	}
 }
+
+// loom events prints a job's log as a table and as JSON lines, and names
+// a job that does not exist.
+func TestEventsCommand(t *testing.T) {
+	s := coordinator.NewTestServer(t, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	c := api.NewCoordinatorClient(coordinator.Dial(t, s.Addr()))
+	sub, err := c.SubmitJob(ctx, &api.SubmitJobRequest{Spec: &api.JobSpec{Name: "ev", GlobalBatch: 32}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := sub.Job.Id
+	if _, err := c.RegisterWorker(ctx, &api.RegisterWorkerRequest{WorkerId: "w1", JobId: id, Profile: &api.DeviceProfile{
+		DeviceName: "cpu", Cores: 2, Gflops: map[string]float64{"f32": 80}, CollectiveAddr: "127.0.0.1:9999"}}); err != nil {
+		t.Fatal(err)
+	}
+	for { // wait for the plan with the worker
+		r, err := c.GetJob(ctx, &api.GetJobRequest{JobId: id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(r.Plan.GetRanks()) == 1 {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if _, err := c.CancelJob(ctx, &api.CancelJobRequest{JobId: id, Reason: "enough"}); err != nil {
+		t.Fatal(err)
+	}
+	out, err := runLoom(t, "events", id, "--coordinator", s.Addr())
+	if err != nil {
+		t.Fatalf("events: %v\n%s", err, out)
+	}
+	for _, want := range []string{"KIND", "submitted", `job "ev" submitted`, "worker_joined", "w1 registered", "plan", "generation 2: 1 rank (w1 32)", "no ranks (waiting for workers", "cancelled: enough"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("events lack %q:\n%s", want, out)
+		}
+	}
+	// Following a job that has ended prints its log and returns.
+	out, err = runLoom(t, "events", id, "--coordinator", s.Addr(), "-o", "json", "-f")
+	if err != nil {
+		t.Fatalf("events -o json: %v\n%s", err, out)
+	}
+	var kinds []string
+	for line := range strings.Lines(out) {
+		var e struct {
+			Index    string `json:"index"`
+			Kind     string `json:"kind"`
+			JobID    string `json:"job_id"`
+			UnixNano string `json:"unix_nano"`
+		}
+		if err := json.Unmarshal([]byte(line), &e); err != nil || e.Index == "" || e.UnixNano == "0" {
+			t.Fatalf("line %q: %v", line, err)
+		}
+		if e.JobID == id {
+			kinds = append(kinds, e.Kind)
+		}
+	}
+	if got := strings.Join(kinds, " "); got != "submitted plan worker_joined plan cancelled" {
+		t.Fatalf("job events %q", got)
+	}
+	if _, err := runLoom(t, "events", "job-9999", "--coordinator", s.Addr()); err == nil || !strings.Contains(err.Error(), `unknown job: "job-9999"`) {
+		t.Fatalf("unknown job: %v", err)
+	}
+	if _, err := runLoom(t, "events", id, "--coordinator", s.Addr(), "-o", "yaml"); err == nil || !strings.Contains(err.Error(), "want table or json") {
+		t.Fatalf("-o yaml: %v", err)
+	}
+}

@@ -41,9 +41,13 @@ type coordClients struct {
 	cluster api.ClusterClient
 }
 
-// with dials the coordTarget and runs fn under the command's timeout.
+// with dials the coordTarget and runs fn under the command's timeout (none
+// when it is 0).
 func (t *coordTarget) with(ctx context.Context, fn func(context.Context, *coordClients) error) error {
-	ctx, cancel := context.WithTimeout(ctx, t.timeout)
+	cancel := context.CancelFunc(func() {})
+	if t.timeout > 0 {
+		ctx, cancel = context.WithTimeout(ctx, t.timeout)
+	}
 	defer cancel()
 	var specs []string
 	switch {
@@ -382,6 +386,15 @@ func printProtoJSON(w io.Writer, v any) error {
 		return err
 	}
 	_, err = fmt.Fprintln(w, string(b))
+	return err
+}
+
+// printProtoJSONLine prints m as one line of JSON, every field present.
+func printProtoJSONLine(w io.Writer, m proto.Message) error {
+	b, err := protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true}.Marshal(m)
+	if err == nil {
+		_, err = fmt.Fprintln(w, string(b))
+	}
 	return err
 }
 

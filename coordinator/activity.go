@@ -1,0 +1,197 @@
+package coordinator
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/loomtrain/loom/api"
+)
+
+// The FSM keeps what happened to each job, for `loom events`, the status
+// page and `loom plot`: an event log and a progress history. Both are
+// written inside Apply from the command being applied (its Raft index and
+// the leader's append time), so every replica holds the same ones and they
+// survive a failover and a snapshot. Both are bounded.
+
+// maxEvents bounds the event log (all jobs together); the oldest go first.
+const maxEvents = 8192
+
+// maxHistoryPoints bounds each job's progress points and its worker speed
+// points; at the bound neighbours merge and the stride doubles.
+const maxHistoryPoints = 2048
+
+// maxEvals bounds each job's evaluations (the oldest half is thinned out).
+const maxEvals = 1024
+
+// event appends an event stamped with the command being applied.
+func (s *state) event(e *api.Event) {
+	e.Index, e.UnixNano = s.applyIndex, s.applyUnixNano
+	s.events = append(s.events, e)
+	if n := len(s.events) - maxEvents; n > 0 {
+		s.events = slices.Delete(s.events, 0, n)
+		s.eventsDropped += uint64(n)
+	}
+}
+
+// history returns job id's history, created on first use.
+func (s *state) history(id string) *api.JobHistory {
+	h, ok := s.histories[id]
+	if !ok {
+		h = &api.JobHistory{JobId: id, Stride: 1, WorkerStride: 1}
+		s.histories[id] = h
+	}
+	return h
+}
+
+// recordStep folds a progress report that advanced job j to its history:
+// stride reports make one point (their mean loss, the last one's step and
+// time, the job's speed then).
+func (s *state) recordStep(j *api.Job, r *api.ReportProgressRequest) {
+	h := s.history(j.Id)
+	if h.Pending == nil {
+		h.Pending = &api.HistoryPoint{}
+	}
+	h.Pending.Loss += r.GetLoss()
+	h.Pending.Step, h.Pending.UnixNano = r.GetStep(), s.applyUnixNano
+	h.PendingReports++
+	if h.PendingReports < h.Stride {
+		return
+	}
+	p := h.Pending
+	p.Loss /= float64(h.PendingReports)
+	p.SamplesPerSecond = s.jobSpeed(j.Id)
+	h.Points = append(h.Points, p)
+	h.Pending, h.PendingReports = nil, 0
+	if len(h.Points) >= maxHistoryPoints {
+		h.Points = mergePairs(h.Points)
+		h.Stride *= 2
+	}
+}
+
+// mergePairs halves a full history: each pair of neighbours becomes one
+// point with their mean loss and speed at the later one's step and time.
+func mergePairs(ps []*api.HistoryPoint) []*api.HistoryPoint {
+	out := ps[:0]
+	for i := 0; i+1 < len(ps); i += 2 {
+		a, b := ps[i], ps[i+1]
+		out = append(out, &api.HistoryPoint{UnixNano: b.UnixNano, Step: b.Step,
+			Loss: (a.Loss + b.Loss) / 2, SamplesPerSecond: (a.SamplesPerSecond + b.SamplesPerSecond) / 2})
+	}
+	if len(ps)%2 == 1 {
+		out = append(out, ps[len(ps)-1])
+	}
+	return out
+}
+
+// jobSpeed is the sum of the measured samples/s of the job's ranks.
+func (s *state) jobSpeed(id string) float64 {
+	var sum float64
+	for _, rk := range s.plans[id].GetRanks() {
+		sum += s.workers[rk.GetWorkerId()].GetSamplesPerSecond()
+	}
+	return sum
+}
+
+// recordSpeed adds a worker's smoothed speed to its job's history, one
+// point per worker_stride measurements; at the bound every other point
+// is dropped and the stride doubles.
+func (s *state) recordSpeed(jobID string, w *api.Worker) {
+	h := s.history(jobID)
+	if h.WorkerReports++; h.WorkerReports < h.WorkerStride {
+		return
+	}
+	h.WorkerReports = 0
+	h.WorkerSpeeds = append(h.WorkerSpeeds, &api.WorkerSpeedPoint{UnixNano: s.applyUnixNano, WorkerId: w.GetId(), SamplesPerSecond: w.GetSamplesPerSecond()})
+	if len(h.WorkerSpeeds) >= maxHistoryPoints {
+		h.WorkerSpeeds = everyOther(h.WorkerSpeeds)
+		h.WorkerStride *= 2
+	}
+}
+
+// recordEval adds an evaluation to the history (and the event log).
+func (s *state) recordEval(j *api.Job, r *api.ReportProgressRequest) {
+	h := s.history(j.Id)
+	h.Evals = append(h.Evals, &api.EvalPoint{UnixNano: s.applyUnixNano, Step: r.GetStep(), Loss: r.GetTestLoss(), Accuracy: r.GetTestAccuracy()})
+	if len(h.Evals) > maxEvals {
+		h.Evals = append(everyOther(h.Evals[:maxEvals/2]), h.Evals[maxEvals/2:]...)
+	}
+}
+
+func everyOther[T any](xs []T) []T {
+	out := xs[:0]
+	for i := 0; i < len(xs); i += 2 {
+		out = append(out, xs[i])
+	}
+	return out
+}
+
+// planMessage describes a plan generation for the event log: its ranks
+// with their shares (and stages), and why it was made.
+func planMessage(p *api.Plan) string {
+	if len(p.GetRanks()) == 0 {
+		return fmt.Sprintf("generation %d: no ranks (%s)", p.GetGeneration(), p.GetReason())
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "generation %d: %d rank", p.GetGeneration(), len(p.GetRanks()))
+	if len(p.GetRanks()) > 1 {
+		b.WriteString("s")
+	}
+	if p.GetPipelineStages() > 1 {
+		fmt.Fprintf(&b, " in %d stages", p.GetPipelineStages())
+	}
+	b.WriteString(" (")
+	for i, r := range p.GetRanks() {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, "%s %d", r.GetWorkerId(), r.GetBatchShare())
+		if p.GetPipelineStages() > 1 {
+			fmt.Fprintf(&b, " stage %d", r.GetStage())
+		}
+	}
+	b.WriteString(")")
+	if p.GetReason() != "" {
+		b.WriteString(": " + p.GetReason())
+	}
+	return b.String()
+}
+
+// Events returns the events of job id (every event when id is empty) with
+// an index above after, oldest first, and how many older events the log
+// dropped. A job's view includes the cluster events (leader changes) from
+// its submission to its end.
+func (f *FSM) Events(id string, after uint64) ([]*api.Event, uint64) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	var from, to int64 = 0, 1<<63 - 1
+	if j, ok := f.st.jobs[id]; ok {
+		from = j.GetSubmittedUnixNano()
+		if jobEnded(j) && j.GetCompletedUnixNano() != 0 {
+			to = j.GetCompletedUnixNano()
+		}
+	}
+	var out []*api.Event
+	for _, e := range f.st.events {
+		if e.GetIndex() <= after {
+			continue
+		}
+		if id == "" || e.GetJobId() == id || (e.GetJobId() == "" && e.GetUnixNano() >= from && e.GetUnixNano() <= to) {
+			out = append(out, proto.CloneOf(e))
+		}
+	}
+	return out, f.st.eventsDropped
+}
+
+// History returns a copy of job id's progress history (empty, not nil, for
+// a job that has reported nothing yet).
+func (f *FSM) History(id string) *api.JobHistory {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	if h, ok := f.st.histories[id]; ok {
+		return proto.CloneOf(h)
+	}
+	return &api.JobHistory{JobId: id, Stride: 1, WorkerStride: 1}
+}
