@@ -37,6 +37,7 @@ type Communicator struct {
 	cfg    Config
 	t      Transport
 	lend   lender       // t, if it can lend received payloads; else nil
+	kind   string       // t's kind for Observer: "tcp" or "mem"
 	direct directSender // t, if it can fill frames to the right neighbour in place; else nil
 	log    *zap.Logger
 	n      int
@@ -107,6 +108,10 @@ func New(t Transport, cfg Config) (*Communicator, error) {
 		results: make(chan error, 1), quit: make(chan struct{}), exited: make(chan struct{}),
 	}
 	c.lend, _ = t.(lender)
+	c.kind = "mem"
+	if _, ok := t.(*TCPTransport); ok {
+		c.kind = "tcp"
+	}
 	if d, ok := t.(directSender); ok && n > 1 && d.SharedMemoryTo(c.right) {
 		c.direct = d
 	}

@@ -91,7 +91,7 @@ func (c Compression) ErrorBound(n int, sumAbs float64) float64 {
 }
 
 // Config configures a Communicator. All ranks of a group must agree on every
-// field except Rank and Logger.
+// field except Rank, Logger and Observer.
 type Config struct {
 	// Generation is the plan generation; it must equal the transport's.
 	Generation uint64
@@ -110,6 +110,8 @@ type Config struct {
 	ChunkBytes int
 	// Logger receives failure events; nil means zap.NewNop().
 	Logger *zap.Logger
+	// Observer, if set, is told of every completed AllReduce.
+	Observer Observer
 }
 
 // DefaultConfig returns a Config with the defaults filled in; the caller

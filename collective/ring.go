@@ -135,6 +135,9 @@ func (c *Communicator) ring(ctx context.Context, op Op, b Buffer, first, last in
 	chunkElems := max(1, c.cfg.ChunkBytes/p.wire.Size())
 	p.nsub = max(1, (maxSeg+chunkElems-1)/chunkElems)
 	c.scratch((maxSeg+p.nsub-1)/p.nsub + 1)
+	if op == OpAllReduce && c.cfg.Observer != nil {
+		return c.observed(func() error { return c.run(ctx, op, c.recvRing) })
+	}
 	return c.run(ctx, op, c.recvRing)
 }
 

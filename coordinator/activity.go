@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 
@@ -30,6 +31,7 @@ const maxEvals = 1024
 func (s *state) event(e *api.Event) {
 	e.Index, e.UnixNano = s.applyIndex, s.applyUnixNano
 	s.events = append(s.events, e)
+	s.eventCounts[e.Kind]++
 	if n := len(s.events) - maxEvents; n > 0 {
 		s.events = slices.Delete(s.events, 0, n)
 		s.eventsDropped += uint64(n)
@@ -183,6 +185,21 @@ func (f *FSM) Events(id string, after uint64) ([]*api.Event, uint64) {
 		}
 	}
 	return out, f.st.eventsDropped
+}
+
+// EventCounts returns how many events of each kind this process applied
+// since it started.
+func (f *FSM) EventCounts() map[string]uint64 {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return maps.Clone(f.st.eventCounts)
+}
+
+// JobSpeed is the sum of the measured samples/s of job id's ranks.
+func (f *FSM) JobSpeed(id string) float64 {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.st.jobSpeed(id)
 }
 
 // History returns a copy of job id's progress history (empty, not nil, for

@@ -145,6 +145,7 @@ func (s *Server) expireLeases(ctx context.Context) {
 				s.log.Warn("expire lease", zap.String("worker", w.GetId()), zap.Error(err))
 				continue
 			}
+			s.metrics.leaseExpiries.Add(1)
 			s.log.Info("worker lease expired", zap.String("worker", w.GetId()),
 				zap.Duration("late", now.Sub(time.Unix(0, w.GetLeaseExpiryUnixNano()))))
 		}

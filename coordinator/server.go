@@ -56,6 +56,8 @@ type Server struct {
 
 	live *liveness // heartbeats and failure reports (leader)
 
+	metrics serverMetrics
+
 	runCtx    context.Context // ends at Close
 	stop      context.CancelFunc
 	wg        sync.WaitGroup

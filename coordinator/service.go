@@ -153,6 +153,7 @@ func (v *service) ReportFailure(_ context.Context, req *api.ReportFailureRequest
 	if err := v.s.noteFailure(req); err != nil {
 		return nil, err
 	}
+	v.s.metrics.failureReports.Add(1)
 	return &api.ReportFailureResponse{}, nil
 }
 

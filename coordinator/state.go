@@ -23,6 +23,9 @@ type state struct {
 	events        []*api.Event // oldest first, at most maxEvents (activity.go)
 	eventsDropped uint64
 	histories     map[string]*api.JobHistory // by job id
+	// eventCounts counts the events this process applied, by kind (for
+	// metrics; not replicated, not in snapshots).
+	eventCounts map[string]uint64
 
 	// The command being applied: its Raft index and the leader's clock
 	// when it was appended (set by Apply before each command).
@@ -37,6 +40,7 @@ func newState() state {
 		plans:        map[string]*api.Plan{},
 		coordinators: map[string]*api.CoordinatorMember{},
 		histories:    map[string]*api.JobHistory{},
+		eventCounts:  map[string]uint64{},
 	}
 }
 

@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -26,6 +28,21 @@ type Checkpointer struct {
 	log   *zap.Logger
 	state checkpoint.State // reused: tensor views into the trainer
 	last  int              // step of the newest saved checkpoint
+
+	// Observer, if set (before the first checkpoint starts), is told of
+	// every write's outcome, from the writer goroutine.
+	Observer CheckpointObserver
+	mu       sync.Mutex
+	started  map[int]time.Time // by step: writes begun, not yet reported
+}
+
+// CheckpointObserver is told of each checkpoint write's outcome (the
+// metrics of a training process implement it).
+type CheckpointObserver interface {
+	// CheckpointWritten: a checkpoint of bytes (manifest included) was
+	// published took after it was started.
+	CheckpointWritten(took time.Duration, bytes int64)
+	CheckpointFailed()
 }
 
 // NewCheckpointer opens job's checkpoint directory. onPublished and
@@ -37,13 +54,40 @@ func NewCheckpointer(job *jobspec.Job, log *zap.Logger, onPublished func(checkpo
 	if err != nil {
 		return nil, fmt.Errorf("checkpoint.dir %s: %w", job.Checkpoint.Dir, err)
 	}
+	c := &Checkpointer{job: job, store: store, log: log, last: -1, started: map[int]time.Time{}}
 	cfg := checkpoint.DefaultConfig()
-	cfg.Keep, cfg.Logger, cfg.OnPublished, cfg.OnFailed = job.Checkpoint.Keep, log, onPublished, onFailed
-	w, err := checkpoint.NewWriter(store, cfg)
-	if err != nil {
+	cfg.Keep, cfg.Logger = job.Checkpoint.Keep, log
+	cfg.OnPublished = func(i checkpoint.Info) {
+		if took, ok := c.finished(i.Step); ok && c.Observer != nil {
+			c.Observer.CheckpointWritten(took, i.Bytes)
+		}
+		if onPublished != nil {
+			onPublished(i)
+		}
+	}
+	cfg.OnFailed = func(step int, err error) {
+		c.finished(step)
+		if c.Observer != nil {
+			c.Observer.CheckpointFailed()
+		}
+		if onFailed != nil {
+			onFailed(step, err)
+		}
+	}
+	if c.w, err = checkpoint.NewWriter(store, cfg); err != nil {
 		return nil, err
 	}
-	return &Checkpointer{job: job, w: w, store: store, log: log, last: -1}, nil
+	return c, nil
+}
+
+// finished returns how long ago the write of step's checkpoint began and
+// forgets it.
+func (c *Checkpointer) finished(step int) (time.Duration, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	at, ok := c.started[step]
+	delete(c.started, step)
+	return time.Since(at), ok
 }
 
 // Due reports whether the trainer's current step should be checkpointed.
@@ -57,7 +101,13 @@ func (c *Checkpointer) Due(t *Trainer) bool {
 // before its next optimizer update.
 func (c *Checkpointer) Begin(ctx context.Context, t *Trainer, world int) error {
 	t.fillCheckpoint(&c.state, world)
+	// Keyed by step: the previous write may still be reporting while
+	// this one waits for the writer.
+	c.mu.Lock()
+	c.started[t.Steps()] = time.Now()
+	c.mu.Unlock()
 	if err := c.w.Begin(ctx, &c.state); err != nil {
+		c.finished(t.Steps())
 		return err
 	}
 	c.last = t.Steps()

@@ -3,8 +3,11 @@ package train
 import (
 	"context"
 	"strconv"
+	"sync"
 	"testing"
+	"time"
 
+	"github.com/loomtrain/loom/checkpoint"
 	"github.com/loomtrain/loom/device/cpu"
 	"github.com/loomtrain/loom/jobspec"
 )
@@ -86,6 +89,74 @@ func BenchmarkCheckpointOverhead(b *testing.B) {
 				}
 				b.ReportMetric(float64(b.Elapsed().Microseconds())/1000/float64(b.N), "ms/step")
 			})
+		}
+	}
+}
+
+// recordingObserver is a CheckpointObserver that keeps what it is told.
+type recordingObserver struct {
+	mu     sync.Mutex
+	took   []time.Duration
+	bytes  []int64
+	failed int
+}
+
+func (o *recordingObserver) CheckpointWritten(took time.Duration, bytes int64) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.took, o.bytes = append(o.took, took), append(o.bytes, bytes)
+}
+
+func (o *recordingObserver) CheckpointFailed() {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.failed++
+}
+
+// The observer hears of every published checkpoint with its size (as
+// listed on disk) and how long it took from Begin.
+func TestCheckpointObserverTimesEachWrite(t *testing.T) {
+	job := smallJob(t, "fp32", 30)
+	job.Checkpoint = jobspec.Checkpoint{Dir: t.TempDir(), Keep: 0}
+	tr := newTrainer(t, job, 1)
+	ck, err := NewCheckpointer(job, nil, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	obs := &recordingObserver{}
+	ck.Observer = obs
+	for range 2 {
+		tr.Step()
+		begun := time.Now()
+		if err := ck.Begin(context.Background(), tr, 1); err != nil {
+			t.Fatal(err)
+		}
+		if err := ck.Flush(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		elapsed := time.Since(begun)
+		obs.mu.Lock()
+		n := len(obs.took)
+		last := obs.took[n-1]
+		obs.mu.Unlock()
+		if last <= 0 || last > elapsed {
+			t.Fatalf("write took %v by the observer, %v around Begin and Flush", last, elapsed)
+		}
+	}
+	if err := ck.Close(); err != nil {
+		t.Fatal(err)
+	}
+	store, _ := checkpoint.NewLocalStorage(job.Checkpoint.Dir)
+	infos, err := checkpoint.List(context.Background(), store, job.Name)
+	if err != nil || len(infos) != 2 {
+		t.Fatalf("checkpoints: %v %+v", err, infos)
+	}
+	if len(obs.bytes) != 2 || obs.failed != 0 {
+		t.Fatalf("observer: %+v", obs)
+	}
+	for _, i := range infos { // newest first
+		if want := obs.bytes[i.Step-1]; i.Bytes != want {
+			t.Fatalf("step %d: %d bytes on disk, observer told %d", i.Step, i.Bytes, want)
 		}
 	}
 }

@@ -36,19 +36,34 @@ type Loop struct {
 // StepResult is one completed step, as this rank saw it.
 type StepResult struct {
 	Step int
+	// Epoch is the epoch the step's samples were drawn from.
+	Epoch int
 	// Loss is the mean loss over the whole global batch.
 	Loss float64
+	// LR is the learning rate of the step's update; GradNorm the global
+	// norm of its mean gradient before clipping (0 without
+	// optimizer.clip_norm).
+	LR       float32
+	GradNorm float64
 	// Rows is the samples this rank computed on, Batch the samples of
 	// the whole step (all ranks).
 	Rows, Batch int
-	// Compute is this rank's forward and backward time, Wait the time it
-	// then waited for the other ranks' gradients, Took the whole step
-	// (with the update; without an evaluation).
-	Compute, Wait, Took time.Duration
+	StepTimes
 	// TestAccuracy is the held-out accuracy when the step evaluated (the
 	// lead rank, every train.eval_every steps), else NaN.
 	TestAccuracy float64
 	TestLoss     float64 // with TestAccuracy: the held-out loss per position
+}
+
+// StepTimes is where one step's wall time went on this rank.
+type StepTimes struct {
+	// Compute is the forward and backward pass, Wait the time the rank
+	// then waited for the other ranks' gradient sums (the part of the
+	// all-reduce that backward did not hide), Update the optimizer update
+	// (with clipping), Took the whole step (without an evaluation). The
+	// rest of Took is sampling, the ledger, and waiting for a checkpoint's
+	// copy of the weights.
+	Compute, Wait, Update, Took time.Duration
 }
 
 // ErrLossNaN ends a run whose loss became NaN: every rank sees the same
@@ -84,7 +99,8 @@ func (t *Trainer) RunSteps(ctx context.Context, l Loop) (switched bool, err erro
 		if math.IsNaN(loss) {
 			return false, fmt.Errorf("step %d: %w", t.step, ErrLossNaN)
 		}
-		r := StepResult{Step: t.step, Loss: loss, Rows: t.lastRows, Batch: len(t.idx), Compute: t.lastCompute, Wait: t.lastWait, Took: took, TestAccuracy: math.NaN()}
+		r := StepResult{Step: t.step, Epoch: t.lastEpoch, Loss: loss, LR: t.sched.LR(t.step - 1), GradNorm: t.lastGradNorm, Rows: t.lastRows, Batch: len(t.idx),
+			StepTimes: StepTimes{Compute: t.lastCompute, Wait: t.lastWait, Update: t.lastUpdate, Took: took}, TestAccuracy: math.NaN()}
 		if l.Lead && evalEvery > 0 && t.step%evalEvery == 0 && !t.Done() {
 			r.TestAccuracy, r.TestLoss = t.Evaluate()
 		}

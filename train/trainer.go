@@ -26,8 +26,9 @@ import (
 // Progress is reported after every optimizer step.
 type Progress struct {
 	Step, TotalSteps int
-	Epoch            int
+	Epoch            int     // the epoch this step's samples came from
 	Loss             float64 // mean loss of this step's samples
+	Batch            int     // this step's samples
 	LR               float32
 	GradNorm         float64 // global norm before clipping (0 without optimizer.clip_norm)
 	SamplesPerSec    float64 // since the run started
@@ -38,6 +39,7 @@ type Progress struct {
 	// TokensPerSample is the positions a sample predicts: the context of a
 	// language model (samples are windows), 1 for a classifier.
 	TokensPerSample int
+	StepTimes
 }
 
 // Summary describes a finished (or interrupted) run.
@@ -128,6 +130,8 @@ type Trainer struct {
 	lastRows    int           // samples this rank computed on in the last step
 	lastCompute time.Duration // forward+backward time of the last step
 	lastWait    time.Duration // time the last step waited for the gradient sums
+	lastUpdate  time.Duration // optimizer update time of the last step
+	lastEpoch   int           // epoch the last step's samples came from
 	// lastGradNorm is the global norm of the last step's mean gradient
 	// before clipping (computed only with optimizer.clip_norm).
 	lastGradNorm float64
@@ -205,6 +209,10 @@ func NewTrainer(job *jobspec.Job, dev device.Device, split *data.Split, log *zap
 // windows) in one epoch.
 func (t *Trainer) TrainSize() int { return t.task.trainSize() }
 
+// TokensPerSample is the positions one sample predicts: the context of a
+// language model, 1 for a classifier.
+func (t *Trainer) TokensPerSample() int { return t.task.tokensPerSample() }
+
 // TotalSteps is the number of steps the job runs.
 func (t *Trainer) TotalSteps() int { return t.total }
 
@@ -244,7 +252,7 @@ func (t *Trainer) StepShare(ctx context.Context, sync GradSync, shares *Shares) 
 	t.lastRows = hi - lo
 	t.accumulate(t.idx[lo:hi], sync)
 	t.lastCompute = time.Since(computeStart)
-	t.lastWait = 0
+	t.lastWait, t.lastUpdate, t.lastEpoch = 0, 0, startPos.Epoch
 	if sync != nil {
 		waitStart := time.Now()
 		err := sync.Wait(ctx)
@@ -274,6 +282,7 @@ func (t *Trainer) StepShare(ctx context.Context, sync GradSync, shares *Shares) 
 			return 0, err
 		}
 	}
+	updateStart := time.Now()
 	tokens := rows * t.task.tokensPerSample()
 	gradScale := 1 / (float32(tokens) * scale)
 	if clip := t.job.Optimizer.ClipNorm; clip > 0 {
@@ -284,6 +293,7 @@ func (t *Trainer) StepShare(ctx context.Context, sync GradSync, shares *Shares) 
 	}
 	t.opt.Step(t.params, t.sched.LR(t.step), gradScale)
 	t.task.weightsChanged()
+	t.lastUpdate = time.Since(updateStart)
 	t.step++
 	t.record(startPos.Epoch, t.idx[lo:hi])
 	return loss / float64(tokens), nil
@@ -424,9 +434,9 @@ func (t *Trainer) Run(ctx context.Context, ck *Checkpointer, onProgress func(Pro
 			return
 		}
 		el := time.Since(start)
-		p := Progress{Step: r.Step, TotalSteps: t.total, Epoch: t.sampler.Position().Epoch, Loss: r.Loss, LR: t.sched.LR(r.Step - 1),
-			GradNorm: t.lastGradNorm, SamplesPerSec: float64(samples) / el.Seconds(), Elapsed: el, TestAccuracy: r.TestAccuracy, TestLoss: r.TestLoss,
-			TokensPerSample: t.task.tokensPerSample()}
+		p := Progress{Step: r.Step, TotalSteps: t.total, Epoch: r.Epoch, Loss: r.Loss, Batch: r.Batch, LR: r.LR,
+			GradNorm: r.GradNorm, SamplesPerSec: float64(samples) / el.Seconds(), Elapsed: el, TestAccuracy: r.TestAccuracy, TestLoss: r.TestLoss,
+			TokensPerSample: t.task.tokensPerSample(), StepTimes: r.StepTimes}
 		p.ETA = time.Duration(float64(el) / float64(r.Step-first) * float64(t.total-r.Step))
 		onProgress(p)
 	}})

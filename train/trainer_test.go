@@ -113,6 +113,31 @@ func TestTrainerStopsOnCancel(t *testing.T) {
 	}
 }
 
+// Each step's progress says where its time went and what it trained on:
+// the phases fit in the step, the update is timed, and the batch,
+// learning rate and epoch are the step's.
+func TestProgressReportsStepTimes(t *testing.T) {
+	job := smallJob(t, "fp32", 12)
+	job.Optimizer.ClipNorm = 1
+	tr := newTrainer(t, job, 1)
+	sched := ScheduleOf(job, tr.TotalSteps())
+	var got []Progress
+	if _, err := tr.Run(context.Background(), nil, func(p Progress) { got = append(got, p) }); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range got {
+		if p.Compute <= 0 || p.Update <= 0 || p.Wait != 0 || p.Compute+p.Update > p.Took {
+			t.Fatalf("step %d: compute %v + update %v (wait %v) do not fit in the step's %v", p.Step, p.Compute, p.Update, p.Wait, p.Took)
+		}
+		if p.Batch != 128 || p.LR != sched.LR(p.Step-1) || p.Epoch != 0 || p.GradNorm <= 0 {
+			t.Fatalf("step %d: batch %d lr %v (want %v) epoch %d grad norm %v", p.Step, p.Batch, p.LR, sched.LR(p.Step-1), p.Epoch, p.GradNorm)
+		}
+	}
+	if len(got) != 12 {
+		t.Fatalf("%d progress calls", len(got))
+	}
+}
+
 func TestTrainerRejectsMismatchedModel(t *testing.T) {
 	job := smallJob(t, "fp32", 1)
 	job.Model.Layers = []int{100, 10}

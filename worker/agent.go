@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -48,6 +49,10 @@ type AgentConfig struct {
 	// ranks on this host (collective.TCPConfig.ShmRingBytes); 0 sends all
 	// gradients through TCP.
 	ShmRingBytes int
+	// Metrics, if set, receives the Prometheus collectors of this worker's
+	// training (metrics.Trainer, labelled with the job's name and ID),
+	// registered once the job's config has been read.
+	Metrics prometheus.Registerer
 	// Logger; nil logs nothing.
 	Logger *zap.Logger
 }
@@ -116,6 +121,8 @@ type Agent struct {
 	// rec records checkpoints with the coordinator (nil without
 	// checkpointing).
 	rec *recorder
+	// metrics publishes the steps (to Prometheus, and the job's history).
+	metrics *stepMetrics
 
 	// Training throughput as this worker saw it: global samples of the
 	// steps it completed, from the start of its first to the end of its last.
@@ -220,6 +227,10 @@ func RunAgent(ctx context.Context, cfg AgentConfig) (err error) {
 		return err
 	}
 	tr.Ledger = cfg.Ledger
+	if a.metrics, err = newStepMetrics(cfg.Metrics, job, cfg.ID, cfg.Device.Name(), tr.TokensPerSample(), a.log); err != nil {
+		return err
+	}
+	defer a.metrics.close()
 	hasState := false
 	if job.Checkpoint.Resume != "" && !job.Checkpoint.Disabled {
 		// The launcher resolves "latest" among the recorded checkpoints
@@ -238,6 +249,7 @@ func RunAgent(ctx context.Context, cfg AgentConfig) (err error) {
 		if ck, err = train.NewCheckpointer(job, a.log, a.rec.published, a.rec.failed); err != nil {
 			return err
 		}
+		ck.Observer = a.metrics.checkpointObserver()
 		defer func() {
 			if err := ck.Close(); err != nil {
 				a.log.Warn("checkpoint write failed", zap.Error(err))
@@ -346,7 +358,7 @@ func (a *Agent) train(ctx context.Context, tr *train.Trainer, ck *train.Checkpoi
 		var gctx context.Context
 		gctx, cancelGen = a.generationContext(ctx, current)
 		stopDog := a.watchdog(current, "connecting the ranks", suspectFloor)
-		g, err := joinGeneration(gctx, plan, a.cfg.ID, *ln, a.cfg.Listen, linkOpts{compress: compress, shmRing: a.cfg.ShmRingBytes}, a.log)
+		g, err := joinGeneration(gctx, plan, a.cfg.ID, *ln, a.cfg.Listen, linkOpts{compress: compress, shmRing: a.cfg.ShmRingBytes, observer: a.metrics.collectiveObserver()}, a.log)
 		stopDog()
 		if g != nil || err != nil {
 			*ln = nil // consumed by the transport, or closed
@@ -372,6 +384,7 @@ func (a *Agent) train(ctx context.Context, tr *train.Trainer, ck *train.Checkpoi
 		}
 		hasState = true
 		retry = false
+		a.metrics.joined(gen)
 		a.log.Info("generation started", zap.Int64("generation", current), zap.Int("rank", gen.rank), zap.Int("ranks", gen.comm.Size()),
 			zap.Int("share", gen.shares.All[gen.rank]), zap.Int("step", tr.Steps()), zap.Int("state_from", src))
 		if err := a.runSteps(gctx, tr, gen, ck, rep); err != nil {
@@ -406,6 +419,7 @@ func (a *Agent) train(ctx context.Context, tr *train.Trainer, ck *train.Checkpoi
 			}
 		}
 		acc, loss := tr.Evaluate()
+		a.metrics.finalEvaluation(loss, acc)
 		var sps float64
 		if d := a.lastStep.Sub(a.firstStep); d > 0 {
 			sps = float64(a.samples) / d.Seconds()
@@ -475,6 +489,7 @@ func (a *Agent) runSteps(ctx context.Context, tr *train.Trainer, gen *generation
 			wait += r.Wait
 			total += r.Took
 			a.samples += int64(r.Batch)
+			a.metrics.step(gen, r)
 			// The step time reported is compute only: the wait for the
 			// slower ranks' gradients would hide this device's speed from
 			// the planner.

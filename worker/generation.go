@@ -31,7 +31,8 @@ const setupTimeout = 15 * time.Second
 // linkOpts are how a generation's ring links carry gradients.
 type linkOpts struct {
 	compress collective.Compression
-	shmRing  int // shared-memory ring bytes per direction to same-host ranks; 0: TCP only
+	shmRing  int                 // shared-memory ring bytes per direction to same-host ranks; 0: TCP only
+	observer collective.Observer // told of every all-reduce; nil: nothing
 }
 
 // joinGeneration connects to every rank of plan. ln, if non-nil, is the
@@ -89,6 +90,7 @@ func joinGeneration(ctx context.Context, plan *api.Plan, me string, ln net.Liste
 	}
 	ccfg := collective.DefaultConfig()
 	ccfg.Generation, ccfg.Rank, ccfg.Order, ccfg.Compress, ccfg.Logger = uint64(plan.GetGeneration()), g.rank, order, opts.compress, log
+	ccfg.Observer = opts.observer
 	if g.comm, err = collective.New(tr, ccfg); err != nil {
 		tr.Close()
 		return nil, err

@@ -17,6 +17,7 @@ func addCommands(root, bench *cobra.Command) {
 	root.AddCommand(newEvalCmd())
 	root.AddCommand(newDataCmd())
 	root.AddCommand(newGenerateCmd())
+	root.AddCommand(newPlotCmd())
 	bench.AddCommand(newBenchGemmCmd())
 	bench.AddCommand(newBenchAllreduceCmd())
 	bench.AddCommand(newBenchTrainCmd())

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"os/signal"
 	"strings"
@@ -15,13 +16,14 @@ import (
 
 	"github.com/loomtrain/loom/api"
 	"github.com/loomtrain/loom/coordinator"
+	"github.com/loomtrain/loom/metrics"
 )
 
 func newCoordinatorCmd() *cobra.Command {
 	cfg := coordinator.DefaultConfig()
 	cfg.NodeID = ""
 	cfg.RaftAddr, cfg.GRPCAddr = "127.0.0.1:7071", "127.0.0.1:7070"
-	var join, level string
+	var join, level, httpAddr, metricsAddr string
 	cmd := &cobra.Command{
 		Use:   "coordinator --id ID --data-dir DIR (--bootstrap | --join ADDR)",
 		Short: "Run one node of a Raft-replicated coordinator cluster",
@@ -54,13 +56,31 @@ current leader in etcd, and a new node with neither flag joins through it.`,
 			if err := cfg.Validate(); err != nil {
 				return err
 			}
+			var httpLn net.Listener
+			if httpAddr != "" {
+				if httpLn, err = listenFlag("--http-addr", httpAddr); err != nil {
+					return err
+				}
+			}
 			sctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 			srv, err := coordinator.Start(sctx, cfg)
 			cancel()
 			if err != nil {
+				if httpLn != nil {
+					_ = httpLn.Close()
+				}
 				return err
 			}
 			log.Info("serving", zap.String("id", cfg.NodeID), zap.String("grpc", srv.Addr()), zap.String("raft", srv.RaftAddr()))
+			if httpLn != nil {
+				defer serveStatusPage(ctx, httpLn, srv, log)()
+			}
+			if metricsAddr != "" {
+				if _, err := metrics.Serve(ctx, metricsAddr, "--metrics-addr", coordinatorRegistry(srv), log); err != nil {
+					_ = srv.Close()
+					return err
+				}
+			}
 			<-ctx.Done()
 			log.Info("shutting down")
 			return srv.Close()
@@ -71,6 +91,8 @@ current leader in etcd, and a new node with neither flag joins through it.`,
 	f.StringVar(&cfg.DataDir, "data-dir", "", "directory for the raft log and snapshots (required)")
 	f.StringVar(&cfg.RaftAddr, "raft-addr", cfg.RaftAddr, "host:port for raft traffic between coordinators")
 	f.StringVar(&cfg.GRPCAddr, "grpc-addr", cfg.GRPCAddr, "host:port for the gRPC API (workers, CLI, other coordinators)")
+	f.StringVar(&metricsAddr, "metrics-addr", "", "host:port for Prometheus /metrics alone (Raft term, commit and applied index, leadership, lease expiries, failure reports, workers and jobs by state, per-job step, generation, loss, samples/s, checkpoints); empty: off")
+	f.StringVar(&httpAddr, "http-addr", "", "host:port for the status web page (jobs, loss and throughput plots, plans, events) and Prometheus /metrics; empty: off")
 	f.BoolVar(&cfg.Bootstrap, "bootstrap", false, "start a new cluster with this node as its first member")
 	f.StringVar(&join, "join", "", "gRPC address(es) of running coordinators to join, comma-separated")
 	f.StringVar(&cfg.ClusterID, "cluster-id", cfg.ClusterID, "cluster name; a node cannot join a cluster with another id")

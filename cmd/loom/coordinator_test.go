@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -287,5 +288,30 @@ func TestEventsCommand(t *testing.T) {
 	}
 	if _, err := runLoom(t, "events", id, "--coordinator", s.Addr(), "-o", "yaml"); err == nil || !strings.Contains(err.Error(), "want table or json") {
 		t.Fatalf("-o yaml: %v", err)
+	}
+}
+
+// A status-page or metrics port that is taken is refused before any work,
+// naming the flag.
+func TestTakenPortsNameTheirFlag(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	taken := ln.Addr().String()
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"coordinator", "--id", "c1", "--data-dir", t.TempDir(), "--bootstrap", "--raft-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0", "--http-addr", taken}, "--http-addr " + taken + ": "},
+		{[]string{"coordinator", "--id", "c1", "--data-dir", t.TempDir(), "--bootstrap", "--raft-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0", "--metrics-addr", taken}, "--metrics-addr " + taken + ": "},
+		{[]string{"launch", "../../examples/mnist-mlp.yaml", "--workers", "2", "--http-addr", taken}, "--http-addr " + taken + ": "},
+		{[]string{"launch", "../../examples/mnist-mlp.yaml", "--http-addr", "127.0.0.1:0"}, "--http-addr serves the embedded coordinator's page, which --workers N (N > 1) starts"},
+	} {
+		_, err := runLoom(t, tc.args...)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: %v, want %q", tc.args, err, tc.want)
+		}
 	}
 }

@@ -73,13 +73,14 @@ func startElastic(t *testing.T, steps int) *elasticRun {
 	return startElasticJob(t, steps, mnistElastic)
 }
 
-func startElasticJob(t *testing.T, steps int, ej elasticJob) *elasticRun {
+// startElasticJob starts ej for steps steps; extra are more launch flags.
+func startElasticJob(t *testing.T, steps int, ej elasticJob, extra ...string) *elasticRun {
 	t.Helper()
 	r := &elasticRun{t: t, dir: t.TempDir(), steps: steps, job: ej}
 	r.ledger = filepath.Join(r.dir, "ledger")
 	job := writeJob(t, fmt.Sprintf(ej.yaml, filepath.Join(r.dir, "ckpt")))
-	r.launcher = loomCmd(t, "launch", job, "--workers", "2", "--device", elasticDevice, "--max-steps", fmt.Sprint(steps),
-		"--json", "--sample-ledger", r.ledger)
+	r.launcher = loomCmd(t, append([]string{"launch", job, "--workers", "2", "--device", elasticDevice, "--max-steps", fmt.Sprint(steps),
+		"--json", "--sample-ledger", r.ledger}, extra...)...)
 	stderr, _ := r.launcher.StderrPipe()
 	r.launcher.Stdout = &r.stdout
 	if err := r.launcher.Start(); err != nil {

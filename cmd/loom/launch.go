@@ -41,6 +41,8 @@ type launchOpts struct {
 	globalBatch   int
 	ledgerDir     string
 	metrics       string
+	metricsAddr   string
+	httpAddr      string
 }
 
 func newLaunchCmd() *cobra.Command {
@@ -60,6 +62,11 @@ worker processes that train data-parallel, summing gradients over a TCP ring;
 with --coordinator it submits to a running cluster and follows the job
 (--detach prints the job id and returns). Batch shares follow each worker's
 measured speed; the summary shows the last plan's split.
+
+Each step is appended as one JSON line to CHECKPOINT_DIR/JOB/metrics.jsonl,
+beside the job's checkpoints (unless checkpoint.disabled; with workers, by
+the rank 0 of each generation); loom plot reads it. --metrics-addr serves
+Prometheus metrics of the training (with workers: of each worker).
 
 Ctrl-C stops at the next step boundary and still prints the summary (with
 workers: cancels the job and stops them).`,
@@ -90,7 +97,9 @@ workers: cancels the job and stops them).`,
 	f.BoolVar(&o.overwrite, "overwrite", false, "start over even though checkpoint.dir holds checkpoints of an earlier run of this job: they are deleted")
 	f.StringVar(&o.resume, "resume", "", `continue from a checkpoint: "latest" (newest valid one of this job) or a checkpoint directory`)
 	f.StringVar(&o.ledgerDir, "sample-ledger", "", "directory for per-worker JSONL ledgers of the samples each step used (completed, and tentative when a worker starts its share; for audits and tests)")
-	f.StringVar(&o.metrics, "metrics", "", "write one JSON line per step (step, epoch, loss, lr) to this file (single-process launch)")
+	f.StringVar(&o.metrics, "metrics", "", "single-process launch: also write the metrics history (one JSON line per step: step, epoch, loss, lr, ...; as in CHECKPOINT_DIR/JOB/metrics.jsonl) to this file, replacing it")
+	f.StringVar(&o.metricsAddr, "metrics-addr", "", "serve Prometheus metrics of the training (loom_train_*, loom_checkpoint_*, loom_worker_info, ...) at http://ADDR/metrics; host:port, port 0 picks one (logged). With --workers N, worker i serves them at port+i (port 0: each picks one); empty: off")
+	f.StringVar(&o.httpAddr, "http-addr", "", "with --workers: serve the embedded coordinator's status web page (loss and throughput plots, plan, events) and its /metrics at this host:port")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error (workers log at warn unless debug)")
 	return cmd
 }
@@ -109,8 +118,15 @@ func runLaunch(ctx context.Context, stdout io.Writer, path string, o launchOpts)
 		return fmt.Errorf("--detach needs --coordinator: an embedded coordinator ends with this process")
 	case o.metrics != "" && (o.workers > 1 || o.coordinator != ""):
 		return fmt.Errorf("--metrics is for single-process launches; workers report progress to the coordinator")
+	case o.httpAddr != "" && (o.workers < 2 || o.coordinator != ""):
+		return fmt.Errorf("--http-addr serves the embedded coordinator's page, which --workers N (N > 1) starts; a cluster's coordinators serve theirs with `loom coordinator --http-addr`")
+	case o.metricsAddr != "" && o.coordinator != "":
+		return fmt.Errorf("--metrics-addr: with --coordinator the workers train: start them with `loom worker --metrics-addr`")
 	case len(o.workerDevices) > o.workers:
 		return fmt.Errorf("--worker-devices lists %d devices for %d workers", len(o.workerDevices), o.workers)
+	}
+	if _, err := workerMetricsAddr(o.metricsAddr, o.workers-1); err != nil {
+		return err
 	}
 	if o.maxSteps < 0 {
 		return fmt.Errorf("--max-steps %d: must be >= 0", o.maxSteps)
@@ -172,6 +188,11 @@ func runLaunch(ctx context.Context, stdout io.Writer, path string, o launchOpts)
 		return runCluster(ctx, stdout, job, o, log)
 	}
 
+	stepMetrics, err := openLocalMetrics(ctx, job, o.metricsAddr, o.metrics, dev.Name(), log)
+	if err != nil {
+		return err
+	}
+	defer stepMetrics.close()
 	split, err := train.OpenData(job)
 	if err != nil {
 		return fmt.Errorf("%s: data: %w", path, err)
@@ -196,19 +217,8 @@ func runLaunch(ctx context.Context, stdout io.Writer, path string, o launchOpts)
 		defer f.Close()
 		tr.Ledger = f
 	}
-	var metrics *json.Encoder
-	if o.metrics != "" {
-		f, err := os.Create(o.metrics)
-		if err != nil {
-			return fmt.Errorf("--metrics: %w", err)
-		}
-		defer f.Close()
-		metrics = json.NewEncoder(f)
-	}
 	onProgress := func(p train.Progress) {
-		if metrics != nil {
-			_ = metrics.Encode(map[string]any{"step": p.Step, "epoch": p.Epoch, "loss": p.Loss, "lr": p.LR})
-		}
+		stepMetrics.step(p)
 		if view != nil {
 			view.Update(p)
 		}
@@ -239,6 +249,7 @@ func runLaunch(ctx context.Context, stdout io.Writer, path string, o launchOpts)
 		}); err != nil {
 			return err
 		}
+		ck.Observer = stepMetrics.checkpointObserver()
 	}
 	sum, runErr := tr.Run(ctx, ck, onProgress)
 	if view != nil && runErr != nil {
@@ -247,6 +258,7 @@ func runLaunch(ctx context.Context, stdout io.Writer, path string, o launchOpts)
 	if sum == nil {
 		return runErr
 	}
+	stepMetrics.finalEvaluation(sum.TestLoss, sum.TestAccuracy)
 	if ck != nil {
 		sum.CheckpointFailures = ckFailures
 		switch {

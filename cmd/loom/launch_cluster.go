@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -44,11 +45,26 @@ func runCluster(ctx context.Context, stdout io.Writer, job *jobspec.Job, o launc
 		// coordinator/failure.go), not by the lease. Shares follow measured
 		// speed within about a second.
 		cfg.ReplanInterval = time.Second
+		var httpLn net.Listener
+		if o.httpAddr != "" {
+			var err error
+			if httpLn, err = listenFlag("--http-addr", o.httpAddr); err != nil {
+				return err
+			}
+		}
 		srv, err := coordinator.StartEmbedded(ctx, cfg)
 		if err != nil {
+			if httpLn != nil {
+				_ = httpLn.Close()
+			}
 			return err
 		}
 		defer srv.Close()
+		if httpLn != nil {
+			pctx, stopPage := context.WithCancel(context.WithoutCancel(ctx))
+			wait := serveStatusPage(pctx, httpLn, srv, log)
+			defer func() { stopPage(); wait() }()
+		}
 		addrs = []string{srv.Addr()}
 	}
 	conn, err := api.Dial(addrs)
@@ -335,6 +351,10 @@ func startWorkers(coord, jobID string, o launchOpts, log *zap.Logger) (*workerPr
 		args := []string{"worker", "--coordinator", coord, "--job", jobID, "--id", id, "--device", dev, "--log-level", level}
 		if o.ledgerDir != "" {
 			args = append(args, "--sample-ledger", filepath.Join(o.ledgerDir, id+".jsonl"))
+		}
+		if o.metricsAddr != "" {
+			addr, _ := workerMetricsAddr(o.metricsAddr, i) // checked by runLaunch
+			args = append(args, "--metrics-addr", addr)
 		}
 		cmd := exec.Command(exe, args...)
 		cmd.Stdout = io.Discard

@@ -15,12 +15,13 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/loomtrain/loom/collective"
+	"github.com/loomtrain/loom/metrics"
 	"github.com/loomtrain/loom/worker"
 )
 
 func newWorkerCmd() *cobra.Command {
 	var (
-		coord, job, id, dev, listen, level, ledger, shmRing string
+		coord, job, id, dev, listen, level, ledger, shmRing, metricsAddr string
 	)
 	cmd := &cobra.Command{
 		Use:   "worker --coordinator ADDR --job JOB_ID",
@@ -37,6 +38,14 @@ connection still carries the frame headers and notices a dead peer. Where
 /dev/shm is small (a container's default is 64 MiB) links that do not fit fall
 back to TCP; --shm-ring 0 (or LOOM_SHM_RING=0 in the environment, which
 workers started by loom launch inherit) turns shared memory off.
+
+With --metrics-addr it serves Prometheus metrics at http://ADDR/metrics: its
+training (loom_train_*: steps, samples, loss, learning rate, step time and its
+phases), all-reduces (loom_collective_*), checkpoint writes (loom_checkpoint_*),
+plan generation, evaluations and loom_worker_info (rank, stage, device), plus
+the Go runtime and process metrics. While it is a generation's rank 0 it also
+appends one JSON line per step to CHECKPOINT_DIR/JOB/metrics.jsonl (unless
+checkpoint.disabled), which loom plot reads.
 
 It exits 0 when the job completes, 3 when the job is cancelled, and stops
 cleanly (deregistering) on SIGINT or SIGTERM. With LOOM_CPUPROFILE=DIR in the
@@ -96,6 +105,13 @@ environment it writes a CPU profile of its run to DIR/ID.pprof.`,
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
+			if metricsAddr != "" {
+				reg := metrics.NewRegistry()
+				if _, err := metrics.Serve(ctx, metricsAddr, "--metrics-addr", reg, log); err != nil {
+					return err
+				}
+				cfg.Metrics = reg
+			}
 			err = worker.RunAgent(ctx, cfg)
 			switch {
 			case err == nil:
@@ -122,6 +138,7 @@ environment it writes a CPU profile of its run to DIR/ID.pprof.`,
 	f.StringVar(&listen, "listen", "", "collective listen address host:port (default 127.0.0.1:0)")
 	f.StringVar(&level, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&ledger, "sample-ledger", "", "append one JSON line per step started (tentative) and completed (epoch, step, generation, samples) to this file")
+	f.StringVar(&metricsAddr, "metrics-addr", "", "serve Prometheus metrics of this worker's training (loom_train_*, loom_collective_*, loom_checkpoint_*, loom_worker_info) and process at http://ADDR/metrics; host:port, port 0 picks one (logged); empty: off")
 	f.StringVar(&shmRing, "shm-ring", envOr("LOOM_SHM_RING", "4MiB"), "shared-memory ring per link direction to ranks on this host; 0: gradients through TCP only")
 	_ = cmd.MarkFlagRequired("coordinator")
 	_ = cmd.MarkFlagRequired("job")

@@ -1,0 +1,77 @@
+package collective
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+)
+
+// observation is one ObserveAllReduce call.
+type observation struct {
+	transport string
+	bytes     int64
+	took      time.Duration
+}
+
+type recordingObserver struct {
+	mu  sync.Mutex
+	got []observation
+}
+
+func (o *recordingObserver) ObserveAllReduce(transport string, bytes int64, took time.Duration) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.got = append(o.got, observation{transport, bytes, took})
+}
+
+// Every AllReduce is reported once per rank with the payload bytes the rank
+// sent (2(n-1) segments of the wire dtype) and the transport of its link;
+// other collectives are not reported.
+func TestObserverSeesEachAllReduce(t *testing.T) {
+	forEachKind(t, func(t *testing.T, kind TransportKind) {
+		const n, size = 3, 3000 // segments of 1000 elements
+		for _, tc := range []struct {
+			compress Compression
+			elemSize int64
+		}{{CompressNone, 4}, {CompressBF16, 2}} {
+			obs := make([]*recordingObserver, n)
+			ts := NewTestTransports(t, kind, 7, n)
+			cs := make([]*Communicator, n)
+			for r := range n {
+				cfg := testConfig(n, nil)
+				cfg.Rank, cfg.Compress = r, tc.compress
+				obs[r] = &recordingObserver{}
+				cfg.Observer = obs[r]
+				var err error
+				if cs[r], err = New(ts[r], cfg); err != nil {
+					t.Fatal(err)
+				}
+				defer cs[r].Close()
+			}
+			bufs := make([][]float32, n)
+			for r := range bufs {
+				bufs[r] = make([]float32, size)
+			}
+			mustAll(t, RunRanks(n, func(r int) error {
+				for range 2 {
+					if err := cs[r].AllReduce(context.Background(), F32(bufs[r])); err != nil {
+						return err
+					}
+				}
+				return cs[r].Broadcast(context.Background(), 0, F32(bufs[r]))
+			}))
+			want := 2 * (n - 1) * size / n * tc.elemSize
+			for r, o := range obs {
+				if len(o.got) != 2 {
+					t.Fatalf("%v rank %d: %d observations, want 2 (the all-reduces only)", tc.compress, r, len(o.got))
+				}
+				for _, g := range o.got {
+					if g.transport != string(kind) || g.bytes != want || g.took <= 0 {
+						t.Fatalf("%v rank %d: observed %+v, want transport %s and %d bytes", tc.compress, r, g, kind, want)
+					}
+				}
+			}
+		}
+	})
+}
