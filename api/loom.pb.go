@@ -2889,9 +2889,10 @@ type JobHistory struct {
 	Pending        *HistoryPoint          `protobuf:"bytes,6,opt,name=pending,proto3" json:"pending,omitempty"` // the point being filled (loss: a sum)
 	PendingReports int64                  `protobuf:"varint,7,opt,name=pending_reports,json=pendingReports,proto3" json:"pending_reports,omitempty"`
 	WorkerStride   int64                  `protobuf:"varint,8,opt,name=worker_stride,json=workerStride,proto3" json:"worker_stride,omitempty"` // speed reports per worker point
-	WorkerReports  int64                  `protobuf:"varint,9,opt,name=worker_reports,json=workerReports,proto3" json:"worker_reports,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Speed reports since each worker's last point.
+	WorkerReports map[string]int64 `protobuf:"bytes,10,rep,name=worker_reports,json=workerReports,proto3" json:"worker_reports,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *JobHistory) Reset() {
@@ -2980,11 +2981,11 @@ func (x *JobHistory) GetWorkerStride() int64 {
 	return 0
 }
 
-func (x *JobHistory) GetWorkerReports() int64 {
+func (x *JobHistory) GetWorkerReports() map[string]int64 {
 	if x != nil {
 		return x.WorkerReports
 	}
-	return 0
+	return nil
 }
 
 type ListEventsRequest struct {
@@ -3407,7 +3408,7 @@ const file_loom_proto_rawDesc = "" +
 	"\x10WorkerSpeedPoint\x12\x1b\n" +
 	"\tunix_nano\x18\x01 \x01(\x03R\bunixNano\x12\x1b\n" +
 	"\tworker_id\x18\x02 \x01(\tR\bworkerId\x12,\n" +
-	"\x12samples_per_second\x18\x03 \x01(\x01R\x10samplesPerSecond\"\xfa\x02\n" +
+	"\x12samples_per_second\x18\x03 \x01(\x01R\x10samplesPerSecond\"\xea\x03\n" +
 	"\n" +
 	"JobHistory\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12-\n" +
@@ -3417,8 +3418,13 @@ const file_loom_proto_rawDesc = "" +
 	"\x06stride\x18\x05 \x01(\x03R\x06stride\x12/\n" +
 	"\apending\x18\x06 \x01(\v2\x15.loom.v1.HistoryPointR\apending\x12'\n" +
 	"\x0fpending_reports\x18\a \x01(\x03R\x0ependingReports\x12#\n" +
-	"\rworker_stride\x18\b \x01(\x03R\fworkerStride\x12%\n" +
-	"\x0eworker_reports\x18\t \x01(\x03R\rworkerReports\"K\n" +
+	"\rworker_stride\x18\b \x01(\x03R\fworkerStride\x12M\n" +
+	"\x0eworker_reports\x18\n" +
+	" \x03(\v2&.loom.v1.JobHistory.WorkerReportsEntryR\rworkerReports\x1a@\n" +
+	"\x12WorkerReportsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01J\x04\b\t\x10\n" +
+	"\"K\n" +
 	"\x11ListEventsRequest\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x1f\n" +
 	"\vafter_index\x18\x02 \x01(\x04R\n" +
@@ -3471,7 +3477,7 @@ func file_loom_proto_rawDescGZIP() []byte {
 }
 
 var file_loom_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_loom_proto_msgTypes = make([]protoimpl.MessageInfo, 49)
+var file_loom_proto_msgTypes = make([]protoimpl.MessageInfo, 50)
 var file_loom_proto_goTypes = []any{
 	(JobState)(0),                     // 0: loom.v1.JobState
 	(*JobSpec)(nil),                   // 1: loom.v1.JobSpec
@@ -3523,6 +3529,7 @@ var file_loom_proto_goTypes = []any{
 	(*GetJobHistoryRequest)(nil),      // 47: loom.v1.GetJobHistoryRequest
 	(*GetJobHistoryResponse)(nil),     // 48: loom.v1.GetJobHistoryResponse
 	nil,                               // 49: loom.v1.DeviceProfile.GflopsEntry
+	nil,                               // 50: loom.v1.JobHistory.WorkerReportsEntry
 }
 var file_loom_proto_depIdxs = []int32{
 	1,  // 0: loom.v1.Job.spec:type_name -> loom.v1.JobSpec
@@ -3549,49 +3556,50 @@ var file_loom_proto_depIdxs = []int32{
 	42, // 21: loom.v1.JobHistory.evals:type_name -> loom.v1.EvalPoint
 	43, // 22: loom.v1.JobHistory.worker_speeds:type_name -> loom.v1.WorkerSpeedPoint
 	41, // 23: loom.v1.JobHistory.pending:type_name -> loom.v1.HistoryPoint
-	40, // 24: loom.v1.ListEventsResponse.events:type_name -> loom.v1.Event
-	44, // 25: loom.v1.GetJobHistoryResponse.history:type_name -> loom.v1.JobHistory
-	4,  // 26: loom.v1.Coordinator.SubmitJob:input_type -> loom.v1.SubmitJobRequest
-	6,  // 27: loom.v1.Coordinator.GetJob:input_type -> loom.v1.GetJobRequest
-	8,  // 28: loom.v1.Coordinator.ListJobs:input_type -> loom.v1.ListJobsRequest
-	10, // 29: loom.v1.Coordinator.CancelJob:input_type -> loom.v1.CancelJobRequest
-	14, // 30: loom.v1.Coordinator.RegisterWorker:input_type -> loom.v1.RegisterWorkerRequest
-	16, // 31: loom.v1.Coordinator.Heartbeat:input_type -> loom.v1.HeartbeatRequest
-	18, // 32: loom.v1.Coordinator.DeregisterWorker:input_type -> loom.v1.DeregisterWorkerRequest
-	19, // 33: loom.v1.Coordinator.ReportFailure:input_type -> loom.v1.ReportFailureRequest
-	22, // 34: loom.v1.Coordinator.ListWorkers:input_type -> loom.v1.ListWorkersRequest
-	24, // 35: loom.v1.Coordinator.DrainWorker:input_type -> loom.v1.DrainWorkerRequest
-	28, // 36: loom.v1.Coordinator.WatchPlan:input_type -> loom.v1.WatchPlanRequest
-	29, // 37: loom.v1.Coordinator.ReportProgress:input_type -> loom.v1.ReportProgressRequest
-	31, // 38: loom.v1.Coordinator.CommitCheckpoint:input_type -> loom.v1.CommitCheckpointRequest
-	45, // 39: loom.v1.Coordinator.ListEvents:input_type -> loom.v1.ListEventsRequest
-	47, // 40: loom.v1.Coordinator.GetJobHistory:input_type -> loom.v1.GetJobHistoryRequest
-	34, // 41: loom.v1.Cluster.Join:input_type -> loom.v1.JoinRequest
-	36, // 42: loom.v1.Cluster.RemoveCoordinator:input_type -> loom.v1.RemoveCoordinatorRequest
-	38, // 43: loom.v1.Cluster.ClusterStatus:input_type -> loom.v1.ClusterStatusRequest
-	5,  // 44: loom.v1.Coordinator.SubmitJob:output_type -> loom.v1.SubmitJobResponse
-	7,  // 45: loom.v1.Coordinator.GetJob:output_type -> loom.v1.GetJobResponse
-	9,  // 46: loom.v1.Coordinator.ListJobs:output_type -> loom.v1.ListJobsResponse
-	11, // 47: loom.v1.Coordinator.CancelJob:output_type -> loom.v1.CancelJobResponse
-	15, // 48: loom.v1.Coordinator.RegisterWorker:output_type -> loom.v1.RegisterWorkerResponse
-	17, // 49: loom.v1.Coordinator.Heartbeat:output_type -> loom.v1.HeartbeatResponse
-	21, // 50: loom.v1.Coordinator.DeregisterWorker:output_type -> loom.v1.DeregisterWorkerResponse
-	20, // 51: loom.v1.Coordinator.ReportFailure:output_type -> loom.v1.ReportFailureResponse
-	23, // 52: loom.v1.Coordinator.ListWorkers:output_type -> loom.v1.ListWorkersResponse
-	25, // 53: loom.v1.Coordinator.DrainWorker:output_type -> loom.v1.DrainWorkerResponse
-	27, // 54: loom.v1.Coordinator.WatchPlan:output_type -> loom.v1.Plan
-	30, // 55: loom.v1.Coordinator.ReportProgress:output_type -> loom.v1.ReportProgressResponse
-	32, // 56: loom.v1.Coordinator.CommitCheckpoint:output_type -> loom.v1.CommitCheckpointResponse
-	46, // 57: loom.v1.Coordinator.ListEvents:output_type -> loom.v1.ListEventsResponse
-	48, // 58: loom.v1.Coordinator.GetJobHistory:output_type -> loom.v1.GetJobHistoryResponse
-	35, // 59: loom.v1.Cluster.Join:output_type -> loom.v1.JoinResponse
-	37, // 60: loom.v1.Cluster.RemoveCoordinator:output_type -> loom.v1.RemoveCoordinatorResponse
-	39, // 61: loom.v1.Cluster.ClusterStatus:output_type -> loom.v1.ClusterStatusResponse
-	44, // [44:62] is the sub-list for method output_type
-	26, // [26:44] is the sub-list for method input_type
-	26, // [26:26] is the sub-list for extension type_name
-	26, // [26:26] is the sub-list for extension extendee
-	0,  // [0:26] is the sub-list for field type_name
+	50, // 24: loom.v1.JobHistory.worker_reports:type_name -> loom.v1.JobHistory.WorkerReportsEntry
+	40, // 25: loom.v1.ListEventsResponse.events:type_name -> loom.v1.Event
+	44, // 26: loom.v1.GetJobHistoryResponse.history:type_name -> loom.v1.JobHistory
+	4,  // 27: loom.v1.Coordinator.SubmitJob:input_type -> loom.v1.SubmitJobRequest
+	6,  // 28: loom.v1.Coordinator.GetJob:input_type -> loom.v1.GetJobRequest
+	8,  // 29: loom.v1.Coordinator.ListJobs:input_type -> loom.v1.ListJobsRequest
+	10, // 30: loom.v1.Coordinator.CancelJob:input_type -> loom.v1.CancelJobRequest
+	14, // 31: loom.v1.Coordinator.RegisterWorker:input_type -> loom.v1.RegisterWorkerRequest
+	16, // 32: loom.v1.Coordinator.Heartbeat:input_type -> loom.v1.HeartbeatRequest
+	18, // 33: loom.v1.Coordinator.DeregisterWorker:input_type -> loom.v1.DeregisterWorkerRequest
+	19, // 34: loom.v1.Coordinator.ReportFailure:input_type -> loom.v1.ReportFailureRequest
+	22, // 35: loom.v1.Coordinator.ListWorkers:input_type -> loom.v1.ListWorkersRequest
+	24, // 36: loom.v1.Coordinator.DrainWorker:input_type -> loom.v1.DrainWorkerRequest
+	28, // 37: loom.v1.Coordinator.WatchPlan:input_type -> loom.v1.WatchPlanRequest
+	29, // 38: loom.v1.Coordinator.ReportProgress:input_type -> loom.v1.ReportProgressRequest
+	31, // 39: loom.v1.Coordinator.CommitCheckpoint:input_type -> loom.v1.CommitCheckpointRequest
+	45, // 40: loom.v1.Coordinator.ListEvents:input_type -> loom.v1.ListEventsRequest
+	47, // 41: loom.v1.Coordinator.GetJobHistory:input_type -> loom.v1.GetJobHistoryRequest
+	34, // 42: loom.v1.Cluster.Join:input_type -> loom.v1.JoinRequest
+	36, // 43: loom.v1.Cluster.RemoveCoordinator:input_type -> loom.v1.RemoveCoordinatorRequest
+	38, // 44: loom.v1.Cluster.ClusterStatus:input_type -> loom.v1.ClusterStatusRequest
+	5,  // 45: loom.v1.Coordinator.SubmitJob:output_type -> loom.v1.SubmitJobResponse
+	7,  // 46: loom.v1.Coordinator.GetJob:output_type -> loom.v1.GetJobResponse
+	9,  // 47: loom.v1.Coordinator.ListJobs:output_type -> loom.v1.ListJobsResponse
+	11, // 48: loom.v1.Coordinator.CancelJob:output_type -> loom.v1.CancelJobResponse
+	15, // 49: loom.v1.Coordinator.RegisterWorker:output_type -> loom.v1.RegisterWorkerResponse
+	17, // 50: loom.v1.Coordinator.Heartbeat:output_type -> loom.v1.HeartbeatResponse
+	21, // 51: loom.v1.Coordinator.DeregisterWorker:output_type -> loom.v1.DeregisterWorkerResponse
+	20, // 52: loom.v1.Coordinator.ReportFailure:output_type -> loom.v1.ReportFailureResponse
+	23, // 53: loom.v1.Coordinator.ListWorkers:output_type -> loom.v1.ListWorkersResponse
+	25, // 54: loom.v1.Coordinator.DrainWorker:output_type -> loom.v1.DrainWorkerResponse
+	27, // 55: loom.v1.Coordinator.WatchPlan:output_type -> loom.v1.Plan
+	30, // 56: loom.v1.Coordinator.ReportProgress:output_type -> loom.v1.ReportProgressResponse
+	32, // 57: loom.v1.Coordinator.CommitCheckpoint:output_type -> loom.v1.CommitCheckpointResponse
+	46, // 58: loom.v1.Coordinator.ListEvents:output_type -> loom.v1.ListEventsResponse
+	48, // 59: loom.v1.Coordinator.GetJobHistory:output_type -> loom.v1.GetJobHistoryResponse
+	35, // 60: loom.v1.Cluster.Join:output_type -> loom.v1.JoinResponse
+	37, // 61: loom.v1.Cluster.RemoveCoordinator:output_type -> loom.v1.RemoveCoordinatorResponse
+	39, // 62: loom.v1.Cluster.ClusterStatus:output_type -> loom.v1.ClusterStatusResponse
+	45, // [45:63] is the sub-list for method output_type
+	27, // [27:45] is the sub-list for method input_type
+	27, // [27:27] is the sub-list for extension type_name
+	27, // [27:27] is the sub-list for extension extendee
+	0,  // [0:27] is the sub-list for field type_name
 }
 
 func init() { file_loom_proto_init() }
@@ -3606,7 +3614,7 @@ func file_loom_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_loom_proto_rawDesc), len(file_loom_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   49,
+			NumMessages:   50,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

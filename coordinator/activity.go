@@ -1,8 +1,10 @@
 package coordinator
 
 import (
+	"cmp"
 	"fmt"
 	"maps"
+	"math"
 	"slices"
 	"strings"
 
@@ -98,27 +100,80 @@ func (s *state) jobSpeed(id string) float64 {
 }
 
 // recordSpeed adds a worker's smoothed speed to its job's history, one
-// point per worker_stride measurements; at the bound every other point
-// is dropped and the stride doubles.
+// point per worker_stride of its measurements; at the bound every other
+// point of each worker is dropped and the stride doubles, so every worker
+// keeps an evenly spaced line however the reports interleave.
 func (s *state) recordSpeed(jobID string, w *api.Worker) {
 	h := s.history(jobID)
-	if h.WorkerReports++; h.WorkerReports < h.WorkerStride {
+	if h.WorkerReports == nil {
+		h.WorkerReports = map[string]int64{}
+	}
+	id := w.GetId()
+	if h.WorkerReports[id]++; h.WorkerReports[id] < h.WorkerStride {
 		return
 	}
-	h.WorkerReports = 0
-	h.WorkerSpeeds = append(h.WorkerSpeeds, &api.WorkerSpeedPoint{UnixNano: s.applyUnixNano, WorkerId: w.GetId(), SamplesPerSecond: w.GetSamplesPerSecond()})
+	h.WorkerReports[id] = 0
+	h.WorkerSpeeds = append(h.WorkerSpeeds, &api.WorkerSpeedPoint{UnixNano: s.applyUnixNano, WorkerId: id, SamplesPerSecond: w.GetSamplesPerSecond()})
 	if len(h.WorkerSpeeds) >= maxHistoryPoints {
-		h.WorkerSpeeds = everyOther(h.WorkerSpeeds)
+		nth := map[string]int{}
+		h.WorkerSpeeds = slices.DeleteFunc(h.WorkerSpeeds, func(p *api.WorkerSpeedPoint) bool {
+			n := nth[p.GetWorkerId()]
+			nth[p.GetWorkerId()] = n + 1
+			return n%2 == 1
+		})
 		h.WorkerStride *= 2
 	}
 }
 
-// recordEval adds an evaluation to the history (and the event log).
-func (s *state) recordEval(j *api.Job, r *api.ReportProgressRequest) {
+// recordEval adds an evaluation to the history; it reports whether it was
+// new (a report retried after its first copy committed is not).
+func (s *state) recordEval(j *api.Job, r *api.ReportProgressRequest) bool {
 	h := s.history(j.Id)
+	if n := len(h.Evals); n > 0 && h.Evals[n-1].GetStep() == r.GetStep() {
+		return false
+	}
 	h.Evals = append(h.Evals, &api.EvalPoint{UnixNano: s.applyUnixNano, Step: r.GetStep(), Loss: r.GetTestLoss(), Accuracy: r.GetTestAccuracy()})
 	if len(h.Evals) > maxEvals {
 		h.Evals = append(everyOther(h.Evals[:maxEvals/2]), h.Evals[maxEvals/2:]...)
+	}
+	return true
+}
+
+// flushPending ends job id's history at its last report: the point being
+// filled, if any, is added as it is.
+func (s *state) flushPending(id string) {
+	h := s.history(id)
+	if h.PendingReports == 0 {
+		return
+	}
+	p := h.Pending
+	p.Loss /= float64(h.PendingReports)
+	p.SamplesPerSecond = s.jobSpeed(id)
+	h.Points = append(h.Points, p)
+	h.Pending, h.PendingReports = nil, 0
+}
+
+// maxEndedHistories bounds how many ended jobs keep their history; a new
+// submission drops the history of the job that ended first beyond it.
+const maxEndedHistories = 64
+
+func (s *state) pruneHistories() {
+	var ended []*api.Job
+	for id := range s.histories {
+		if j, ok := s.jobs[id]; !ok || jobEnded(j) {
+			if !ok {
+				delete(s.histories, id)
+				continue
+			}
+			ended = append(ended, j)
+		}
+	}
+	if len(ended) <= maxEndedHistories {
+		return
+	}
+	slices.SortFunc(ended, func(a, b *api.Job) int { return cmp.Compare(a.GetSubmittedUnixNano(), b.GetSubmittedUnixNano()) })
+	for _, j := range ended[:len(ended)-maxEndedHistories] {
+		delete(s.histories, j.GetId())
 	}
 }
 
@@ -168,19 +223,27 @@ func planMessage(p *api.Plan) string {
 func (f *FSM) Events(id string, after uint64) ([]*api.Event, uint64) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
-	var from, to int64 = 0, 1<<63 - 1
+	// The job's life, in Raft indexes: from its first event (its
+	// submission) to its last once it has ended.
+	var from, to uint64 = 0, math.MaxUint64
 	if j, ok := f.st.jobs[id]; ok {
-		from = j.GetSubmittedUnixNano()
-		if jobEnded(j) && j.GetCompletedUnixNano() != 0 {
-			to = j.GetCompletedUnixNano()
+		first := true
+		for _, e := range f.st.events {
+			if e.GetJobId() == id {
+				if first {
+					from, first = e.GetIndex(), false
+				}
+				if jobEnded(j) {
+					to = e.GetIndex()
+				}
+			}
 		}
 	}
+	// Events are in index order: start after the caller's index.
+	start, _ := slices.BinarySearchFunc(f.st.events, after+1, func(e *api.Event, i uint64) int { return cmp.Compare(e.GetIndex(), i) })
 	var out []*api.Event
-	for _, e := range f.st.events {
-		if e.GetIndex() <= after {
-			continue
-		}
-		if id == "" || e.GetJobId() == id || (e.GetJobId() == "" && e.GetUnixNano() >= from && e.GetUnixNano() <= to) {
+	for _, e := range f.st.events[start:] {
+		if id == "" || e.GetJobId() == id || (e.GetJobId() == "" && e.GetIndex() >= from && e.GetIndex() <= to) {
 			out = append(out, proto.CloneOf(e))
 		}
 	}

@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"fmt"
 	"math"
 	"strings"
 	"testing"
@@ -129,5 +130,84 @@ func TestHistoryIsBounded(t *testing.T) {
 	g.st = stateFromProto(f.st.toProto())
 	if !proto.Equal(g.History("job-0001"), h) {
 		t.Fatal("history differs after a snapshot round trip")
+	}
+}
+
+// Two workers reporting in turn both keep evenly spaced speed lines to the
+// end; a retried evaluation is recorded once; the job's last reports are
+// in its history when it completes; leader changes after a job ended are
+// not in its events.
+func TestHistoryOfWorkersAndEnd(t *testing.T) {
+	f := NewFSM(zap.NewNop())
+	prof := &api.DeviceProfile{DeviceName: "cpu", CollectiveAddr: "127.0.0.1:1"}
+	i := uint64(0)
+	apply := func(m proto.Message) {
+		t.Helper()
+		i++
+		if r := applyTimed(t, f, i, time.Unix(0, int64(i)), m); r.Err != nil {
+			t.Fatal(r.Err)
+		}
+	}
+	apply(&api.CmdSubmitJob{Spec: &api.JobSpec{Name: "two", GlobalBatch: 8}})
+	for _, w := range []string{"w0", "w1"} {
+		apply(&api.CmdRegisterWorker{Worker: &api.Worker{Id: w, Profile: prof, JobId: "job-0001"}})
+	}
+	apply(&api.CmdPutPlan{Plan: &api.Plan{JobId: "job-0001", Generation: 1, Ranks: []*api.Rank{{WorkerId: "w0", BatchShare: 4}, {Rank: 1, WorkerId: "w1", BatchShare: 4}}}})
+	const steps = 20_001
+	for s := 1; s <= steps; s++ {
+		r := &api.ReportProgressRequest{JobId: "job-0001", WorkerId: []string{"w0", "w1"}[s%2], Generation: 1, Step: int64(s), Loss: 1}
+		if s == 500 {
+			acc := 0.5
+			r.TestAccuracy, r.TestLoss = &acc, 1
+			apply(&api.CmdReportProgress{Report: proto.CloneOf(r), SamplesPerSecond: 10}) // a retried report
+		}
+		apply(&api.CmdReportProgress{Report: r, SamplesPerSecond: 10})
+	}
+	h := f.History("job-0001")
+	last := map[string]int{}
+	count := map[string]int{}
+	for k, p := range h.GetWorkerSpeeds() {
+		last[p.GetWorkerId()] = k
+		count[p.GetWorkerId()]++
+	}
+	n := len(h.GetWorkerSpeeds())
+	if count["w0"] < n/3 || count["w1"] < n/3 || last["w0"] < n-3 || last["w1"] < n-3 {
+		t.Fatalf("speed points per worker %v (of %d), last at %v", count, n, last)
+	}
+	if len(h.GetEvals()) != 1 {
+		t.Fatalf("%d evaluations recorded for one (retried) evaluation", len(h.GetEvals()))
+	}
+	if es, _ := f.Events("job-0001", 0); len(es) != 5 { // submitted, 2 joined, plan, 1 eval
+		t.Fatalf("%d events: %v", len(es), es)
+	}
+	acc := 0.9
+	apply(&api.CmdReportProgress{Report: &api.ReportProgressRequest{JobId: "job-0001", WorkerId: "w0", Step: steps, Done: true, TestAccuracy: &acc, TestLoss: 0.5}})
+	h = f.History("job-0001")
+	if p := h.GetPoints(); h.GetPendingReports() != 0 || p[len(p)-1].GetStep() != steps {
+		t.Fatalf("history ends at step %d with %d reports pending, want %d", p[len(p)-1].GetStep(), h.GetPendingReports(), steps)
+	}
+	apply(&api.CmdLeaderElected{NodeId: "n2", Term: 9})
+	es, _ := f.Events("job-0001", 0)
+	if k := es[len(es)-1].GetKind(); k != "completed" {
+		t.Fatalf("last event of the ended job is %q", k)
+	}
+}
+
+// Ended jobs keep their histories up to a bound; the oldest go first.
+func TestEndedHistoriesArePruned(t *testing.T) {
+	f := NewFSM(zap.NewNop())
+	i := uint64(0)
+	for n := 1; n <= maxEndedHistories+5; n++ {
+		i++
+		applyTimed(t, f, i, time.Unix(0, int64(i)), &api.CmdSubmitJob{Spec: &api.JobSpec{Name: "j", GlobalBatch: 8}, NowUnixNano: int64(n)})
+		f.st.history(fmt.Sprintf("job-%04d", n))
+		i++
+		applyTimed(t, f, i, time.Unix(0, int64(i)), &api.CmdCancelJob{JobId: fmt.Sprintf("job-%04d", n), Reason: "x"})
+	}
+	if got := len(f.st.histories); got != maxEndedHistories+1 { // pruned at each submit, the last one added after
+		t.Fatalf("%d histories kept, want %d", got, maxEndedHistories+1)
+	}
+	if _, ok := f.st.histories["job-0001"]; ok {
+		t.Fatal("the oldest job's history was kept")
 	}
 }

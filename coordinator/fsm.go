@@ -24,7 +24,9 @@ const snapshotVersion = 1
 // FSM is the coordinator's replicated state machine. Raft calls Apply,
 // Snapshot and Restore from one goroutine; every other method may be called
 // from any goroutine. Apply is deterministic: any clock value it needs
-// travels inside the command, stamped by the leader.
+// travels inside the command, stamped by the leader, or is the log entry's
+// AppendedAt (the leader's clock when it appended the entry, replicated
+// with it).
 type FSM struct {
 	log *zap.Logger
 
@@ -174,6 +176,7 @@ func (s *state) submitJob(c *api.CmdSubmitJob) ApplyResult {
 		Reason:            "waiting for the first plan",
 	}
 	s.jobs[j.Id] = j
+	s.pruneHistories()
 	s.event(&api.Event{JobId: j.Id, Kind: "submitted", Message: fmt.Sprintf("job %q submitted (global batch %d)", j.Spec.GetName(), j.Spec.GetGlobalBatch())})
 	return ApplyResult{Msg: proto.CloneOf(j)}
 }
@@ -210,6 +213,7 @@ func (s *state) cancelJob(c *api.CmdCancelJob) ApplyResult {
 	if !jobEnded(j) { // cancelling twice, or after completion, is a no-op
 		j.State = api.JobState_JOB_STATE_CANCELLED
 		j.Reason = c.GetReason()
+		s.flushPending(j.Id)
 		s.event(&api.Event{JobId: j.Id, Kind: "cancelled", Message: "cancelled: " + c.GetReason(), Step: j.Step, Generation: j.Generation})
 	}
 	return ApplyResult{Msg: proto.CloneOf(j)}
@@ -416,8 +420,7 @@ func (s *state) reportProgress(c *api.CmdReportProgress) ApplyResult {
 	}
 	if r.TestAccuracy != nil {
 		j.TestAccuracy, j.TestLoss = r.GetTestAccuracy(), r.GetTestLoss()
-		if !r.GetDone() {
-			s.recordEval(j, r)
+		if !r.GetDone() && s.recordEval(j, r) {
 			s.event(&api.Event{JobId: j.Id, Kind: "eval", WorkerId: r.GetWorkerId(), Step: r.GetStep(), Generation: j.Generation,
 				Message: fmt.Sprintf("step %d: held-out loss %.4f, accuracy %.4f", r.GetStep(), r.GetTestLoss(), r.GetTestAccuracy())})
 		}
@@ -425,6 +428,7 @@ func (s *state) reportProgress(c *api.CmdReportProgress) ApplyResult {
 	if r.GetDone() {
 		j.State, j.Reason, j.CompletedUnixNano = api.JobState_JOB_STATE_COMPLETED, "", c.GetNowUnixNano()
 		j.SamplesPerSecond = r.GetJobSamplesPerSecond()
+		s.flushPending(j.Id)
 		h := s.history(j.Id)
 		h.Evals = append(h.Evals, &api.EvalPoint{UnixNano: s.applyUnixNano, Step: j.Step, Loss: r.GetTestLoss(), Accuracy: r.GetTestAccuracy()})
 		s.event(&api.Event{JobId: j.Id, Kind: "completed", WorkerId: r.GetWorkerId(), Step: j.Step, Generation: j.Generation,
@@ -499,7 +503,9 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	counts := f.st.eventCounts // this process's, not the snapshot's
 	f.st = stateFromProto(st)
+	f.st.eventCounts = counts
 	f.notifyLocked()
 	return nil
 }

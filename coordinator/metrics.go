@@ -19,7 +19,7 @@ type serverMetrics struct {
 
 // Collector returns a Prometheus collector for this node: Raft state, the
 // leader's counters, and per job its step, generation, loss, speed and
-// checkpoints, read at scrape time (nothing is copied on the hot path).
+// checkpoints (of jobs that have not ended), read at scrape time (nothing is copied on the hot path).
 // Every series carries the label node; per-job series also job (its id)
 // and name (its name, which workers label their series job with).
 func (s *Server) Collector() prometheus.Collector { return &collector{s: s} }
@@ -94,6 +94,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	delete(jobs, "unspecified")
 	for _, j := range s.fsm.Jobs() {
 		jobs[jobStateLabel(j.GetState())]++
+		if jobEnded(j) {
+			continue // its series end with it (loom status keeps its figures)
+		}
 		id, name := j.GetId(), j.GetSpec().GetName()
 		gauge(descJobStep, float64(j.GetStep()), id, name)
 		gauge(descJobGen, float64(j.GetGeneration()), id, name)

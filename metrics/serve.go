@@ -34,29 +34,61 @@ const shutdownGrace = 2 * time.Second
 // ("--metrics-addr 127.0.0.1:9100: address already in use"). A scrape
 // gathers reg concurrently with the collectors' updates, which is safe.
 func Serve(ctx context.Context, addr, flag string, reg *prometheus.Registry, log *zap.Logger) (net.Addr, error) {
-	if log == nil {
-		log = zap.NewNop()
+	ln, err := Listen(addr, flag)
+	if err != nil {
+		return nil, err
 	}
+	ServeHandler(ctx, ln, Handler(reg, log), log)
+	if log != nil {
+		log.Info("serving metrics", zap.String("addr", ln.Addr().String()), zap.String("path", "/metrics"))
+	}
+	return ln.Addr(), nil
+}
+
+// Listen listens on addr for TCP; a failure names flag, the option addr
+// came from, and the cause ("--http-addr :8080: address already in use").
+// Callers bind before they start work, so that a taken port is refused
+// first.
+func Listen(addr, flag string) (net.Listener, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("%s %s: %w", flag, addr, listenCause(err))
 	}
+	return ln, nil
+}
+
+// Handler serves reg at /metrics.
+func Handler(reg *prometheus.Registry, log *zap.Logger) http.Handler {
+	if log == nil {
+		log = zap.NewNop()
+	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg, ErrorLog: zap.NewStdLog(log)}))
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	return mux
+}
+
+// ServeHandler serves h on ln until ctx ends (then it shuts down, letting
+// requests in flight finish for up to shutdownGrace). The returned function
+// waits until that shutdown is over: callers cancel ctx first.
+func ServeHandler(ctx context.Context, ln net.Listener, h http.Handler, log *zap.Logger) (wait func()) {
+	if log == nil {
+		log = zap.NewNop()
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	done := make(chan struct{})
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Warn("metrics server stopped", zap.String("addr", ln.Addr().String()), zap.Error(err))
+			log.Warn("http server stopped", zap.String("addr", ln.Addr().String()), zap.Error(err))
 		}
 	}()
 	go func() {
+		defer close(done)
 		<-ctx.Done()
 		sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
 		defer cancel()
 		_ = srv.Shutdown(sctx)
 	}()
-	log.Info("serving metrics", zap.String("addr", ln.Addr().String()), zap.String("path", "/metrics"))
-	return ln.Addr(), nil
+	return func() { <-done }
 }
 
 // listenCause strips net.Listen's "listen tcp ADDR: bind:" prefix, which

@@ -2,16 +2,21 @@ package train
 
 import (
 	"context"
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/loomtrain/loom/collective"
 	"github.com/loomtrain/loom/device/cpu"
 	"github.com/loomtrain/loom/jobspec"
+	"github.com/loomtrain/loom/metrics"
 )
 
 // flatParams returns a copy of every parameter value.
@@ -153,14 +158,46 @@ func TestSharesSplitShortBatchExactlyOnce(t *testing.T) {
 // BenchmarkDataParallelStep: two ranks in this process (one thread each)
 // train the example MLP with SGD at 64 samples per rank, summing gradients
 // over a loopback TCP ring: the per-step cost of data parallelism without
-// process start-up or the coordinator.
+// process start-up or the coordinator. metrics=on adds what a worker does
+// per step when it serves /metrics and writes metrics.jsonl: its
+// Prometheus collectors (all-reduce observer included) and rank 0's
+// history line.
 func BenchmarkDataParallelStep(b *testing.B) {
+	for _, on := range []bool{false, true} {
+		b.Run(fmt.Sprintf("metrics=%v", map[bool]string{false: "off", true: "on"}[on]), func(b *testing.B) { benchDataParallel(b, on) })
+	}
+}
+
+func benchDataParallel(b *testing.B, withMetrics bool) {
 	split := mnistForBench(b)
 	job, err := jobspec.Parse("bench.yaml", []byte("name: ddp\nmodel: {kind: mlp, layers: [784, 512, 256, 10]}\ntrain: {epochs: 100, global_batch: 128}\noptimizer: {kind: sgd, lr: 0.01}\n"))
 	if err != nil {
 		b.Fatal(err)
 	}
-	comms := collective.NewTestGroup(b, collective.TransportTCP, 2, collective.DefaultConfig())
+	cfg := collective.DefaultConfig()
+	proms := make([]*metrics.Trainer, 2)
+	var history *metrics.HistoryWriter
+	if withMetrics {
+		for r := range proms {
+			if proms[r], err = metrics.NewTrainer(prometheus.NewRegistry(), "ddp", fmt.Sprint("w", r)); err != nil {
+				b.Fatal(err)
+			}
+		}
+		history = metrics.NewHistoryWriter(metrics.HistoryPath(b.TempDir(), "ddp"), nil)
+		defer history.Close()
+	}
+	comms := make([]*collective.Communicator, 2)
+	for r, t := range collective.NewTestTransports(b, collective.TransportTCP, cfg.Generation, 2) {
+		c := cfg
+		c.Rank = r
+		if withMetrics {
+			c.Observer = proms[r]
+		}
+		if comms[r], err = collective.New(t, c); err != nil {
+			b.Fatal(err)
+		}
+		defer comms[r].Close()
+	}
 	trainers := make([]*Trainer, 2)
 	for r := range trainers {
 		dev, _ := cpu.New(cpu.Config{Threads: 1})
@@ -174,8 +211,17 @@ func BenchmarkDataParallelStep(b *testing.B) {
 		defer sync.Close()
 		sh, _ := NewShares([]int{64, 64}, r, 128)
 		for i := 0; i < b.N; i++ {
-			if _, err := trainers[r].StepShare(context.Background(), sync, sh); err != nil {
+			start := time.Now()
+			loss, err := trainers[r].StepShare(context.Background(), sync, sh)
+			if err != nil {
 				return err
+			}
+			if withMetrics {
+				s := metrics.Step{Step: i + 1, Samples: 64, Batch: 128, TokensPerSample: 1, Loss: loss, LR: 0.01, Took: time.Since(start)}
+				proms[r].ObserveStep(s)
+				if r == 0 {
+					history.Write(metrics.RecordOf(s, time.Now()))
+				}
 			}
 		}
 		return nil

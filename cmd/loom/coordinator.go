@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"os/signal"
 	"strings"
@@ -16,7 +15,6 @@ import (
 
 	"github.com/loomtrain/loom/api"
 	"github.com/loomtrain/loom/coordinator"
-	"github.com/loomtrain/loom/metrics"
 )
 
 func newCoordinatorCmd() *cobra.Command {
@@ -56,31 +54,19 @@ current leader in etcd, and a new node with neither flag joins through it.`,
 			if err := cfg.Validate(); err != nil {
 				return err
 			}
-			var httpLn net.Listener
-			if httpAddr != "" {
-				if httpLn, err = listenFlag("--http-addr", httpAddr); err != nil {
-					return err
-				}
+			hl, err := listenCoordinatorHTTP(httpAddr, metricsAddr)
+			if err != nil {
+				return err
 			}
 			sctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 			srv, err := coordinator.Start(sctx, cfg)
 			cancel()
 			if err != nil {
-				if httpLn != nil {
-					_ = httpLn.Close()
-				}
+				hl.close()
 				return err
 			}
 			log.Info("serving", zap.String("id", cfg.NodeID), zap.String("grpc", srv.Addr()), zap.String("raft", srv.RaftAddr()))
-			if httpLn != nil {
-				defer serveStatusPage(ctx, httpLn, srv, log)()
-			}
-			if metricsAddr != "" {
-				if _, err := metrics.Serve(ctx, metricsAddr, "--metrics-addr", coordinatorRegistry(srv), log); err != nil {
-					_ = srv.Close()
-					return err
-				}
-			}
+			defer hl.serve(ctx, srv, log)()
 			<-ctx.Done()
 			log.Info("shutting down")
 			return srv.Close()

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -68,7 +67,9 @@ of the cluster; older ones are counted as dropped.
 // every second until the job has ended and its last events are printed.
 func printEvents(ctx context.Context, w io.Writer, c api.CoordinatorClient, id string, asJSON, follow bool) error {
 	var after uint64
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	// Fixed columns (not a tabwriter): with -f, rows printed a second apart
+	// must line up.
+	row := func(a ...any) { fmt.Fprintf(w, "%-12s  %-17s  %-10s  %4s  %6s  %s\n", a...) }
 	header := !asJSON
 	for {
 		// The job's state is read before its events, so that the events of
@@ -92,7 +93,7 @@ func printEvents(ctx context.Context, w io.Writer, c api.CoordinatorClient, id s
 			if r.GetDropped() > 0 && after == 0 {
 				fmt.Fprintf(w, "(%d older events of the cluster were dropped)\n", r.GetDropped())
 			}
-			fmt.Fprintln(tw, "TIME\tKIND\tWORKER\tGEN\tSTEP\tMESSAGE")
+			row("TIME", "KIND", "WORKER", "GEN", "STEP", "MESSAGE")
 			header = false
 		}
 		for _, e := range r.GetEvents() {
@@ -103,11 +104,8 @@ func printEvents(ctx context.Context, w io.Writer, c api.CoordinatorClient, id s
 				}
 				continue
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", time.Unix(0, e.GetUnixNano()).Format("15:04:05.000"), e.GetKind(),
+			row(time.Unix(0, e.GetUnixNano()).Format("15:04:05.000"), e.GetKind(),
 				dash(e.GetWorkerId()), dashInt(e.GetGeneration()), dashInt(e.GetStep()), e.GetMessage())
-		}
-		if err := tw.Flush(); err != nil {
-			return err
 		}
 		if !follow || ended {
 			return nil

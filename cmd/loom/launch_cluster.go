@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -45,26 +44,17 @@ func runCluster(ctx context.Context, stdout io.Writer, job *jobspec.Job, o launc
 		// coordinator/failure.go), not by the lease. Shares follow measured
 		// speed within about a second.
 		cfg.ReplanInterval = time.Second
-		var httpLn net.Listener
-		if o.httpAddr != "" {
-			var err error
-			if httpLn, err = listenFlag("--http-addr", o.httpAddr); err != nil {
-				return err
-			}
+		hl, err := listenCoordinatorHTTP(o.httpAddr, "")
+		if err != nil {
+			return err
 		}
 		srv, err := coordinator.StartEmbedded(ctx, cfg)
 		if err != nil {
-			if httpLn != nil {
-				_ = httpLn.Close()
-			}
+			hl.close()
 			return err
 		}
 		defer srv.Close()
-		if httpLn != nil {
-			pctx, stopPage := context.WithCancel(context.WithoutCancel(ctx))
-			wait := serveStatusPage(pctx, httpLn, srv, log)
-			defer func() { stopPage(); wait() }()
-		}
+		defer hl.serve(ctx, srv, log)()
 		addrs = []string{srv.Addr()}
 	}
 	conn, err := api.Dial(addrs)

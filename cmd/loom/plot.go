@@ -41,8 +41,9 @@ job's checkpoint directory (<checkpoint.dir>/<job>), one of its
 step-NNNNNNNN checkpoint directories, or the metrics.jsonl file itself; the
 history is written there by training runs with checkpoints enabled.
 With --coordinator, SOURCE is a job id and the chart comes from the
-history the coordinators keep (about one point per second of training,
-at most 2048 per job; no learning rate).
+history the coordinators keep (a point per progress report that advanced
+the job, workers report a few times a second, at most 2048 points per job,
+evenly thinned; no learning rate).
 
 --what picks the chart:
   loss        train loss vs step, and the validation loss where evaluations ran
@@ -152,17 +153,15 @@ func readPlotSource(ctx context.Context, source, coordinator string) ([]metrics.
 // jobHistoryRecords turns a coordinator's job history into records by
 // step: its points, with the evaluations on theirs.
 func jobHistoryRecords(h *api.JobHistory) []metrics.Record {
-	byStep := map[int]*metrics.Record{}
+	byStep := map[int]int{} // step → index in recs
 	var recs []metrics.Record
 	for _, p := range h.GetPoints() {
+		byStep[int(p.GetStep())] = len(recs)
 		recs = append(recs, metrics.Record{T: p.GetUnixNano(), Step: int(p.GetStep()), Loss: p.GetLoss(), SamplesPerS: p.GetSamplesPerSecond()})
 	}
-	for i := range recs {
-		byStep[recs[i].Step] = &recs[i]
-	}
 	for _, e := range h.GetEvals() {
-		if r, ok := byStep[int(e.GetStep())]; ok {
-			r.ValLoss, r.ValAccuracy = e.GetLoss(), e.GetAccuracy()
+		if i, ok := byStep[int(e.GetStep())]; ok {
+			recs[i].ValLoss, recs[i].ValAccuracy = e.GetLoss(), e.GetAccuracy()
 			continue
 		}
 		recs = append(recs, metrics.Record{T: e.GetUnixNano(), Step: int(e.GetStep()), Loss: math.NaN(), ValLoss: e.GetLoss(), ValAccuracy: e.GetAccuracy()})

@@ -2,14 +2,8 @@ package main
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"net"
-	"net/http"
-	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
 
 	"github.com/loomtrain/loom/coordinator"
@@ -17,42 +11,58 @@ import (
 	"github.com/loomtrain/loom/metrics"
 )
 
-// listenFlag listens on addr, given by flag; a taken port is an error
-// that names the flag.
-func listenFlag(flag, addr string) (net.Listener, error) {
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return nil, fmt.Errorf("%s %s: %w", flag, addr, err)
+// coordinatorHTTP is a coordinator's HTTP listeners, bound before the
+// coordinator starts so that a taken port is refused before any work: the
+// status page (with /metrics) and /metrics alone; nil when off.
+type coordinatorHTTP struct{ page, metrics net.Listener }
+
+// listenCoordinatorHTTP binds the listeners of the --http-addr and
+// --metrics-addr given (empty: off).
+func listenCoordinatorHTTP(pageAddr, metricsAddr string) (*coordinatorHTTP, error) {
+	h := &coordinatorHTTP{}
+	var err error
+	if pageAddr != "" {
+		if h.page, err = metrics.Listen(pageAddr, "--http-addr"); err != nil {
+			return nil, err
+		}
 	}
-	return ln, nil
+	if metricsAddr != "" {
+		if h.metrics, err = metrics.Listen(metricsAddr, "--metrics-addr"); err != nil {
+			h.close()
+			return nil, err
+		}
+	}
+	return h, nil
 }
 
-// coordinatorRegistry is a Prometheus registry with srv's metrics and the
-// process's.
-func coordinatorRegistry(srv *coordinator.Server) *prometheus.Registry {
+// close releases listeners that serve never took.
+func (h *coordinatorHTTP) close() {
+	for _, ln := range []net.Listener{h.page, h.metrics} {
+		if ln != nil {
+			_ = ln.Close()
+		}
+	}
+}
+
+// serve serves srv's status page and metrics on the bound listeners; the
+// returned function stops them and waits until they have.
+func (h *coordinatorHTTP) serve(ctx context.Context, srv *coordinator.Server, log *zap.Logger) (stop func()) {
+	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	reg := metrics.NewRegistry()
 	reg.MustRegister(srv.Collector())
-	return reg
-}
-
-// serveStatusPage serves srv's status page (and its /metrics) on ln until
-// ctx ends; the returned function waits until the server has stopped.
-func serveStatusPage(ctx context.Context, ln net.Listener, srv *coordinator.Server, log *zap.Logger) func() {
-	metrics := promhttp.HandlerFor(coordinatorRegistry(srv), promhttp.HandlerOpts{})
-	hs := &http.Server{Handler: web.Handler(srv.FSM(), metrics), ReadHeaderTimeout: 10 * time.Second}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if err := hs.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Error("status page", zap.Error(err))
+	var waits []func()
+	if h.page != nil {
+		waits = append(waits, metrics.ServeHandler(ctx, h.page, web.Handler(srv.FSM(), metrics.Handler(reg, log)), log))
+		log.Info("serving the status page", zap.String("url", "http://"+h.page.Addr().String()+"/"))
+	}
+	if h.metrics != nil {
+		waits = append(waits, metrics.ServeHandler(ctx, h.metrics, metrics.Handler(reg, log), log))
+		log.Info("serving metrics", zap.String("addr", h.metrics.Addr().String()), zap.String("path", "/metrics"))
+	}
+	return func() {
+		cancel()
+		for _, w := range waits {
+			w()
 		}
-	}()
-	go func() {
-		<-ctx.Done()
-		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		_ = hs.Shutdown(sctx)
-	}()
-	log.Info("serving the status page", zap.String("url", "http://"+ln.Addr().String()+"/"))
-	return func() { <-done }
+	}
 }

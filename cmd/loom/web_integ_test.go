@@ -53,6 +53,7 @@ func TestStatusPageInBrowser(t *testing.T) {
 		t.Fatalf("load %s: %v\n%s", url, err, r.log())
 	}
 	points := lossPoints(ctx, t)
+	before := trainPoints(points)
 	t.Logf("job page loaded in %v; loss chart points %q", time.Since(loadStart).Round(time.Millisecond), points)
 	if n := trainPoints(points); n < 1 {
 		t.Fatalf("loss chart has no train points: data-points %q", points)
@@ -74,7 +75,9 @@ func TestStatusPageInBrowser(t *testing.T) {
 		time.Sleep(250 * time.Millisecond)
 	}
 	// The plot grew while the page refreshed itself.
-	t.Logf("after the kill: loss chart points %q", lossPoints(ctx, t))
+	if after := lossPoints(ctx, t); trainPoints(after) <= before {
+		t.Fatalf("loss chart points %q after the kill, %q before: the page did not refresh its plot", after, points)
+	}
 
 	if err := chromedp.Do(ctx, chromedp.Navigate("http://"+addr+"/jobs/job-9999")); err != nil {
 		t.Fatal(err)

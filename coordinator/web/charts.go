@@ -1,6 +1,8 @@
 package web
 
 import (
+	"go.yaml.in/yaml/v3"
+
 	"github.com/loomtrain/loom/api"
 	"github.com/loomtrain/loom/internal/plots"
 )
@@ -19,17 +21,37 @@ func lossChart(h *api.JobHistory) plots.Chart {
 	return plots.LossChart(train, eval, plotPoints)
 }
 
-// speedChart is the job's samples/s (the sum over its ranks) over time.
-func speedChart(h *api.JobHistory) plots.Chart {
+// speedChart is the job's throughput (the sum over its ranks) over time:
+// tokens/s for a language model (tokensPerSample > 1), else samples/s.
+func speedChart(h *api.JobHistory, tokensPerSample int) plots.Chart {
+	unit, scale := "samples/s", 1.0
+	if tokensPerSample > 1 {
+		unit, scale = "tokens/s", float64(tokensPerSample)
+	}
 	var pts []plots.Point
 	for _, p := range h.GetPoints() {
 		if p.GetSamplesPerSecond() > 0 {
-			pts = append(pts, plots.Point{X: float64(p.GetUnixNano()) / 1e9, Y: p.GetSamplesPerSecond()})
+			pts = append(pts, plots.Point{X: float64(p.GetUnixNano()) / 1e9, Y: scale * p.GetSamplesPerSecond()})
 		}
 	}
-	c := plots.ThroughputChart("samples/s", pts, plotPoints)
+	c := plots.ThroughputChart(unit, pts, plotPoints)
 	c.Title, c.XLabel, c.XIsTime = "Job throughput", "time", true
 	return c
+}
+
+// tokensPerSample is the positions one sample of the job predicts: a GPT's
+// context, read from the job's config; 1 for anything else.
+func tokensPerSample(j *api.Job) int {
+	var cfg struct {
+		Model struct {
+			Kind    string `yaml:"kind"`
+			Context int    `yaml:"context"`
+		} `yaml:"model"`
+	}
+	if yaml.Unmarshal(j.GetSpec().GetConfigYaml(), &cfg) == nil && cfg.Model.Kind == "gpt" && cfg.Model.Context > 1 {
+		return cfg.Model.Context
+	}
+	return 1
 }
 
 // workersChart is each worker's measured samples/s over time, one line per

@@ -12,7 +12,9 @@
 package web
 
 import (
+	"bytes"
 	"embed"
+	"encoding/json"
 	"fmt"
 	"html/template"
 	"net/http"
@@ -50,9 +52,19 @@ var pages = template.Must(template.New("").Funcs(template.FuncMap{
 		}
 		return time.Unix(0, ns).Format("15:04:05")
 	},
-	"svg":   func(b []byte) template.HTML { return template.HTML(b) }, // rendered by internal/plots, not user text
+	// svg inlines a chart rendered by internal/plots: gonum's SVG writer
+	// escapes its text (legend names are worker ids) and plots escapes
+	// data-points; the XML prolog is dropped.
+	"svg": func(b []byte) template.HTML {
+		if i := bytes.Index(b, []byte("<svg")); i > 0 {
+			b = b[i:]
+		}
+		return template.HTML(b)
+	},
 	"float": func(f float64) string { return fmt.Sprintf("%.4g", f) },
 	"now":   func() int64 { return time.Now().UnixNano() },
+	"mul":   func(a, b float64) float64 { return a * b },
+	"add":   func(a, b int) int { return a + b },
 	"n0": func(n int64) string { // a count, blank when zero (not recorded)
 		if n == 0 {
 			return ""
@@ -60,6 +72,9 @@ var pages = template.Must(template.New("").Funcs(template.FuncMap{
 		return fmt.Sprint(n)
 	},
 }).ParseFS(files, "templates/*.html"))
+
+// pageEvents is how many of a job's newest events its page lists.
+const pageEvents = 200
 
 // plotPoints is how many points a chart draws at most (the page's charts
 // are 640 px wide).
@@ -129,6 +144,7 @@ type jobView struct {
 	Ranks                []rankView
 	Stages               int32
 	Events               []*api.Event
+	Older                int // events not shown (loom events has them all)
 	Dropped              uint64
 	Loss, Speed, Workers []byte // SVG charts
 }
@@ -137,6 +153,7 @@ type rankView struct {
 	*api.Rank
 	Device string
 	Speed  float64
+	Share  float64 // percent of the global batch
 }
 
 func (h *handler) job(w http.ResponseWriter, r *http.Request) {
@@ -167,18 +184,25 @@ func (h *handler) jobView(j *api.Job) (*jobView, error) {
 			if wk, ok := h.src.Worker(rk.GetWorkerId()); ok {
 				rv.Device, rv.Speed = wk.GetProfile().GetDeviceName(), wk.GetSamplesPerSecond()
 			}
+			if gb := p.GetGlobalBatch(); gb > 0 {
+				rv.Share = 100 * float64(rk.GetBatchShare()) / float64(gb)
+			}
 			v.Ranks = append(v.Ranks, rv)
 		}
 	}
 	es, dropped := h.src.Events(j.GetId(), 0)
 	slices.Reverse(es) // newest first
+	if len(es) > pageEvents {
+		v.Older = len(es) - pageEvents
+		es = es[:pageEvents]
+	}
 	v.Events, v.Dropped = es, dropped
 	var err error
 	hist := h.src.History(j.GetId())
 	if v.Loss, err = plots.Render(lossChart(hist), plots.SVG, 640, 300); err != nil {
 		return nil, err
 	}
-	if v.Speed, err = plots.Render(speedChart(hist), plots.SVG, 640, 300); err != nil {
+	if v.Speed, err = plots.Render(speedChart(hist, tokensPerSample(j)), plots.SVG, 640, 300); err != nil {
 		return nil, err
 	}
 	if v.Workers, err = plots.Render(workersChart(hist), plots.SVG, 640, 300); err != nil {
@@ -254,9 +278,10 @@ func writeJSON(w http.ResponseWriter, m proto.Message) {
 }
 
 func jsonError(w http.ResponseWriter, msg string) {
+	b, _ := json.Marshal(map[string]string{"error": msg})
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(http.StatusNotFound)
-	_, _ = fmt.Fprintf(w, "{\"error\": %q}\n", msg)
+	_, _ = w.Write(append(b, '\n'))
 }
 
 func stateName(s api.JobState) string {

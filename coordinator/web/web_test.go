@@ -125,7 +125,7 @@ func TestPages(t *testing.T) {
 		"/jobs/job-0042":             `job &#34;job-0042&#34; does not exist; the coordinators know job-0001`,
 		"/workers/ghost":             `worker &#34;ghost&#34; is not registered`,
 		"/nowhere":                   "no page at /nowhere",
-		"/api/jobs/job-0042/history": `"error": "job \"job-0042\" does not exist"`,
+		"/api/jobs/job-0042/history": `{"error":"job \"job-0042\" does not exist"}`,
 	} {
 		if code, body := get(t, srv, path); code != 404 || !strings.Contains(body, want) {
 			t.Errorf("%s: %d %q, want 404 with %q", path, code, body, want)
@@ -152,5 +152,19 @@ func BenchmarkJobPage(b *testing.B) {
 		if rec.Code != 200 {
 			b.Fatal(rec.Code)
 		}
+	}
+}
+
+// A language model's job throughput is in tokens/s (its context times the
+// samples/s), a classifier's in samples/s.
+func TestSpeedChartUnit(t *testing.T) {
+	h := &api.JobHistory{Points: []*api.HistoryPoint{{UnixNano: 1e9, Step: 1, SamplesPerSecond: 10}}}
+	gpt := &api.Job{Spec: &api.JobSpec{ConfigYaml: []byte("model: {kind: gpt, context: 256}\n")}}
+	mlp := &api.Job{Spec: &api.JobSpec{ConfigYaml: []byte("model: {kind: mlp}\n")}}
+	if c := speedChart(h, tokensPerSample(gpt)); c.YLabel != "tokens/s" || c.Lines[0].Points[0].Y != 2560 {
+		t.Fatalf("gpt: %s %v", c.YLabel, c.Lines[0].Points)
+	}
+	if c := speedChart(h, tokensPerSample(mlp)); c.YLabel != "samples/s" || c.Lines[0].Points[0].Y != 10 {
+		t.Fatalf("mlp: %s %v", c.YLabel, c.Lines[0].Points)
 	}
 }
