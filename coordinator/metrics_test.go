@@ -27,16 +27,7 @@ func TestCollector(t *testing.T) {
 	if _, err := c.RegisterWorker(ctx, &api.RegisterWorkerRequest{WorkerId: "w1", Profile: profile("127.0.0.1:9", 10)}); err != nil {
 		t.Fatal(err)
 	}
-	for {
-		r, err := c.GetJob(ctx, &api.GetJobRequest{JobId: sub.Job.Id})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(r.Plan.GetRanks()) == 1 {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	WaitRanks(ctx, t, c, sub.Job.Id, 1)
 	reg := prometheus.NewPedanticRegistry()
 	reg.MustRegister(s.Collector())
 	problems, err := testutil.GatherAndLint(reg)

@@ -166,3 +166,18 @@ func Dial(t testing.TB, addrs ...string) *grpc.ClientConn {
 	t.Cleanup(func() { _ = conn.Close() })
 	return conn
 }
+
+// WaitRanks waits until job id's plan has n ranks and returns it.
+func WaitRanks(ctx context.Context, t testing.TB, c api.CoordinatorClient, id string, n int) *api.Plan {
+	t.Helper()
+	for {
+		r, err := c.GetJob(ctx, &api.GetJobRequest{JobId: id})
+		if err != nil {
+			t.Fatalf("job %s: %v", id, err)
+		}
+		if len(r.GetPlan().GetRanks()) == n {
+			return r.GetPlan()
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

@@ -39,16 +39,7 @@ func TestStatusAndWorkersCommands(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for { // wait for the plan with the worker
-		r, err := c.GetJob(ctx, &api.GetJobRequest{JobId: sub.Job.Id})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(r.Plan.GetRanks()) == 1 {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	coordinator.WaitRanks(ctx, t, c, sub.Job.Id, 1)
 
 	out, err := runLoom(t, "status", "--coordinator", s.Addr())
 	if err != nil {
@@ -238,16 +229,7 @@ func TestEventsCommand(t *testing.T) {
 		DeviceName: "cpu", Cores: 2, Gflops: map[string]float64{"f32": 80}, CollectiveAddr: "127.0.0.1:9999"}}); err != nil {
 		t.Fatal(err)
 	}
-	for { // wait for the plan with the worker
-		r, err := c.GetJob(ctx, &api.GetJobRequest{JobId: id})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(r.Plan.GetRanks()) == 1 {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	coordinator.WaitRanks(ctx, t, c, id, 1)
 	if _, err := c.CancelJob(ctx, &api.CancelJobRequest{JobId: id, Reason: "enough"}); err != nil {
 		t.Fatal(err)
 	}

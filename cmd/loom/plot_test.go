@@ -207,17 +207,7 @@ func TestPlotFromCoordinator(t *testing.T) {
 	if _, err := c.RegisterWorker(ctx, &api.RegisterWorkerRequest{WorkerId: "w1", JobId: id, Profile: &api.DeviceProfile{DeviceName: "cpu", CollectiveAddr: "127.0.0.1:9"}}); err != nil {
 		t.Fatal(err)
 	}
-	var gen int64
-	for gen == 0 {
-		r, err := c.GetJob(ctx, &api.GetJobRequest{JobId: id})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(r.Plan.GetRanks()) == 1 {
-			gen = r.Plan.GetGeneration()
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	gen := coordinator.WaitRanks(ctx, t, c, id, 1).GetGeneration()
 	if _, err := runLoom(t, "plot", id, "--coordinator", s.Addr(), "--out", filepath.Join(t.TempDir(), "x.svg")); err == nil || !strings.Contains(err.Error(), "has reported no step yet") {
 		t.Fatalf("no steps yet: %v", err)
 	}
