@@ -27,6 +27,11 @@ type Config struct {
 	RaftAddr string
 	// GRPCAddr is the host:port the gRPC API binds (port 0 picks one).
 	GRPCAddr string
+	// GRPCAdvertise and RaftAdvertise are the addresses other coordinators,
+	// workers and clients dial (a host, or host:port): empty means the
+	// bound address, or the host's first routable address when bound to
+	// every interface (internal/netaddr).
+	GRPCAdvertise, RaftAdvertise string
 	// Bootstrap makes this node the first voter of a new cluster. Ignored if
 	// DataDir already holds Raft state.
 	Bootstrap bool

@@ -26,9 +26,12 @@ import (
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/loomtrain/loom/api"
+	"github.com/loomtrain/loom/internal/netaddr"
 )
 
 // Server is one running coordinator node. All methods are safe for
@@ -42,10 +45,12 @@ type Server struct {
 	transport *raft.NetworkTransport
 	closers   []func() error // storage, closed after raft
 
-	grpc *grpc.Server
-	lis  net.Listener
-	fwd  *forwarder
-	disc *publisher
+	grpc          *grpc.Server
+	lis           net.Listener
+	grpcAdvertise string
+	health        *health.Server // the grpc.health.v1 service (see watchHealth)
+	fwd           *forwarder
+	disc          *publisher
 
 	notify <-chan bool // raft leadership changes
 
@@ -79,7 +84,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		log = zap.NewNop()
 	}
 	log = log.With(zap.String("node", cfg.NodeID))
-	s := &Server{cfg: cfg, log: log, fsm: NewFSM(log), lastProgress: map[string]time.Time{}, live: newLiveness()}
+	s := &Server{cfg: cfg, log: log, fsm: NewFSM(log), lastProgress: map[string]time.Time{}, live: newLiveness(), health: health.NewServer()}
 	s.fwd = newForwarder(s)
 	runCtx, stop := context.WithCancel(context.Background())
 	s.runCtx, s.stop = runCtx, stop
@@ -104,8 +109,9 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		}
 		s.disc = p
 	}
-	s.wg.Add(1)
+	s.wg.Add(2)
 	go func() { defer s.wg.Done(); s.watchLeadership(runCtx) }()
+	go func() { defer s.wg.Done(); s.watchHealth(runCtx) }()
 	if !existing && !cfg.Bootstrap && len(cfg.Join) == 0 && cfg.Discovery != "" {
 		// A new node with neither flag joins through the coordinators
 		// published in etcd.
@@ -185,7 +191,19 @@ func (s *Server) startRaft() (bool, error) {
 		return false, fmt.Errorf("coordinator: raft address: %w", err)
 	}
 	var advertise net.Addr
-	if !addr.IP.IsUnspecified() && addr.Port != 0 {
+	switch {
+	case s.cfg.RaftAdvertise != "" || addr.IP.IsUnspecified():
+		if addr.Port == 0 {
+			return false, fmt.Errorf("coordinator: raft address %s: give a port when binding every interface or advertising another address (the transport must know it before it binds)", s.cfg.RaftAddr)
+		}
+		a, err := netaddr.Advertise(addr, s.cfg.RaftAdvertise)
+		if err != nil {
+			return false, fmt.Errorf("coordinator: raft advertise address: %w", err)
+		}
+		if advertise, err = net.ResolveTCPAddr("tcp", a); err != nil {
+			return false, fmt.Errorf("coordinator: raft advertise address %s: %w", a, err)
+		}
+	case addr.Port != 0:
 		advertise = addr
 	}
 	tr, err := raft.NewTCPTransportWithLogger(s.cfg.RaftAddr, advertise, 3, 2*time.Second, rc.Logger)
@@ -206,11 +224,16 @@ func (s *Server) startGRPC() error {
 	if err != nil {
 		return fmt.Errorf("coordinator: grpc listen %s: %w", s.cfg.GRPCAddr, err)
 	}
+	if s.grpcAdvertise, err = netaddr.Advertise(lis.Addr(), s.cfg.GRPCAdvertise); err != nil {
+		_ = lis.Close()
+		return fmt.Errorf("coordinator: grpc advertise address: %w", err)
+	}
 	s.lis = lis
 	s.grpc = grpc.NewServer(grpc.ChainUnaryInterceptor(s.fwd.unaryInterceptor))
 	svc := &service{s: s}
 	api.RegisterCoordinatorServer(s.grpc, svc)
 	api.RegisterClusterServer(s.grpc, &clusterService{s: s})
+	healthpb.RegisterHealthServer(s.grpc, s.health)
 	go func() { _ = s.grpc.Serve(lis) }()
 	return nil
 }
@@ -221,8 +244,8 @@ func (s *Server) closing() <-chan struct{} { return s.runCtx.Done() }
 // ID is this node's id.
 func (s *Server) ID() string { return s.cfg.NodeID }
 
-// Addr is the gRPC address clients dial.
-func (s *Server) Addr() string { return s.lis.Addr().String() }
+// Addr is the gRPC address clients dial (the advertise address).
+func (s *Server) Addr() string { return s.grpcAdvertise }
 
 // RaftAddr is the Raft transport's address.
 func (s *Server) RaftAddr() string { return string(s.transport.LocalAddr()) }

@@ -3,11 +3,13 @@ package coordinator
 import (
 	"context"
 	"fmt"
+	"net"
 	"strings"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc/codes"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
 	"github.com/loomtrain/loom/api"
@@ -329,4 +331,66 @@ func TestInProcessClusterForwards(t *testing.T) {
 	if st := leader.Status(); len(st.Members) != 2 {
 		t.Fatalf("members after remove: %v", st.Members)
 	}
+}
+
+// The grpc.health.v1 service answers probes: the process is alive, and
+// the API serves once the node knows a leader.
+func TestHealthService(t *testing.T) {
+	s := NewTestServer(t, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	hc := healthpb.NewHealthClient(Dial(t, s.Addr()))
+	for _, svc := range []string{"", HealthService} {
+		for {
+			r, err := hc.Check(ctx, &healthpb.HealthCheckRequest{Service: svc})
+			if err == nil && r.GetStatus() == healthpb.HealthCheckResponse_SERVING {
+				break
+			}
+			if ctx.Err() != nil {
+				t.Fatalf("service %q: %v %v", svc, r, err)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+}
+
+// A node bound to every interface advertises a routable address (with its
+// port), which is what it records and what reaches it.
+func TestAdvertisedAddress(t *testing.T) {
+	raftPort := freePort(t)
+	s := NewTestServer(t, func(c *Config) { c.GRPCAddr, c.RaftAddr = "0.0.0.0:0", "0.0.0.0:"+raftPort })
+	host, port, _ := net.SplitHostPort(s.Addr())
+	if ip := net.ParseIP(host); ip == nil || ip.IsUnspecified() || ip.IsLoopback() || port == "0" {
+		t.Fatalf("advertised gRPC address %s", s.Addr())
+	}
+	if rh, rp, _ := net.SplitHostPort(s.RaftAddr()); rh != host || rp != raftPort {
+		t.Fatalf("advertised raft address %s, want %s:%s", s.RaftAddr(), host, raftPort)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := api.NewClusterClient(Dial(t, s.Addr())).ClusterStatus(ctx, &api.ClusterStatusRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range st.GetMembers() {
+		if m.GetGrpcAddr() != s.Addr() {
+			t.Fatalf("member recorded at %s, advertised %s", m.GetGrpcAddr(), s.Addr())
+		}
+	}
+	cfg := TestConfig(t, "c9")
+	cfg.RaftAddr = "0.0.0.0:0"
+	if _, err := Start(ctx, cfg); err == nil || !strings.Contains(err.Error(), "give a port") {
+		t.Fatalf("raft on 0.0.0.0:0: %v", err)
+	}
+}
+
+func freePort(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	_, p, _ := net.SplitHostPort(ln.Addr().String())
+	return p
 }

@@ -25,6 +25,7 @@ import (
 	"github.com/loomtrain/loom/collective"
 	"github.com/loomtrain/loom/data"
 	"github.com/loomtrain/loom/device"
+	"github.com/loomtrain/loom/internal/netaddr"
 	"github.com/loomtrain/loom/jobspec"
 	"github.com/loomtrain/loom/train"
 )
@@ -39,6 +40,10 @@ type AgentConfig struct {
 	JobID string
 	// Listen is the collective (ring) listen address; port 0 picks one.
 	Listen string
+	// Advertise is the ring address peers dial (a host, or host:port):
+	// empty means Listen's, or the host's first routable address when
+	// Listen binds every interface (internal/netaddr).
+	Advertise string
 	// Device computes the steps.
 	Device device.Device
 	// RPCTimeout bounds each coordinator call.
@@ -151,8 +156,10 @@ func RunAgent(ctx context.Context, cfg AgentConfig) (err error) {
 			ln.Close()
 		}
 	}()
-	a.addr = ln.Addr().String()
-	a.cfg.Listen = a.addr // later generations bind the registered address again
+	if a.addr, err = netaddr.Advertise(ln.Addr(), cfg.Advertise); err != nil {
+		return fmt.Errorf("worker: collective advertise address: %w", err)
+	}
+	a.cfg.Listen = ln.Addr().String() // later generations bind the same port again
 	if a.conn, err = api.Dial(cfg.Coordinators); err != nil {
 		return err
 	}

@@ -72,12 +72,29 @@ func TestWorkersServeMetricsAndHistory(t *testing.T) {
 		}
 		cfg := worker.DefaultAgentConfig()
 		cfg.ID, cfg.Coordinators, cfg.JobID, cfg.Device, cfg.Metrics = id, []string{srv.Addr()}, sub.GetJob().GetId(), dev, reg
+		if id == "w1" {
+			cfg.Listen = "0.0.0.0:0" // advertised at this host's routable address
+		}
 		go func() { errs <- worker.RunAgent(ctx, cfg) }()
 	}
 	for range ids {
 		if err := <-errs; err != nil {
 			t.Fatalf("worker: %v", err)
 		}
+	}
+	// w1's peer reached it at its advertised address, not at 0.0.0.0.
+	final, err := client.GetJob(ctx, &api.GetJobRequest{JobId: sub.GetJob().GetId()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var w1Addr string
+	for _, r := range final.GetPlan().GetRanks() {
+		if r.GetWorkerId() == "w1" {
+			w1Addr = r.GetCollectiveAddr()
+		}
+	}
+	if host, _, _ := net.SplitHostPort(w1Addr); host == "" || host == "0.0.0.0" || host == "127.0.0.1" {
+		t.Fatalf("w1, bound to 0.0.0.0, is in the last plan at %q", w1Addr)
 	}
 
 	var samples, checkpoints float64

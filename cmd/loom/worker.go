@@ -21,7 +21,7 @@ import (
 
 func newWorkerCmd() *cobra.Command {
 	var (
-		coord, job, id, dev, listen, level, ledger, shmRing, metricsAddr string
+		coord, job, id, dev, listen, advertise, level, ledger, shmRing, metricsAddr string
 	)
 	cmd := &cobra.Command{
 		Use:   "worker --coordinator ADDR --job JOB_ID",
@@ -84,6 +84,7 @@ environment it writes a CPU profile of its run to DIR/ID.pprof.`,
 				return fmt.Errorf("--shm-ring %q: %w", shmRing, err)
 			}
 			cfg.Coordinators = strings.Split(coord, ",")
+			cfg.Advertise = advertise
 			if listen != "" {
 				cfg.Listen = listen
 			}
@@ -135,7 +136,8 @@ environment it writes a CPU profile of its run to DIR/ID.pprof.`,
 	f.StringVar(&job, "job", "", "job id to work on (required)")
 	f.StringVar(&id, "id", "", "worker id (default HOSTNAME-PID)")
 	f.StringVar(&dev, "device", "cpu", "device spec, e.g. cpu or cpu:threads=1")
-	f.StringVar(&listen, "listen", "", "collective listen address host:port (default 127.0.0.1:0)")
+	f.StringVar(&listen, "listen", "", "collective (ring) address to bind, host:port (default 127.0.0.1:0: this host only; 0.0.0.0:PORT for other hosts)")
+	f.StringVar(&advertise, "advertise", os.Getenv("LOOM_ADVERTISE"), "host[:port] the other workers dial for the ring (env LOOM_ADVERTISE; default: the bound address, or the host's first routable address when bound to 0.0.0.0)")
 	f.StringVar(&level, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&ledger, "sample-ledger", "", "append one JSON line per step started (tentative) and completed (epoch, step, generation, samples) to this file")
 	f.StringVar(&metricsAddr, "metrics-addr", "", "serve Prometheus metrics of this worker's training (loom_train_*, loom_collective_*, loom_checkpoint_*, loom_worker_info) and process at http://ADDR/metrics; host:port, port 0 picks one (logged); empty: off")
