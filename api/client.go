@@ -5,6 +5,7 @@ package api
 // coordinator address.
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"strings"
@@ -14,6 +15,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/resolver"
 	"google.golang.org/grpc/resolver/manual"
 	"google.golang.org/grpc/status"
@@ -44,6 +46,20 @@ const (
 // MetadataLeaderAddr is the trailer key under which a coordinator that
 // cannot reach the leader names the leader's gRPC address, when known.
 const MetadataLeaderAddr = "loom-leader-addr"
+
+// JoinTokenHeader is the request metadata key under which a worker presents
+// its join token to RegisterWorker.
+const JoinTokenHeader = "loom-join-token"
+
+// WithJoinToken returns ctx carrying token for RegisterWorker (ctx as is
+// when token is empty). Surrounding whitespace, such as a token file's
+// newline, is not part of a token.
+func WithJoinToken(ctx context.Context, token string) context.Context {
+	if token = strings.TrimSpace(token); token == "" {
+		return ctx
+	}
+	return metadata.AppendToOutgoingContext(ctx, JoinTokenHeader, token)
+}
 
 // NewError builds a gRPC status error with a loom reason. meta may carry
 // detail such as the job id or the expected generation.

@@ -32,6 +32,12 @@ type Config struct {
 	// bound address, or the host's first routable address when bound to
 	// every interface (internal/netaddr).
 	GRPCAdvertise, RaftAdvertise string
+	// JoinToken and JoinTokenFile, if either is set, are what a worker
+	// must present to register (jointoken.go): the token, and the tokens
+	// listed in the file, re-read when it changes. Every coordinator of a
+	// cluster needs the same ones. Empty: anyone who reaches the gRPC
+	// address may register a worker.
+	JoinToken, JoinTokenFile string
 	// Bootstrap makes this node the first voter of a new cluster. Ignored if
 	// DataDir already holds Raft state.
 	Bootstrap bool

@@ -51,6 +51,11 @@ func newForwarder(s *Server) *forwarder {
 // follower (waiting up to LeaderWait for an election), and translates every
 // handler error to a gRPC status.
 func (f *forwarder) unaryInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	if info.FullMethod == api.Coordinator_RegisterWorker_FullMethodName && f.s.tokens.enabled() {
+		if err := f.s.tokens.check(ctx); err != nil {
+			return nil, err
+		}
+	}
 	newReply, write := writeMethods[info.FullMethod]
 	if !write || f.s.IsLeader() {
 		resp, err := handler(ctx, req)
@@ -73,6 +78,9 @@ func (f *forwarder) unaryInterceptor(ctx context.Context, req any, info *grpc.Un
 	}
 	reply := newReply()
 	octx := metadata.AppendToOutgoingContext(ctx, forwardedKey, f.s.cfg.NodeID)
+	if md, _ := metadata.FromIncomingContext(ctx); len(md.Get(api.JoinTokenHeader)) > 0 {
+		octx = metadata.AppendToOutgoingContext(octx, api.JoinTokenHeader, md.Get(api.JoinTokenHeader)[0]) // the leader checks it too
+	}
 	if err := conn.Invoke(octx, info.FullMethod, req, reply); err != nil {
 		return nil, err // already a status from the leader
 	}

@@ -62,6 +62,7 @@ type Server struct {
 	live *liveness // heartbeats and failure reports (leader)
 
 	metrics serverMetrics
+	tokens  *joinTokens
 
 	runCtx    context.Context // ends at Close
 	stop      context.CancelFunc
@@ -84,7 +85,8 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		log = zap.NewNop()
 	}
 	log = log.With(zap.String("node", cfg.NodeID))
-	s := &Server{cfg: cfg, log: log, fsm: NewFSM(log), lastProgress: map[string]time.Time{}, live: newLiveness(), health: health.NewServer()}
+	s := &Server{cfg: cfg, log: log, fsm: NewFSM(log), lastProgress: map[string]time.Time{}, live: newLiveness(), health: health.NewServer(),
+		tokens: newJoinTokens(cfg.JoinToken, cfg.JoinTokenFile)}
 	s.fwd = newForwarder(s)
 	runCtx, stop := context.WithCancel(context.Background())
 	s.runCtx, s.stop = runCtx, stop

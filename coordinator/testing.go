@@ -87,18 +87,24 @@ type TestCluster struct {
 
 // NewTestCluster starts n in-process coordinators (node 0 bootstraps, the
 // others join through it), waits until all have joined, and closes them at
-// the test's end.
-func NewTestCluster(t testing.TB, n int) *TestCluster {
+// the test's end. mutate, if given, changes every node's config.
+func NewTestCluster(t testing.TB, n int, mutate ...func(*Config)) *TestCluster {
 	t.Helper()
 	c := &TestCluster{t: t}
 	t.Cleanup(c.Close)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	first := NewTestServer(t, func(cfg *Config) { cfg.NodeID = "coord-0" })
+	apply := func(cfg *Config) {
+		for _, m := range mutate {
+			m(cfg)
+		}
+	}
+	first := NewTestServer(t, func(cfg *Config) { cfg.NodeID = "coord-0"; apply(cfg) })
 	c.Nodes = append(c.Nodes, first)
 	for i := 1; i < n; i++ {
 		cfg := TestConfig(t, fmt.Sprintf("coord-%d", i))
 		cfg.Join = []string{first.Addr()}
+		apply(&cfg)
 		s, err := Start(ctx, cfg)
 		if err != nil {
 			t.Fatalf("start coordinator %d: %v", i, err)

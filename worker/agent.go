@@ -40,6 +40,9 @@ type AgentConfig struct {
 	JobID string
 	// Listen is the collective (ring) listen address; port 0 picks one.
 	Listen string
+	// JoinToken is presented to RegisterWorker when the cluster requires
+	// one (coordinator Config.JoinToken).
+	JoinToken string
 	// Advertise is the ring address peers dial (a host, or host:port):
 	// empty means Listen's, or the host's first routable address when
 	// Listen binds every interface (internal/netaddr).
@@ -195,7 +198,7 @@ func RunAgent(ctx context.Context, cfg AgentConfig) (err error) {
 		dataCh <- loaded{sp, err}
 	}()
 	reg, err := a.call(ctx, func(c context.Context) (any, error) {
-		return a.client.RegisterWorker(c, &api.RegisterWorkerRequest{WorkerId: cfg.ID, Profile: profile, JobId: cfg.JobID})
+		return a.client.RegisterWorker(api.WithJoinToken(c, cfg.JoinToken), &api.RegisterWorkerRequest{WorkerId: cfg.ID, Profile: profile, JobId: cfg.JobID})
 	})
 	if err != nil {
 		return fmt.Errorf("worker: register %s: %w", cfg.ID, err)
@@ -686,7 +689,7 @@ func (a *Agent) heartbeat(ctx context.Context, every time.Duration, profile *api
 			a.log.Warn("lease lost; registering again")
 			var r any
 			r, err = a.call(ctx, func(c context.Context) (any, error) {
-				return a.client.RegisterWorker(c, &api.RegisterWorkerRequest{WorkerId: a.cfg.ID, Profile: profile, JobId: a.cfg.JobID})
+				return a.client.RegisterWorker(api.WithJoinToken(c, a.cfg.JoinToken), &api.RegisterWorkerRequest{WorkerId: a.cfg.ID, Profile: profile, JobId: a.cfg.JobID})
 			})
 			if err == nil {
 				a.incarnation.Store(r.(*api.RegisterWorkerResponse).GetWorker().GetRegisteredUnixNano())

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"os/signal"
 	"strings"
@@ -66,6 +67,9 @@ current leader in etcd, and a new node with neither flag joins through it.`,
 				return err
 			}
 			log.Info("serving", zap.String("id", cfg.NodeID), zap.String("grpc", srv.Addr()), zap.String("raft", srv.RaftAddr()))
+			if cfg.JoinToken == "" && cfg.JoinTokenFile == "" && !loopbackOnly(cfg.GRPCAddr) {
+				log.Warn("workers register without a join token: anyone who reaches this address can join a job; set --join-token-file", zap.String("grpc", cfg.GRPCAddr))
+			}
 			defer hl.serve(ctx, srv, log)()
 			<-ctx.Done()
 			log.Info("shutting down")
@@ -78,6 +82,8 @@ current leader in etcd, and a new node with neither flag joins through it.`,
 	f.StringVar(&cfg.RaftAddr, "raft-addr", cfg.RaftAddr, "host:port for raft traffic between coordinators")
 	f.StringVar(&cfg.GRPCAddr, "grpc-addr", cfg.GRPCAddr, "host:port for the gRPC API (workers, CLI, other coordinators) to bind; 0.0.0.0:PORT binds every interface")
 	f.StringVar(&cfg.GRPCAdvertise, "grpc-advertise", os.Getenv("LOOM_GRPC_ADVERTISE"), "host[:port] others dial for the gRPC API (env LOOM_GRPC_ADVERTISE; default: the bound address, or the host's first routable address when bound to 0.0.0.0)")
+	f.StringVar(&cfg.JoinToken, "join-token", os.Getenv("LOOM_JOIN_TOKEN"), "require workers to present this token to register (env LOOM_JOIN_TOKEN; a flag value shows in ps)")
+	f.StringVar(&cfg.JoinTokenFile, "join-token-file", "", "require a token listed in this file (one per line, re-read when it changes: add a new token, move workers to it, remove the old)")
 	f.StringVar(&cfg.RaftAdvertise, "raft-advertise", os.Getenv("LOOM_RAFT_ADVERTISE"), "host[:port] other coordinators dial for Raft (env LOOM_RAFT_ADVERTISE; default as for --grpc-advertise)")
 	f.StringVar(&metricsAddr, "metrics-addr", "", "host:port for Prometheus /metrics alone (Raft term, commit and applied index, leadership, lease expiries, failure reports, workers and jobs by state, per-job step, generation, loss, samples/s, checkpoints); empty: off")
 	f.StringVar(&httpAddr, "http-addr", "", "host:port for the status web page (jobs, loss and throughput plots, plans, events) and Prometheus /metrics; empty: off")
@@ -133,4 +139,17 @@ func newCoordinatorRemoveCmd() *cobra.Command {
 	}
 	t.flags(cmd)
 	return cmd
+}
+
+// loopbackOnly reports whether addr binds only this host's loopback.
+func loopbackOnly(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }

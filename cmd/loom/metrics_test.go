@@ -290,3 +290,44 @@ func TestLaunchMetricsAddrFlag(t *testing.T) {
 		}
 	}
 }
+
+// loom worker with a wrong or missing join token is refused with the
+// reason and exits; with the token it trains.
+func TestWorkerJoinToken(t *testing.T) {
+	dir := t.TempDir()
+	job, err := jobspec.Load(writeJob(t, fmt.Sprintf(metricsJobYAML, "tok", 3, filepath.Join(dir, "ckpt"))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := job.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := coordinator.NewTestServer(t, func(c *coordinator.Config) { c.JoinToken = "s3cret" })
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	sub, err := api.NewCoordinatorClient(coordinator.Dial(t, srv.Addr())).SubmitJob(ctx, &api.SubmitJobRequest{Spec: &api.JobSpec{Name: job.Name, ConfigYaml: body, GlobalBatch: 200, MinWorkers: 1, PipelineStages: 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tokenFile := filepath.Join(dir, "token")
+	if err := os.WriteFile(tokenFile, []byte("s3cret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	args := []string{"worker", "--coordinator", srv.Addr(), "--job", sub.GetJob().GetId(), "--id", "w1", "--device", "cpu:threads=1"}
+	for _, tc := range []struct {
+		extra []string
+		want  string
+	}{
+		{nil, "admits workers with a join token"},
+		{[]string{"--join-token", "guess"}, "join token not accepted"},
+		{[]string{"--join-token", "x", "--join-token-file", tokenFile}, "not both"},
+	} {
+		if _, err := runLoom(t, append(args, tc.extra...)...); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: %v, want %q", tc.extra, err, tc.want)
+		}
+	}
+	if out, err := runLoom(t, append(args, "--join-token-file", tokenFile)...); err != nil {
+		t.Fatalf("with the token: %v\n%s", err, out)
+	}
+}

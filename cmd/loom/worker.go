@@ -22,6 +22,7 @@ import (
 func newWorkerCmd() *cobra.Command {
 	var (
 		coord, job, id, dev, listen, advertise, level, ledger, shmRing, metricsAddr string
+		joinToken, joinTokenFile                                                    string
 	)
 	cmd := &cobra.Command{
 		Use:   "worker --coordinator ADDR --job JOB_ID",
@@ -85,6 +86,9 @@ environment it writes a CPU profile of its run to DIR/ID.pprof.`,
 			}
 			cfg.Coordinators = strings.Split(coord, ",")
 			cfg.Advertise = advertise
+			if cfg.JoinToken, err = readJoinToken(joinToken, joinTokenFile); err != nil {
+				return err
+			}
 			if listen != "" {
 				cfg.Listen = listen
 			}
@@ -137,6 +141,8 @@ environment it writes a CPU profile of its run to DIR/ID.pprof.`,
 	f.StringVar(&id, "id", "", "worker id (default HOSTNAME-PID)")
 	f.StringVar(&dev, "device", "cpu", "device spec, e.g. cpu or cpu:threads=1")
 	f.StringVar(&listen, "listen", "", "collective (ring) address to bind, host:port (default 127.0.0.1:0: this host only; 0.0.0.0:PORT for other hosts)")
+	f.StringVar(&joinToken, "join-token", os.Getenv("LOOM_JOIN_TOKEN"), "token the coordinators require to register (env LOOM_JOIN_TOKEN; a flag value shows in ps: prefer the env or --join-token-file)")
+	f.StringVar(&joinTokenFile, "join-token-file", "", "read the join token from this file (its first line)")
 	f.StringVar(&advertise, "advertise", os.Getenv("LOOM_ADVERTISE"), "host[:port] the other workers dial for the ring (env LOOM_ADVERTISE; default: the bound address, or the host's first routable address when bound to 0.0.0.0)")
 	f.StringVar(&level, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&ledger, "sample-ledger", "", "append one JSON line per step started (tentative) and completed (epoch, step, generation, samples) to this file")
@@ -169,4 +175,26 @@ func envOr(key, def string) string {
 		return v
 	}
 	return def
+}
+
+// readJoinToken is the worker's join token: the one given, or the first
+// non-empty line of file. Surrounding whitespace (a file's newline) is
+// not part of a token.
+func readJoinToken(token, file string) (string, error) {
+	if file == "" {
+		return strings.TrimSpace(token), nil
+	}
+	if token != "" {
+		return "", fmt.Errorf("give --join-token (or LOOM_JOIN_TOKEN) or --join-token-file, not both")
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return "", fmt.Errorf("--join-token-file: %w", err)
+	}
+	for line := range strings.Lines(string(b)) {
+		if t := strings.TrimSpace(line); t != "" {
+			return t, nil
+		}
+	}
+	return "", fmt.Errorf("--join-token-file %s: no token in it", file)
 }
