@@ -11,13 +11,14 @@ COMMIT  ?= $(shell git describe --always --dirty --abbrev=12 2>/dev/null)
 # wherever the Go that builds loom is.
 GOSRC   ?= $(shell $(GO) env GOROOT)/src
 
-.PHONY: help build test integ bench lint demo demo-bf16 demo-gpt clean
+.PHONY: help build test integ bench lint demo demo-bf16 demo-gpt clean test-deploy
 
 help:
 	@echo "make demo      train the MNIST MLP example end to end (embedded default)"
 	@echo "make demo-gpt  tokenize the Go standard library, train a small GPT on it (~7 min on 2 cores), sample from it"
 	@echo "make test      unit and multi-process tests with the race detector (< 15 min on 2 cores)"
 	@echo "make integ     every test plus the slower multi-process suites (tag integ; no race detector)"
+	@echo "make test-deploy  deploy/compose.yaml end to end in Docker (FROM scratch image, 3+3, a worker killed)"
 	@echo "make bench     kernel and training-step benchmarks"
 	@echo "make lint      gofmt check and go vet"
 	@echo "make build     build $(BIN)"
@@ -48,6 +49,11 @@ test:
 
 integ:
 	$(GO) test -tags integ -timeout 40m $(PKGS)
+
+# deploy/compose.yaml end to end in Docker (3 coordinators, 3 workers, a
+# worker container killed, >= 98% accuracy, exactly-once ledgers).
+test-deploy:
+	scripts/test_deploy.sh
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./device/cpu ./train ./checkpoint

@@ -46,9 +46,11 @@ func ReconcileLedgers(workers [][]LedgerEntry) []LedgerEntry {
 }
 
 // CheckExactlyOnce reports whether the reconciled entries' steps 1..steps
-// consumed, in epoch order, exactly the first steps×batch samples of the
+// consumed, in epoch order, exactly the samples of those steps from the
 // sampler's (seed, epoch) permutations of a training set of n samples (or
-// context windows), each once; the error names the first that was not.
+// context windows), each once: batch per step, an epoch being
+// ceil(n/batch) steps whose last takes the rest. The error names the first
+// sample that was not.
 func CheckExactlyOnce(entries []LedgerEntry, n, steps, batch int, seed uint64) error {
 	got := map[[2]int]int{} // (epoch, sample) -> count
 	for _, e := range entries {
@@ -59,16 +61,18 @@ func CheckExactlyOnce(entries []LedgerEntry, n, steps, batch int, seed uint64) e
 			got[[2]int{e.Epoch, s}]++
 		}
 	}
-	want := 0
-	for epoch := 0; want < steps*batch && epoch < 100; epoch++ {
+	// An epoch is ceil(n/batch) steps, its last one partial.
+	perEpoch := (n + batch - 1) / batch
+	for epoch, left := 0, steps; left > 0; epoch++ {
+		s := min(left, perEpoch)
+		left -= s
 		perm := data.Permutation(n, seed, epoch)
-		for off := 0; off < n && want < steps*batch; off++ {
+		for off := range min(n, s*batch) {
 			key := [2]int{epoch, perm[off]}
 			if got[key] != 1 {
 				return fmt.Errorf("epoch %d sample %d (position %d) used %d times", epoch, perm[off], off, got[key])
 			}
 			delete(got, key)
-			want++
 		}
 	}
 	for k := range got {

@@ -3,6 +3,8 @@ package train
 import (
 	"slices"
 	"testing"
+
+	"github.com/loomtrain/loom/data"
 )
 
 func TestReconcileLedgers(t *testing.T) {
@@ -22,5 +24,31 @@ func TestReconcileLedgers(t *testing.T) {
 	// Sample 0 stays counted twice, for the audit to catch.
 	if want := []int{0, 0, 1, 2, 3, 4, 5, 6}; !slices.Equal(got, want) {
 		t.Fatalf("counted samples %v, want %v", got, want)
+	}
+}
+
+// Across epochs each epoch is ceil(n/batch) steps, its last one partial:
+// the samples of 2.5 epochs pass; a missing or doubled sample fails.
+func TestCheckExactlyOnceAcrossEpochs(t *testing.T) {
+	const n, batch, seed = 10, 4, 3
+	var es []LedgerEntry
+	step := 0
+	for epoch := range 3 {
+		perm := data.Permutation(n, seed, epoch)
+		for lo := 0; lo < n && step < 8; lo += batch {
+			step++
+			es = append(es, LedgerEntry{Epoch: epoch, Step: step, Samples: perm[lo:min(lo+batch, n)]})
+		}
+	}
+	if err := CheckExactlyOnce(es, n, 8, batch, seed); err != nil {
+		t.Fatalf("8 steps over 3 epochs: %v", err)
+	}
+	short := slices.Clone(es)
+	short[4] = LedgerEntry{Epoch: 1, Step: 5, Samples: es[4].Samples[1:]}
+	if err := CheckExactlyOnce(short, n, 8, batch, seed); err == nil {
+		t.Fatal("a missing sample passed")
+	}
+	if err := CheckExactlyOnce(append(slices.Clone(es), es[2]), n, 8, batch, seed); err == nil {
+		t.Fatal("a doubled sample passed")
 	}
 }
