@@ -54,7 +54,11 @@ echo "== submit and start 3 workers"
 job=$(dc --profile cli run --rm cli launch /etc/loom/job.yaml --coordinator c1:7070,c2:7070,c3:7070 --detach 2>/dev/null | tr -d '\r' | tail -1)
 echo "   job $job"
 LOOM_JOB="$job" dc up -d w1 w2 w3 >/dev/null
-until (( $(job_field "int(j.get('step','0'))") >= 150 )); do sleep 0.5; done
+started=$SECONDS
+until (( $(job_field "int(j.get('step','0'))") >= 150 )); do
+  ((SECONDS - started < 300)) || { echo "the job did not reach step 150 in 5 minutes" >&2; dc logs --tail 60 >&2; exit 1; }
+  sleep 0.5
+done
 echo "== kill w3 at step $(job_field "j.get('step')")"
 dc kill w3 >/dev/null
 killed=$SECONDS
