@@ -37,7 +37,7 @@ type Communicator struct {
 	cfg    Config
 	t      Transport
 	lend   lender       // t, if it can lend received payloads; else nil
-	kind   string       // t's kind for Observer: "tcp" or "mem"
+	kind   string       // t's kind for Observer: "tcp", "tls" or "mem"
 	direct directSender // t, if it can fill frames to the right neighbour in place; else nil
 	log    *zap.Logger
 	n      int
@@ -109,8 +109,11 @@ func New(t Transport, cfg Config) (*Communicator, error) {
 	}
 	c.lend, _ = t.(lender)
 	c.kind = "mem"
-	if _, ok := t.(*TCPTransport); ok {
+	if tt, ok := t.(*TCPTransport); ok {
 		c.kind = "tcp"
+		if tt.cfg.TLS != nil {
+			c.kind = "tls"
+		}
 	}
 	if d, ok := t.(directSender); ok && n > 1 && d.SharedMemoryTo(c.right) {
 		c.direct = d

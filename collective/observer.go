@@ -10,7 +10,8 @@ type Observer interface {
 	// ObserveAllReduce: this rank sent bytes payload bytes (after
 	// compression) in an all-reduce that took took. transport is how its
 	// link to the next rank carried them: "shm" (shared memory: a rank on
-	// the same host), "tcp", or "mem" (MemTransport: ranks in one process).
+	// the same host), "tcp", "tls" (TCP with TLS), or "mem" (MemTransport:
+	// ranks in one process).
 	ObserveAllReduce(transport string, bytes int64, took time.Duration)
 }
 

@@ -11,7 +11,7 @@ import (
 	"github.com/loomtrain/loom/tensor"
 )
 
-var kinds = []TransportKind{TransportMem, TransportTCP, TransportShm}
+var kinds = []TransportKind{TransportMem, TransportTCP, TransportShm, TransportTLS}
 
 // forEachKind runs f as a subtest per transport kind: one suite, every
 // implementation.

@@ -2,6 +2,7 @@ package collective
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -35,6 +36,13 @@ type TCPConfig struct {
 	// a link whose two ends turn out to be on one host (see shm.go); 0 sends
 	// every payload through the socket. A multiple of 64.
 	ShmRingBytes int
+	// TLS, if set, wraps every connection in TLS before the handshake: the
+	// acceptor is the TLS server, the dialer the client, and the config
+	// decides whom each end admits (it should require and verify a client
+	// certificate). A peer it refuses is logged and counted in Stats
+	// (RejectedTLS), and never sees a frame. Shared-memory payloads between
+	// ranks of one host do not cross the network and are not encrypted.
+	TLS *tls.Config
 	// Logger receives connection events; nil means zap.NewNop().
 	Logger *zap.Logger
 }
@@ -81,15 +89,19 @@ type TCPTransport struct {
 	log   *zap.Logger
 	links []*tcpLink // indexed by peer rank; nil for self
 	stats counters
-	done  chan struct{}
-	once  sync.Once
+	// trouble collects setup failures for NewTCPTransport's error.
+	trouble setupTrouble
+	done    chan struct{}
+	once    sync.Once
 }
 
 // tcpLink is the connection to one peer. The send half and the receive half
 // each have their own lock, header scratch and context watch, so one sender
 // and one receiver use a link concurrently without contention.
 type tcpLink struct {
-	conn *net.TCPConn
+	conn net.Conn     // the socket, or TLS over it
+	tcp  *net.TCPConn // the socket
+	tlsw *tlsSocket   // under TLS: what must be flushed after each frame
 	peer int
 	shm  *shmLink // nil: payloads travel inline; set to nil (and unmapped) by Close under both locks
 
@@ -104,8 +116,12 @@ type tcpLink struct {
 	rwant ctxWatch
 }
 
-func newTCPLink(c *net.TCPConn, peer int, shm *shmLink) *tcpLink {
+func newTCPLink(c net.Conn, peer int, shm *shmLink) *tcpLink {
 	l := &tcpLink{conn: c, peer: peer, shm: shm}
+	l.tcp, l.tlsw = rawTCP(c)
+	if l.tlsw != nil { // the mesh handshake is over: every later write goes through flush
+		l.tlsw.startBatching()
+	}
 	l.swant.set = c.SetWriteDeadline
 	l.rwant.set = c.SetReadDeadline
 	return l
@@ -303,14 +319,26 @@ func (t *TCPTransport) sendRaw(to int, h Header, payload []byte) error {
 	return l.writeFrame(payload)
 }
 
-// writeFrame writes the encoded header and payload with one writev, without
-// copying or allocating. The caller holds l.smu.
+// writeFrame writes the encoded header and payload with one writev,
+// without copying or allocating (over TLS: as records gathered into one
+// write per tlsBatchBytes). The caller holds l.smu.
 func (l *tcpLink) writeFrame(payload []byte) error {
 	l.iov[0], l.iov[1] = l.shdr[:headerSize], payload
 	l.bufs = l.iov[:]
 	_, err := l.bufs.WriteTo(l.conn)
 	l.iov[1] = nil // do not retain the caller's buffer
+	if err == nil {
+		err = l.flush()
+	}
 	return err
+}
+
+// flush sends a TLS link's gathered records; the caller holds l.smu.
+func (l *tcpLink) flush() error {
+	if l.tlsw == nil {
+		return nil
+	}
+	return l.tlsw.flush()
 }
 
 // ctxWatch applies a context to one direction of a connection: its deadline

@@ -2,10 +2,14 @@ package collective
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -21,7 +25,8 @@ const handshakeTimeout = 10 * time.Second
 // (retrying while the peer is not up yet, or is still a process of another
 // generation) and accepts from every rank j > i.
 //
-// Handshake: the dialer sends a Hello frame (generation, src, dst); the
+// With cfg.TLS each connection first runs the TLS handshake (see
+// TCPConfig.TLS). Handshake: the dialer sends a Hello frame (generation, src, dst); the
 // acceptor answers with a Welcome frame carrying its own generation and rank,
 // and keeps the connection only if the hello was for this generation, for
 // this rank, from an expected rank not yet connected. A refused hello is
@@ -53,7 +58,7 @@ func NewTCPTransport(ctx context.Context, cfg TCPConfig) (*TCPTransport, error) 
 
 	type result struct {
 		peer int
-		conn *net.TCPConn
+		conn net.Conn
 		shm  *shmLink
 		err  error
 	}
@@ -77,15 +82,20 @@ func NewTCPTransport(ctx context.Context, cfg TCPConfig) (*TCPTransport, error) 
 				return // listener closed below
 			}
 			wg.Go(func() {
-				peer, shm, err := t.welcome(setupCtx, c.(*net.TCPConn))
+				sc, err := t.secure(setupCtx, c, "")
 				if err != nil {
 					_ = c.Close()
+					return
+				}
+				peer, shm, err := t.welcome(setupCtx, sc)
+				if err != nil {
+					_ = sc.Close()
 					if !errors.Is(err, errRefused) {
 						log.Debug("handshake failed", zap.Error(err))
 					}
 					return
 				}
-				r := result{peer: peer, conn: c.(*net.TCPConn), shm: shm}
+				r := result{peer: peer, conn: sc, shm: shm}
 				select {
 				case results <- r:
 				case <-setupCtx.Done():
@@ -122,7 +132,7 @@ func NewTCPTransport(ctx context.Context, cfg TCPConfig) (*TCPTransport, error) 
 				have++
 			}
 		case <-ctx.Done():
-			firstErr = fmt.Errorf("%w: rank %d: mesh incomplete: %w", ErrHandshake, me, ctx.Err())
+			firstErr = fmt.Errorf("%w: rank %d: mesh incomplete: %w%s", ErrHandshake, me, ctx.Err(), t.trouble.describe())
 		}
 	}
 	cancel()
@@ -144,8 +154,8 @@ func NewTCPTransport(ctx context.Context, cfg TCPConfig) (*TCPTransport, error) 
 	}
 	for _, l := range t.links {
 		if l != nil && cfg.SocketBufferBytes > 0 {
-			_ = l.conn.SetReadBuffer(cfg.SocketBufferBytes)
-			_ = l.conn.SetWriteBuffer(cfg.SocketBufferBytes)
+			_ = l.tcp.SetReadBuffer(cfg.SocketBufferBytes)
+			_ = l.tcp.SetWriteBuffer(cfg.SocketBufferBytes)
 		}
 	}
 	log.Debug("mesh up", zap.Int("rank", me), zap.Int("size", n), zap.Uint64("generation", cfg.Generation),
@@ -156,7 +166,7 @@ func NewTCPTransport(ctx context.Context, cfg TCPConfig) (*TCPTransport, error) 
 // welcome runs the acceptor's side of the handshake and returns the peer
 // rank, and the link's shared memory if the peer offered some this process
 // could map.
-func (t *TCPTransport) welcome(ctx context.Context, c *net.TCPConn) (int, *shmLink, error) {
+func (t *TCPTransport) welcome(ctx context.Context, c net.Conn) (int, *shmLink, error) {
 	dl := time.Now().Add(handshakeTimeout)
 	if d, ok := ctx.Deadline(); ok && d.Before(dl) {
 		dl = d
@@ -211,7 +221,7 @@ func (t *TCPTransport) welcome(ctx context.Context, c *net.TCPConn) (int, *shmLi
 // the dialer then unlinks the file, so it lives only as long as the setup.
 const shmOfferMax = 128
 
-func (t *TCPTransport) answerShm(c *net.TCPConn, peer int) (*shmLink, error) {
+func (t *TCPTransport) answerShm(c net.Conn, peer int) (*shmLink, error) {
 	var buf [headerSize]byte
 	h, err := readHeader(c, buf[:], shmOfferMax)
 	if err != nil {
@@ -253,7 +263,7 @@ func (t *TCPTransport) answerShm(c *net.TCPConn, peer int) (*shmLink, error) {
 }
 
 // offerShm runs the dialer's side of the shared-memory exchange with rank j.
-func (t *TCPTransport) offerShm(c *net.TCPConn, j int) (*shmLink, error) {
+func (t *TCPTransport) offerShm(c net.Conn, j int) (*shmLink, error) {
 	var reg *shmRegion
 	var name string
 	var offer []byte
@@ -294,7 +304,7 @@ func (t *TCPTransport) offerShm(c *net.TCPConn, j int) (*shmLink, error) {
 // dial connects to rank j and runs the dialer's side of the handshake,
 // retrying until ctx ends while j is unreachable or answers for another
 // generation (a process of the previous plan may still hold the address).
-func (t *TCPTransport) dial(ctx context.Context, j int) (*net.TCPConn, *shmLink, error) {
+func (t *TCPTransport) dial(ctx context.Context, j int) (net.Conn, *shmLink, error) {
 	backoff := 5 * time.Millisecond
 	var last error
 	for {
@@ -303,6 +313,7 @@ func (t *TCPTransport) dial(ctx context.Context, j int) (*net.TCPConn, *shmLink,
 			return c, shm, nil
 		}
 		last = err
+		t.trouble.note(t.cfg.Peers[j], err)
 		select {
 		case <-ctx.Done():
 			return nil, nil, fmt.Errorf("%w: rank %d dialing rank %d at %s: %w (last: %v)",
@@ -313,13 +324,17 @@ func (t *TCPTransport) dial(ctx context.Context, j int) (*net.TCPConn, *shmLink,
 	}
 }
 
-func (t *TCPTransport) dialOnce(ctx context.Context, j int) (*net.TCPConn, *shmLink, error) {
+func (t *TCPTransport) dialOnce(ctx context.Context, j int) (net.Conn, *shmLink, error) {
 	var d net.Dialer
 	nc, err := d.DialContext(ctx, "tcp", t.cfg.Peers[j])
 	if err != nil {
 		return nil, nil, err
 	}
-	c := nc.(*net.TCPConn)
+	c, err := t.secure(ctx, nc, t.cfg.Peers[j])
+	if err != nil {
+		_ = nc.Close()
+		return nil, nil, err
+	}
 	dl := time.Now().Add(handshakeTimeout)
 	if d, ok := ctx.Deadline(); ok && d.Before(dl) {
 		dl = d
@@ -359,4 +374,82 @@ func (t *TCPTransport) dialOnce(ctx context.Context, j int) (*net.TCPConn, *shmL
 	}
 	_ = c.SetDeadline(time.Time{})
 	return c, shm, nil
+}
+
+// secure runs the TLS handshake on a new connection when the transport has
+// TLS, as the client when peer (the address dialled) is set and as the
+// server otherwise, within the handshake timeout; without TLS it returns c.
+// A refused or failed handshake is logged with its reason and counted.
+func (t *TCPTransport) secure(ctx context.Context, c net.Conn, peer string) (net.Conn, error) {
+	if t.cfg.TLS == nil {
+		return c, nil
+	}
+	sock := newTLSSocket(c.(*net.TCPConn))
+	var tc *tls.Conn
+	if peer == "" {
+		tc = tls.Server(sock, t.cfg.TLS)
+	} else {
+		cfg := t.cfg.TLS
+		if cfg.ServerName == "" && !cfg.InsecureSkipVerify {
+			cfg = cfg.Clone()
+			cfg.ServerName, _, _ = net.SplitHostPort(peer)
+		}
+		tc = tls.Client(sock, cfg)
+	}
+	hctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
+	defer cancel()
+	if err := tc.HandshakeContext(hctx); err != nil {
+		if ctx.Err() == nil {
+			t.stats.rejectedTLS.Add(1)
+			t.trouble.note(c.RemoteAddr().String(), err)
+			t.log.Warn("TLS handshake failed", zap.String("remote", c.RemoteAddr().String()), zap.Error(err))
+		}
+		return nil, fmt.Errorf("%w: TLS with %s: %w", ErrHandshake, c.RemoteAddr(), err)
+	}
+	return tc, nil
+}
+
+// rawTCP is the TCP socket under c, and the batching socket when c is TLS.
+func rawTCP(c net.Conn) (*net.TCPConn, *tlsSocket) {
+	if tc, ok := c.(*tls.Conn); ok {
+		s := tc.NetConn().(*tlsSocket)
+		return s.TCPConn, s
+	}
+	return c.(*net.TCPConn), nil
+}
+
+// setupTrouble keeps the last failure seen with each remote address while
+// the mesh is built, so that a mesh that never completes says why (a peer
+// that refused our certificate, one we refused) rather than only that the
+// deadline passed.
+type setupTrouble struct {
+	mu   sync.Mutex
+	last map[string]error
+}
+
+func (s *setupTrouble) note(addr string, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.last == nil {
+		s.last = map[string]error{}
+	}
+	s.last[addr] = err
+}
+
+// describe is "" or "; last errors: ADDR: ERR, ..." in address order.
+func (s *setupTrouble) describe() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.last) == 0 {
+		return ""
+	}
+	var b strings.Builder
+	b.WriteString("; last errors:")
+	for i, a := range slices.Sorted(maps.Keys(s.last)) {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		fmt.Fprintf(&b, " %s: %v", a, s.last[a])
+	}
+	return b.String()
 }

@@ -51,6 +51,9 @@ func (t *TCPTransport) commitShm(ctx context.Context, l *tcpLink, h Header, pos 
 	if _, err := l.conn.Write(l.shdr[:]); err != nil {
 		return t.ioErr(ctx, "send", l.peer, err)
 	}
+	if err := l.flush(); err != nil {
+		return t.ioErr(ctx, "send", l.peer, err)
+	}
 	t.stats.sent(int(h.Len))
 	t.stats.framesSentShm.Add(1)
 	return nil
@@ -121,7 +124,7 @@ func (t *TCPTransport) reserveShm(ctx context.Context, l *tcpLink, n int) (uint6
 			return 0, fmt.Errorf("collective: send rank %d: %w", l.peer, ErrClosed)
 		case ctx.Err() != nil:
 			return 0, fmt.Errorf("collective: send rank %d: %w", l.peer, ctx.Err())
-		case peerGone(l.conn):
+		case peerGone(l.tcp):
 			return 0, fmt.Errorf("collective: send rank %d: %w: connection closed while its ring is full", l.peer, ErrPeer)
 		}
 		wait := shmPoll

@@ -2,10 +2,16 @@ package collective
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
+	"os"
+	"path/filepath"
 	"sync"
+	"time"
+
+	"github.com/loomtrain/loom/internal/pki"
 )
 
 // Helpers for tests of this package and of its consumers (worker tests build
@@ -27,6 +33,7 @@ const (
 	TransportMem TransportKind = "mem"
 	TransportTCP TransportKind = "tcp" // loopback TCP, every payload through the socket
 	TransportShm TransportKind = "shm" // loopback TCP, payloads through shared memory
+	TransportTLS TransportKind = "tls" // loopback TCP over mutual TLS, every payload through the socket
 )
 
 // LoopbackListeners binds n listeners on 127.0.0.1 with kernel-chosen ports
@@ -87,10 +94,17 @@ func NewTestTransports(tb TB, kind TransportKind, gen uint64, n int) []Transport
 	switch kind {
 	case TransportMem:
 		out = NewMemGroup(gen, n).Transports()
-	case TransportTCP, TransportShm:
+	case TransportTCP, TransportShm, TransportTLS:
 		tweak := func(c *TCPConfig) { c.ShmRingBytes = 0 }
-		if kind == TransportShm {
+		switch kind {
+		case TransportShm:
 			tweak = nil
+		case TransportTLS:
+			cfgs, err := TestTLSConfigs(tb, n)
+			if err != nil {
+				tb.Fatalf("tls: %v", err)
+			}
+			tweak = func(c *TCPConfig) { c.ShmRingBytes, c.TLS = 0, cfgs[c.Rank] }
 		}
 		ts, err := NewLoopbackTCP(context.Background(), gen, n, tweak)
 		if err != nil {
@@ -108,6 +122,44 @@ func NewTestTransports(tb TB, kind TransportKind, gen uint64, n int) []Transport
 		}
 	})
 	return out
+}
+
+// TestTLSConfigs makes a CA and a worker certificate per rank in a
+// temporary directory (removed when the test ends) and returns each rank's
+// TLS config, admitting workers of that CA, as loom worker builds it.
+func TestTLSConfigs(tb TB, n int) ([]*tls.Config, error) {
+	tb.Helper()
+	dir, err := os.MkdirTemp("", "loom-tls-")
+	if err != nil {
+		return nil, err
+	}
+	tb.Cleanup(func() { _ = os.RemoveAll(dir) })
+	caCert, caKey, err := pki.NewCA(pki.InitOptions{Name: "test", Validity: time.Hour})
+	if err != nil {
+		return nil, err
+	}
+	ca := filepath.Join(dir, "ca.crt")
+	if err := os.WriteFile(ca, caCert, 0o600); err != nil {
+		return nil, err
+	}
+	out := make([]*tls.Config, n)
+	for r := range n {
+		c, k, err := pki.Issue(caCert, caKey, pki.IssueOptions{Role: pki.RoleWorker, Name: fmt.Sprintf("w%d", r), Validity: time.Hour})
+		if err != nil {
+			return nil, err
+		}
+		f, err := pki.WritePair(dir, fmt.Sprintf("w%d", r), c, k, false)
+		if err != nil {
+			return nil, err
+		}
+		f.CA = ca
+		id, err := pki.Load(f, pki.RoleWorker)
+		if err != nil {
+			return nil, err
+		}
+		out[r] = id.Config(pki.RoleWorker)
+	}
+	return out, nil
 }
 
 // NewTestGroup returns n communicators over transports of the given kind.

@@ -81,6 +81,9 @@ type Stats struct {
 	// RejectedRank counts frames naming a source or destination that does not
 	// match the link they arrived on, and connections from unexpected ranks.
 	RejectedRank uint64
+	// RejectedTLS counts connections whose TLS handshake failed: a peer
+	// without an admitted certificate, or one that refused ours.
+	RejectedTLS uint64
 	// FramesSentShm counts the sent frames whose payload went through shared
 	// memory (the rest of FramesSent went through the socket).
 	FramesSentShm uint64
@@ -91,6 +94,7 @@ type counters struct {
 	framesSent, framesReceived atomic.Uint64
 	bytesSent, bytesReceived   atomic.Uint64
 	rejectedGen, rejectedRank  atomic.Uint64
+	rejectedTLS                atomic.Uint64
 	framesSentShm              atomic.Uint64
 }
 
@@ -102,6 +106,7 @@ func (c *counters) snapshot() Stats {
 		BytesReceived:      c.bytesReceived.Load(),
 		RejectedGeneration: c.rejectedGen.Load(),
 		RejectedRank:       c.rejectedRank.Load(),
+		RejectedTLS:        c.rejectedTLS.Load(),
 		FramesSentShm:      c.framesSentShm.Load(),
 	}
 }

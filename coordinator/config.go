@@ -9,6 +9,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/loomtrain/loom/api"
+	"github.com/loomtrain/loom/internal/pki"
 )
 
 // Config configures one coordinator node. Build it with DefaultConfig and
@@ -38,6 +39,12 @@ type Config struct {
 	// cluster needs the same ones. Empty: anyone who reaches the gRPC
 	// address may register a worker.
 	JoinToken, JoinTokenFile string
+	// TLS, if set, is this node's certificate (a coordinator's) and the
+	// cluster's CA: the gRPC API, Raft and this node's calls to other
+	// coordinators are then mutual TLS, and each call is admitted by the
+	// role of the caller's certificate (tls.go). Every coordinator of a
+	// cluster needs one; nil is plain text, for one machine.
+	TLS *pki.Identity
 	// Bootstrap makes this node the first voter of a new cluster. Ignored if
 	// DataDir already holds Raft state.
 	Bootstrap bool

@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"context"
+	"net/http"
 	"time"
 
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -32,4 +33,24 @@ func (s *Server) watchHealth(ctx context.Context) {
 		case <-t.C:
 		}
 	}
+}
+
+// HealthHandler serves the same two answers over plain HTTP, for probes
+// that cannot present a client certificate to an mTLS gRPC port (the
+// Kubernetes gRPC probe has none): /healthz is 200 while the process
+// serves, /readyz 200 while this node knows a Raft leader and 503 while it
+// does not. Anything else is 404.
+func (s *Server) HealthHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if addr, _ := s.raft.LeaderWithID(); addr == "" {
+			http.Error(w, "no Raft leader known", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	return mux
 }

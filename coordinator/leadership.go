@@ -156,7 +156,7 @@ func (s *Server) expireLeases(ctx context.Context) {
 // this node as a voter, retrying while no leader is known, until ctx ends.
 // A cluster id mismatch is final.
 func (s *Server) join(ctx context.Context) error {
-	conn, err := api.Dial(s.cfg.Join)
+	conn, err := api.Dial(s.cfg.Join, s.dialOptions()...)
 	if err != nil {
 		return err
 	}

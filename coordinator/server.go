@@ -32,6 +32,7 @@ import (
 
 	"github.com/loomtrain/loom/api"
 	"github.com/loomtrain/loom/internal/netaddr"
+	"github.com/loomtrain/loom/internal/pki"
 )
 
 // Server is one running coordinator node. All methods are safe for
@@ -208,8 +209,14 @@ func (s *Server) startRaft() (bool, error) {
 	case addr.Port != 0:
 		advertise = addr
 	}
-	tr, err := raft.NewTCPTransportWithLogger(s.cfg.RaftAddr, advertise, 3, 2*time.Second, rc.Logger)
-	if err != nil {
+	var tr *raft.NetworkTransport
+	if s.cfg.TLS != nil {
+		stream, err := newTLSStream(s.cfg.RaftAddr, advertise, s.cfg.TLS.Config(pki.RoleCoordinator))
+		if err != nil {
+			return false, fmt.Errorf("coordinator: raft transport on %s: %w", s.cfg.RaftAddr, err)
+		}
+		tr = raft.NewNetworkTransportWithLogger(stream, 3, 2*time.Second, rc.Logger)
+	} else if tr, err = raft.NewTCPTransportWithLogger(s.cfg.RaftAddr, advertise, 3, 2*time.Second, rc.Logger); err != nil {
 		return false, fmt.Errorf("coordinator: raft transport on %s: %w", s.cfg.RaftAddr, err)
 	}
 	s.transport = tr
@@ -231,7 +238,7 @@ func (s *Server) startGRPC() error {
 		return fmt.Errorf("coordinator: grpc advertise address: %w", err)
 	}
 	s.lis = lis
-	s.grpc = grpc.NewServer(grpc.ChainUnaryInterceptor(s.fwd.unaryInterceptor))
+	s.grpc = grpc.NewServer(s.serverOptions()...)
 	svc := &service{s: s}
 	api.RegisterCoordinatorServer(s.grpc, svc)
 	api.RegisterClusterServer(s.grpc, &clusterService{s: s})

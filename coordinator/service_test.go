@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -351,6 +353,46 @@ func TestHealthService(t *testing.T) {
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
+	}
+}
+
+// The HTTP probes: /healthz while serving, /readyz 200 with a leader and
+// 503 once the node has none (its cluster's other members gone).
+func TestHealthHandler(t *testing.T) {
+	cl := NewTestCluster(t, 2)
+	follower := cl.Nodes[1]
+	if follower.IsLeader() {
+		follower = cl.Nodes[0]
+	}
+	h := follower.HealthHandler()
+	get := func(path string) int {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
+		return rec.Code
+	}
+	if c := get("/healthz"); c != http.StatusOK {
+		t.Fatalf("/healthz %d", c)
+	}
+	if c := get("/readyz"); c != http.StatusOK {
+		t.Fatalf("/readyz with a leader: %d", c)
+	}
+	if c := get("/nope"); c != http.StatusNotFound {
+		t.Fatalf("/nope %d", c)
+	}
+	for i, s := range cl.Nodes {
+		if s != follower {
+			cl.Stop(i)
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for get("/readyz") != http.StatusServiceUnavailable {
+		if time.Now().After(deadline) {
+			t.Fatal("/readyz still 200 10 s after the leader stopped")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if c := get("/healthz"); c != http.StatusOK {
+		t.Fatalf("/healthz without a leader: %d", c)
 	}
 }
 

@@ -11,8 +11,10 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 
 	"github.com/loomtrain/loom/api"
+	"github.com/loomtrain/loom/internal/pki"
 )
 
 // TestConfig returns DefaultConfig tuned for tests on loopback: random
@@ -166,6 +168,18 @@ func (c *TestCluster) Close() {
 func Dial(t testing.TB, addrs ...string) *grpc.ClientConn {
 	t.Helper()
 	conn, err := api.Dial(addrs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	return conn
+}
+
+// DialTLS is Dial presenting id's certificate and admitting coordinator
+// certificates of its CA.
+func DialTLS(t testing.TB, id *pki.Identity, addrs ...string) *grpc.ClientConn {
+	t.Helper()
+	conn, err := api.Dial(addrs, grpc.WithTransportCredentials(credentials.NewTLS(id.Config(pki.RoleCoordinator))))
 	if err != nil {
 		t.Fatal(err)
 	}

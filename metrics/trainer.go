@@ -180,7 +180,7 @@ func (m *Trainer) ObserveEval(loss, accuracy float64) {
 }
 
 // ObserveAllReduce records one all-reduce that sent bytes payload bytes
-// over transport ("tcp" or "shm") in took; it implements
+// over transport ("tcp", "tls" or "shm") in took; it implements
 // collective.Observer.
 func (m *Trainer) ObserveAllReduce(transport string, bytes int64, took time.Duration) {
 	switch transport {

@@ -164,11 +164,14 @@ func TestSharesSplitShortBatchExactlyOnce(t *testing.T) {
 // history line.
 func BenchmarkDataParallelStep(b *testing.B) {
 	for _, on := range []bool{false, true} {
-		b.Run(fmt.Sprintf("metrics=%v", map[bool]string{false: "off", true: "on"}[on]), func(b *testing.B) { benchDataParallel(b, on) })
+		b.Run(fmt.Sprintf("metrics=%v", map[bool]string{false: "off", true: "on"}[on]), func(b *testing.B) { benchDataParallel(b, on, collective.TransportTCP) })
 	}
+	// The ring over mutual TLS, as loom worker runs it with certificates
+	// (compare with metrics=off: the same ring over plain TCP).
+	b.Run("transport=tls", func(b *testing.B) { benchDataParallel(b, false, collective.TransportTLS) })
 }
 
-func benchDataParallel(b *testing.B, withMetrics bool) {
+func benchDataParallel(b *testing.B, withMetrics bool, kind collective.TransportKind) {
 	split := mnistForBench(b)
 	job, err := jobspec.Parse("bench.yaml", []byte("name: ddp\nmodel: {kind: mlp, layers: [784, 512, 256, 10]}\ntrain: {epochs: 100, global_batch: 128}\noptimizer: {kind: sgd, lr: 0.01}\n"))
 	if err != nil {
@@ -187,7 +190,7 @@ func benchDataParallel(b *testing.B, withMetrics bool) {
 		defer history.Close()
 	}
 	comms := make([]*collective.Communicator, 2)
-	for r, t := range collective.NewTestTransports(b, collective.TransportTCP, cfg.Generation, 2) {
+	for r, t := range collective.NewTestTransports(b, kind, cfg.Generation, 2) {
 		c := cfg
 		c.Rank = r
 		if withMetrics {

@@ -7,6 +7,7 @@ package worker
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -19,6 +20,7 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 
 	"github.com/loomtrain/loom/api"
@@ -26,6 +28,7 @@ import (
 	"github.com/loomtrain/loom/data"
 	"github.com/loomtrain/loom/device"
 	"github.com/loomtrain/loom/internal/netaddr"
+	"github.com/loomtrain/loom/internal/pki"
 	"github.com/loomtrain/loom/jobspec"
 	"github.com/loomtrain/loom/train"
 )
@@ -43,6 +46,11 @@ type AgentConfig struct {
 	// JoinToken is presented to RegisterWorker when the cluster requires
 	// one (coordinator Config.JoinToken).
 	JoinToken string
+	// TLS, if set, is this worker's certificate (a worker's) and the
+	// cluster's CA: calls to the coordinators then use mutual TLS and admit
+	// only coordinator certificates, and ring links admit only worker
+	// certificates. nil is plain text, for one machine.
+	TLS *pki.Identity
 	// Advertise is the ring address peers dial (a host, or host:port):
 	// empty means Listen's, or the host's first routable address when
 	// Listen binds every interface (internal/netaddr).
@@ -99,6 +107,8 @@ type Agent struct {
 	client api.CoordinatorClient
 	conn   *grpc.ClientConn
 	addr   string // collective address as registered
+	// ringTLS secures the ring links when AgentConfig.TLS is set.
+	ringTLS *tls.Config
 
 	planMu  sync.Mutex
 	newest  *api.Plan
@@ -163,7 +173,12 @@ func RunAgent(ctx context.Context, cfg AgentConfig) (err error) {
 		return fmt.Errorf("worker: collective advertise address: %w", err)
 	}
 	a.cfg.Listen = ln.Addr().String() // later generations bind the same port again
-	if a.conn, err = api.Dial(cfg.Coordinators); err != nil {
+	var dialOpts []grpc.DialOption
+	if cfg.TLS != nil {
+		dialOpts = append(dialOpts, grpc.WithTransportCredentials(credentials.NewTLS(cfg.TLS.Config(pki.RoleCoordinator))))
+		a.ringTLS = cfg.TLS.Config(pki.RoleWorker)
+	}
+	if a.conn, err = api.Dial(cfg.Coordinators, dialOpts...); err != nil {
 		return err
 	}
 	defer a.conn.Close()
@@ -368,7 +383,7 @@ func (a *Agent) train(ctx context.Context, tr *train.Trainer, ck *train.Checkpoi
 		var gctx context.Context
 		gctx, cancelGen = a.generationContext(ctx, current)
 		stopDog := a.watchdog(current, "connecting the ranks", suspectFloor)
-		g, err := joinGeneration(gctx, plan, a.cfg.ID, *ln, a.cfg.Listen, linkOpts{compress: compress, shmRing: a.cfg.ShmRingBytes, observer: a.metrics.collectiveObserver()}, a.log)
+		g, err := joinGeneration(gctx, plan, a.cfg.ID, *ln, a.cfg.Listen, linkOpts{compress: compress, shmRing: a.cfg.ShmRingBytes, observer: a.metrics.collectiveObserver(), tls: a.ringTLS}, a.log)
 		stopDog()
 		if g != nil || err != nil {
 			*ln = nil // consumed by the transport, or closed

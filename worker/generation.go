@@ -2,6 +2,7 @@ package worker
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"math"
 	"net"
@@ -33,6 +34,7 @@ type linkOpts struct {
 	compress collective.Compression
 	shmRing  int                 // shared-memory ring bytes per direction to same-host ranks; 0: TCP only
 	observer collective.Observer // told of every all-reduce; nil: nothing
+	tls      *tls.Config         // mutual TLS on every ring link; nil: plain TCP
 }
 
 // joinGeneration connects to every rank of plan. ln, if non-nil, is the
@@ -80,7 +82,7 @@ func joinGeneration(ctx context.Context, plan *api.Plan, me string, ln net.Liste
 	}
 	tcfg := collective.DefaultTCPConfig()
 	tcfg.Generation, tcfg.Rank, tcfg.Peers, tcfg.Listener, tcfg.Logger = uint64(plan.GetGeneration()), g.rank, peers, ln, log
-	tcfg.ShmRingBytes = opts.shmRing
+	tcfg.ShmRingBytes, tcfg.TLS = opts.shmRing, opts.tls
 	sctx, cancel := context.WithTimeout(ctx, setupTimeout)
 	defer cancel()
 	tr, err := collective.NewTCPTransport(sctx, tcfg)

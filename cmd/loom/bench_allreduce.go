@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"strconv"
@@ -20,6 +21,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/loomtrain/loom/collective"
+	"github.com/loomtrain/loom/internal/pki"
 )
 
 // allreduceOpts are the flags of `loom bench allreduce`.
@@ -42,6 +44,8 @@ type allreduceOpts struct {
 	cpuProfile string // per-rank CPU profile path prefix
 	sockBuf    string
 	shmRing    string
+	tlsAuto    bool     // launch mode: make throwaway certificates, one per rank
+	tls        tlsFiles // join mode: this rank's worker certificate
 }
 
 func newBenchAllreduceCmd() *cobra.Command {
@@ -63,11 +67,18 @@ memory (a --shm-ring of that size per link direction, in /dev/shm); the socket
 still carries frame headers and notices a dead peer. --shm-ring 0 sends every
 byte through TCP, as between hosts.
 
+--tls puts every link under mutual TLS as loom worker does (a throwaway CA
+and a worker certificate per rank, in a temporary directory removed at the
+end); with --rank, give each rank its worker certificate with --tls-ca,
+--tls-cert and --tls-key. Shared-memory payloads stay off the network and
+are not encrypted: compare with --shm-ring 0.
+
 Sizes are MiB unless suffixed (B, KiB, MiB, GiB). Before timing each size the
 result of summing all-ones buffers is checked on every rank.`,
 		Example: `  loom bench allreduce --ranks 2 --size 1,16,64
   loom bench allreduce --ranks 4 --size 16MiB --compress bf16 --json
   loom bench allreduce --ranks 4 --size 16 --shm-ring 0     # TCP only
+  loom bench allreduce --ranks 4 --size 16 --shm-ring 0 --tls   # TCP with mTLS
   loom bench allreduce --rank 1 --peers 10.0.0.1:7000,10.0.0.2:7000 --size 64`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -102,6 +113,8 @@ result of summing all-ones buffers is checked on every rank.`,
 	f.StringVar(&o.cpuProfile, "cpuprofile", "", "write each rank's CPU profile to PREFIX.rankN")
 	f.StringVar(&o.sockBuf, "sockbuf", "4MiB", "TCP socket buffer size (SO_SNDBUF/SO_RCVBUF); 0 keeps the OS autotuning")
 	f.StringVar(&o.shmRing, "shm-ring", "4MiB", "shared-memory ring per direction between ranks on one host; 0: everything over TCP")
+	f.BoolVar(&o.tlsAuto, "tls", false, "mutual TLS on every link, with throwaway certificates (launch mode)")
+	o.tls.flags(cmd)
 	_ = f.MarkHidden("listen-fd")
 	return cmd
 }
@@ -147,6 +160,16 @@ func launchAllreduceRanks(ctx context.Context, stdout, stderr io.Writer, o allre
 	if err != nil {
 		return err
 	}
+	var tlsDir string
+	if o.tlsAuto {
+		if tlsDir, err = os.MkdirTemp("", "loom-bench-tls-"); err != nil {
+			return err
+		}
+		defer os.RemoveAll(tlsDir)
+		if err := throwawayCerts(tlsDir, o.ranks); err != nil {
+			return err
+		}
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	errs := make([]error, o.ranks)
@@ -162,6 +185,11 @@ func launchAllreduceRanks(ctx context.Context, stdout, stderr io.Writer, o allre
 			"--warmup", strconv.Itoa(o.warmup), "--trials", strconv.Itoa(o.trials), "--target", o.target, "--timeout", o.timeout.String(),
 			"--generation", strconv.FormatUint(o.generation, 10), "--json=" + strconv.FormatBool(o.jsonOut),
 			"--cpuprofile", o.cpuProfile, "--sockbuf", o.sockBuf, "--shm-ring", o.shmRing}
+		if tlsDir != "" {
+			name := fmt.Sprintf("rank%d", r)
+			args = append(args, "--tls-ca", filepath.Join(tlsDir, "ca.crt"),
+				"--tls-cert", filepath.Join(tlsDir, name+".crt"), "--tls-key", filepath.Join(tlsDir, name+".key"))
+		}
 		if len(o.order) > 0 {
 			args = append(args, "--order", strings.Trim(strings.Join(strings.Fields(fmt.Sprint(o.order)), ","), "[]"))
 		}
@@ -275,6 +303,13 @@ func runAllreduceRank(ctx context.Context, stdout io.Writer, o allreduceOpts, p 
 	}
 	tcfg := collective.DefaultTCPConfig()
 	tcfg.Generation, tcfg.Rank, tcfg.Peers, tcfg.SocketBufferBytes, tcfg.ShmRingBytes = o.generation, o.rank, o.peers, sockBuf, shmRing
+	id, err := o.tls.load(pki.RoleWorker)
+	if err != nil {
+		return err
+	}
+	if id != nil {
+		tcfg.TLS = id.Config(pki.RoleWorker)
+	}
 	if o.listenFD > 0 {
 		if tcfg.Listener, err = net.FileListener(os.NewFile(uintptr(o.listenFD), "listener")); err != nil {
 			return fmt.Errorf("inherited listener: %w", err)
@@ -294,7 +329,7 @@ func runAllreduceRank(ctx context.Context, stdout io.Writer, o allreduceOpts, p 
 	defer c.Close()
 	n := c.Size()
 	if o.rank == 0 && !o.jsonOut {
-		fmt.Fprintf(stdout, "# loom ring all-reduce over %s: ranks=%d compress=%s chunk=%dKiB order=%v\n", linkKind(tr), n, comp, chunk>>10, c.Order())
+		fmt.Fprintf(stdout, "# loom ring all-reduce over %s: ranks=%d compress=%s chunk=%dKiB order=%v\n", linkKind(tr, tcfg.TLS != nil), n, comp, chunk>>10, c.Order())
 		fmt.Fprintf(stdout, "# %12s %8s %10s %12s %12s %12s\n", "size(B)", "iters", "time(ms)", "algbw(GB/s)", "busbw(GB/s)", "cpu(ms)")
 	}
 	times := make([]float32, 2*n) // per rank: seconds per call, CPU seconds per call
@@ -334,7 +369,7 @@ func runAllreduceRank(ctx context.Context, stdout io.Writer, o allreduceOpts, p 
 		worst, cpu := median(walls), median(cpus)
 		bytes := len(buf) * 4
 		alg := float64(bytes) / worst / 1e9
-		res := allreduceResult{Impl: "loom-ring-" + linkKind(tr), World: n, SizeMiB: float64(bytes) / (1 << 20), Bytes: bytes,
+		res := allreduceResult{Impl: "loom-ring-" + linkKind(tr, tcfg.TLS != nil), World: n, SizeMiB: float64(bytes) / (1 << 20), Bytes: bytes,
 			Compress: comp.String(), Iters: iters, Trials: o.trials, TimeMs: worst * 1e3, CPUMs: cpu * 1e3, AlgBW: alg, BusBW: alg * 2 * float64(n-1) / float64(n)}
 		if n == 1 {
 			res.BusBW = 0
@@ -374,15 +409,42 @@ func benchChunk(flag string, shmRing int, peers []string) (int, error) {
 }
 
 // linkKind names what carries the payloads: "shm" when every link of this
-// rank is in shared memory, "tcp" when none is, "tcp+shm" for a mix.
-func linkKind(tr *collective.TCPTransport) string {
+// rank is in shared memory, "tcp" (or "tls") when none is, "tcp+shm" (or
+// "tls+shm") for a mix.
+func linkKind(tr *collective.TCPTransport, tls bool) string {
+	sock := "tcp"
+	if tls {
+		sock = "tls"
+	}
 	switch tr.SharedMemoryLinks() {
 	case 0:
-		return "tcp"
+		return sock
 	case tr.Size() - 1:
 		return "shm"
 	}
-	return "tcp+shm"
+	return sock + "+shm"
+}
+
+// throwawayCerts writes a CA and a worker certificate rankN per rank in
+// dir, valid for a day.
+func throwawayCerts(dir string, ranks int) error {
+	caCert, caKey, err := pki.NewCA(pki.InitOptions{Name: "loom bench CA", Validity: day})
+	if err != nil {
+		return err
+	}
+	if _, err := pki.WritePair(dir, "ca", caCert, caKey, false); err != nil {
+		return err
+	}
+	for r := range ranks {
+		c, k, err := pki.Issue(caCert, caKey, pki.IssueOptions{Role: pki.RoleWorker, Name: fmt.Sprintf("rank%d", r), Validity: day})
+		if err != nil {
+			return err
+		}
+		if _, err := pki.WritePair(dir, fmt.Sprintf("rank%d", r), c, k, false); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // timeAllreduce runs one timed loop of iters all-reduces on every rank and

@@ -26,6 +26,7 @@ func newCheckpointsCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "checkpoints", Short: "Inspect a job's checkpoints"}
 	var dir, coord string
 	var asJSON bool
+	var tls tlsFiles
 	list := &cobra.Command{
 		Use:   "list JOB",
 		Short: "List the published checkpoints of job JOB (by name), oldest first",
@@ -38,17 +39,18 @@ Tensor checksums are verified by resume and eval, not by list.`,
   loom checkpoints list mnist-mlp --dir /shared/ckpt --coordinator 10.0.0.5:7070`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return listCheckpoints(cmd.Context(), cmd.OutOrStdout(), dir, args[0], coord, asJSON)
+			return listCheckpoints(cmd.Context(), cmd.OutOrStdout(), dir, args[0], coord, tls, asJSON)
 		},
 	}
 	list.Flags().StringVar(&dir, "dir", "checkpoints", "checkpoint root directory (the job config's checkpoint.dir)")
 	list.Flags().StringVar(&coord, "coordinator", "", "coordinator address(es): mark the checkpoints it recorded")
 	list.Flags().BoolVar(&asJSON, "json", false, "print a JSON array")
+	tls.flags(list)
 	cmd.AddCommand(list)
 	return cmd
 }
 
-func listCheckpoints(ctx context.Context, out io.Writer, dir, job, coord string, asJSON bool) error {
+func listCheckpoints(ctx context.Context, out io.Writer, dir, job, coord string, tls tlsFiles, asJSON bool) error {
 	if err := isDir("--dir", dir); err != nil {
 		return err
 	}
@@ -62,7 +64,7 @@ func listCheckpoints(ctx context.Context, out io.Writer, dir, job, coord string,
 	}
 	recorded := map[string]bool{}
 	if coord != "" {
-		conn, err := api.Dial(strings.Split(coord, ","))
+		conn, err := tls.dial(strings.Split(coord, ","))
 		if err != nil {
 			return err
 		}
@@ -71,7 +73,7 @@ func listCheckpoints(ctx context.Context, out io.Writer, dir, job, coord string,
 		defer cancel()
 		resp, err := api.NewCoordinatorClient(conn).ListJobs(lctx, &api.ListJobsRequest{})
 		if err != nil {
-			return fmt.Errorf("coordinator: %w", err)
+			return fmt.Errorf("coordinator: %w", explainTLS(err))
 		}
 		for _, j := range resp.GetJobs() {
 			if j.GetSpec().GetName() == job {

@@ -18,6 +18,7 @@ func addCommands(root, bench *cobra.Command) {
 	root.AddCommand(newDataCmd())
 	root.AddCommand(newGenerateCmd())
 	root.AddCommand(newPlotCmd())
+	root.AddCommand(newCertsCmd())
 	bench.AddCommand(newBenchGemmCmd())
 	bench.AddCommand(newBenchAllreduceCmd())
 	bench.AddCommand(newBenchTrainCmd())

@@ -16,6 +16,7 @@ import (
 
 	"github.com/loomtrain/loom/api"
 	"github.com/loomtrain/loom/coordinator"
+	"github.com/loomtrain/loom/internal/pki"
 )
 
 func newCoordinatorCmd() *cobra.Command {
@@ -23,6 +24,7 @@ func newCoordinatorCmd() *cobra.Command {
 	cfg.NodeID = ""
 	cfg.RaftAddr, cfg.GRPCAddr = "127.0.0.1:7071", "127.0.0.1:7070"
 	var join, level, httpAddr, metricsAddr string
+	var tls tlsFiles
 	cmd := &cobra.Command{
 		Use:   "coordinator --id ID --data-dir DIR (--bootstrap | --join ADDR)",
 		Short: "Run one node of a Raft-replicated coordinator cluster",
@@ -52,6 +54,9 @@ current leader in etcd, and a new node with neither flag joins through it.`,
 			if cfg.DataDir == "" {
 				return fmt.Errorf("--data-dir is required: a cluster node must keep its raft log")
 			}
+			if cfg.TLS, err = tls.load(pki.RoleCoordinator); err != nil {
+				return err
+			}
 			if err := cfg.Validate(); err != nil {
 				return err
 			}
@@ -67,6 +72,9 @@ current leader in etcd, and a new node with neither flag joins through it.`,
 				return err
 			}
 			log.Info("serving", zap.String("id", cfg.NodeID), zap.String("grpc", srv.Addr()), zap.String("raft", srv.RaftAddr()))
+			if w := plainTextWarning(cfg.TLS, cfg.GRPCAddr, cfg.RaftAddr); w != "" {
+				log.Warn(w)
+			}
 			if cfg.JoinToken == "" && cfg.JoinTokenFile == "" && !loopbackOnly(cfg.GRPCAddr) {
 				log.Warn("workers register without a join token: anyone who reaches this address can join a job; set --join-token-file", zap.String("grpc", cfg.GRPCAddr))
 			}
@@ -88,6 +96,7 @@ current leader in etcd, and a new node with neither flag joins through it.`,
 	f.StringVar(&metricsAddr, "metrics-addr", "", "host:port for Prometheus /metrics alone (Raft term, commit and applied index, leadership, lease expiries, failure reports, workers and jobs by state, per-job step, generation, loss, samples/s, checkpoints); empty: off")
 	f.StringVar(&httpAddr, "http-addr", "", "host:port for the status web page (jobs, loss and throughput plots, plans, events) and Prometheus /metrics; empty: off")
 	f.BoolVar(&cfg.Bootstrap, "bootstrap", false, "start a new cluster with this node as its first member")
+	tls.flags(cmd)
 	f.StringVar(&join, "join", "", "gRPC address(es) of running coordinators to join, comma-separated")
 	f.StringVar(&cfg.ClusterID, "cluster-id", cfg.ClusterID, "cluster name; a node cannot join a cluster with another id")
 	f.StringVar(&cfg.Discovery, "discovery", "", "publish this node and the leader in etcd: etcd://host:port/prefix")

@@ -43,6 +43,7 @@ type launchOpts struct {
 	metrics       string
 	metricsAddr   string
 	httpAddr      string
+	tls           tlsFiles // with --coordinator
 }
 
 func newLaunchCmd() *cobra.Command {
@@ -90,6 +91,7 @@ workers: cancels the job and stops them).`,
 	f.StringVar(&devs, "worker-devices", "", `per-worker device specs separated by ';' (e.g. "cpu:threads=1;cpu:threads=2"), overriding --device`)
 	f.StringVar(&o.coordinator, "coordinator", "", "submit to a running coordinator cluster (comma-separated addresses) and follow the job")
 	f.BoolVar(&o.detach, "detach", false, "with --coordinator: print the job id and return")
+	o.tls.flags(cmd)
 	f.BoolVar(&o.json, "json", false, "print the summary as one JSON object on stdout")
 	f.IntVar(&o.globalBatch, "global-batch", 0, "override train.global_batch")
 	f.IntVar(&o.maxSteps, "max-steps", 0, "stop after this many steps (overrides train.max_steps)")

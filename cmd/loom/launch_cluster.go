@@ -57,7 +57,7 @@ func runCluster(ctx context.Context, stdout io.Writer, job *jobspec.Job, o launc
 		defer hl.serve(ctx, srv, log)()
 		addrs = []string{srv.Addr()}
 	}
-	conn, err := api.Dial(addrs)
+	conn, err := o.tls.dial(addrs)
 	if err != nil {
 		return err
 	}
@@ -88,7 +88,7 @@ func runCluster(ctx context.Context, stdout io.Writer, job *jobspec.Job, o launc
 		EqualShares: job.Cluster.Balance == "equal"}})
 	cancel()
 	if err != nil {
-		return fmt.Errorf("submit %s: %w", job.Name, err)
+		return fmt.Errorf("submit %s: %w", job.Name, explainTLS(err))
 	}
 	jobID := resp.GetJob().GetId()
 	if o.detach {

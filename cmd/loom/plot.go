@@ -29,6 +29,7 @@ type plotOpts struct {
 	width, height int
 	logY          bool
 	coordinator   string
+	tls           tlsFiles
 }
 
 func newPlotCmd() *cobra.Command {
@@ -71,6 +72,7 @@ and the noise band stay visible.`,
 	f.IntVar(&o.height, "height", 540, "height in pixels")
 	f.BoolVar(&o.logY, "log-y", false, "log-scale Y axis (points <= 0 are then left out)")
 	f.StringVar(&o.coordinator, "coordinator", "", "read job SOURCE's history from these coordinators (comma-separated gRPC addresses)")
+	o.tls.flags(cmd)
 	_ = cmd.MarkFlagRequired("out")
 	return cmd
 }
@@ -93,7 +95,7 @@ func runPlot(ctx context.Context, out io.Writer, source string, o plotOpts) erro
 	if o.width <= 0 || o.height <= 0 || o.width > plots.MaxPixels || o.height > plots.MaxPixels {
 		return fmt.Errorf("--width %d --height %d: each must be 1 to %d pixels", o.width, o.height, plots.MaxPixels)
 	}
-	recs, err := readPlotSource(ctx, source, o.coordinator)
+	recs, err := readPlotSource(ctx, source, o.coordinator, o.tls)
 	if errors.Is(err, metrics.ErrNoHistory) {
 		return fmt.Errorf("%w\n%s is written next to a job's step-NNNNNNNN directories by training runs with checkpoints enabled",
 			err, metrics.HistoryFile)
@@ -127,7 +129,7 @@ func runPlot(ctx context.Context, out io.Writer, source string, o plotOpts) erro
 
 // readPlotSource reads the history of source: a path, or with coordinator
 // a job id.
-func readPlotSource(ctx context.Context, source, coordinator string) ([]metrics.Record, error) {
+func readPlotSource(ctx context.Context, source, coordinator string, tls tlsFiles) ([]metrics.Record, error) {
 	if coordinator == "" {
 		if _, err := os.Stat(source); errors.Is(err, fs.ErrNotExist) {
 			return nil, fmt.Errorf("source %s does not exist (a job id needs --coordinator)", source)
@@ -135,7 +137,7 @@ func readPlotSource(ctx context.Context, source, coordinator string) ([]metrics.
 		return metrics.ReadHistory(source)
 	}
 	var recs []metrics.Record
-	t := coordTarget{coordinator: coordinator, timeout: 10 * time.Second}
+	t := coordTarget{coordinator: coordinator, timeout: 10 * time.Second, tls: tls}
 	err := t.with(ctx, func(ctx context.Context, c *coordClients) error {
 		r, err := c.coord.GetJobHistory(ctx, &api.GetJobHistoryRequest{JobId: source})
 		if err != nil {

@@ -25,6 +25,7 @@ type coordTarget struct {
 	discovery   string
 	timeout     time.Duration
 	json        bool
+	tls         tlsFiles
 }
 
 func (t *coordTarget) flags(cmd *cobra.Command) {
@@ -34,6 +35,7 @@ func (t *coordTarget) flags(cmd *cobra.Command) {
 	f.DurationVar(&t.timeout, "timeout", 10*time.Second, "give up after this long")
 	f.BoolVar(&t.json, "json", false, "print JSON instead of a table")
 	cmd.MarkFlagsMutuallyExclusive("coordinator", "discovery")
+	t.tls.flags(cmd)
 }
 
 type coordClients struct {
@@ -62,16 +64,16 @@ func (t *coordTarget) with(ctx context.Context, fn func(context.Context, *coordC
 	if err != nil {
 		return err
 	}
-	conn, err := api.Dial(addrs)
+	conn, err := t.tls.dial(addrs)
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
 	err = fn(ctx, &coordClients{coord: api.NewCoordinatorClient(conn), cluster: api.NewClusterClient(conn)})
 	if err != nil && ctx.Err() != nil {
-		return fmt.Errorf("no answer from %v within %v: %w", addrs, t.timeout, err)
+		return explainTLS(fmt.Errorf("no answer from %v within %v: %w", addrs, t.timeout, err))
 	}
-	return err
+	return explainTLS(err)
 }
 
 func newStatusCmd() *cobra.Command {

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"net"
+	"net/http"
 
 	"go.uber.org/zap"
 
@@ -13,7 +14,8 @@ import (
 
 // coordinatorHTTP is a coordinator's HTTP listeners, bound before the
 // coordinator starts so that a taken port is refused before any work: the
-// status page (with /metrics) and /metrics alone; nil when off.
+// status page (with /metrics) and /metrics alone, each with the probes
+// /healthz and /readyz (coordinator.Server.HealthHandler); nil when off.
 type coordinatorHTTP struct{ page, metrics net.Listener }
 
 // listenCoordinatorHTTP binds the listeners of the --http-addr and
@@ -51,12 +53,19 @@ func (h *coordinatorHTTP) serve(ctx context.Context, srv *coordinator.Server, lo
 	reg := metrics.NewRegistry()
 	reg.MustRegister(srv.Collector())
 	var waits []func()
+	withHealth := func(h http.Handler) http.Handler {
+		mux := http.NewServeMux()
+		mux.Handle("/healthz", srv.HealthHandler())
+		mux.Handle("/readyz", srv.HealthHandler())
+		mux.Handle("/", h)
+		return mux
+	}
 	if h.page != nil {
-		waits = append(waits, metrics.ServeHandler(ctx, h.page, web.Handler(srv.FSM(), metrics.Handler(reg, log)), log))
+		waits = append(waits, metrics.ServeHandler(ctx, h.page, withHealth(web.Handler(srv.FSM(), metrics.Handler(reg, log))), log))
 		log.Info("serving the status page", zap.String("url", "http://"+h.page.Addr().String()+"/"))
 	}
 	if h.metrics != nil {
-		waits = append(waits, metrics.ServeHandler(ctx, h.metrics, metrics.Handler(reg, log), log))
+		waits = append(waits, metrics.ServeHandler(ctx, h.metrics, withHealth(metrics.Handler(reg, log)), log))
 		log.Info("serving metrics", zap.String("addr", h.metrics.Addr().String()), zap.String("path", "/metrics"))
 	}
 	return func() {

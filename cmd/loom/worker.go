@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/loomtrain/loom/collective"
+	"github.com/loomtrain/loom/internal/pki"
 	"github.com/loomtrain/loom/metrics"
 	"github.com/loomtrain/loom/worker"
 )
@@ -23,6 +24,7 @@ func newWorkerCmd() *cobra.Command {
 	var (
 		coord, job, id, dev, listen, advertise, level, ledger, shmRing, metricsAddr string
 		joinToken, joinTokenFile                                                    string
+		tls                                                                         tlsFiles
 	)
 	cmd := &cobra.Command{
 		Use:   "worker --coordinator ADDR --job JOB_ID",
@@ -89,8 +91,14 @@ environment it writes a CPU profile of its run to DIR/ID.pprof.`,
 			if cfg.JoinToken, err = readJoinToken(joinToken, joinTokenFile); err != nil {
 				return err
 			}
+			if cfg.TLS, err = tls.load(pki.RoleWorker); err != nil {
+				return err
+			}
 			if listen != "" {
 				cfg.Listen = listen
+			}
+			if w := plainTextWarning(cfg.TLS, append([]string{cfg.Listen}, cfg.Coordinators...)...); w != "" {
+				log.Warn(w)
 			}
 			if ledger != "" {
 				f, err := openLedger(filepath.Dir(ledger), strings.TrimSuffix(filepath.Base(ledger), ".jsonl"))
@@ -132,7 +140,7 @@ environment it writes a CPU profile of its run to DIR/ID.pprof.`,
 				log.Info("stopped by signal")
 				return nil
 			}
-			return err
+			return explainTLS(err)
 		},
 	}
 	f := cmd.Flags()
@@ -147,6 +155,7 @@ environment it writes a CPU profile of its run to DIR/ID.pprof.`,
 	f.StringVar(&level, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&ledger, "sample-ledger", "", "append one JSON line per step started (tentative) and completed (epoch, step, generation, samples) to this file")
 	f.StringVar(&metricsAddr, "metrics-addr", "", "serve Prometheus metrics of this worker's training (loom_train_*, loom_collective_*, loom_checkpoint_*, loom_worker_info) and process at http://ADDR/metrics; host:port, port 0 picks one (logged); empty: off")
+	tls.flags(cmd)
 	f.StringVar(&shmRing, "shm-ring", envOr("LOOM_SHM_RING", "4MiB"), "shared-memory ring per link direction to ranks on this host; 0: gradients through TCP only")
 	_ = cmd.MarkFlagRequired("coordinator")
 	_ = cmd.MarkFlagRequired("job")

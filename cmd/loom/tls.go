@@ -1,0 +1,101 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
+	"github.com/loomtrain/loom/api"
+	"github.com/loomtrain/loom/internal/pki"
+)
+
+// tlsFiles are the mTLS flags of every command that talks to a cluster or
+// is part of one: the cluster's CA bundle and this process's certificate
+// and key, from loom certs.
+type tlsFiles struct{ ca, cert, key string }
+
+func (t *tlsFiles) flags(cmd *cobra.Command) {
+	f := cmd.Flags()
+	f.StringVar(&t.ca, "tls-ca", os.Getenv("LOOM_TLS_CA"), "mTLS: the cluster's CA bundle, PEM (env LOOM_TLS_CA; loom certs init makes one)")
+	f.StringVar(&t.cert, "tls-cert", os.Getenv("LOOM_TLS_CERT"), "mTLS: this process's certificate, PEM (env LOOM_TLS_CERT; loom certs issue ROLE NAME)")
+	f.StringVar(&t.key, "tls-key", os.Getenv("LOOM_TLS_KEY"), "mTLS: the key of --tls-cert, PEM (env LOOM_TLS_KEY)")
+}
+
+// load reads the identity the flags name, checking its role against want;
+// nil when no flag is given (plain text).
+func (t *tlsFiles) load(want ...pki.Role) (*pki.Identity, error) {
+	if t.ca == "" && t.cert == "" && t.key == "" {
+		return nil, nil
+	}
+	var missing []string
+	for flag, v := range map[string]string{"--tls-ca": t.ca, "--tls-cert": t.cert, "--tls-key": t.key} {
+		if v == "" {
+			missing = append(missing, flag)
+		}
+	}
+	if len(missing) > 0 {
+		return nil, fmt.Errorf("mTLS needs --tls-ca, --tls-cert and --tls-key together: %s missing", strings.Join(missing, " and "))
+	}
+	id, err := pki.Load(pki.Files{CA: t.ca, Cert: t.cert, Key: t.key}, want...)
+	if err != nil {
+		return nil, fmt.Errorf("mTLS: %w", err)
+	}
+	return id, nil
+}
+
+// dial is api.Dial with the flags' credentials: a client of the cluster
+// presents any role's certificate and admits only coordinators.
+func (t *tlsFiles) dial(addrs []string) (*grpc.ClientConn, error) {
+	id, err := t.load()
+	if err != nil {
+		return nil, err
+	}
+	var opts []grpc.DialOption
+	if id != nil {
+		opts = append(opts, grpc.WithTransportCredentials(credentials.NewTLS(id.Config(pki.RoleCoordinator))))
+	}
+	return api.Dial(addrs, opts...)
+}
+
+// explainTLS adds what to do to an RPC error caused by mismatched
+// security on the two ends; other errors pass unchanged.
+func explainTLS(err error) error {
+	if err == nil {
+		return nil
+	}
+	msg := err.Error()
+	var hint string
+	switch {
+	case strings.Contains(msg, "tls: bad certificate") || strings.Contains(msg, "tls: unknown certificate authority"):
+		hint = "the coordinator refused this certificate: it must be issued by the cluster's CA (loom certs issue) and be valid now"
+	case strings.Contains(msg, "tls: certificate required"):
+		hint = "the cluster requires mTLS: give --tls-ca, --tls-cert and --tls-key (loom certs)"
+	case strings.Contains(msg, "first record does not look like a TLS handshake"):
+		hint = "the coordinator speaks plain text: drop the --tls-* flags, or restart it with them"
+	case strings.Contains(msg, "error reading server preface") || strings.Contains(msg, "connection closed before server preface"):
+		hint = "if the cluster uses mTLS, give --tls-ca, --tls-cert and --tls-key (loom certs)"
+	case strings.Contains(msg, "certificate signed by unknown authority"):
+		hint = "the coordinator's certificate is not from the CA in --tls-ca"
+	default:
+		return err
+	}
+	return fmt.Errorf("%w\n  hint: %s", err, hint)
+}
+
+// plainTextWarning is the warning of a process that serves beyond this
+// machine without mTLS, or "" when it does not.
+func plainTextWarning(id *pki.Identity, addrs ...string) string {
+	if id != nil {
+		return ""
+	}
+	for _, a := range addrs {
+		if !loopbackOnly(a) {
+			return "plain text: the links of this process are neither encrypted nor authenticated, which is fine on one machine only; for a cluster give --tls-ca, --tls-cert and --tls-key (loom certs)"
+		}
+	}
+	return ""
+}
