@@ -34,8 +34,10 @@ func Load(ctx context.Context, st Storage, path string) (*State, error) {
 	return s, err
 }
 
-// splitPath parses "job/step-XXXXXXXX".
-func splitPath(path string) (job string, step int, err error) {
+// ParsePath parses a checkpoint path, "job/step-XXXXXXXX", relative to the
+// checkpoint root; anything else (an absolute path, "..", another layout)
+// is ErrInvalidPath.
+func ParsePath(path string) (job string, step int, err error) {
 	job, name, ok := strings.Cut(path, "/")
 	if ok && validJob(job) {
 		if step, ok := parseStepName(name); ok {
@@ -47,7 +49,7 @@ func splitPath(path string) (job string, step int, err error) {
 
 // readManifest reads and checks the manifest of the checkpoint at path.
 func readManifest(ctx context.Context, st Storage, path string) (*Manifest, Info, error) {
-	job, step, err := splitPath(path)
+	job, step, err := ParsePath(path)
 	if err != nil {
 		return nil, Info{}, err
 	}

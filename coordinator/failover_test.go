@@ -59,7 +59,7 @@ func TestFailoverSIGKILLLeader(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	if _, err := c.CommitCheckpoint(ctx, &api.CommitCheckpointRequest{Checkpoint: &api.Checkpoint{JobId: job, Step: 10, Path: "/ck/10", ManifestSha256: "beef"}}); err != nil {
+	if _, err := c.CommitCheckpoint(ctx, &api.CommitCheckpointRequest{Checkpoint: &api.Checkpoint{JobId: job, Step: 10, Path: "survivor/step-00000010", ManifestSha256: "beef"}}); err != nil {
 		t.Fatal(err)
 	}
 	st := clusterLeader(ctx, t, cl, 3)

@@ -331,7 +331,7 @@ func TestRestartFromSnapshot(t *testing.T) {
 		t.Fatalf("snapshot: %v", err)
 	}
 	// One more entry after the snapshot: restored from the log tail.
-	if _, err := c.CommitCheckpoint(ctx, &api.CommitCheckpointRequest{Checkpoint: &api.Checkpoint{JobId: sub.Job.Id, Step: 1, Path: "/p", ManifestSha256: "s"}}); err != nil {
+	if _, err := c.CommitCheckpoint(ctx, &api.CommitCheckpointRequest{Checkpoint: &api.Checkpoint{JobId: sub.Job.Id, Step: 1, Path: "snap/step-00000001", ManifestSha256: "s"}}); err != nil {
 		t.Fatal(err)
 	}
 	want := s.FSM().State()

@@ -9,6 +9,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/loomtrain/loom/api"
+	"github.com/loomtrain/loom/checkpoint"
 )
 
 // service implements api.CoordinatorServer. Write handlers run on the
@@ -278,8 +279,21 @@ func (s *Server) progressDue(worker string) bool {
 }
 
 func (v *service) CommitCheckpoint(ctx context.Context, req *api.CommitCheckpointRequest) (*api.CommitCheckpointResponse, error) {
-	if req.GetCheckpoint() == nil {
+	ck := req.GetCheckpoint()
+	if ck == nil {
 		return nil, fmt.Errorf("%w: checkpoint is missing", ErrInvalidArgument)
+	}
+	if req.GetFailure() == "" { // a record names where the checkpoint is: its job's directory, its step
+		job, step, err := checkpoint.ParsePath(ck.GetPath())
+		if err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrInvalidArgument, err)
+		}
+		if int64(step) != ck.GetStep() {
+			return nil, fmt.Errorf("%w: checkpoint path %q is step %d, the record says step %d", ErrInvalidArgument, ck.GetPath(), step, ck.GetStep())
+		}
+		if j, ok := v.s.fsm.Job(ck.GetJobId()); ok && j.GetSpec().GetName() != job {
+			return nil, fmt.Errorf("%w: checkpoint path %q is not in job %s's directory %q", ErrInvalidArgument, ck.GetPath(), ck.GetJobId(), j.GetSpec().GetName())
+		}
 	}
 	m, _, err := v.s.apply(ctx, &api.CmdCommitCheckpoint{Checkpoint: req.GetCheckpoint(), NowUnixNano: time.Now().UnixNano(), Failure: req.GetFailure()})
 	if err != nil {

@@ -91,7 +91,7 @@ func TestEmbeddedJobLifecycle(t *testing.T) {
 	if _, err := c.ReportProgress(ctx, &api.ReportProgressRequest{JobId: job, WorkerId: "w0", Generation: gen, Step: 3, Loss: 1.5, Samples: 75, StepSeconds: 0.5}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.CommitCheckpoint(ctx, &api.CommitCheckpointRequest{Checkpoint: &api.Checkpoint{JobId: job, Step: 3, Path: "/tmp/ck3", ManifestSha256: "aa"}}); err != nil {
+	if _, err := c.CommitCheckpoint(ctx, &api.CommitCheckpointRequest{Checkpoint: &api.Checkpoint{JobId: job, Step: 3, Path: "mnist/step-00000003", ManifestSha256: "aa"}}); err != nil {
 		t.Fatal(err)
 	}
 	gj, err := c.GetJob(ctx, &api.GetJobRequest{JobId: job})
@@ -227,12 +227,18 @@ func TestBadInputRefused(t *testing.T) {
 	wantReason(t, err, codes.FailedPrecondition, api.ReasonNotInPlan)
 	_, err = c.ReportProgress(ctx, &api.ReportProgressRequest{JobId: "job-4242", WorkerId: "dup", Generation: 1})
 	wantReason(t, err, codes.NotFound, api.ReasonUnknownJob)
-	_, err = c.CommitCheckpoint(ctx, &api.CommitCheckpointRequest{Checkpoint: &api.Checkpoint{JobId: job, Step: 2, Path: "/a", ManifestSha256: "x"}})
+	_, err = c.CommitCheckpoint(ctx, &api.CommitCheckpointRequest{Checkpoint: &api.Checkpoint{JobId: job, Step: 2, Path: "j/step-00000002", ManifestSha256: "x"}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = c.CommitCheckpoint(ctx, &api.CommitCheckpointRequest{Checkpoint: &api.Checkpoint{JobId: job, Step: 1, Path: "/b", ManifestSha256: "y"}})
+	_, err = c.CommitCheckpoint(ctx, &api.CommitCheckpointRequest{Checkpoint: &api.Checkpoint{JobId: job, Step: 1, Path: "j/step-00000001", ManifestSha256: "y"}})
 	wantReason(t, err, codes.FailedPrecondition, api.ReasonStaleCheckpoint)
+	// A record must name its job's directory and its own step: nothing
+	// outside the checkpoint root (issue 23: "../../../etc/..." was accepted).
+	for _, path := range []string{"../../../etc/passwd", "/etc/step-00000003", "j/../step-00000003", "other/step-00000003", "j/step-00000004", "j/step-3"} {
+		_, err = c.CommitCheckpoint(ctx, &api.CommitCheckpointRequest{Checkpoint: &api.Checkpoint{JobId: job, Step: 3, Path: path, ManifestSha256: "z"}})
+		wantReason(t, err, codes.InvalidArgument, api.ReasonInvalidArgument)
+	}
 	_, err = c.RegisterWorker(ctx, &api.RegisterWorkerRequest{WorkerId: "noaddr", Profile: &api.DeviceProfile{}})
 	wantReason(t, err, codes.InvalidArgument, api.ReasonInvalidArgument)
 
