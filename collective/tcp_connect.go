@@ -379,7 +379,9 @@ func (t *TCPTransport) dialOnce(ctx context.Context, j int) (net.Conn, *shmLink,
 // secure runs the TLS handshake on a new connection when the transport has
 // TLS, as the client when peer (the address dialled) is set and as the
 // server otherwise, within the handshake timeout; without TLS it returns c.
-// A refused or failed handshake is logged with its reason and counted.
+// A connection the acceptor refuses is counted, and logged with its reason
+// (a warning for the first from each host, then at debug level: a refused
+// dialer retries several times a second); a dialer's failure is returned.
 func (t *TCPTransport) secure(ctx context.Context, c net.Conn, peer string) (net.Conn, error) {
 	if t.cfg.TLS == nil {
 		return c, nil
@@ -399,10 +401,14 @@ func (t *TCPTransport) secure(ctx context.Context, c net.Conn, peer string) (net
 	hctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
 	defer cancel()
 	if err := tc.HandshakeContext(hctx); err != nil {
-		if ctx.Err() == nil {
+		if peer == "" && ctx.Err() == nil {
 			t.stats.rejectedTLS.Add(1)
-			t.trouble.note(c.RemoteAddr().String(), err)
-			t.log.Warn("TLS handshake failed", zap.String("remote", c.RemoteAddr().String()), zap.Error(err))
+			host, _, _ := net.SplitHostPort(c.RemoteAddr().String())
+			logf := t.log.Debug
+			if t.trouble.note(host, err) {
+				logf = t.log.Warn
+			}
+			logf("refused a TLS connection", zap.String("remote", c.RemoteAddr().String()), zap.Error(err))
 		}
 		return nil, fmt.Errorf("%w: TLS with %s: %w", ErrHandshake, c.RemoteAddr(), err)
 	}
@@ -427,13 +433,16 @@ type setupTrouble struct {
 	last map[string]error
 }
 
-func (s *setupTrouble) note(addr string, err error) {
+// note records err as addr's last and reports whether addr is new.
+func (s *setupTrouble) note(addr string, err error) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.last == nil {
 		s.last = map[string]error{}
 	}
+	_, seen := s.last[addr]
 	s.last[addr] = err
+	return !seen
 }
 
 // describe is "" or "; last errors: ADDR: ERR, ..." in address order.

@@ -3,6 +3,10 @@ package coordinator
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
+	"net"
+	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -173,6 +177,35 @@ func Dial(t testing.TB, addrs ...string) *grpc.ClientConn {
 	}
 	t.Cleanup(func() { _ = conn.Close() })
 	return conn
+}
+
+// RestartablePort returns a free 127.0.0.1 port below the kernel's
+// ephemeral range, for a test that stops a server and starts it again on
+// the same address while clients keep dialing it. No outgoing connection
+// is given such a port, so a client's dial cannot connect to itself (TCP
+// simultaneous open, which on loopback happens when the dialed port is in
+// the ephemeral range and nothing listens) and hold the port while the
+// server is down.
+func RestartablePort(t testing.TB) string {
+	t.Helper()
+	low := 32768
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if n, err := strconv.Atoi(f[0]); err == nil {
+				low = n
+			}
+		}
+	}
+	for range 200 {
+		p := 10000 + rand.IntN(max(1, low-10000))
+		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
+		if err == nil {
+			_ = ln.Close()
+			return strconv.Itoa(p)
+		}
+	}
+	t.Fatalf("no free port in [10000, %d)", low)
+	return ""
 }
 
 // DialTLS is Dial presenting id's certificate and admitting coordinator

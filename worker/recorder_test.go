@@ -3,7 +3,6 @@ package worker
 import (
 	"context"
 	"errors"
-	"net"
 	"testing"
 	"time"
 
@@ -18,14 +17,9 @@ import (
 // retried, in order, until one does: the published checkpoint and a failed
 // write both end up on the job, and the callers never waited.
 func TestRecorderRetriesUntilTheCoordinatorAnswers(t *testing.T) {
-	free := func() string {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer ln.Close()
-		return ln.Addr().String()
-	}
+	// The coordinator restarts on the same addresses while the recorder
+	// keeps dialing them.
+	free := func() string { return "127.0.0.1:" + coordinator.RestartablePort(t) }
 	dataDir, grpcAddr, raftAddr := t.TempDir(), free(), free()
 	cfg := func(c *coordinator.Config) { c.DataDir, c.GRPCAddr, c.RaftAddr = dataDir, grpcAddr, raftAddr }
 	conn, err := api.Dial([]string{grpcAddr})
