@@ -4,8 +4,8 @@
 # fault per case at step 80. Prints per case the time from the fault to the
 # next completed step, the steps redone, whether every sample was used
 # exactly once (the workers' sample ledgers reconciled), and the final test
-# accuracy beside the fault-free run. The link-cut case needs root (a
-# network namespace); without it the case says skipped.
+# accuracy beside the fault-free run. The link-cut cases need root (network
+# namespaces, internal/netlab); without it they say skipped.
 #   scripts/faults.sh                       # every case
 #   scripts/faults.sh -cases "worker SIGKILL,worker SIGSTOP" -keep
 set -euo pipefail

@@ -8,10 +8,12 @@
 // It is a benchmark, not a test: run it with scripts/faults.sh.
 //
 // Cases: none (the fault-free run), worker SIGKILL, worker SIGSTOP, a
-// worker's link cut (the worker in a network namespace, its veth set down;
-// needs root and ip(8)), a worker killed while two others join, a full
-// disk under the checkpoints (a 2 MiB tmpfs; needs root), the Raft leader
-// SIGKILLed, and all three coordinators SIGKILLed for 5 s and restarted.
+// worker's link cut, a worker killed while two others join, a full disk
+// under the checkpoints (a 2 MiB tmpfs; needs root), the Raft leader
+// SIGKILLed, the Raft leader's link cut, and all three coordinators
+// SIGKILLed for 5 s and restarted. The two link cuts run every process on
+// its own host (internal/netlab: a network namespace each on one bridge;
+// needs root and ip(8)) and set the victim's switch port down.
 package main
 
 import (
@@ -32,6 +34,7 @@ import (
 	"time"
 
 	"github.com/loomtrain/loom/api"
+	"github.com/loomtrain/loom/internal/netlab"
 	"github.com/loomtrain/loom/train"
 )
 
@@ -78,7 +81,9 @@ type fault struct {
 	// inject runs at step faultAt and returns when the fault is in place;
 	// its note is printed beside the figures.
 	inject func(c *cluster) (note string, err error)
-	netns  bool // the first worker runs in a network namespace
+	// netns runs every coordinator and worker on its own netlab host
+	// (hostNames), so that one's link can be cut.
+	netns bool
 	// fullDisk puts the checkpoint directory on a 2 MiB tmpfs: every
 	// checkpoint write fails for want of space.
 	fullDisk bool
@@ -99,11 +104,11 @@ func faultCases() []fault {
 			return "SIGCONT 10 s later", nil
 		}},
 		{name: "link cut", netns: true, inject: func(c *cluster) (string, error) {
-			return "", run("ip", "link", "set", c.ns.hostIf, "down")
+			return "", c.lab.Host(c.workers[2].id).Cut()
 		}},
 		{name: "kill during 2 joins", inject: func(c *cluster) (string, error) {
-			c.startWorker("j0", "")
-			c.startWorker("j1", "")
+			c.startWorker("j0")
+			c.startWorker("j1")
 			return "", c.workers[2].signal(syscall.SIGKILL)
 		}},
 		{name: "full disk", fullDisk: true, inject: func(*cluster) (string, error) { return "", nil }},
@@ -113,6 +118,13 @@ func faultCases() []fault {
 				return "", err
 			}
 			return "killed " + c.coords[i].id, c.coords[i].signal(syscall.SIGKILL)
+		}},
+		{name: "leader link cut", netns: true, inject: func(c *cluster) (string, error) {
+			i, err := c.leader()
+			if err != nil {
+				return "", err
+			}
+			return "cut " + c.coords[i].id, c.lab.Host(c.coords[i].id).Cut()
 		}},
 		{name: "all coordinators SIGKILL", inject: func(c *cluster) (string, error) {
 			for _, p := range c.coords {
@@ -205,14 +217,13 @@ func (p *proc) stop() {
 	p.log.Close()
 }
 
-// netns is a network namespace joined to the host by a veth pair.
-type netns struct {
-	name, hostIf, hostIP, nsIP string
-}
+// hostNames are the netlab hosts of a netns case: one per coordinator and
+// per worker, named as the process on it.
+var hostNames = []string{"c0", "c1", "c2", "w0", "w1", "w2"}
 
 type cluster struct {
 	dir     string
-	host    string // the address every process binds
+	host    string // the address every process binds, without a lab
 	coords  []*proc
 	grpc    []string
 	raft    []string
@@ -220,8 +231,8 @@ type cluster struct {
 	jobID   string
 	client  api.CoordinatorClient
 	conn    interface{ Close() error }
-	ns      *netns
-	mounted string // a tmpfs to unmount
+	lab     *netlab.Lab // a netns case's hosts
+	mounted string      // a tmpfs to unmount
 }
 
 func runCase(f fault) (res result) {
@@ -240,11 +251,13 @@ func runCase(f fault) (res result) {
 		}
 	}
 	if f.netns {
-		if c.ns, err = newNetns(); err != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		c.lab, err = netlab.New(ctx, hostNames...)
+		cancel()
+		if err != nil {
 			res.note = "skipped: " + err.Error()
 			return res
 		}
-		c.host = c.ns.hostIP
 	}
 	if err := c.start(); err != nil {
 		res.note = "setup: " + err.Error()
@@ -275,7 +288,23 @@ func runCase(f fault) (res result) {
 	ck, res.unrecorded, res.finalCk = c.checkpoints(j)
 	res.ckFailures = j.GetCheckpointFailures()
 	res.note = strings.TrimPrefix(res.note+"; "+ck, "; ")
+	if res.completed {
+		res.note += "; " + finish(entries, j, at)
+	}
 	return res
+}
+
+// finish says how long after the fault at t the job trained its last step
+// and how long after that the coordinators marked it completed (rank 0's
+// final checkpoint record and report): a fault can delay the end without
+// pausing the training.
+func finish(es []train.LedgerEntry, j *api.Job, t time.Time) string {
+	var last int64
+	for _, e := range es {
+		last = max(last, e.UnixNano)
+	}
+	return fmt.Sprintf("last step %v after the fault, completed %v later",
+		time.Duration(last-t.UnixNano()).Round(10*time.Millisecond), time.Duration(j.GetCompletedUnixNano()-last).Round(10*time.Millisecond))
 }
 
 // checkpoints says whether every checkpoint on disk was recorded, and
@@ -324,8 +353,14 @@ func (c *cluster) mountFull() error {
 
 func (c *cluster) start() error {
 	for i := 0; i < 3; i++ {
-		c.grpc = append(c.grpc, freeAddr(c.host))
-		c.raft = append(c.raft, freeAddr(c.host))
+		if c.lab != nil { // a host each: the same ports on every one
+			ip := c.lab.Host(fmt.Sprintf("c%d", i)).IP
+			c.grpc = append(c.grpc, ip+":7070")
+			c.raft = append(c.raft, ip+":7071")
+		} else {
+			c.grpc = append(c.grpc, freeAddr(c.host))
+			c.raft = append(c.raft, freeAddr(c.host))
+		}
 		c.coords = append(c.coords, nil)
 	}
 	c.startCoordinator(0, true)
@@ -359,11 +394,7 @@ func (c *cluster) start() error {
 		return fmt.Errorf("no job id in %q", out)
 	}
 	for i := 0; i < 3; i++ {
-		ns := ""
-		if i == 2 && c.ns != nil {
-			ns = c.ns.name
-		}
-		c.startWorker(fmt.Sprintf("w%d", i), ns)
+		c.startWorker(fmt.Sprintf("w%d", i))
 	}
 	return nil
 }
@@ -379,23 +410,28 @@ func (c *cluster) startCoordinator(i int, fresh bool) {
 	} else if fresh {
 		args = append(args, "--join", c.grpc[0])
 	}
-	c.coords[i] = c.spawn(id, "", args...)
+	c.coords[i] = c.spawn(id, args...)
 }
 
-func (c *cluster) startWorker(id, ns string) {
-	listen := c.host + ":0"
-	if ns != "" {
-		listen = c.ns.nsIP + ":0"
+// startWorker starts worker id: on its own host in a netns case, where
+// --shm-ring 0 keeps its ring off the /dev/shm that the hosts share (the
+// gradients would pass a cut link).
+func (c *cluster) startWorker(id string) {
+	listen, more := c.host+":0", []string(nil)
+	if c.lab != nil {
+		listen, more = c.lab.Host(id).IP+":0", []string{"--shm-ring", "0"}
 	}
-	c.workers = append(c.workers, c.spawn(id, ns, "worker", "--coordinator", strings.Join(c.grpc, ","), "--job", c.jobID,
-		"--id", id, "--device", *device, "--listen", listen, "--sample-ledger", filepath.Join(c.dir, "ledger", id+".jsonl")))
+	args := append([]string{"worker", "--coordinator", strings.Join(c.grpc, ","), "--job", c.jobID,
+		"--id", id, "--device", *device, "--listen", listen, "--sample-ledger", filepath.Join(c.dir, "ledger", id+".jsonl")}, more...)
+	c.workers = append(c.workers, c.spawn(id, args...))
 }
 
-func (c *cluster) spawn(id, ns string, args ...string) *proc {
+// spawn starts loom with args, on the host called id in a netns case.
+func (c *cluster) spawn(id string, args ...string) *proc {
 	lf, _ := os.Create(filepath.Join(c.dir, id+"."+fmt.Sprint(time.Now().UnixNano())+".log"))
 	var cmd *exec.Cmd
-	if ns != "" {
-		cmd = exec.Command("ip", append([]string{"netns", "exec", ns, *bin}, args...)...)
+	if c.lab != nil {
+		cmd = c.lab.Host(id).Command(context.Background(), *bin, args...)
 	} else {
 		cmd = exec.Command(*bin, args...)
 	}
@@ -420,9 +456,10 @@ func (c *cluster) close(keep bool) {
 	if c.mounted != "" {
 		_ = run("umount", c.mounted)
 	}
-	if c.ns != nil {
-		_ = run("ip", "netns", "del", c.ns.name)
-		_ = run("ip", "link", "del", c.ns.hostIf)
+	if c.lab != nil {
+		if err := c.lab.Close(); err != nil {
+			fmt.Fprintf(os.Stderr, "   %v\n", err)
+		}
 	}
 	if keep {
 		fmt.Fprintf(os.Stderr, "   kept %s\n", c.dir)
@@ -605,32 +642,6 @@ func freeAddr(host string) string {
 	}
 	defer ln.Close()
 	return ln.Addr().String()
-}
-
-func newNetns() (*netns, error) {
-	if os.Geteuid() != 0 {
-		return nil, errors.New("needs root (ip netns)")
-	}
-	pid := os.Getpid() % 10000
-	n := &netns{name: fmt.Sprintf("loomf%d", pid), hostIf: fmt.Sprintf("lfh%d", pid), hostIP: "10.231.0.1", nsIP: "10.231.0.2"}
-	nsIf := fmt.Sprintf("lfn%d", pid)
-	for _, args := range [][]string{
-		{"netns", "add", n.name},
-		{"link", "add", n.hostIf, "type", "veth", "peer", "name", nsIf},
-		{"link", "set", nsIf, "netns", n.name},
-		{"addr", "add", n.hostIP + "/24", "dev", n.hostIf},
-		{"link", "set", n.hostIf, "up"},
-		{"netns", "exec", n.name, "ip", "addr", "add", n.nsIP + "/24", "dev", nsIf},
-		{"netns", "exec", n.name, "ip", "link", "set", nsIf, "up"},
-		{"netns", "exec", n.name, "ip", "link", "set", "lo", "up"},
-	} {
-		if err := run("ip", args...); err != nil {
-			_ = run("ip", "netns", "del", n.name)
-			_ = run("ip", "link", "del", n.hostIf)
-			return nil, err
-		}
-	}
-	return n, nil
 }
 
 func run(name string, args ...string) error {
