@@ -10,11 +10,13 @@ import (
 	"fmt"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/resolver"
 	"google.golang.org/grpc/resolver/manual"
@@ -120,6 +122,31 @@ const retryServiceConfig = `{
 
 var schemeSeq atomic.Uint64
 
+// Keepalive: a client pings a connection that has been silent for
+// keepaliveTime and drops it when the ping is not answered within
+// keepaliveTimeout. Without it a connection to a coordinator whose link
+// was cut looks healthy until TCP gives up (minutes), and the calls the
+// balancer sends there hang for their whole deadline: a worker's
+// heartbeats stalled for 10 s, as long as its lease. Servers must allow
+// pings this often (ServerKeepalive).
+const (
+	keepaliveTime    = time.Second
+	keepaliveTimeout = time.Second
+)
+
+// ClientKeepalive is the keepalive every loom client connection uses
+// (Dial adds it).
+func ClientKeepalive() grpc.DialOption {
+	return grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: keepaliveTime, Timeout: keepaliveTimeout, PermitWithoutStream: true})
+}
+
+// ServerKeepalive lets clients ping as often as ClientKeepalive does (the
+// gRPC default refuses pings more often than every 5 minutes and closes
+// such a connection with "too many pings").
+func ServerKeepalive() grpc.ServerOption {
+	return grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: keepaliveTime / 2, PermitWithoutStream: true})
+}
+
 // Dial opens one client connection spread over every coordinator address in
 // addrs ("host:port", or one comma-separated string). Any coordinator
 // answers: followers forward writes to the leader. Calls wait for a ready
@@ -149,6 +176,7 @@ func Dial(addrs []string, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithResolvers(r),
 		grpc.WithDefaultServiceConfig(retryServiceConfig),
+		ClientKeepalive(),
 	}, opts...)
 	return grpc.NewClient(r.Scheme()+":///coordinators", all...)
 }

@@ -91,9 +91,11 @@ func (s *Server) authorizeStream(srv any, ss grpc.ServerStream, info *grpc.Strea
 	return handler(srv, ss)
 }
 
-// serverOptions are the gRPC server's credentials and interceptors.
+// serverOptions are the gRPC server's keepalive policy, credentials and
+// interceptors.
 func (s *Server) serverOptions() []grpc.ServerOption {
 	opts := []grpc.ServerOption{
+		api.ServerKeepalive(),
 		grpc.ChainUnaryInterceptor(s.authorizeUnary, s.fwd.unaryInterceptor),
 		grpc.ChainStreamInterceptor(s.authorizeStream),
 	}
@@ -103,13 +105,14 @@ func (s *Server) serverOptions() []grpc.ServerOption {
 	return opts
 }
 
-// dialOptions are the credentials of this node's calls to other
-// coordinators.
+// dialOptions are the credentials and keepalive of this node's calls to
+// other coordinators.
 func (s *Server) dialOptions() []grpc.DialOption {
-	if s.cfg.TLS == nil {
-		return []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+	creds := insecure.NewCredentials()
+	if s.cfg.TLS != nil {
+		creds = credentials.NewTLS(s.cfg.TLS.Config(pki.RoleCoordinator))
 	}
-	return []grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(s.cfg.TLS.Config(pki.RoleCoordinator)))}
+	return []grpc.DialOption{grpc.WithTransportCredentials(creds), api.ClientKeepalive()}
 }
 
 // tlsStream is a raft.StreamLayer that carries Raft between coordinators

@@ -114,6 +114,9 @@ type Agent struct {
 	newest  *api.Plan
 	planCh  chan struct{} // closed (and replaced) when newest changes
 	jobDone chan struct{} // closed when the plan stream ends (job over)
+	// jobEnd is what waiting for a plan returns once jobDone is closed:
+	// errJobCompleted, or ErrJobCancelled. Written before the close.
+	jobEnd error
 
 	// draining is set once a heartbeat reports the worker drained;
 	// drainCh is closed then.
@@ -346,6 +349,24 @@ func (a *Agent) reportFailure(gen int64, cause error) {
 // ErrJobCancelled is returned when the job was cancelled while running.
 var ErrJobCancelled = errors.New("job cancelled")
 
+// errJobCompleted ends the wait of a worker outside the plan when its job
+// completes: the worker then exits as the ranks do.
+var errJobCompleted = errors.New("job completed")
+
+// jobCompleted asks whether the job, whose plan stream has ended, ended
+// completed (the stream ends the same way for a cancelled job). An
+// unanswered question counts as cancelled, as before the distinction.
+func (a *Agent) jobCompleted(ctx context.Context) bool {
+	r, err := a.call(ctx, func(c context.Context) (any, error) {
+		return a.client.GetJob(c, &api.GetJobRequest{JobId: a.cfg.JobID})
+	})
+	if err != nil {
+		a.log.Warn("the job's plan stream ended and its state is unknown: taking it as cancelled", zap.Error(err))
+		return false
+	}
+	return r.(*api.GetJobResponse).GetJob().GetState() == api.JobState_JOB_STATE_COMPLETED
+}
+
 // ErrDrained is returned when the worker was drained (loom workers drain)
 // and its job has moved on to a plan without it, at a step boundary.
 var ErrDrained = errors.New("worker drained")
@@ -369,6 +390,9 @@ func (a *Agent) train(ctx context.Context, tr *train.Trainer, ck *train.Checkpoi
 			plan, err = a.planOrRetry(ctx, current)
 		} else {
 			plan, err = a.nextPlan(ctx, current)
+		}
+		if errors.Is(err, errJobCompleted) {
+			return nil // completed while this worker stood by: nothing left for it
 		}
 		if err != nil {
 			return err
@@ -540,7 +564,7 @@ func (a *Agent) nextPlan(ctx context.Context, current int64) (*api.Plan, error) 
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		case <-a.jobDone:
-			return nil, ErrJobCancelled
+			return nil, a.jobEnd
 		case <-changed:
 		case <-drain:
 			drain = nil // still in the plan: wait for the one without it
@@ -655,6 +679,10 @@ func (a *Agent) watchPlans(ctx context.Context) {
 			}
 		}
 		if errors.Is(err, io.EOF) || api.ReasonOf(err) == api.ReasonJobCancelled || api.ReasonOf(err) == api.ReasonUnknownJob {
+			a.jobEnd = ErrJobCancelled
+			if errors.Is(err, io.EOF) && a.jobCompleted(ctx) {
+				a.jobEnd = errJobCompleted
+			}
 			close(a.jobDone)
 			return
 		}

@@ -331,3 +331,45 @@ func TestWorkerJoinToken(t *testing.T) {
 		t.Fatalf("with the token: %v\n%s", err, out)
 	}
 }
+
+// A worker the plan leaves out (the job admits one) stands by, and exits
+// cleanly when the job completes: it is not told the job was cancelled.
+func TestStandbyWorkerExitsWhenJobCompletes(t *testing.T) {
+	dir := t.TempDir()
+	job, err := jobspec.Load(writeJob(t, fmt.Sprintf(metricsJobYAML, "one", 4, filepath.Join(dir, "ckpt"))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := job.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := coordinator.NewTestServer(t, nil)
+	client := api.NewCoordinatorClient(coordinator.Dial(t, srv.Addr()))
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	sub, err := client.SubmitJob(ctx, &api.SubmitJobRequest{Spec: &api.JobSpec{Name: job.Name, ConfigYaml: body,
+		GlobalBatch: 200, MinWorkers: 1, MaxWorkers: 1, PipelineStages: 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	errs := make(chan error, 2)
+	for _, id := range []string{"w0", "w1"} {
+		dev, err := cpu.New(cpu.Config{Threads: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg := worker.DefaultAgentConfig()
+		cfg.ID, cfg.Coordinators, cfg.JobID, cfg.Device = id, []string{srv.Addr()}, sub.GetJob().GetId(), dev
+		go func() { errs <- worker.RunAgent(ctx, cfg) }()
+	}
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Fatalf("worker: %v", err)
+		}
+	}
+	j, err := client.GetJob(ctx, &api.GetJobRequest{JobId: sub.GetJob().GetId()})
+	if err != nil || j.GetJob().GetState() != api.JobState_JOB_STATE_COMPLETED || len(j.GetPlan().GetRanks()) != 1 {
+		t.Fatalf("job %v (%v)", j, err)
+	}
+}
