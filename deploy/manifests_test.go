@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -25,9 +26,9 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"sigs.k8s.io/yaml"
 
-	"github.com/loomtrain/loom/coordinator"
 	"github.com/loomtrain/loom/jobspec"
 )
 
@@ -703,13 +704,17 @@ func crossRefs(objs []object) []error {
 					bad("%s %s: container %s mounts %q, which is no volume of the pod", w.kind, w.name, c.Name, m.Name)
 				}
 			}
-			ports := map[int32]bool{}
-			for _, p := range c.Ports {
-				ports[p.ContainerPort] = true
-			}
 			for _, pr := range []*corev1.Probe{c.LivenessProbe, c.ReadinessProbe, c.StartupProbe} {
-				if pr != nil && pr.GRPC != nil && !ports[pr.GRPC.Port] {
-					bad("%s %s: container %s probes port %d, which it does not declare", w.kind, w.name, c.Name, pr.GRPC.Port)
+				switch {
+				case pr == nil:
+				case pr.GRPC != nil:
+					if _, ok := containerPort(c, intstr.FromInt32(pr.GRPC.Port)); !ok {
+						bad("%s %s: container %s probes port %d, which it does not declare", w.kind, w.name, c.Name, pr.GRPC.Port)
+					}
+				case pr.HTTPGet != nil:
+					if _, ok := containerPort(c, pr.HTTPGet.Port); !ok {
+						bad("%s %s: container %s probes port %s, which it does not declare", w.kind, w.name, c.Name, pr.HTTPGet.Port.String())
+					}
 				}
 			}
 			env, e := envValues(objs, c)
@@ -780,6 +785,270 @@ func crossRefs(objs []object) []error {
 		}
 		if !found {
 			bad("PodDisruptionBudget %s: selects no pod template", pdb.Name)
+		}
+	}
+	errs = append(errs, secretModes(objs)...)
+	errs = append(errs, tlsRefs(objs)...)
+	errs = append(errs, coordinatorProbes(objs)...)
+	return errs
+}
+
+// containerPort resolves a probe's or Service's port, a name or a number,
+// to a port the container declares.
+func containerPort(c corev1.Container, p intstr.IntOrString) (int32, bool) {
+	for _, cp := range c.Ports {
+		if (p.Type == intstr.String && cp.Name == p.StrVal) || (p.Type == intstr.Int && cp.ContainerPort == p.IntVal) {
+			return cp.ContainerPort, true
+		}
+	}
+	return 0, false
+}
+
+// secretModes: the files of a mounted Secret volume are owned by root, and
+// by the group fsGroup when the pod sets one; a pod that runs as another
+// user reads them only through "other" bits or fsGroup's group bits.
+func secretModes(objs []object) []error {
+	var errs []error
+	for _, w := range workloads(objs) {
+		sc := w.spec().SecurityContext
+		for _, v := range w.spec().Volumes {
+			if v.Secret == nil {
+				continue
+			}
+			modes := []int32{0o644}
+			if v.Secret.DefaultMode != nil {
+				modes[0] = *v.Secret.DefaultMode
+			}
+			for _, it := range v.Secret.Items {
+				if it.Mode != nil {
+					modes = append(modes, *it.Mode)
+				}
+			}
+			for _, c := range w.spec().Containers {
+				uid := int64(0)
+				if sc != nil && sc.RunAsUser != nil {
+					uid = *sc.RunAsUser
+				}
+				if c.SecurityContext != nil && c.SecurityContext.RunAsUser != nil {
+					uid = *c.SecurityContext.RunAsUser
+				}
+				mounted := false
+				for _, m := range c.VolumeMounts {
+					mounted = mounted || m.Name == v.Name
+				}
+				for _, mode := range modes {
+					if mounted && uid != 0 && mode&0o004 == 0 && (sc == nil || sc.FSGroup == nil || mode&0o040 == 0) {
+						errs = append(errs, fmt.Errorf("%s %s: container %s (uid %d) cannot read Secret volume %s (mode %#o, owner root): set the pod's fsGroup and a group-readable mode",
+							w.kind, w.name, c.Name, uid, v.Name, mode))
+					}
+				}
+			}
+		}
+	}
+	return errs
+}
+
+// tlsSecret is the Secret with every loom process's certificates: ca.crt,
+// and ROLE.crt and ROLE.key for each role that a pod runs as.
+const tlsSecret = "loom-tls"
+
+// loomRole is the certificate role a loom command line runs with: loom
+// coordinator a coordinator's, loom worker a worker's; every other command
+// (launch, status, coordinator members, ...) is a client and needs an
+// admin's.
+func loomRole(args []string) string {
+	if len(args) > 0 && (args[0] == "coordinator" || args[0] == "worker") &&
+		(len(args) == 1 || strings.HasPrefix(args[1], "-")) {
+		return args[0]
+	}
+	return "admin"
+}
+
+// tlsSetting is one of the three mTLS settings: its flag, its environment
+// variable (the flag's default), and the key of the Secret loom-tls that a
+// container of role must read through it.
+type tlsSetting struct{ flag, env, suffix string }
+
+var tlsSettings = []tlsSetting{
+	{"tls-ca", "LOOM_TLS_CA", ""},
+	{"tls-cert", "LOOM_TLS_CERT", ".crt"},
+	{"tls-key", "LOOM_TLS_KEY", ".key"},
+}
+
+func (s tlsSetting) key(role string) string {
+	if s.suffix == "" {
+		return "ca.crt"
+	}
+	return role + s.suffix
+}
+
+// tlsFile is where a container's mTLS setting points: the value loom sees
+// (the flag's, or else the env var's), the mount and Secret volume it is on,
+// and the Secret key the file is.
+type tlsFile struct {
+	src       string // "--tls-cert" or "LOOM_TLS_CERT": what set it
+	path, key string
+	mount     corev1.VolumeMount
+	vol       *corev1.Volume
+}
+
+// resolveTLS finds the file a setting of container c names and the Secret
+// key behind it.
+func resolveTLS(objs []object, spec *corev1.PodSpec, c corev1.Container, s tlsSetting) (tlsFile, error) {
+	env, _ := envValues(objs, c)
+	args := make([]string, len(c.Args))
+	for i, a := range c.Args {
+		args[i], _ = expand(a, env)
+	}
+	f := tlsFile{src: s.env}
+	if v, ok := flags(args)[s.flag]; ok {
+		f.path, f.src = v, "--"+s.flag
+	} else {
+		f.path = env[s.env]
+	}
+	if f.path == "" {
+		return f, fmt.Errorf("no %s env var or --%s flag: every loom process of the cluster runs mTLS", s.env, s.flag)
+	}
+	if !filepath.IsAbs(f.path) {
+		return f, fmt.Errorf("%s %q is not an absolute path", f.src, f.path)
+	}
+	m, ok := mountOf(&c, f.path)
+	if !ok || m.MountPath == f.path {
+		return f, fmt.Errorf("%s %s is on no mount", f.src, f.path)
+	}
+	f.mount = m
+	if !m.ReadOnly {
+		return f, fmt.Errorf("%s %s: mount %s is not read-only", f.src, f.path, m.Name)
+	}
+	f.vol = volume(spec, m.Name)
+	if f.vol == nil || f.vol.Secret == nil || f.vol.Secret.SecretName != tlsSecret {
+		return f, fmt.Errorf("%s %s: volume %s is not the Secret %s", f.src, f.path, m.Name, tlsSecret)
+	}
+	name := filepath.Base(f.path)
+	f.key = name
+	if items := f.vol.Secret.Items; len(items) > 0 {
+		f.key = ""
+		for _, it := range items {
+			if it.Path == name {
+				f.key = it.Key
+			}
+		}
+		if f.key == "" {
+			return f, fmt.Errorf("%s %s: volume %s projects no file %s", f.src, f.path, m.Name, name)
+		}
+	}
+	if _, ok := secretKey(objs, tlsSecret, f.key); !ok {
+		return f, fmt.Errorf("%s %s: Secret %s has no key %s", f.src, f.path, tlsSecret, f.key)
+	}
+	return f, nil
+}
+
+// tlsRefs: every loom container runs mTLS with its own role's files. Its
+// LOOM_TLS_CA, LOOM_TLS_CERT and LOOM_TLS_KEY (or --tls-* flags) name files
+// of a read-only volume of the Secret loom-tls: the keys ca.crt, ROLE.crt and
+// ROLE.key, ROLE the role its loom command needs (loomRole). The volume
+// projects no other role's key into the pod, and no probe of the container
+// is a gRPC one (the kubelet's presents no client certificate).
+func tlsRefs(objs []object) []error {
+	var errs []error
+	for _, w := range workloads(objs) {
+		spec := w.spec()
+		for _, c := range spec.Containers {
+			if imageRepo(c.Image) != "loom" {
+				continue
+			}
+			role := loomRole(c.Args)
+			tlsVols := map[string]*corev1.Volume{}
+			for _, s := range tlsSettings {
+				f, err := resolveTLS(objs, spec, c, s)
+				if err != nil {
+					errs = append(errs, fmt.Errorf("%s %s: container %s (%s): %w", w.kind, w.name, c.Name, role, err))
+					continue
+				}
+				tlsVols[f.vol.Name] = f.vol
+				if want := s.key(role); f.key != want {
+					errs = append(errs, fmt.Errorf("%s %s: container %s needs a %s certificate, but its %s %s is key %s of Secret %s, want %s",
+						w.kind, w.name, c.Name, role, f.src, f.path, f.key, tlsSecret, want))
+				}
+			}
+			for _, v := range tlsVols {
+				var keys []string
+				for _, it := range v.Secret.Items {
+					keys = append(keys, it.Key)
+				}
+				if len(v.Secret.Items) == 0 {
+					for _, sec := range allOf[*corev1.Secret](objs) {
+						if sec.Name == tlsSecret {
+							for k := range sec.StringData {
+								keys = append(keys, k)
+							}
+							for k := range sec.Data {
+								keys = append(keys, k)
+							}
+						}
+					}
+				}
+				sort.Strings(keys)
+				for _, k := range keys {
+					if strings.HasSuffix(k, ".key") && k != role+".key" {
+						errs = append(errs, fmt.Errorf("%s %s: volume %s puts key %s into a %s pod: project the CA and this role's pair only (items)",
+							w.kind, w.name, v.Name, k, role))
+					}
+				}
+			}
+			for _, pr := range []*corev1.Probe{c.LivenessProbe, c.ReadinessProbe, c.StartupProbe} {
+				if pr != nil && pr.GRPC != nil {
+					errs = append(errs, fmt.Errorf("%s %s: container %s has a gRPC probe: its gRPC port is mTLS and the kubelet's gRPC probe has no client certificate",
+						w.kind, w.name, c.Name))
+				}
+			}
+		}
+	}
+	return errs
+}
+
+// coordinatorProbes: a loom coordinator container's liveness probe is
+// httpGet /healthz and its readiness probe httpGet /readyz (200 while this
+// node knows a Raft leader; liveness on it would restart nodes during an
+// election), each on a declared port that --metrics-addr or --http-addr
+// binds (the listeners that serve them), in plain HTTP.
+func coordinatorProbes(objs []object) []error {
+	var errs []error
+	for _, w := range workloads(objs) {
+		for _, c := range w.spec().Containers {
+			if imageRepo(c.Image) != "loom" || len(c.Args) == 0 || c.Args[0] != "coordinator" {
+				continue
+			}
+			bound := map[string]string{}
+			f := flags(c.Args)
+			for _, flag := range []string{"metrics-addr", "http-addr"} {
+				if _, p, err := net.SplitHostPort(f[flag]); err == nil {
+					bound[p] = flag
+				}
+			}
+			for _, pc := range []struct {
+				kind, path string
+				probe      *corev1.Probe
+			}{{"liveness", "/healthz", c.LivenessProbe}, {"readiness", "/readyz", c.ReadinessProbe}} {
+				where := fmt.Sprintf("%s %s: container %s: %s probe", w.kind, w.name, c.Name, pc.kind)
+				if pc.probe == nil || pc.probe.HTTPGet == nil {
+					errs = append(errs, fmt.Errorf("%s is no httpGet probe", where))
+					continue
+				}
+				h := pc.probe.HTTPGet
+				if h.Path != pc.path {
+					errs = append(errs, fmt.Errorf("%s: path %q, want %s", where, h.Path, pc.path))
+				}
+				if h.Scheme != "" && h.Scheme != corev1.URISchemeHTTP {
+					errs = append(errs, fmt.Errorf("%s: scheme %s: the coordinator serves the probes in plain HTTP", where, h.Scheme))
+				}
+				if port, ok := containerPort(c, h.Port); ok {
+					if bound[fmt.Sprint(port)] == "" {
+						errs = append(errs, fmt.Errorf("%s: port %s (%d) is bound by neither --metrics-addr %q nor --http-addr %q",
+							where, h.Port.String(), port, f["metrics-addr"], f["http-addr"]))
+					}
+				} // an undeclared port is reported by crossRefs
+			}
 		}
 	}
 	return errs
@@ -1016,14 +1285,28 @@ func TestCoordinatorStatefulSet(t *testing.T) {
 		t.Errorf("--data-dir %s is not the volumeClaimTemplate's mount (%v)", f["data-dir"], c.VolumeMounts)
 	}
 	checkTokenFile(t, objs, spec, c, f["join-token-file"])
-	// Native gRPC probes: liveness on service "", readiness on the
-	// coordinator's leader-aware health service.
-	lp, rp := c.LivenessProbe, c.ReadinessProbe
-	if lp == nil || lp.GRPC == nil || fmt.Sprint(lp.GRPC.Port) != grpcPort || lp.GRPC.Service == nil || *lp.GRPC.Service != "" {
-		t.Errorf("liveness probe %+v, want grpc port %s service \"\"", lp, grpcPort)
+	// HTTP probes on the metrics listener (the gRPC port is mTLS, and the
+	// kubelet's gRPC probe has no client certificate): liveness /healthz,
+	// readiness /readyz (a leader is known).
+	_, metricsPort, _ := net.SplitHostPort(f["metrics-addr"])
+	for _, pc := range []struct {
+		name, path string
+		probe      *corev1.Probe
+	}{{"liveness", "/healthz", c.LivenessProbe}, {"readiness", "/readyz", c.ReadinessProbe}} {
+		if pc.probe == nil || pc.probe.HTTPGet == nil || pc.probe.GRPC != nil || pc.probe.HTTPGet.Path != pc.path {
+			t.Errorf("%s probe %+v, want httpGet %s", pc.name, pc.probe, pc.path)
+			continue
+		}
+		if port, ok := containerPort(*c, pc.probe.HTTPGet.Port); !ok || fmt.Sprint(port) != metricsPort {
+			t.Errorf("%s probe port %s, want the --metrics-addr port %s", pc.name, pc.probe.HTTPGet.Port.String(), metricsPort)
+		}
 	}
-	if rp == nil || rp.GRPC == nil || fmt.Sprint(rp.GRPC.Port) != grpcPort || rp.GRPC.Service == nil || *rp.GRPC.Service != coordinator.HealthService {
-		t.Errorf("readiness probe %+v, want grpc port %s service %q", rp, grpcPort, coordinator.HealthService)
+	// mTLS with the coordinator's pair of loom-tls.
+	for _, s := range tlsSettings {
+		tf, err := resolveTLS(objs, spec, *c, s)
+		if err != nil || tf.key != s.key("coordinator") {
+			t.Errorf("%s: key %q, %v; want %s", s.env, tf.key, err, s.key("coordinator"))
+		}
 	}
 	// The clients' Service serves the gRPC API and the status page.
 	client := only[*corev1.Service](t, objs, "loom")
@@ -1137,6 +1420,12 @@ func TestWorkerDeployment(t *testing.T) {
 		t.Errorf("Service %s has no port %s", host, port)
 	}
 	checkTokenFile(t, objs, spec, c, f["join-token-file"])
+	for _, s := range tlsSettings {
+		tf, err := resolveTLS(objs, spec, *c, s)
+		if err != nil || tf.key != s.key("worker") {
+			t.Errorf("%s: key %q, %v; want %s", s.env, tf.key, err, s.key("worker"))
+		}
+	}
 	// The cpu device's threads match the CPU limit (it would use every core
 	// of the node otherwise).
 	lim, req := c.Resources.Limits, c.Resources.Requests
@@ -1182,6 +1471,13 @@ func submittedJob(t *testing.T, objs []object) *jobspec.Job {
 	job, err := jobspec.Parse(c.Args[1], []byte(body))
 	if err != nil {
 		t.Fatalf("the submitted job config: %v", err)
+	}
+	// Submitting needs an admin certificate.
+	for _, s := range tlsSettings {
+		tf, err := resolveTLS(objs, spec, *c, s)
+		if err != nil || tf.key != s.key("admin") {
+			t.Errorf("loom-submit %s: key %q, %v; want %s", s.env, tf.key, err, s.key("admin"))
+		}
 	}
 	return job
 }
@@ -1233,7 +1529,8 @@ func TestStrictDecodingRejectsMistakes(t *testing.T) {
 		{"kind: StatefulSet\n", "kind: StatefulSett\n", `unknown kind "StatefulSett"`},
 		{"apiVersion: apps/v1\nkind: StatefulSet\n", "apiVersion: apps/v1beta9\nkind: StatefulSet\n", "unknown kind"},
 		{"  replicas: 3\n", "  replicas: 3\n  replicas: 4\n", `key "replicas" already set`},
-		{"              port: 7070\n              service: \"\"\n", "              port: 7070\n              servce: \"\"\n", `unknown field "servce"`},
+		{"              path: /healthz\n", "              pth: /healthz\n", `unknown field "pth"`},
+		{"            httpGet:\n              path: /readyz\n", "            httpget:\n              path: /readyz\n", "httpget"},
 	} {
 		bad := strings.Replace(string(data), tc.from, tc.to, 1)
 		if bad == string(data) {
@@ -1280,8 +1577,84 @@ func TestCrossReferencesCatchMistakes(t *testing.T) {
 		}, "no container port grcp"},
 		{"probe port", func(objs []object) {
 			c := container(t, &only[*appsv1.StatefulSet](t, objs, "loom-coordinator").Spec.Template.Spec, "coordinator")
-			c.ReadinessProbe.GRPC.Port = 7071 + 1000
-		}, "probes port 8071"},
+			c.ReadinessProbe.HTTPGet.Port = intstr.FromInt32(7071 + 1000)
+		}, "probes port 8071, which it does not declare"},
+		{"probe port name", func(objs []object) {
+			c := container(t, &only[*appsv1.StatefulSet](t, objs, "loom-coordinator").Spec.Template.Spec, "coordinator")
+			c.LivenessProbe.HTTPGet.Port = intstr.FromString("metric")
+		}, "probes port metric, which it does not declare"},
+		{"probe on the gRPC port", func(objs []object) {
+			c := container(t, &only[*appsv1.StatefulSet](t, objs, "loom-coordinator").Spec.Template.Spec, "coordinator")
+			c.ReadinessProbe.HTTPGet.Port = intstr.FromString("grpc")
+		}, "readiness probe: port grpc (7070) is bound by neither --metrics-addr"},
+		{"probe port unbound", func(objs []object) {
+			c := container(t, &only[*appsv1.StatefulSet](t, objs, "loom-coordinator").Spec.Template.Spec, "coordinator")
+			for i, a := range c.Args {
+				if a == "--metrics-addr" {
+					c.Args[i+1] = "0.0.0.0:9101"
+				}
+			}
+		}, "liveness probe: port metrics (9100) is bound by neither"},
+		{"probe path", func(objs []object) {
+			c := container(t, &only[*appsv1.StatefulSet](t, objs, "loom-coordinator").Spec.Template.Spec, "coordinator")
+			c.ReadinessProbe.HTTPGet.Path = "/healthz"
+		}, `readiness probe: path "/healthz", want /readyz`},
+		{"probe scheme", func(objs []object) {
+			c := container(t, &only[*appsv1.StatefulSet](t, objs, "loom-coordinator").Spec.Template.Spec, "coordinator")
+			c.LivenessProbe.HTTPGet.Scheme = corev1.URISchemeHTTPS
+		}, "scheme HTTPS"},
+		{"grpc probe", func(objs []object) {
+			c := container(t, &only[*appsv1.StatefulSet](t, objs, "loom-coordinator").Spec.Template.Spec, "coordinator")
+			c.ReadinessProbe.HTTPGet = nil
+			c.ReadinessProbe.GRPC = &corev1.GRPCAction{Port: 7070}
+		}, "the kubelet's gRPC probe has no client certificate"},
+		{"tls env missing", func(objs []object) {
+			c := container(t, &only[*batchv1.Job](t, objs, "loom-submit").Spec.Template.Spec, "launch")
+			c.Env = slicesDeleteEnv(c.Env, "LOOM_TLS_KEY")
+		}, "container launch (admin): no LOOM_TLS_KEY env var or --tls-key flag"},
+		{"tls flag overrides env", func(objs []object) {
+			c := container(t, &only[*appsv1.Deployment](t, objs, "loom-worker").Spec.Template.Spec, "worker")
+			c.Args = append(c.Args, "--tls-cert", "/etc/loom/tls/coordinator.crt")
+		}, "--tls-cert /etc/loom/tls/coordinator.crt: volume tls projects no file coordinator.crt"},
+		{"tls role", func(objs []object) {
+			spec := &only[*appsv1.Deployment](t, objs, "loom-worker").Spec.Template.Spec
+			setEnv(container(t, spec, "worker"), "LOOM_TLS_KEY", "/etc/loom/tls/coordinator.key")
+			volume(spec, "tls").Secret.Items[2] = corev1.KeyToPath{Key: "coordinator.key", Path: "coordinator.key"}
+		}, "needs a worker certificate, but its LOOM_TLS_KEY /etc/loom/tls/coordinator.key is key coordinator.key of Secret loom-tls, want worker.key"},
+		{"tls role behind a file name", func(objs []object) {
+			// The file is named coordinator.crt, the Secret key behind it is
+			// the worker's: the key counts.
+			v := volume(&only[*appsv1.StatefulSet](t, objs, "loom-coordinator").Spec.Template.Spec, "tls")
+			v.Secret.Items[1].Key = "worker.crt"
+		}, "LOOM_TLS_CERT /etc/loom/tls/coordinator.crt is key worker.crt of Secret loom-tls, want coordinator.crt"},
+		{"tls other role's key", func(objs []object) {
+			volume(&only[*appsv1.Deployment](t, objs, "loom-worker").Spec.Template.Spec, "tls").Secret.Items = nil
+		}, "volume tls puts key admin.key into a worker pod"},
+		{"tls item missing", func(objs []object) {
+			v := volume(&only[*appsv1.Deployment](t, objs, "loom-worker").Spec.Template.Spec, "tls")
+			v.Secret.Items = v.Secret.Items[:2]
+		}, "volume tls projects no file worker.key"},
+		{"tls secret key", func(objs []object) {
+			delete(only[*corev1.Secret](t, objs, "loom-tls").StringData, "admin.crt")
+		}, "Secret loom-tls has no key admin.crt"},
+		{"tls secret name", func(objs []object) {
+			volume(&only[*appsv1.StatefulSet](t, objs, "loom-coordinator").Spec.Template.Spec, "tls").Secret.SecretName = "loom-join-token"
+		}, "volume tls is not the Secret loom-tls"},
+		{"tls mount", func(objs []object) {
+			c := container(t, &only[*appsv1.StatefulSet](t, objs, "loom-coordinator").Spec.Template.Spec, "coordinator")
+			setEnv(c, "LOOM_TLS_CA", "/etc/loom/ca.crt")
+		}, "LOOM_TLS_CA /etc/loom/ca.crt is on no mount"},
+		{"tls mount writable", func(objs []object) {
+			c := container(t, &only[*batchv1.Job](t, objs, "loom-submit").Spec.Template.Spec, "launch")
+			for i := range c.VolumeMounts {
+				if c.VolumeMounts[i].Name == "tls" {
+					c.VolumeMounts[i].ReadOnly = false
+				}
+			}
+		}, "mount tls is not read-only"},
+		{"secret unreadable", func(objs []object) {
+			only[*batchv1.Job](t, objs, "loom-submit").Spec.Template.Spec.SecurityContext.FSGroup = nil
+		}, "container launch (uid 65532) cannot read Secret volume tls (mode 0440"},
 		{"prometheus port", func(objs []object) {
 			only[*appsv1.Deployment](t, objs, "loom-worker").Spec.Template.Annotations["prometheus.io/port"] = "9401"
 		}, `prometheus.io/port "9401"`},
@@ -1299,6 +1672,26 @@ func TestCrossReferencesCatchMistakes(t *testing.T) {
 			t.Errorf("%s: errors %v, want one containing %q", tc.name, errs, tc.want)
 		}
 	}
+}
+
+func slicesDeleteEnv(env []corev1.EnvVar, name string) []corev1.EnvVar {
+	var out []corev1.EnvVar
+	for _, e := range env {
+		if e.Name != name {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+func setEnv(c *corev1.Container, name, value string) {
+	for i := range c.Env {
+		if c.Env[i].Name == name {
+			c.Env[i] = corev1.EnvVar{Name: name, Value: value}
+			return
+		}
+	}
+	c.Env = append(c.Env, corev1.EnvVar{Name: name, Value: value})
 }
 
 func TestLoomArgsCheckCatchesMistakes(t *testing.T) {
@@ -1341,9 +1734,276 @@ func TestKubernetesSecretsArePlaceholders(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"kubectl apply -k deploy/kubernetes/bootstrap", "kubectl apply -k deploy/kubernetes\n", "kubectl -n loom scale deployment/loom-worker", "loom status", "8080", "mTLS", "deploy/Dockerfile"} {
+	for _, want := range []string{"kubectl apply -k deploy/kubernetes/bootstrap", "kubectl apply -k deploy/kubernetes\n", "kubectl -n loom scale deployment/loom-worker", "loom status", "8080", "mTLS", "deploy/Dockerfile",
+		"loom certs init", "kubectl create secret generic loom-tls", "/healthz", "/readyz"} {
 		if !strings.Contains(string(readme), want) {
 			t.Errorf("README.md does not mention %q", want)
+		}
+	}
+}
+
+// TestCoordinatorProbesAnswer runs loom coordinator as the StatefulSet does,
+// with mTLS (certificates from loom certs, stored under the Secret keys the
+// manifest's LOOM_TLS_* resolve to), and asks the listener that the probes'
+// port binds for the probes' paths as the kubelet does: plain HTTP, no
+// client certificate. The gRPC port, for comparison, refuses a client
+// without a certificate (which is why the probes are not gRPC ones).
+func TestCoordinatorProbesAnswer(t *testing.T) {
+	tr := loadTree(t)
+	objs, _, err := tr.build(k8sDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := only[*appsv1.StatefulSet](t, objs, "loom-coordinator")
+	spec := &st.Spec.Template.Spec
+	c := container(t, spec, "coordinator")
+	if c.LivenessProbe == nil || c.LivenessProbe.HTTPGet == nil || c.ReadinessProbe == nil || c.ReadinessProbe.HTTPGet == nil {
+		t.Fatal("the coordinator's probes are not httpGet probes")
+	}
+	f := flags(c.Args)
+	bin := loom(t)
+	dir := t.TempDir()
+	ca, certs := filepath.Join(dir, "ca"), filepath.Join(dir, "certs")
+	for _, args := range [][]string{
+		{"certs", "init", "--dir", ca},
+		{"certs", "issue", "coordinator", "coordinator", "--dir", certs, "--ca", filepath.Join(ca, "ca.crt"), "--ca-key", filepath.Join(ca, "ca.key")},
+	} {
+		if out, err := exec.Command(bin, args...).CombinedOutput(); err != nil {
+			t.Fatalf("loom %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+	data, err := os.ReadFile(filepath.Join(ca, "ca.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(certs, "ca.crt"), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var env []string
+	for _, e := range os.Environ() {
+		if !strings.HasPrefix(e, "LOOM_TLS_") {
+			env = append(env, e)
+		}
+	}
+	plainEnv := env
+	for _, s := range tlsSettings {
+		tf, err := resolveTLS(objs, spec, *c, s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		env = append(env, s.env+"="+filepath.Join(certs, tf.key))
+	}
+	free := func() string {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		return ln.Addr().String()
+	}
+	addrs := map[string]string{"grpc-addr": free(), "raft-addr": free(), "metrics-addr": free(), "http-addr": free()}
+	args := []string{"coordinator", "--id", "c1", "--data-dir", filepath.Join(dir, "data"), "--bootstrap"}
+	for _, flag := range []string{"grpc-addr", "raft-addr", "metrics-addr", "http-addr"} {
+		if f[flag] != "" {
+			args = append(args, "--"+flag, addrs[flag])
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd.Env = env
+	var logs bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		_ = cmd.Process.Signal(os.Interrupt)
+		_ = cmd.Wait()
+		if t.Failed() {
+			t.Logf("coordinator log:\n%s", logs.String())
+		}
+	}()
+	client := &http.Client{Timeout: 2 * time.Second}
+	for _, pr := range []*corev1.Probe{c.LivenessProbe, c.ReadinessProbe} {
+		h := pr.HTTPGet
+		port, ok := containerPort(*c, h.Port)
+		if !ok {
+			t.Fatalf("probe port %s is not declared", h.Port.String())
+		}
+		var addr string
+		for _, flag := range []string{"metrics-addr", "http-addr"} {
+			if _, p, err := net.SplitHostPort(f[flag]); err == nil && p == fmt.Sprint(port) {
+				addr = addrs[flag]
+			}
+		}
+		if addr == "" {
+			t.Fatalf("probe port %d is bound by neither --metrics-addr nor --http-addr", port)
+		}
+		url := "http://" + addr + h.Path
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			resp, err := client.Get(url)
+			if err == nil {
+				resp.Body.Close()
+				if resp.StatusCode == http.StatusOK {
+					break
+				}
+				err = fmt.Errorf("status %s", resp.Status)
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("GET %s: %v (the kubelet would fail this probe)", url, err)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+	// The gRPC port refuses a client without a certificate.
+	plain := exec.CommandContext(ctx, bin, "status", "--coordinator", addrs["grpc-addr"], "--timeout", "2s")
+	plain.Env = plainEnv
+	if out, err := plain.CombinedOutput(); err == nil {
+		t.Errorf("loom status without a certificate was answered:\n%s", out)
+	}
+}
+
+// ---------------------------------------------------------------------------
+// docker-compose.
+
+// composeService is the part of a compose service these checks read.
+type composeService struct {
+	Image       string            `json:"image"`
+	Command     []string          `json:"command"`
+	Environment map[string]string `json:"environment"`
+	Volumes     []string          `json:"volumes"`
+}
+
+func loadCompose(t *testing.T) map[string]*composeService {
+	t.Helper()
+	data, err := os.ReadFile("compose.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	j, err := yaml.YAMLToJSONStrict(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var f struct {
+		Services map[string]*composeService `json:"services"`
+	}
+	if err := json.Unmarshal(j, &f); err != nil {
+		t.Fatalf("compose.yaml: %v", err)
+	}
+	if len(f.Services) == 0 {
+		t.Fatal("compose.yaml has no services")
+	}
+	return f.Services
+}
+
+// composeCerts is where compose.yaml mounts the certificates directory.
+const composeCerts = "/etc/loom/certs"
+
+// checkCompose: every loom service runs mTLS with its role's files:
+// LOOM_TLS_CA, LOOM_TLS_CERT and LOOM_TLS_KEY are ca.crt, ROLE.crt and
+// ROLE.key of the certificates directory, mounted read-only from
+// ${LOOM_CERTS_DIR:-./certs}; ROLE is what its command needs (loomRole; the
+// cli service, which runs any command, is an admin).
+func checkCompose(t *testing.T, services map[string]*composeService) []error {
+	var errs []error
+	var names []string
+	for n := range services {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		s := services[name]
+		if imageRepo(s.Image) != "loom" {
+			continue
+		}
+		if len(s.Command) > 0 {
+			if err := checkLoomArgs(t, s.Command); err != nil {
+				errs = append(errs, fmt.Errorf("service %s: %w", name, err))
+			}
+		}
+		role := loomRole(s.Command)
+		mounted := false
+		for _, v := range s.Volumes {
+			// The source has a colon of its own (${VAR:-default}).
+			if strings.Contains(v, ":"+composeCerts) {
+				if want := "${LOOM_CERTS_DIR:-./certs}:" + composeCerts + ":ro"; v != want {
+					errs = append(errs, fmt.Errorf("service %s: volume %q: want %q", name, v, want))
+				}
+				mounted = true
+			}
+		}
+		if !mounted {
+			errs = append(errs, fmt.Errorf("service %s: the certificates directory is not mounted at %s", name, composeCerts))
+		}
+		for _, st := range tlsSettings {
+			want := composeCerts + "/" + st.key(role)
+			if f := flags(s.Command); f[st.flag] != "" {
+				errs = append(errs, fmt.Errorf("service %s: --%s: set %s in environment, as the others do", name, st.flag, st.env))
+			}
+			if got := s.Environment[st.env]; got != want {
+				errs = append(errs, fmt.Errorf("service %s (%s): %s=%q, want %s", name, role, st.env, got, want))
+			}
+		}
+	}
+	return errs
+}
+
+func TestComposeFile(t *testing.T) {
+	services := loadCompose(t)
+	for _, want := range []string{"c1", "c2", "c3", "w1", "w2", "w3", "cli"} {
+		if services[want] == nil {
+			t.Errorf("no service %s", want)
+		}
+	}
+	for _, err := range checkCompose(t, services) {
+		t.Error(err)
+	}
+	// The header's commands make the files the services name.
+	data, err := os.ReadFile("compose.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"loom certs init --dir", "for r in coordinator worker admin; do", "loom certs issue $r $r --dir deploy/certs", "/ca.crt deploy/certs/"} {
+		if !strings.Contains(string(data), want) {
+			t.Errorf("the header of compose.yaml does not say %q", want)
+		}
+	}
+}
+
+func TestComposeCheckCatchesMistakes(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		mutate func(map[string]*composeService)
+		want   string
+	}{
+		{"role", func(s map[string]*composeService) {
+			s["w2"].Environment["LOOM_TLS_CERT"] = composeCerts + "/coordinator.crt"
+		}, `service w2 (worker): LOOM_TLS_CERT="/etc/loom/certs/coordinator.crt", want /etc/loom/certs/worker.crt`},
+		{"cli admin", func(s map[string]*composeService) {
+			s["cli"].Environment["LOOM_TLS_KEY"] = composeCerts + "/worker.key"
+		}, "service cli (admin): LOOM_TLS_KEY"},
+		{"env missing", func(s map[string]*composeService) {
+			delete(s["c3"].Environment, "LOOM_TLS_CA")
+		}, `service c3 (coordinator): LOOM_TLS_CA=""`},
+		{"no mount", func(s map[string]*composeService) {
+			s["c2"].Volumes = s["c2"].Volumes[:1]
+		}, "service c2: the certificates directory is not mounted"},
+		{"writable mount", func(s map[string]*composeService) {
+			for i, v := range s["w1"].Volumes {
+				s["w1"].Volumes[i] = strings.Replace(v, ":/etc/loom/certs:ro", ":/etc/loom/certs", 1)
+			}
+		}, `service w1: volume "${LOOM_CERTS_DIR:-./certs}:/etc/loom/certs"`},
+		{"flag", func(s map[string]*composeService) {
+			s["c1"].Command = append(s["c1"].Command, "--tls-ca", "/etc/loom/certs/ca.crt")
+		}, "service c1: --tls-ca"},
+	} {
+		services := loadCompose(t)
+		tc.mutate(services)
+		errs := checkCompose(t, services)
+		if len(errs) == 0 || !strings.Contains(fmt.Sprint(errs), tc.want) {
+			t.Errorf("%s: errors %v, want one containing %q", tc.name, errs, tc.want)
 		}
 	}
 }
@@ -1525,6 +2185,9 @@ func TestSystemdUnits(t *testing.T) {
 				if tc.sub == "coordinator" && f["data-dir"] != "/var/lib/"+u.get("Service", "StateDirectory") {
 					t.Errorf("--data-dir %q is not the StateDirectory", f["data-dir"])
 				}
+				for _, err := range checkUnitTLS(defaults, all, words, tc.sub) {
+					t.Error(err)
+				}
 			}
 		})
 	}
@@ -1545,6 +2208,76 @@ func TestSystemdUnits(t *testing.T) {
 	}
 	if code == "" || !strings.Contains(string(help), code+" when the job is cancelled") {
 		t.Errorf("RestartPreventExitStatus=%q is not loom worker's exit status for a cancelled job", code)
+	}
+}
+
+// unitTLSDir is where the units' mTLS files are installed.
+const unitTLSDir = "/etc/loom/tls"
+
+// checkUnitTLS: a unit's Environment= defaults set LOOM_TLS_CA,
+// LOOM_TLS_CERT and LOOM_TLS_KEY (loom reads them itself) to ca.crt,
+// ROLE.crt and ROLE.key in /etc/loom/tls, ROLE the one its loom command
+// needs; the environment loom finally sees (all, with the env file) keeps
+// them, and ExecStart does not override them with --tls-* flags.
+func checkUnitTLS(defaults, all map[string]string, words []string, sub string) []error {
+	var errs []error
+	role := loomRole([]string{sub})
+	f := flags(words)
+	for _, s := range tlsSettings {
+		want := unitTLSDir + "/" + s.key(role)
+		if defaults[s.env] != want {
+			errs = append(errs, fmt.Errorf("Environment=%s=%q, want %s (a %s's)", s.env, defaults[s.env], want, role))
+		}
+		if all[s.env] == "" {
+			errs = append(errs, fmt.Errorf("%s is empty in the environment loom sees", s.env))
+		}
+		if v, ok := f[s.flag]; ok {
+			errs = append(errs, fmt.Errorf("ExecStart --%s %s overrides %s: set it with Environment=", s.flag, v, s.env))
+		}
+	}
+	return errs
+}
+
+func TestLoomRole(t *testing.T) {
+	for want, args := range map[string][]string{
+		"coordinator": {"coordinator", "--id", "c1"},
+		"worker":      {"worker", "--job", "job-0001"},
+		"admin":       {"coordinator", "members", "--coordinator", "c1:7070"},
+	} {
+		if got := loomRole(args); got != want {
+			t.Errorf("loomRole(%q) = %s, want %s", args, got, want)
+		}
+	}
+	for _, args := range [][]string{{"launch", "job.yaml"}, {"status"}, {"workers", "drain", "w1"}, nil} {
+		if got := loomRole(args); got != "admin" {
+			t.Errorf("loomRole(%q) = %s, want admin", args, got)
+		}
+	}
+}
+
+func TestUnitTLSCheckCatchesMistakes(t *testing.T) {
+	good := func(role string) map[string]string {
+		return map[string]string{"LOOM_TLS_CA": unitTLSDir + "/ca.crt", "LOOM_TLS_CERT": unitTLSDir + "/" + role + ".crt", "LOOM_TLS_KEY": unitTLSDir + "/" + role + ".key"}
+	}
+	words := []string{"/usr/local/bin/loom", "worker", "--id", "w"}
+	if errs := checkUnitTLS(good("worker"), good("worker"), words, "worker"); len(errs) > 0 {
+		t.Fatalf("good: %v", errs)
+	}
+	for _, tc := range []struct {
+		name          string
+		defaults, all map[string]string
+		words         []string
+		sub, want     string
+	}{
+		{"role", good("coordinator"), good("coordinator"), words, "worker", `Environment=LOOM_TLS_CERT="/etc/loom/tls/coordinator.crt", want /etc/loom/tls/worker.crt`},
+		{"missing", map[string]string{"LOOM_TLS_CA": unitTLSDir + "/ca.crt"}, good("coordinator"), words, "coordinator", `Environment=LOOM_TLS_KEY=""`},
+		{"env file empties it", good("worker"), map[string]string{"LOOM_TLS_CA": unitTLSDir + "/ca.crt", "LOOM_TLS_CERT": unitTLSDir + "/worker.crt"}, words, "worker", "LOOM_TLS_KEY is empty"},
+		{"flag", good("worker"), good("worker"), append(words, "--tls-cert", "/tmp/x.crt"), "worker", "ExecStart --tls-cert /tmp/x.crt overrides"},
+	} {
+		errs := checkUnitTLS(tc.defaults, tc.all, tc.words, tc.sub)
+		if len(errs) == 0 || !strings.Contains(fmt.Sprint(errs), tc.want) {
+			t.Errorf("%s: errors %v, want one containing %q", tc.name, errs, tc.want)
+		}
 	}
 }
 
@@ -1630,6 +2363,9 @@ esac
 	if err := os.WriteFile(jobFile, []byte("name: x\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	// The certificates, made as the script's header says, in its default
+	// LOOM_CERTS_DIR (./loom-certs).
+	certs := makeCerts(t, filepath.Join(dir, "loom-certs"), "coordinator", "worker", "admin")
 	script, err := filepath.Abs("slurm/loom.sbatch")
 	if err != nil {
 		t.Fatal(err)
@@ -1697,5 +2433,113 @@ esac
 	}
 	if term, err := os.ReadFile(log + ".coordinator"); err != nil || strings.TrimSpace(string(term)) != "terminated" {
 		t.Errorf("the coordinator was not stopped with SIGTERM at the end: %q %v", term, err)
+	}
+	for _, err := range checkSbatchTLS(t, calls, certs) {
+		t.Error(err)
+	}
+
+	// Without the certificates the script stops before running anything.
+	cmd = exec.CommandContext(ctx, "bash", script, jobFile)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(),
+		"PATH="+bin+string(os.PathListSeparator)+os.Getenv("PATH"),
+		"CALLS="+log+".nocerts", "LOOM="+filepath.Join(bin, "loom"), "LOOM_CERTS_DIR="+filepath.Join(dir, "no-certs"),
+		"SLURM_JOB_ID=43", "SLURM_JOB_NODELIST=node[1-2]", "SLURMD_NODENAME=node1")
+	out, err = cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "loom certs") {
+		t.Errorf("without certificates: %v\n%s", err, out)
+	}
+	if _, err := os.Stat(log + ".nocerts"); err == nil {
+		t.Error("without certificates the script still ran loom")
+	}
+}
+
+// makeCerts makes a CA and a certificate named after each role in dir
+// with the real loom certs (the CA's key in a directory of its own), and
+// copies ca.crt in.
+func makeCerts(t *testing.T, dir string, roles ...string) string {
+	t.Helper()
+	bin := loom(t)
+	ca := dir + "-ca"
+	run := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command(bin, args...).CombinedOutput(); err != nil {
+			t.Fatalf("loom %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+	run("certs", "init", "--dir", ca)
+	for _, r := range roles {
+		run("certs", "issue", r, r, "--dir", dir, "--ca", filepath.Join(ca, "ca.crt"), "--ca-key", filepath.Join(ca, "ca.key"))
+	}
+	data, err := os.ReadFile(filepath.Join(ca, "ca.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "ca.crt"), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// checkSbatchTLS: every loom call of the script has --tls-ca, --tls-cert
+// and --tls-key in certs, and loom certs show says the certificate has the
+// role the command needs (loomRole) and comes from the CA given with it.
+func checkSbatchTLS(t *testing.T, calls [][]string, certs string) []error {
+	var errs []error
+	for _, c := range calls {
+		f := flags(c[1:])
+		role := loomRole(c)
+		for _, s := range tlsSettings {
+			if want := filepath.Join(certs, s.key(role)); f[s.flag] != want {
+				errs = append(errs, fmt.Errorf("loom %s (%s): --%s %q, want %s", c[0], role, s.flag, f[s.flag], want))
+			}
+		}
+		if f["tls-cert"] == "" || f["tls-ca"] == "" {
+			continue
+		}
+		out, err := exec.Command(loom(t), "certs", "show", f["tls-cert"], "--ca", f["tls-ca"]).CombinedOutput()
+		if err != nil || !regexp.MustCompile(`(?m)^  role: +`+role+`$`).Match(out) {
+			errs = append(errs, fmt.Errorf("loom %s (%s): loom certs show %s --ca %s: %v\n%s", c[0], role, f["tls-cert"], f["tls-ca"], err, out))
+		}
+	}
+	return errs
+}
+
+func TestSbatchTLSCheckCatchesMistakes(t *testing.T) {
+	dir := t.TempDir()
+	certs := makeCerts(t, filepath.Join(dir, "certs"), "coordinator", "worker", "admin")
+	// A worker certificate filed under the coordinator's name.
+	odd := makeCerts(t, filepath.Join(dir, "odd"), "worker")
+	if err := os.Rename(filepath.Join(odd, "worker.crt"), filepath.Join(odd, "coordinator.crt")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(filepath.Join(odd, "worker.key"), filepath.Join(odd, "coordinator.key")); err != nil {
+		t.Fatal(err)
+	}
+	tls := func(dir, role string) []string {
+		return []string{"--tls-ca", filepath.Join(dir, "ca.crt"), "--tls-cert", filepath.Join(dir, role+".crt"), "--tls-key", filepath.Join(dir, role+".key")}
+	}
+	good := [][]string{
+		append([]string{"coordinator", "--id", "c"}, tls(certs, "coordinator")...),
+		append([]string{"launch", "job.yaml", "--detach"}, tls(certs, "admin")...),
+		append([]string{"worker", "--id", "w"}, tls(certs, "worker")...),
+	}
+	if errs := checkSbatchTLS(t, good, certs); len(errs) > 0 {
+		t.Fatalf("the good calls: %v", errs)
+	}
+	for _, tc := range []struct {
+		name  string
+		calls [][]string
+		dir   string
+		want  string
+	}{
+		{"no tls", [][]string{{"status", "--coordinator", "n:7070"}}, certs, `loom status (admin): --tls-ca ""`},
+		{"role", [][]string{append([]string{"worker", "--id", "w"}, tls(certs, "admin")...)}, certs, "loom worker (worker): --tls-cert"},
+		{"file name lies", [][]string{append([]string{"coordinator", "--id", "c"}, tls(odd, "coordinator")...)}, odd, "loom certs show"},
+	} {
+		errs := checkSbatchTLS(t, tc.calls, tc.dir)
+		if len(errs) == 0 || !strings.Contains(fmt.Sprint(errs), tc.want) {
+			t.Errorf("%s: errors %v, want one containing %q", tc.name, errs, tc.want)
+		}
 	}
 }
