@@ -32,7 +32,14 @@ func newCoordinatorCmd() *cobra.Command {
 first starts with --bootstrap, the others with --join pointing at any running
 node. A node restarted on the same --data-dir rejoins with its old identity
 and needs neither flag. With --discovery, nodes publish themselves and the
-current leader in etcd, and a new node with neither flag joins through it.`,
+current leader in etcd, and a new node with neither flag joins through it.
+
+With --tls-ca, --tls-cert and --tls-key (a coordinator certificate from loom
+certs) the API, Raft and this node's calls to other coordinators are mutual
+TLS, and each API call is admitted by the role of the caller's certificate
+(docs/security.md). Without them everything is plain text, for one machine;
+bound beyond loopback, it warns. /healthz and /readyz answer probes over plain
+HTTP on --metrics-addr and --http-addr.`,
 		Example: `  loom coordinator --id c1 --data-dir /var/lib/loom/c1 --raft-addr 10.0.0.1:7071 --grpc-addr 10.0.0.1:7070 --bootstrap
   loom coordinator --id c2 --data-dir /var/lib/loom/c2 --raft-addr 10.0.0.2:7071 --grpc-addr 10.0.0.2:7070 --join 10.0.0.1:7070
   loom coordinator members --coordinator 10.0.0.1:7070

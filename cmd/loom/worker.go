@@ -50,6 +50,10 @@ the Go runtime and process metrics. While it is a generation's rank 0 it also
 appends one JSON line per step to CHECKPOINT_DIR/JOB/metrics.jsonl (unless
 checkpoint.disabled), which loom plot reads.
 
+With --tls-ca, --tls-cert and --tls-key (a worker certificate from loom certs)
+its calls to the coordinators and its ring links are mutual TLS; the ring
+admits only worker certificates of the cluster's CA.
+
 It exits 0 when the job completes, 3 when the job is cancelled, and stops
 cleanly (deregistering) on SIGINT or SIGTERM. With LOOM_CPUPROFILE=DIR in the
 environment it writes a CPU profile of its run to DIR/ID.pprof.`,
