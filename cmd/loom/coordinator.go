@@ -67,7 +67,7 @@ HTTP on --metrics-addr and --http-addr.`,
 			if err := cfg.Validate(); err != nil {
 				return err
 			}
-			hl, err := listenCoordinatorHTTP(httpAddr, metricsAddr)
+			hl, err := listenCoordinatorHTTP(httpAddr, metricsAddr, log)
 			if err != nil {
 				return err
 			}
@@ -85,7 +85,7 @@ HTTP on --metrics-addr and --http-addr.`,
 			if cfg.JoinToken == "" && cfg.JoinTokenFile == "" && !loopbackOnly(cfg.GRPCAddr) {
 				log.Warn("workers register without a join token: anyone who reaches this address can join a job; set --join-token-file", zap.String("grpc", cfg.GRPCAddr))
 			}
-			defer hl.serve(ctx, srv, log)()
+			defer hl.serve(srv)()
 			<-ctx.Done()
 			log.Info("shutting down")
 			return srv.Close()

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"net"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -294,6 +295,48 @@ func TestTakenPortsNameTheirFlag(t *testing.T) {
 		_, err := runLoom(t, tc.args...)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%v: %v, want %q", tc.args, err, tc.want)
+		}
+	}
+}
+
+// A coordinator still joining its cluster answers its probes at once:
+// /healthz 200, /readyz and the rest 503, not a connection that hangs.
+func TestProbesAnswerWhileJoining(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	_ = ln.Close()
+	cmd := loomCmd(t, "coordinator", "--id", "c2", "--data-dir", t.TempDir(), "--join", "127.0.0.1:1",
+		"--grpc-addr", "127.0.0.1:0", "--raft-addr", "127.0.0.1:0", "--metrics-addr", addr)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	client := &http.Client{Timeout: time.Second}
+	get := func(path string) (int, error) {
+		r, err := client.Get("http://" + addr + path)
+		if err != nil {
+			return 0, err
+		}
+		r.Body.Close()
+		return r.StatusCode, nil
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		code, err := get("/healthz")
+		if err == nil && code == http.StatusOK {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/healthz while joining: %d %v", code, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	for _, p := range []string{"/readyz", "/metrics"} {
+		if code, err := get(p); err != nil || code != http.StatusServiceUnavailable {
+			t.Fatalf("%s while joining: %d %v, want 503", p, code, err)
 		}
 	}
 }

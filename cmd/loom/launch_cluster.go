@@ -44,7 +44,7 @@ func runCluster(ctx context.Context, stdout io.Writer, job *jobspec.Job, o launc
 		// coordinator/failure.go), not by the lease. Shares follow measured
 		// speed within about a second.
 		cfg.ReplanInterval = time.Second
-		hl, err := listenCoordinatorHTTP(o.httpAddr, "")
+		hl, err := listenCoordinatorHTTP(o.httpAddr, "", log)
 		if err != nil {
 			return err
 		}
@@ -54,7 +54,7 @@ func runCluster(ctx context.Context, stdout io.Writer, job *jobspec.Job, o launc
 			return err
 		}
 		defer srv.Close()
-		defer hl.serve(ctx, srv, log)()
+		defer hl.serve(srv)()
 		addrs = []string{srv.Addr()}
 	}
 	conn, err := o.tls.dial(addrs)

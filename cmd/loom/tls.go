@@ -32,9 +32,9 @@ func (t *tlsFiles) load(want ...pki.Role) (*pki.Identity, error) {
 		return nil, nil
 	}
 	var missing []string
-	for flag, v := range map[string]string{"--tls-ca": t.ca, "--tls-cert": t.cert, "--tls-key": t.key} {
-		if v == "" {
-			missing = append(missing, flag)
+	for _, f := range [][2]string{{"--tls-ca", t.ca}, {"--tls-cert", t.cert}, {"--tls-key", t.key}} {
+		if f[1] == "" {
+			missing = append(missing, f[0])
 		}
 	}
 	if len(missing) > 0 {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"net/http"
+	"sync/atomic"
 
 	"go.uber.org/zap"
 
@@ -12,47 +13,76 @@ import (
 	"github.com/loomtrain/loom/metrics"
 )
 
-// coordinatorHTTP is a coordinator's HTTP listeners, bound before the
-// coordinator starts so that a taken port is refused before any work: the
-// status page (with /metrics) and /metrics alone, each with the probes
-// /healthz and /readyz (coordinator.Server.HealthHandler); nil when off.
-type coordinatorHTTP struct{ page, metrics net.Listener }
+// coordinatorHTTP is a coordinator's HTTP listeners: the status page (with
+// /metrics) and /metrics alone, each with the probes /healthz and /readyz
+// (coordinator.Server.HealthHandler). They are bound before the coordinator
+// starts, so that a taken port is refused before any work, and answer at
+// once: until the coordinator has started (a join can take a minute)
+// /healthz is 200 and everything else 503, so that a probe gets an answer
+// rather than a hung connection.
+type coordinatorHTTP struct {
+	page, metrics *startingHandler // nil when off
+	log           *zap.Logger
+	cancel        context.CancelFunc
+	waits         []func()
+}
 
-// listenCoordinatorHTTP binds the listeners of the --http-addr and
-// --metrics-addr given (empty: off).
-func listenCoordinatorHTTP(pageAddr, metricsAddr string) (*coordinatorHTTP, error) {
-	h := &coordinatorHTTP{}
-	var err error
-	if pageAddr != "" {
-		if h.page, err = metrics.Listen(pageAddr, "--http-addr"); err != nil {
-			return nil, err
-		}
+// startingHandler serves the starting answers until set is called.
+type startingHandler struct {
+	ln net.Listener
+	h  atomic.Pointer[http.Handler]
+}
+
+func (s *startingHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if h := s.h.Load(); h != nil {
+		(*h).ServeHTTP(w, r)
+		return
 	}
-	if metricsAddr != "" {
-		if h.metrics, err = metrics.Listen(metricsAddr, "--metrics-addr"); err != nil {
+	if r.URL.Path == "/healthz" {
+		_, _ = w.Write([]byte("ok (starting)\n"))
+		return
+	}
+	http.Error(w, "the coordinator is starting (joining its cluster)", http.StatusServiceUnavailable)
+}
+
+func (s *startingHandler) set(h http.Handler) { s.h.Store(&h) }
+
+// listenCoordinatorHTTP binds and serves the listeners of the --http-addr
+// and --metrics-addr given (empty: off).
+func listenCoordinatorHTTP(pageAddr, metricsAddr string, log *zap.Logger) (*coordinatorHTTP, error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	h := &coordinatorHTTP{log: log, cancel: cancel}
+	for _, l := range []struct {
+		addr, flag string
+		to         **startingHandler
+	}{{pageAddr, "--http-addr", &h.page}, {metricsAddr, "--metrics-addr", &h.metrics}} {
+		if l.addr == "" {
+			continue
+		}
+		ln, err := metrics.Listen(l.addr, l.flag)
+		if err != nil {
 			h.close()
 			return nil, err
 		}
+		*l.to = &startingHandler{ln: ln}
+		h.waits = append(h.waits, metrics.ServeHandler(ctx, ln, *l.to, log))
 	}
 	return h, nil
 }
 
-// close releases listeners that serve never took.
+// close stops the listeners and waits until they have stopped.
 func (h *coordinatorHTTP) close() {
-	for _, ln := range []net.Listener{h.page, h.metrics} {
-		if ln != nil {
-			_ = ln.Close()
-		}
+	h.cancel()
+	for _, w := range h.waits {
+		w()
 	}
 }
 
-// serve serves srv's status page and metrics on the bound listeners; the
+// serve switches the listeners to srv's status page and metrics; the
 // returned function stops them and waits until they have.
-func (h *coordinatorHTTP) serve(ctx context.Context, srv *coordinator.Server, log *zap.Logger) (stop func()) {
-	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+func (h *coordinatorHTTP) serve(srv *coordinator.Server) (stop func()) {
 	reg := metrics.NewRegistry()
 	reg.MustRegister(srv.Collector())
-	var waits []func()
 	withHealth := func(h http.Handler) http.Handler {
 		mux := http.NewServeMux()
 		mux.Handle("/healthz", srv.HealthHandler())
@@ -61,17 +91,12 @@ func (h *coordinatorHTTP) serve(ctx context.Context, srv *coordinator.Server, lo
 		return mux
 	}
 	if h.page != nil {
-		waits = append(waits, metrics.ServeHandler(ctx, h.page, withHealth(web.Handler(srv.FSM(), metrics.Handler(reg, log))), log))
-		log.Info("serving the status page", zap.String("url", "http://"+h.page.Addr().String()+"/"))
+		h.page.set(withHealth(web.Handler(srv.FSM(), metrics.Handler(reg, h.log))))
+		h.log.Info("serving the status page", zap.String("url", "http://"+h.page.ln.Addr().String()+"/"))
 	}
 	if h.metrics != nil {
-		waits = append(waits, metrics.ServeHandler(ctx, h.metrics, withHealth(metrics.Handler(reg, log)), log))
-		log.Info("serving metrics", zap.String("addr", h.metrics.Addr().String()), zap.String("path", "/metrics"))
+		h.metrics.set(withHealth(metrics.Handler(reg, h.log)))
+		h.log.Info("serving metrics", zap.String("addr", h.metrics.ln.Addr().String()), zap.String("path", "/metrics"))
 	}
-	return func() {
-		cancel()
-		for _, w := range waits {
-			w()
-		}
-	}
+	return h.close
 }
