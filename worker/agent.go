@@ -361,7 +361,9 @@ func (a *Agent) jobCompleted(ctx context.Context) bool {
 		return a.client.GetJob(c, &api.GetJobRequest{JobId: a.cfg.JobID})
 	})
 	if err != nil {
-		a.log.Warn("the job's plan stream ended and its state is unknown: taking it as cancelled", zap.Error(err))
+		if ctx.Err() == nil { // else the worker is stopping anyway
+			a.log.Warn("the job's plan stream ended and its state is unknown: taking it as cancelled", zap.Error(err))
+		}
 		return false
 	}
 	return r.(*api.GetJobResponse).GetJob().GetState() == api.JobState_JOB_STATE_COMPLETED
