@@ -70,6 +70,10 @@ func (t *coordTarget) with(ctx context.Context, fn func(context.Context, *coordC
 	}
 	defer conn.Close()
 	err = fn(ctx, &coordClients{coord: api.NewCoordinatorClient(conn), cluster: api.NewClusterClient(conn)})
+	if err != nil {
+		id, _ := t.tls.load() // loaded once already, by dial
+		err = diagnoseTLS(err, id, addrs)
+	}
 	if err != nil && ctx.Err() != nil {
 		return explainTLS(fmt.Errorf("no answer from %v within %v: %w", addrs, t.timeout, err))
 	}

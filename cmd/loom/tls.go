@@ -1,13 +1,19 @@
 package main
 
 import (
+	"crypto/tls"
+	"errors"
 	"fmt"
+	"net"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
 
 	"github.com/loomtrain/loom/api"
 	"github.com/loomtrain/loom/internal/pki"
@@ -59,6 +65,39 @@ func (t *tlsFiles) dial(addrs []string) (*grpc.ClientConn, error) {
 		opts = append(opts, grpc.WithTransportCredentials(credentials.NewTLS(id.Config(pki.RoleCoordinator))))
 	}
 	return api.Dial(addrs, opts...)
+}
+
+// diagnoseTLS finds out why calls to the coordinators at addrs failed when
+// TLS is what failed: it runs one bare handshake with each and reads, so
+// that a coordinator's refusal of this certificate arrives as the alert it
+// sends. (Through gRPC the refusal often shows only as "broken pipe": in
+// TLS 1.3 the server checks the client's certificate after the client has
+// started writing, and the reset that answers those bytes can beat the
+// alert.) Only for an error that says the coordinators could not be
+// reached (Unavailable, DeadlineExceeded) and with TLS. It returns err, with
+// the first refusal found added; err as it is when nothing TLS-related is
+// found.
+func diagnoseTLS(err error, id *pki.Identity, addrs []string) error {
+	if c := status.Code(err); id == nil || c != codes.Unavailable && c != codes.DeadlineExceeded {
+		return err
+	}
+	cfg := id.Config(pki.RoleCoordinator)
+	cfg.NextProtos = []string{"h2"} // as gRPC: its servers refuse a handshake without it
+	for _, a := range addrs {
+		d := &tls.Dialer{NetDialer: &net.Dialer{Timeout: 2 * time.Second}, Config: cfg}
+		c, derr := d.Dial("tcp", a)
+		if derr == nil {
+			_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
+			_, derr = c.Read(make([]byte, 1))
+			_ = c.Close()
+		}
+		var op *net.OpError
+		if derr == nil || os.IsTimeout(derr) || errors.As(derr, &op) && op.Op == "dial" {
+			continue // TLS is fine there (it waits for our request), or nothing answers at all
+		}
+		return fmt.Errorf("%w\n  TLS with %s: %v", err, a, derr)
+	}
+	return err
 }
 
 // explainTLS adds what to do to an RPC error caused by mismatched

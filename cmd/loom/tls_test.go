@@ -9,6 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	"github.com/loomtrain/loom/coordinator"
 	"github.com/loomtrain/loom/device/cpu"
 	"github.com/loomtrain/loom/internal/pki"
@@ -150,5 +153,37 @@ func TestTLSTrainsEndToEnd(t *testing.T) {
 	}
 	if out, err := runLoom(t, "status", "--coordinator", srv.Addr(), "--timeout", "2s"); err == nil || !strings.Contains(err.Error(), "give --tls-ca, --tls-cert and --tls-key") {
 		t.Fatalf("status in plain text: %v\n%s", err, out)
+	}
+}
+
+// diagnoseTLS turns an unreachable cluster into the reason when the
+// reason is TLS: a coordinator that refuses this certificate says so in a
+// bare handshake, which gRPC's own error may hide behind "broken pipe".
+func TestDiagnoseTLS(t *testing.T) {
+	ca := pki.NewTestCA(t)
+	srv := coordinator.NewTestServer(t, func(c *coordinator.Config) { c.TLS = ca.Identity(t, pki.RoleCoordinator, "c1") })
+	other := pki.NewTestCA(t)
+	stranger := other.IssueFor(t, pki.IssueOptions{Role: pki.RoleWorker, Name: "evil", Validity: time.Hour})
+	bundle := filepath.Join(t.TempDir(), "both.crt")
+	a, _ := os.ReadFile(stranger.CA)
+	b, _ := os.ReadFile(filepath.Join(ca.Dir, "ca.crt"))
+	if err := os.WriteFile(bundle, append(a, b...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	stranger.CA = bundle // it trusts the cluster; the cluster does not trust it
+	id, err := pki.Load(stranger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	unreachable := status.Error(codes.Unavailable, "write: broken pipe")
+	if err := diagnoseTLS(unreachable, id, []string{"127.0.0.1:1", srv.Addr()}); !strings.Contains(err.Error(), "TLS with "+srv.Addr()+": remote error: tls: bad certificate") {
+		t.Fatalf("a refused certificate: %v", err)
+	}
+	good := ca.Identity(t, pki.RoleWorker, "w1")
+	if err := diagnoseTLS(unreachable, good, []string{srv.Addr()}); err != unreachable {
+		t.Fatalf("an accepted certificate: %v", err)
+	}
+	if other := status.Error(codes.NotFound, "no job"); diagnoseTLS(other, id, []string{srv.Addr()}) != other {
+		t.Fatal("an answer from the cluster was diagnosed")
 	}
 }

@@ -144,7 +144,7 @@ environment it writes a CPU profile of its run to DIR/ID.pprof.`,
 				log.Info("stopped by signal")
 				return nil
 			}
-			return explainTLS(err)
+			return explainTLS(diagnoseTLS(err, cfg.TLS, cfg.Coordinators))
 		},
 	}
 	f := cmd.Flags()
