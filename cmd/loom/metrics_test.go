@@ -37,53 +37,21 @@ checkpoint: {dir: %s, every_steps: 10, keep: 0}
 // all-reduces and placement are there, and the job's metrics.jsonl has one
 // record per step, written by rank 0.
 func TestWorkersServeMetricsAndHistory(t *testing.T) {
-	const steps, batch = 20, 200
+	const steps, batch = 20, 200 // metricsJobYAML's global batch
 	dir := t.TempDir()
-	job, err := jobspec.Load(writeJob(t, fmt.Sprintf(metricsJobYAML, "prom", steps, filepath.Join(dir, "ckpt"))))
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, err := job.Marshal()
-	if err != nil {
-		t.Fatal(err)
-	}
 	srv := coordinator.NewTestServer(t, nil)
 	client := api.NewCoordinatorClient(coordinator.Dial(t, srv.Addr()))
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
-	sub, err := client.SubmitJob(ctx, &api.SubmitJobRequest{Spec: &api.JobSpec{Name: job.Name, ConfigYaml: body,
-		GlobalBatch: batch, MinWorkers: 2, PipelineStages: 1}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	jobID := submitMetricsJob(ctx, t, client, "prom", steps, filepath.Join(dir, "ckpt"), 2, 0)
 	ids := []string{"w0", "w1"}
-	urls := make([]string, len(ids))
-	errs := make(chan error, len(ids))
-	for i, id := range ids {
-		reg := metrics.NewRegistry()
-		addr, err := metrics.Serve(ctx, "127.0.0.1:0", "--metrics-addr", reg, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		urls[i] = "http://" + addr.String() + "/metrics"
-		dev, err := cpu.New(cpu.Config{Threads: 1})
-		if err != nil {
-			t.Fatal(err)
-		}
-		cfg := worker.DefaultAgentConfig()
-		cfg.ID, cfg.Coordinators, cfg.JobID, cfg.Device, cfg.Metrics = id, []string{srv.Addr()}, sub.GetJob().GetId(), dev, reg
-		if id == "w1" {
+	urls := runAgents(ctx, t, srv.Addr(), jobID, ids, func(cfg *worker.AgentConfig) {
+		if cfg.ID == "w1" {
 			cfg.Listen = "0.0.0.0:0" // advertised at this host's routable address
 		}
-		go func() { errs <- worker.RunAgent(ctx, cfg) }()
-	}
-	for range ids {
-		if err := <-errs; err != nil {
-			t.Fatalf("worker: %v", err)
-		}
-	}
+	})
 	// w1's peer reached it at its advertised address, not at 0.0.0.0.
-	final, err := client.GetJob(ctx, &api.GetJobRequest{JobId: sub.GetJob().GetId()})
+	final, err := client.GetJob(ctx, &api.GetJobRequest{JobId: jobID})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -335,8 +303,58 @@ func TestWorkerJoinToken(t *testing.T) {
 // A worker the plan leaves out (the job admits one) stands by, and exits
 // cleanly when the job completes: it is not told the job was cancelled.
 func TestStandbyWorkerExitsWhenJobCompletes(t *testing.T) {
-	dir := t.TempDir()
-	job, err := jobspec.Load(writeJob(t, fmt.Sprintf(metricsJobYAML, "one", 4, filepath.Join(dir, "ckpt"))))
+	srv := coordinator.NewTestServer(t, nil)
+	client := api.NewCoordinatorClient(coordinator.Dial(t, srv.Addr()))
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	jobID := submitMetricsJob(ctx, t, client, "one", 4, filepath.Join(t.TempDir(), "ckpt"), 1, 1)
+	runAgents(ctx, t, srv.Addr(), jobID, []string{"w0", "w1"}, nil)
+	j, err := client.GetJob(ctx, &api.GetJobRequest{JobId: jobID})
+	if err != nil || j.GetJob().GetState() != api.JobState_JOB_STATE_COMPLETED || len(j.GetPlan().GetRanks()) != 1 {
+		t.Fatalf("job %v (%v)", j, err)
+	}
+}
+
+// runAgents runs a worker agent per id in this process against the
+// coordinator at addr for job, each with a CPU device of one thread and
+// its metrics served on a port of its own (their /metrics URLs are
+// returned), tweak adjusting each config; it waits for every agent and
+// fails the test if one fails.
+func runAgents(ctx context.Context, t *testing.T, addr, job string, ids []string, tweak func(cfg *worker.AgentConfig)) (urls []string) {
+	t.Helper()
+	errs := make(chan error, len(ids))
+	for _, id := range ids {
+		reg := metrics.NewRegistry()
+		maddr, err := metrics.Serve(ctx, "127.0.0.1:0", "--metrics-addr", reg, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		urls = append(urls, "http://"+maddr.String()+"/metrics")
+		dev, err := cpu.New(cpu.Config{Threads: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg := worker.DefaultAgentConfig()
+		cfg.ID, cfg.Coordinators, cfg.JobID, cfg.Device, cfg.Metrics = id, []string{addr}, job, dev, reg
+		if tweak != nil {
+			tweak(&cfg)
+		}
+		go func() { errs <- worker.RunAgent(ctx, cfg) }()
+	}
+	for range ids {
+		if err := <-errs; err != nil {
+			t.Fatalf("worker: %v", err)
+		}
+	}
+	return urls
+}
+
+// submitMetricsJob submits metricsJobYAML (name, steps, checkpoints in
+// ckpt) to client, for between minW and maxW (0: any) workers, and returns
+// the job's id.
+func submitMetricsJob(ctx context.Context, t *testing.T, client api.CoordinatorClient, name string, steps int, ckpt string, minW, maxW int32) string {
+	t.Helper()
+	job, err := jobspec.Load(writeJob(t, fmt.Sprintf(metricsJobYAML, name, steps, ckpt)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -344,32 +362,10 @@ func TestStandbyWorkerExitsWhenJobCompletes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := coordinator.NewTestServer(t, nil)
-	client := api.NewCoordinatorClient(coordinator.Dial(t, srv.Addr()))
-	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
-	defer cancel()
 	sub, err := client.SubmitJob(ctx, &api.SubmitJobRequest{Spec: &api.JobSpec{Name: job.Name, ConfigYaml: body,
-		GlobalBatch: 200, MinWorkers: 1, MaxWorkers: 1, PipelineStages: 1}})
+		GlobalBatch: int64(job.Train.GlobalBatch), MinWorkers: minW, MaxWorkers: maxW, PipelineStages: 1}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	errs := make(chan error, 2)
-	for _, id := range []string{"w0", "w1"} {
-		dev, err := cpu.New(cpu.Config{Threads: 1})
-		if err != nil {
-			t.Fatal(err)
-		}
-		cfg := worker.DefaultAgentConfig()
-		cfg.ID, cfg.Coordinators, cfg.JobID, cfg.Device = id, []string{srv.Addr()}, sub.GetJob().GetId(), dev
-		go func() { errs <- worker.RunAgent(ctx, cfg) }()
-	}
-	for range 2 {
-		if err := <-errs; err != nil {
-			t.Fatalf("worker: %v", err)
-		}
-	}
-	j, err := client.GetJob(ctx, &api.GetJobRequest{JobId: sub.GetJob().GetId()})
-	if err != nil || j.GetJob().GetState() != api.JobState_JOB_STATE_COMPLETED || len(j.GetPlan().GetRanks()) != 1 {
-		t.Fatalf("job %v (%v)", j, err)
-	}
+	return sub.GetJob().GetId()
 }

@@ -13,7 +13,6 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/loomtrain/loom/coordinator"
-	"github.com/loomtrain/loom/device/cpu"
 	"github.com/loomtrain/loom/internal/pki"
 	"github.com/loomtrain/loom/metrics"
 	"github.com/loomtrain/loom/worker"
@@ -112,29 +111,10 @@ func TestTLSTrainsEndToEnd(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
 	ids := []string{"w0", "w1"}
-	urls := make([]string, len(ids))
-	errs := make(chan error, len(ids))
-	for i, id := range ids {
-		reg := metrics.NewRegistry()
-		addr, err := metrics.Serve(ctx, "127.0.0.1:0", "--metrics-addr", reg, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		urls[i] = "http://" + addr.String() + "/metrics"
-		dev, err := cpu.New(cpu.Config{Threads: 1})
-		if err != nil {
-			t.Fatal(err)
-		}
-		cfg := worker.DefaultAgentConfig()
-		cfg.ID, cfg.Coordinators, cfg.JobID, cfg.Device, cfg.Metrics, cfg.TLS = id, []string{srv.Addr()}, jobID, dev, reg, load(id)
+	urls := runAgents(ctx, t, srv.Addr(), jobID, ids, func(cfg *worker.AgentConfig) {
+		cfg.TLS = load(cfg.ID)
 		cfg.ShmRingBytes = 0 // the ring's gradients cross TLS, not shared memory
-		go func() { errs <- worker.RunAgent(ctx, cfg) }()
-	}
-	for range ids {
-		if err := <-errs; err != nil {
-			t.Fatalf("worker: %v", err)
-		}
-	}
+	})
 	for i, url := range urls {
 		s, err := metrics.Scrape(ctx, url)
 		if err != nil {
