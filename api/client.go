@@ -122,15 +122,17 @@ const retryServiceConfig = `{
 
 var schemeSeq atomic.Uint64
 
-// Keepalive: a client pings a connection that has been silent for
-// keepaliveTime and drops it when the ping is not answered within
-// keepaliveTimeout. Without it a connection to a coordinator whose link
-// was cut looks healthy until TCP gives up (minutes), and the calls the
-// balancer sends there hang for their whole deadline: a worker's
-// heartbeats stalled for 10 s, as long as its lease. Servers must allow
-// pings this often (ServerKeepalive).
+// Keepalive. Without it a connection to a coordinator whose link was cut
+// looks healthy until TCP gives up (minutes), and the calls the balancer
+// sends there hang for their whole deadline: a worker's heartbeats stalled
+// for 10 s, as long as its lease. With it, gRPC also sets TCP_USER_TIMEOUT
+// to keepaliveTimeout, so a call written into a dead link fails after about
+// that long (and is retried on another coordinator); an idle connection is
+// pinged after keepaliveTime (gRPC's floor: shorter values are raised to
+// 10 s) and dropped when the ping is not answered within keepaliveTimeout.
+// Servers must allow pings this often (ServerKeepalive).
 const (
-	keepaliveTime    = time.Second
+	keepaliveTime    = 10 * time.Second
 	keepaliveTimeout = time.Second
 )
 
