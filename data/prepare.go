@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -119,29 +120,65 @@ func Prepare(ctx context.Context, c PrepareConfig) (*PrepareSummary, error) {
 	if err != nil {
 		return nil, err
 	}
-	for _, f := range old {
-		if err := os.Remove(filepath.Join(c.Out, f)); err != nil {
-			return nil, fmt.Errorf("--overwrite: %w", err)
-		}
-	}
 	if err := os.MkdirAll(c.Out, 0o755); err != nil {
 		return nil, err
+	}
+	// Replacing a dataset, the new one is written beside it and moved in
+	// only once complete: a failed or interrupted run leaves the old one.
+	wc := c
+	if len(old) > 0 {
+		if wc.Out, err = os.MkdirTemp(filepath.Dir(outAbs), "."+filepath.Base(outAbs)+".prepare-"); err != nil {
+			return nil, fmt.Errorf("--overwrite: %w", err)
+		}
+		defer os.RemoveAll(wc.Out)
 	}
 	m := &TokenManifest{Format: manifestFormat, Version: shardVersion, Tokenizer: tok.Name(), Vocab: tok.Vocab(), EOT: tok.EOT(),
 		TokenBytes: 2, ValEvery: c.ValEvery, Skipped: skipped, Inputs: c.Inputs, Include: c.Include, Exclude: c.Exclude,
 		Dir: c.Out, Layout: "loom"}
-	w := &prepWriter{c: c, m: m, buf: make([]byte, min(4<<20, 2*c.ShardTokens+2)&^1)}
+	w := &prepWriter{c: wc, m: m, buf: make([]byte, min(4<<20, 2*c.ShardTokens+2)&^1)}
 	w.split[0] = &splitWriter{name: "train", info: &m.Train}
 	w.split[1] = &splitWriter{name: "val", info: &m.Val}
 	if err := w.run(ctx, docs, tok, start); err != nil {
 		w.removeAll()
 		return nil, err
 	}
+	if len(old) > 0 {
+		if w.files, err = replaceDataset(c.Out, old, w.files); err != nil {
+			w.removeAll()
+			return nil, fmt.Errorf("--overwrite: %w", err)
+		}
+	}
 	if err := writeManifest(c.Out, m); err != nil {
 		w.removeAll()
 		return nil, err
 	}
 	return &PrepareSummary{Manifest: m, Elapsed: time.Since(start), Workers: c.Workers}, nil
+}
+
+// replaceDataset swaps a complete new dataset's shards (staged: paths in
+// another directory of the same file system) for the old dataset's files
+// in out, and returns the shards' new paths. The old manifest goes first,
+// so that out never holds a manifest naming shards it does not have; the
+// caller writes the new one last.
+func replaceDataset(out string, old, staged []string) ([]string, error) {
+	order := append([]string{}, old...)
+	if i := slices.Index(order, ManifestName); i > 0 {
+		order[0], order[i] = order[i], order[0]
+	}
+	for _, f := range order {
+		if err := os.Remove(filepath.Join(out, f)); err != nil {
+			return nil, err
+		}
+	}
+	moved := make([]string, 0, len(staged))
+	for _, p := range staged {
+		to := filepath.Join(out, filepath.Base(p))
+		if err := os.Rename(p, to); err != nil {
+			return moved, err
+		}
+		moved = append(moved, to)
+	}
+	return moved, nil
 }
 
 // checkOut returns the files of a previous dataset that --overwrite will

@@ -270,6 +270,32 @@ func TestPrepareOverwrite(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(out, ManifestName)); err != nil {
 		t.Fatal("a refused overwrite deleted the dataset")
 	}
+	// An overwrite that fails part-way (here: cancelled) leaves the old
+	// dataset whole: the new one is staged beside it, and nothing is left
+	// of the staging.
+	if err := os.Remove(filepath.Join(out, "precious.txt")); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := os.ReadDir(out)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	c.ShardTokens = 100
+	if _, err := Prepare(ctx, c); err == nil {
+		t.Fatal("a cancelled prepare succeeded")
+	}
+	after, _ := os.ReadDir(out)
+	if len(after) != len(before) {
+		t.Fatalf("a failed overwrite changed the dataset: %v, was %v", after, before)
+	}
+	if m, err := readManifest(out); err != nil || len(m.Train.Shards) != 1 {
+		t.Fatalf("the old dataset after a failed overwrite: %v %v", m, err)
+	}
+	if _, err := LoadTokens(out, 8); err != nil {
+		t.Fatalf("the old dataset after a failed overwrite: %v", err)
+	}
+	if ents, _ := os.ReadDir(filepath.Dir(out)); len(ents) != 1 {
+		t.Fatalf("staging left beside the dataset: %v", ents)
+	}
 }
 
 // shardErrorAt asserts err is a *ShardError for file at offset whose
