@@ -127,7 +127,8 @@ func Prepare(ctx context.Context, c PrepareConfig) (*PrepareSummary, error) {
 	// only once complete: a failed or interrupted run leaves the old one.
 	wc := c
 	if len(old) > 0 {
-		if wc.Out, err = os.MkdirTemp(filepath.Dir(outAbs), "."+filepath.Base(outAbs)+".prepare-"); err != nil {
+		// Inside c.Out: the same file system, so the shards move by rename.
+		if wc.Out, err = os.MkdirTemp(c.Out, stagingPrefix); err != nil {
 			return nil, fmt.Errorf("--overwrite: %w", err)
 		}
 		defer os.RemoveAll(wc.Out)
@@ -155,9 +156,12 @@ func Prepare(ctx context.Context, c PrepareConfig) (*PrepareSummary, error) {
 	return &PrepareSummary{Manifest: m, Elapsed: time.Since(start), Workers: c.Workers}, nil
 }
 
+// stagingPrefix names the hidden directory in --out where an overwrite
+// writes the new dataset until it is complete.
+const stagingPrefix = ".prepare-"
+
 // replaceDataset swaps a complete new dataset's shards (staged: paths in
-// another directory of the same file system) for the old dataset's files
-// in out, and returns the shards' new paths. The old manifest goes first,
+// a directory inside out) for the old dataset's files in out, and returns the shards' new paths. The old manifest goes first,
 // so that out never holds a manifest naming shards it does not have; the
 // caller writes the new one last.
 func replaceDataset(out string, old, staged []string) ([]string, error) {
@@ -166,7 +170,7 @@ func replaceDataset(out string, old, staged []string) ([]string, error) {
 		order[0], order[i] = order[i], order[0]
 	}
 	for _, f := range order {
-		if err := os.Remove(filepath.Join(out, f)); err != nil {
+		if err := os.RemoveAll(filepath.Join(out, f)); err != nil {
 			return nil, err
 		}
 	}
@@ -207,6 +211,10 @@ func checkOut(out string, overwrite bool) ([]string, error) {
 	}
 	var old []string
 	for _, e := range ents {
+		if e.IsDir() && strings.HasPrefix(e.Name(), stagingPrefix) { // a killed run's staging
+			old = append(old, e.Name())
+			continue
+		}
 		if !e.Type().IsRegular() || !isDatasetFile(e.Name()) {
 			return nil, fmt.Errorf("output directory %s holds %s, which is not a file of a token dataset: --overwrite replaces only %s and *.tok shards; choose another --out",
 				out, e.Name(), ManifestName)

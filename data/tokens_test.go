@@ -271,8 +271,7 @@ func TestPrepareOverwrite(t *testing.T) {
 		t.Fatal("a refused overwrite deleted the dataset")
 	}
 	// An overwrite that fails part-way (here: cancelled) leaves the old
-	// dataset whole: the new one is staged beside it, and nothing is left
-	// of the staging.
+	// dataset whole, and nothing of its staging.
 	if err := os.Remove(filepath.Join(out, "precious.txt")); err != nil {
 		t.Fatal(err)
 	}
@@ -293,8 +292,14 @@ func TestPrepareOverwrite(t *testing.T) {
 	if _, err := LoadTokens(out, 8); err != nil {
 		t.Fatalf("the old dataset after a failed overwrite: %v", err)
 	}
-	if ents, _ := os.ReadDir(filepath.Dir(out)); len(ents) != 1 {
-		t.Fatalf("staging left beside the dataset: %v", ents)
+	// A killed run's staging directory is not in the way of the next
+	// overwrite, which removes it.
+	if err := os.Mkdir(filepath.Join(out, stagingPrefix+"123"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	m := prepare(t, c).Manifest
+	if ents, _ := os.ReadDir(out); len(ents) != 1+len(m.Train.Shards)+len(m.Val.Shards) {
+		t.Fatalf("after an overwrite over a stale staging directory: %v", ents)
 	}
 }
 
