@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"strings"
@@ -92,8 +93,8 @@ func diagnoseTLS(err error, id *pki.Identity, addrs []string) error {
 			_ = c.Close()
 		}
 		var op *net.OpError
-		if derr == nil || os.IsTimeout(derr) || errors.As(derr, &op) && op.Op == "dial" {
-			continue // TLS is fine there (it waits for our request), or nothing answers at all
+		if derr == nil || os.IsTimeout(derr) || errors.Is(derr, io.EOF) || errors.As(derr, &op) && op.Op == "dial" {
+			continue // TLS is fine there (it answers, or waits for our request), or nothing answers at all
 		}
 		return fmt.Errorf("%w\n  TLS with %s: %v", err, a, derr)
 	}
