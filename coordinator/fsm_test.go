@@ -391,3 +391,32 @@ func TestEqualSharesJob(t *testing.T) {
 		}
 	}
 }
+
+// GenerationOf, what every heartbeat answers: a pinned worker's job, or the
+// unended job whose plan names the worker; 0 for a worker in no plan.
+func TestGenerationOf(t *testing.T) {
+	f := NewFSM(zap.NewNop())
+	for i, m := range everyCommand() {
+		if r := applyAt(t, f, uint64(i+1), m); r.Err != nil {
+			t.Fatalf("entry %d %T refused: %v", i+1, m, r.Err)
+		}
+	}
+	j, _ := f.Job("job-0001")
+	for _, c := range []struct {
+		worker, job string
+		want        int64
+	}{
+		{"w1", "", 1},                         // named by job-0001's plan
+		{"w2", "job-0001", j.GetGeneration()}, // pinned
+		{"w4", "", 0},                         // in no plan
+		{"w1", "job-0002", 0},                 // pinned to a cancelled job that never planned
+	} {
+		if got := f.GenerationOf(c.worker, c.job); got != c.want {
+			t.Errorf("GenerationOf(%s, %q) = %d, want %d", c.worker, c.job, got, c.want)
+		}
+	}
+	applyAt(t, f, 100, &api.CmdCancelJob{JobId: "job-0001", Reason: "done"})
+	if got := f.GenerationOf("w1", ""); got != 0 {
+		t.Errorf("a worker named only by an ended job's plan: generation %d, want 0", got)
+	}
+}

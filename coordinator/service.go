@@ -147,7 +147,7 @@ func (v *service) Heartbeat(ctx context.Context, req *api.HeartbeatRequest) (*ap
 		}
 		w = m.(*api.Worker)
 	}
-	return &api.HeartbeatResponse{LeaseExpiryUnixNano: w.GetLeaseExpiryUnixNano(), Generation: v.s.generationOf(w), Draining: w.GetDraining()}, nil
+	return &api.HeartbeatResponse{LeaseExpiryUnixNano: w.GetLeaseExpiryUnixNano(), Generation: v.s.fsm.GenerationOf(w.GetId(), w.GetJobId()), Draining: w.GetDraining()}, nil
 }
 
 func (v *service) ReportFailure(_ context.Context, req *api.ReportFailureRequest) (*api.ReportFailureResponse, error) {
@@ -156,24 +156,6 @@ func (v *service) ReportFailure(_ context.Context, req *api.ReportFailureRequest
 	}
 	v.s.metrics.failureReports.Add(1)
 	return &api.ReportFailureResponse{}, nil
-}
-
-// generationOf returns the current generation of the job whose plan names
-// the worker (or of its pinned job), 0 if none.
-func (s *Server) generationOf(w *api.Worker) int64 {
-	for _, j := range s.fsm.Jobs() {
-		if j.GetId() == w.GetJobId() {
-			return j.GetGeneration()
-		}
-		if p, ok := s.fsm.Plan(j.GetId()); ok && !jobEnded(j) {
-			for _, r := range p.GetRanks() {
-				if r.GetWorkerId() == w.GetId() {
-					return p.GetGeneration()
-				}
-			}
-		}
-	}
-	return 0
 }
 
 func (v *service) DeregisterWorker(ctx context.Context, req *api.DeregisterWorkerRequest) (*api.DeregisterWorkerResponse, error) {
