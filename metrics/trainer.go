@@ -24,8 +24,8 @@ type Trainer struct {
 	allReduceBytes   *prometheus.CounterVec
 	allReduceSeconds *prometheus.HistogramVec
 	// The transports a worker uses, resolved once.
-	tcpBytes, shmBytes     prometheus.Counter
-	tcpSeconds, shmSeconds prometheus.Observer
+	tcpBytes, shmBytes, tlsBytes       prometheus.Counter
+	tcpSeconds, shmSeconds, tlsSeconds prometheus.Observer
 
 	ckptSeconds  prometheus.Histogram
 	ckptBytes    prometheus.Gauge
@@ -117,6 +117,7 @@ func NewTrainer(reg prometheus.Registerer, job, worker string) (*Trainer, error)
 		Buckets: allReduceBuckets}, []string{"transport"})
 	m.tcpBytes, m.shmBytes = m.allReduceBytes.WithLabelValues("tcp"), m.allReduceBytes.WithLabelValues("shm")
 	m.tcpSeconds, m.shmSeconds = m.allReduceSeconds.WithLabelValues("tcp"), m.allReduceSeconds.WithLabelValues("shm")
+	m.tlsBytes, m.tlsSeconds = m.allReduceBytes.WithLabelValues("tls"), m.allReduceSeconds.WithLabelValues("tls")
 	m.info = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "loom_worker_info",
 		Help:        "Always 1: where this process sits in the job's current plan (rank and stage change with the plan generation).",
 		ConstLabels: labels}, []string{"rank", "stage", "device"})
@@ -190,6 +191,9 @@ func (m *Trainer) ObserveAllReduce(transport string, bytes int64, took time.Dura
 	case "shm":
 		m.shmBytes.Add(float64(bytes))
 		m.shmSeconds.Observe(took.Seconds())
+	case "tls":
+		m.tlsBytes.Add(float64(bytes))
+		m.tlsSeconds.Observe(took.Seconds())
 	default:
 		m.allReduceBytes.WithLabelValues(transport).Add(float64(bytes))
 		m.allReduceSeconds.WithLabelValues(transport).Observe(took.Seconds())

@@ -86,6 +86,12 @@ result of summing all-ones buffers is checked on every rank.`,
 			if err != nil {
 				return err
 			}
+			switch {
+			case o.tlsAuto && o.rank >= 0:
+				return fmt.Errorf("--tls makes throwaway certificates for the ranks this command launches; with --rank give this rank's worker certificate with --tls-ca, --tls-cert and --tls-key")
+			case o.tls.changed(cmd) && o.rank < 0:
+				return fmt.Errorf("--tls-ca, --tls-cert and --tls-key are for one rank (--rank); to launch local ranks with mTLS give --tls")
+			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), o.timeout)
 			defer cancel()
 			if o.rank < 0 {
@@ -227,7 +233,9 @@ func launchAllreduceRanks(ctx context.Context, stdout, stderr io.Writer, o allre
 // another process needs the core for: on 2 cores this cut CPU per 16 MiB
 // all-reduce by ~10% at 4 ranks and the 1 MiB time by ~30% at 2 ranks.
 func rankEnv(ranks int) []string {
-	env := os.Environ()
+	// A launched rank uses TLS only when the launcher says so (--tls), never
+	// because LOOM_TLS_* happens to be set for the user's cluster.
+	env := slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, "LOOM_TLS_") })
 	if os.Getenv("GOMAXPROCS") == "" {
 		env = append(env, "GOMAXPROCS="+strconv.Itoa(max(1, runtime.NumCPU()/ranks)))
 	}

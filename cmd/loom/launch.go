@@ -82,6 +82,9 @@ workers: cancels the job and stops them).`,
 			if cmd.Flags().Changed("global-batch") && o.globalBatch <= 0 {
 				return fmt.Errorf("--global-batch %d: must be > 0", o.globalBatch)
 			}
+			if o.tls.changed(cmd) && o.coordinator == "" {
+				return fmt.Errorf("--tls-ca, --tls-cert and --tls-key are for submitting to a cluster (--coordinator); this machine's own workers talk over loopback in plain text")
+			}
 			return runLaunch(cmd.Context(), cmd.OutOrStdout(), args[0], o)
 		},
 	}

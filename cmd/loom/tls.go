@@ -32,6 +32,13 @@ func (t *tlsFiles) flags(cmd *cobra.Command) {
 	f.StringVar(&t.key, "tls-key", os.Getenv("LOOM_TLS_KEY"), "mTLS: the key of --tls-cert, PEM (env LOOM_TLS_KEY)")
 }
 
+// changed reports whether any --tls-* flag was given on cmd's command line
+// (not only in the environment).
+func (t *tlsFiles) changed(cmd *cobra.Command) bool {
+	f := cmd.Flags()
+	return f.Changed("tls-ca") || f.Changed("tls-cert") || f.Changed("tls-key")
+}
+
 // load reads the identity the flags name, checking its role against want;
 // nil when no flag is given (plain text).
 func (t *tlsFiles) load(want ...pki.Role) (*pki.Identity, error) {

@@ -63,6 +63,10 @@ func TestCertsCommands(t *testing.T) {
 		{[]string{"certs", "issue", "worker", "w2", "--dir", dir, "--ca-key", filepath.Join(other, "ca.key")}, "does not belong"},
 		{[]string{"certs", "show", filepath.Join(other, "eve.crt"), "--ca", filepath.Join(dir, "ca.crt")}, "1 of 1 certificates are not usable"},
 		{[]string{"certs", "show", filepath.Join(dir, "w1.key")}, "no PEM CERTIFICATE"},
+		// TLS flags where nothing would use them.
+		{[]string{"launch", "../../examples/mnist-mlp.yaml", "--tls-ca", filepath.Join(dir, "ca.crt")}, "are for submitting to a cluster"},
+		{[]string{"bench", "allreduce", "--tls-ca", filepath.Join(dir, "ca.crt")}, "are for one rank (--rank)"},
+		{[]string{"bench", "allreduce", "--rank", "0", "--peers", "127.0.0.1:1", "--tls"}, "with --rank give this rank's worker certificate"},
 	} {
 		if out, err := runLoom(t, c.args...); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("loom %s: %v, want %q\n%s", strings.Join(c.args, " "), err, c.want, out)

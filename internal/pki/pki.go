@@ -255,31 +255,54 @@ func WritePair(dir, name string, certPEM, keyPEM []byte, overwrite bool) (Files,
 			}
 		}
 	}
-	if err := writeAtomic(f.Key, keyPEM, 0o600); err != nil {
+	// Both files are written in full before either replaces anything, so
+	// that a failure leaves the old pair (or none), never half of a new one.
+	key, err := writeTemp(f.Key, keyPEM, 0o600)
+	if err != nil {
 		return Files{}, err
 	}
-	if err := writeAtomic(f.Cert, certPEM, 0o644); err != nil {
+	defer os.Remove(key)
+	cert, err := writeTemp(f.Cert, certPEM, 0o644)
+	if err != nil {
+		return Files{}, err
+	}
+	defer os.Remove(cert)
+	if err := os.Rename(key, f.Key); err != nil {
+		return Files{}, err
+	}
+	if err := os.Rename(cert, f.Cert); err != nil {
+		_ = os.Remove(f.Key) // a key without its certificate is of no use
 		return Files{}, err
 	}
 	return f, nil
 }
 
 func writeAtomic(path string, b []byte, mode os.FileMode) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	tmp, err := writeTemp(path, b, mode)
 	if err != nil {
 		return err
 	}
-	defer os.Remove(tmp.Name())
-	if err := tmp.Chmod(mode); err != nil {
-		_ = tmp.Close()
-		return err
+	defer os.Remove(tmp)
+	return os.Rename(tmp, path)
+}
+
+// writeTemp writes b, with mode, to a new temporary file beside path and
+// returns its name.
+func writeTemp(path string, b []byte, mode os.FileMode) (string, error) {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
+		return "", err
 	}
-	if _, err := tmp.Write(b); err != nil {
-		_ = tmp.Close()
-		return err
+	err = tmp.Chmod(mode)
+	if err == nil {
+		_, err = tmp.Write(b)
 	}
-	if err := tmp.Close(); err != nil {
-		return err
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
 	}
-	return os.Rename(tmp.Name(), path)
+	if err != nil {
+		_ = os.Remove(tmp.Name())
+		return "", err
+	}
+	return tmp.Name(), nil
 }
