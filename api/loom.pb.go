@@ -102,7 +102,15 @@ type JobSpec struct {
 	PipelineStages int32 `protobuf:"varint,6,opt,name=pipeline_stages,json=pipelineStages,proto3" json:"pipeline_stages,omitempty"`
 	// Batch shares: false (default) in proportion to each worker's measured
 	// speed; true equal, whatever the speeds.
-	EqualShares   bool `protobuf:"varint,7,opt,name=equal_shares,json=equalShares,proto3" json:"equal_shares,omitempty"`
+	EqualShares bool `protobuf:"varint,7,opt,name=equal_shares,json=equalShares,proto3" json:"equal_shares,omitempty"`
+	// The planner picks pipeline_stages (cluster.pipeline_stages: auto).
+	AutoStages bool `protobuf:"varint,8,opt,name=auto_stages,json=autoStages,proto3" json:"auto_stages,omitempty"`
+	// Micro-batches per step of a pipeline (train.micro_batches); 0 = twice
+	// the stage count, at most the global batch.
+	MicroBatches int32 `protobuf:"varint,9,opt,name=micro_batches,json=microBatches,proto3" json:"micro_batches,omitempty"`
+	// The network's cost per sample, for cutting it into pipeline stages;
+	// set for a model that can be cut (a GPT).
+	ModelCost     *ModelCost `protobuf:"bytes,10,opt,name=model_cost,json=modelCost,proto3" json:"model_cost,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -186,6 +194,148 @@ func (x *JobSpec) GetEqualShares() bool {
 	return false
 }
 
+func (x *JobSpec) GetAutoStages() bool {
+	if x != nil {
+		return x.AutoStages
+	}
+	return false
+}
+
+func (x *JobSpec) GetMicroBatches() int32 {
+	if x != nil {
+		return x.MicroBatches
+	}
+	return 0
+}
+
+func (x *JobSpec) GetModelCost() *ModelCost {
+	if x != nil {
+		return x.ModelCost
+	}
+	return nil
+}
+
+// ModelCost is a network's per-sample cost by part: the embedding (on the
+// first stage), its identical blocks, and the head (on the last stage).
+type ModelCost struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Layers int32                  `protobuf:"varint,1,opt,name=layers,proto3" json:"layers,omitempty"`
+	// Forward+backward FLOPs per sample.
+	EmbedFlops  float64 `protobuf:"fixed64,2,opt,name=embed_flops,json=embedFlops,proto3" json:"embed_flops,omitempty"`
+	BlockFlops  float64 `protobuf:"fixed64,3,opt,name=block_flops,json=blockFlops,proto3" json:"block_flops,omitempty"`
+	HeadFlops   float64 `protobuf:"fixed64,4,opt,name=head_flops,json=headFlops,proto3" json:"head_flops,omitempty"`
+	EmbedParams int64   `protobuf:"varint,5,opt,name=embed_params,json=embedParams,proto3" json:"embed_params,omitempty"`
+	BlockParams int64   `protobuf:"varint,6,opt,name=block_params,json=blockParams,proto3" json:"block_params,omitempty"`
+	HeadParams  int64   `protobuf:"varint,7,opt,name=head_params,json=headParams,proto3" json:"head_params,omitempty"`
+	// Activation bytes per sample kept for backward.
+	BlockActBytes int64 `protobuf:"varint,8,opt,name=block_act_bytes,json=blockActBytes,proto3" json:"block_act_bytes,omitempty"`
+	HeadActBytes  int64 `protobuf:"varint,9,opt,name=head_act_bytes,json=headActBytes,proto3" json:"head_act_bytes,omitempty"`
+	// Bytes per sample crossing a stage boundary, each way.
+	BoundaryBytes int64 `protobuf:"varint,10,opt,name=boundary_bytes,json=boundaryBytes,proto3" json:"boundary_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ModelCost) Reset() {
+	*x = ModelCost{}
+	mi := &file_loom_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ModelCost) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ModelCost) ProtoMessage() {}
+
+func (x *ModelCost) ProtoReflect() protoreflect.Message {
+	mi := &file_loom_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ModelCost.ProtoReflect.Descriptor instead.
+func (*ModelCost) Descriptor() ([]byte, []int) {
+	return file_loom_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *ModelCost) GetLayers() int32 {
+	if x != nil {
+		return x.Layers
+	}
+	return 0
+}
+
+func (x *ModelCost) GetEmbedFlops() float64 {
+	if x != nil {
+		return x.EmbedFlops
+	}
+	return 0
+}
+
+func (x *ModelCost) GetBlockFlops() float64 {
+	if x != nil {
+		return x.BlockFlops
+	}
+	return 0
+}
+
+func (x *ModelCost) GetHeadFlops() float64 {
+	if x != nil {
+		return x.HeadFlops
+	}
+	return 0
+}
+
+func (x *ModelCost) GetEmbedParams() int64 {
+	if x != nil {
+		return x.EmbedParams
+	}
+	return 0
+}
+
+func (x *ModelCost) GetBlockParams() int64 {
+	if x != nil {
+		return x.BlockParams
+	}
+	return 0
+}
+
+func (x *ModelCost) GetHeadParams() int64 {
+	if x != nil {
+		return x.HeadParams
+	}
+	return 0
+}
+
+func (x *ModelCost) GetBlockActBytes() int64 {
+	if x != nil {
+		return x.BlockActBytes
+	}
+	return 0
+}
+
+func (x *ModelCost) GetHeadActBytes() int64 {
+	if x != nil {
+		return x.HeadActBytes
+	}
+	return 0
+}
+
+func (x *ModelCost) GetBoundaryBytes() int64 {
+	if x != nil {
+		return x.BoundaryBytes
+	}
+	return 0
+}
+
 type Checkpoint struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	JobId string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
@@ -200,7 +350,7 @@ type Checkpoint struct {
 
 func (x *Checkpoint) Reset() {
 	*x = Checkpoint{}
-	mi := &file_loom_proto_msgTypes[1]
+	mi := &file_loom_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -212,7 +362,7 @@ func (x *Checkpoint) String() string {
 func (*Checkpoint) ProtoMessage() {}
 
 func (x *Checkpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_proto_msgTypes[1]
+	mi := &file_loom_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -225,7 +375,7 @@ func (x *Checkpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Checkpoint.ProtoReflect.Descriptor instead.
 func (*Checkpoint) Descriptor() ([]byte, []int) {
-	return file_loom_proto_rawDescGZIP(), []int{1}
+	return file_loom_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *Checkpoint) GetJobId() string {
@@ -300,7 +450,7 @@ type Job struct {
 
 func (x *Job) Reset() {
 	*x = Job{}
-	mi := &file_loom_proto_msgTypes[2]
+	mi := &file_loom_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -312,7 +462,7 @@ func (x *Job) String() string {
 func (*Job) ProtoMessage() {}
 
 func (x *Job) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_proto_msgTypes[2]
+	mi := &file_loom_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -325,7 +475,7 @@ func (x *Job) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Job.ProtoReflect.Descriptor instead.
 func (*Job) Descriptor() ([]byte, []int) {
-	return file_loom_proto_rawDescGZIP(), []int{2}
+	return file_loom_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Job) GetId() string {
@@ -459,7 +609,7 @@ type SubmitJobRequest struct {
 
 func (x *SubmitJobRequest) Reset() {
 	*x = SubmitJobRequest{}
-	mi := &file_loom_proto_msgTypes[3]
+	mi := &file_loom_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -471,7 +621,7 @@ func (x *SubmitJobRequest) String() string {
 func (*SubmitJobRequest) ProtoMessage() {}
 
 func (x *SubmitJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_proto_msgTypes[3]
+	mi := &file_loom_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -484,7 +634,7 @@ func (x *SubmitJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitJobRequest.ProtoReflect.Descriptor instead.
 func (*SubmitJobRequest) Descriptor() ([]byte, []int) {
-	return file_loom_proto_rawDescGZIP(), []int{3}
+	return file_loom_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *SubmitJobRequest) GetSpec() *JobSpec {
@@ -510,7 +660,7 @@ type SubmitJobResponse struct {
 
 func (x *SubmitJobResponse) Reset() {
 	*x = SubmitJobResponse{}
-	mi := &file_loom_proto_msgTypes[4]
+	mi := &file_loom_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -522,7 +672,7 @@ func (x *SubmitJobResponse) String() string {
 func (*SubmitJobResponse) ProtoMessage() {}
 
 func (x *SubmitJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_proto_msgTypes[4]
+	mi := &file_loom_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -535,7 +685,7 @@ func (x *SubmitJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitJobResponse.ProtoReflect.Descriptor instead.
 func (*SubmitJobResponse) Descriptor() ([]byte, []int) {
-	return file_loom_proto_rawDescGZIP(), []int{4}
+	return file_loom_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *SubmitJobResponse) GetJob() *Job {
@@ -554,7 +704,7 @@ type GetJobRequest struct {
 
 func (x *GetJobRequest) Reset() {
 	*x = GetJobRequest{}
-	mi := &file_loom_proto_msgTypes[5]
+	mi := &file_loom_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -566,7 +716,7 @@ func (x *GetJobRequest) String() string {
 func (*GetJobRequest) ProtoMessage() {}
 
 func (x *GetJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_proto_msgTypes[5]
+	mi := &file_loom_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -579,7 +729,7 @@ func (x *GetJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetJobRequest.ProtoReflect.Descriptor instead.
 func (*GetJobRequest) Descriptor() ([]byte, []int) {
-	return file_loom_proto_rawDescGZIP(), []int{5}
+	return file_loom_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *GetJobRequest) GetJobId() string {
@@ -599,7 +749,7 @@ type GetJobResponse struct {
 
 func (x *GetJobResponse) Reset() {
 	*x = GetJobResponse{}
-	mi := &file_loom_proto_msgTypes[6]
+	mi := &file_loom_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -611,7 +761,7 @@ func (x *GetJobResponse) String() string {
 func (*GetJobResponse) ProtoMessage() {}
 
 func (x *GetJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_proto_msgTypes[6]
+	mi := &file_loom_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -624,7 +774,7 @@ func (x *GetJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetJobResponse.ProtoReflect.Descriptor instead.
 func (*GetJobResponse) Descriptor() ([]byte, []int) {
-	return file_loom_proto_rawDescGZIP(), []int{6}
+	return file_loom_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GetJobResponse) GetJob() *Job {
@@ -649,7 +799,7 @@ type ListJobsRequest struct {
 
 func (x *ListJobsRequest) Reset() {
 	*x = ListJobsRequest{}
-	mi := &file_loom_proto_msgTypes[7]
+	mi := &file_loom_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -661,7 +811,7 @@ func (x *ListJobsRequest) String() string {
 func (*ListJobsRequest) ProtoMessage() {}
 
 func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_proto_msgTypes[7]
+	mi := &file_loom_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -674,7 +824,7 @@ func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobsRequest.ProtoReflect.Descriptor instead.
 func (*ListJobsRequest) Descriptor() ([]byte, []int) {
-	return file_loom_proto_rawDescGZIP(), []int{7}
+	return file_loom_proto_rawDescGZIP(), []int{8}
 }
 
 type ListJobsResponse struct {
@@ -686,7 +836,7 @@ type ListJobsResponse struct {
 
 func (x *ListJobsResponse) Reset() {
 	*x = ListJobsResponse{}
-	mi := &file_loom_proto_msgTypes[8]
+	mi := &file_loom_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -698,7 +848,7 @@ func (x *ListJobsResponse) String() string {
 func (*ListJobsResponse) ProtoMessage() {}
 
 func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_proto_msgTypes[8]
+	mi := &file_loom_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -711,7 +861,7 @@ func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobsResponse.ProtoReflect.Descriptor instead.
 func (*ListJobsResponse) Descriptor() ([]byte, []int) {
-	return file_loom_proto_rawDescGZIP(), []int{8}
+	return file_loom_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ListJobsResponse) GetJobs() []*Job {
@@ -731,7 +881,7 @@ type CancelJobRequest struct {
 
 func (x *CancelJobRequest) Reset() {
 	*x = CancelJobRequest{}
-	mi := &file_loom_proto_msgTypes[9]
+	mi := &file_loom_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -743,7 +893,7 @@ func (x *CancelJobRequest) String() string {
 func (*CancelJobRequest) ProtoMessage() {}
 
 func (x *CancelJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_proto_msgTypes[9]
+	mi := &file_loom_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -756,7 +906,7 @@ func (x *CancelJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelJobRequest.ProtoReflect.Descriptor instead.
 func (*CancelJobRequest) Descriptor() ([]byte, []int) {
-	return file_loom_proto_rawDescGZIP(), []int{9}
+	return file_loom_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *CancelJobRequest) GetJobId() string {
@@ -782,7 +932,7 @@ type CancelJobResponse struct {
 
 func (x *CancelJobResponse) Reset() {
 	*x = CancelJobResponse{}
-	mi := &file_loom_proto_msgTypes[10]
+	mi := &file_loom_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -794,7 +944,7 @@ func (x *CancelJobResponse) String() string {
 func (*CancelJobResponse) ProtoMessage() {}
 
 func (x *CancelJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_proto_msgTypes[10]
+	mi := &file_loom_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -807,7 +957,7 @@ func (x *CancelJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelJobResponse.ProtoReflect.Descriptor instead.
 func (*CancelJobResponse) Descriptor() ([]byte, []int) {
-	return file_loom_proto_rawDescGZIP(), []int{10}
+	return file_loom_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *CancelJobResponse) GetJob() *Job {
@@ -834,7 +984,7 @@ type DeviceProfile struct {
 
 func (x *DeviceProfile) Reset() {
 	*x = DeviceProfile{}
-	mi := &file_loom_proto_msgTypes[11]
+	mi := &file_loom_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -846,7 +996,7 @@ func (x *DeviceProfile) String() string {
 func (*DeviceProfile) ProtoMessage() {}
 
 func (x *DeviceProfile) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_proto_msgTypes[11]
+	mi := &file_loom_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -859,7 +1009,7 @@ func (x *DeviceProfile) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeviceProfile.ProtoReflect.Descriptor instead.
 func (*DeviceProfile) Descriptor() ([]byte, []int) {
-	return file_loom_proto_rawDescGZIP(), []int{11}
+	return file_loom_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *DeviceProfile) GetDeviceName() string {
@@ -931,7 +1081,7 @@ type Worker struct {
 
 func (x *Worker) Reset() {
 	*x = Worker{}
-	mi := &file_loom_proto_msgTypes[12]
+	mi := &file_loom_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -943,7 +1093,7 @@ func (x *Worker) String() string {
 func (*Worker) ProtoMessage() {}
 
 func (x *Worker) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_proto_msgTypes[12]
+	mi := &file_loom_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -956,7 +1106,7 @@ func (x *Worker) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Worker.ProtoReflect.Descriptor instead.
 func (*Worker) Descriptor() ([]byte, []int) {
-	return file_loom_proto_rawDescGZIP(), []int{12}
+	return file_loom_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Worker) GetId() string {
@@ -1041,7 +1191,7 @@ type RegisterWorkerRequest struct {
 
 func (x *RegisterWorkerRequest) Reset() {
 	*x = RegisterWorkerRequest{}
-	mi := &file_loom_proto_msgTypes[13]
+	mi := &file_loom_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1053,7 +1203,7 @@ func (x *RegisterWorkerRequest) String() string {
 func (*RegisterWorkerRequest) ProtoMessage() {}
 
 func (x *RegisterWorkerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_proto_msgTypes[13]
+	mi := &file_loom_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1066,7 +1216,7 @@ func (x *RegisterWorkerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterWorkerRequest.ProtoReflect.Descriptor instead.
 func (*RegisterWorkerRequest) Descriptor() ([]byte, []int) {
-	return file_loom_proto_rawDescGZIP(), []int{13}
+	return file_loom_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *RegisterWorkerRequest) GetWorkerId() string {
@@ -1104,7 +1254,7 @@ type RegisterWorkerResponse struct {
 
 func (x *RegisterWorkerResponse) Reset() {
 	*x = RegisterWorkerResponse{}
-	mi := &file_loom_proto_msgTypes[14]
+	mi := &file_loom_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1116,7 +1266,7 @@ func (x *RegisterWorkerResponse) String() string {
 func (*RegisterWorkerResponse) ProtoMessage() {}
 
 func (x *RegisterWorkerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_proto_msgTypes[14]
+	mi := &file_loom_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1129,7 +1279,7 @@ func (x *RegisterWorkerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterWorkerResponse.ProtoReflect.Descriptor instead.
 func (*RegisterWorkerResponse) Descriptor() ([]byte, []int) {
-	return file_loom_proto_rawDescGZIP(), []int{14}
+	return file_loom_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *RegisterWorkerResponse) GetWorker() *Worker {
@@ -1166,7 +1316,7 @@ type HeartbeatRequest struct {
 
 func (x *HeartbeatRequest) Reset() {
 	*x = HeartbeatRequest{}
-	mi := &file_loom_proto_msgTypes[15]
+	mi := &file_loom_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1178,7 +1328,7 @@ func (x *HeartbeatRequest) String() string {
 func (*HeartbeatRequest) ProtoMessage() {}
 
 func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_proto_msgTypes[15]
+	mi := &file_loom_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1191,7 +1341,7 @@ func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatRequest.ProtoReflect.Descriptor instead.
 func (*HeartbeatRequest) Descriptor() ([]byte, []int) {
-	return file_loom_proto_rawDescGZIP(), []int{15}
+	return file_loom_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *HeartbeatRequest) GetWorkerId() string {
@@ -1221,7 +1371,7 @@ type HeartbeatResponse struct {
 
 func (x *HeartbeatResponse) Reset() {
 	*x = HeartbeatResponse{}
-	mi := &file_loom_proto_msgTypes[16]
+	mi := &file_loom_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1233,7 +1383,7 @@ func (x *HeartbeatResponse) String() string {
 func (*HeartbeatResponse) ProtoMessage() {}
 
 func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_proto_msgTypes[16]
+	mi := &file_loom_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1246,7 +1396,7 @@ func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatResponse.ProtoReflect.Descriptor instead.
 func (*HeartbeatResponse) Descriptor() ([]byte, []int) {
-	return file_loom_proto_rawDescGZIP(), []int{16}
+	return file_loom_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *HeartbeatResponse) GetLeaseExpiryUnixNano() int64 {
@@ -1280,7 +1430,7 @@ type DeregisterWorkerRequest struct {
 
 func (x *DeregisterWorkerRequest) Reset() {
 	*x = DeregisterWorkerRequest{}
-	mi := &file_loom_proto_msgTypes[17]
+	mi := &file_loom_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1292,7 +1442,7 @@ func (x *DeregisterWorkerRequest) String() string {
 func (*DeregisterWorkerRequest) ProtoMessage() {}
 
 func (x *DeregisterWorkerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_proto_msgTypes[17]
+	mi := &file_loom_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1305,7 +1455,7 @@ func (x *DeregisterWorkerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeregisterWorkerRequest.ProtoReflect.Descriptor instead.
 func (*DeregisterWorkerRequest) Descriptor() ([]byte, []int) {
-	return file_loom_proto_rawDescGZIP(), []int{17}
+	return file_loom_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *DeregisterWorkerRequest) GetWorkerId() string {
@@ -1342,7 +1492,7 @@ type ReportFailureRequest struct {
 
 func (x *ReportFailureRequest) Reset() {
 	*x = ReportFailureRequest{}
-	mi := &file_loom_proto_msgTypes[18]
+	mi := &file_loom_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1354,7 +1504,7 @@ func (x *ReportFailureRequest) String() string {
 func (*ReportFailureRequest) ProtoMessage() {}
 
 func (x *ReportFailureRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_proto_msgTypes[18]
+	mi := &file_loom_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1367,7 +1517,7 @@ func (x *ReportFailureRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportFailureRequest.ProtoReflect.Descriptor instead.
 func (*ReportFailureRequest) Descriptor() ([]byte, []int) {
-	return file_loom_proto_rawDescGZIP(), []int{18}
+	return file_loom_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ReportFailureRequest) GetJobId() string {
@@ -1413,7 +1563,7 @@ type ReportFailureResponse struct {
 
 func (x *ReportFailureResponse) Reset() {
 	*x = ReportFailureResponse{}
-	mi := &file_loom_proto_msgTypes[19]
+	mi := &file_loom_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1425,7 +1575,7 @@ func (x *ReportFailureResponse) String() string {
 func (*ReportFailureResponse) ProtoMessage() {}
 
 func (x *ReportFailureResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_proto_msgTypes[19]
+	mi := &file_loom_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1438,7 +1588,7 @@ func (x *ReportFailureResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportFailureResponse.ProtoReflect.Descriptor instead.
 func (*ReportFailureResponse) Descriptor() ([]byte, []int) {
-	return file_loom_proto_rawDescGZIP(), []int{19}
+	return file_loom_proto_rawDescGZIP(), []int{20}
 }
 
 type DeregisterWorkerResponse struct {
@@ -1449,7 +1599,7 @@ type DeregisterWorkerResponse struct {
 
 func (x *DeregisterWorkerResponse) Reset() {
 	*x = DeregisterWorkerResponse{}
-	mi := &file_loom_proto_msgTypes[20]
+	mi := &file_loom_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1461,7 +1611,7 @@ func (x *DeregisterWorkerResponse) String() string {
 func (*DeregisterWorkerResponse) ProtoMessage() {}
 
 func (x *DeregisterWorkerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_proto_msgTypes[20]
+	mi := &file_loom_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1474,7 +1624,7 @@ func (x *DeregisterWorkerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeregisterWorkerResponse.ProtoReflect.Descriptor instead.
 func (*DeregisterWorkerResponse) Descriptor() ([]byte, []int) {
-	return file_loom_proto_rawDescGZIP(), []int{20}
+	return file_loom_proto_rawDescGZIP(), []int{21}
 }
 
 type ListWorkersRequest struct {
@@ -1485,7 +1635,7 @@ type ListWorkersRequest struct {
 
 func (x *ListWorkersRequest) Reset() {
 	*x = ListWorkersRequest{}
-	mi := &file_loom_proto_msgTypes[21]
+	mi := &file_loom_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1497,7 +1647,7 @@ func (x *ListWorkersRequest) String() string {
 func (*ListWorkersRequest) ProtoMessage() {}
 
 func (x *ListWorkersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_proto_msgTypes[21]
+	mi := &file_loom_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1510,7 +1660,7 @@ func (x *ListWorkersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListWorkersRequest.ProtoReflect.Descriptor instead.
 func (*ListWorkersRequest) Descriptor() ([]byte, []int) {
-	return file_loom_proto_rawDescGZIP(), []int{21}
+	return file_loom_proto_rawDescGZIP(), []int{22}
 }
 
 type ListWorkersResponse struct {
@@ -1525,7 +1675,7 @@ type ListWorkersResponse struct {
 
 func (x *ListWorkersResponse) Reset() {
 	*x = ListWorkersResponse{}
-	mi := &file_loom_proto_msgTypes[22]
+	mi := &file_loom_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1537,7 +1687,7 @@ func (x *ListWorkersResponse) String() string {
 func (*ListWorkersResponse) ProtoMessage() {}
 
 func (x *ListWorkersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_proto_msgTypes[22]
+	mi := &file_loom_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1550,7 +1700,7 @@ func (x *ListWorkersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListWorkersResponse.ProtoReflect.Descriptor instead.
 func (*ListWorkersResponse) Descriptor() ([]byte, []int) {
-	return file_loom_proto_rawDescGZIP(), []int{22}
+	return file_loom_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ListWorkersResponse) GetWorkers() []*Worker {
@@ -1579,7 +1729,7 @@ type DrainWorkerRequest struct {
 
 func (x *DrainWorkerRequest) Reset() {
 	*x = DrainWorkerRequest{}
-	mi := &file_loom_proto_msgTypes[23]
+	mi := &file_loom_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1591,7 +1741,7 @@ func (x *DrainWorkerRequest) String() string {
 func (*DrainWorkerRequest) ProtoMessage() {}
 
 func (x *DrainWorkerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_proto_msgTypes[23]
+	mi := &file_loom_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1604,7 +1754,7 @@ func (x *DrainWorkerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainWorkerRequest.ProtoReflect.Descriptor instead.
 func (*DrainWorkerRequest) Descriptor() ([]byte, []int) {
-	return file_loom_proto_rawDescGZIP(), []int{23}
+	return file_loom_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *DrainWorkerRequest) GetWorkerId() string {
@@ -1623,7 +1773,7 @@ type DrainWorkerResponse struct {
 
 func (x *DrainWorkerResponse) Reset() {
 	*x = DrainWorkerResponse{}
-	mi := &file_loom_proto_msgTypes[24]
+	mi := &file_loom_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1635,7 +1785,7 @@ func (x *DrainWorkerResponse) String() string {
 func (*DrainWorkerResponse) ProtoMessage() {}
 
 func (x *DrainWorkerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_proto_msgTypes[24]
+	mi := &file_loom_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1648,7 +1798,7 @@ func (x *DrainWorkerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainWorkerResponse.ProtoReflect.Descriptor instead.
 func (*DrainWorkerResponse) Descriptor() ([]byte, []int) {
-	return file_loom_proto_rawDescGZIP(), []int{24}
+	return file_loom_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *DrainWorkerResponse) GetWorker() *Worker {
@@ -1667,7 +1817,9 @@ type Rank struct {
 	// ranks at that stage sum exactly to the job's global batch.
 	BatchShare int64 `protobuf:"varint,4,opt,name=batch_share,json=batchShare,proto3" json:"batch_share,omitempty"`
 	Stage      int32 `protobuf:"varint,5,opt,name=stage,proto3" json:"stage,omitempty"`
-	// Data-parallel replica index: the ranks with one replica form a pipeline.
+	// The rank's index among its stage's ranks (the ranks of one stage may
+	// differ in number from another's: each stage splits every micro-batch
+	// among its own ranks).
 	Replica       int32 `protobuf:"varint,6,opt,name=replica,proto3" json:"replica,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1675,7 +1827,7 @@ type Rank struct {
 
 func (x *Rank) Reset() {
 	*x = Rank{}
-	mi := &file_loom_proto_msgTypes[25]
+	mi := &file_loom_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1687,7 +1839,7 @@ func (x *Rank) String() string {
 func (*Rank) ProtoMessage() {}
 
 func (x *Rank) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_proto_msgTypes[25]
+	mi := &file_loom_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1700,7 +1852,7 @@ func (x *Rank) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rank.ProtoReflect.Descriptor instead.
 func (*Rank) Descriptor() ([]byte, []int) {
-	return file_loom_proto_rawDescGZIP(), []int{25}
+	return file_loom_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Rank) GetRank() int32 {
@@ -1757,13 +1909,18 @@ type Plan struct {
 	Replicas       int32                  `protobuf:"varint,5,opt,name=replicas,proto3" json:"replicas,omitempty"`
 	GlobalBatch    int64                  `protobuf:"varint,6,opt,name=global_batch,json=globalBatch,proto3" json:"global_batch,omitempty"`
 	Reason         string                 `protobuf:"bytes,7,opt,name=reason,proto3" json:"reason,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// The blocks each stage holds, one per stage (with a model cost); stage 0
+	// also holds the embedding, the last stage the head.
+	StageLayers []*LayerRange `protobuf:"bytes,8,rep,name=stage_layers,json=stageLayers,proto3" json:"stage_layers,omitempty"`
+	// The planner's prediction of one step's time from the measured speeds.
+	PredictedStepSeconds float64 `protobuf:"fixed64,9,opt,name=predicted_step_seconds,json=predictedStepSeconds,proto3" json:"predicted_step_seconds,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
 }
 
 func (x *Plan) Reset() {
 	*x = Plan{}
-	mi := &file_loom_proto_msgTypes[26]
+	mi := &file_loom_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1775,7 +1932,7 @@ func (x *Plan) String() string {
 func (*Plan) ProtoMessage() {}
 
 func (x *Plan) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_proto_msgTypes[26]
+	mi := &file_loom_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1788,7 +1945,7 @@ func (x *Plan) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Plan.ProtoReflect.Descriptor instead.
 func (*Plan) Descriptor() ([]byte, []int) {
-	return file_loom_proto_rawDescGZIP(), []int{26}
+	return file_loom_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *Plan) GetJobId() string {
@@ -1840,6 +1997,73 @@ func (x *Plan) GetReason() string {
 	return ""
 }
 
+func (x *Plan) GetStageLayers() []*LayerRange {
+	if x != nil {
+		return x.StageLayers
+	}
+	return nil
+}
+
+func (x *Plan) GetPredictedStepSeconds() float64 {
+	if x != nil {
+		return x.PredictedStepSeconds
+	}
+	return 0
+}
+
+// LayerRange is the blocks [first, last) of a pipeline stage.
+type LayerRange struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	First         int32                  `protobuf:"varint,1,opt,name=first,proto3" json:"first,omitempty"`
+	Last          int32                  `protobuf:"varint,2,opt,name=last,proto3" json:"last,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LayerRange) Reset() {
+	*x = LayerRange{}
+	mi := &file_loom_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LayerRange) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LayerRange) ProtoMessage() {}
+
+func (x *LayerRange) ProtoReflect() protoreflect.Message {
+	mi := &file_loom_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LayerRange.ProtoReflect.Descriptor instead.
+func (*LayerRange) Descriptor() ([]byte, []int) {
+	return file_loom_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *LayerRange) GetFirst() int32 {
+	if x != nil {
+		return x.First
+	}
+	return 0
+}
+
+func (x *LayerRange) GetLast() int32 {
+	if x != nil {
+		return x.Last
+	}
+	return 0
+}
+
 type WatchPlanRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	JobId string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
@@ -1851,7 +2075,7 @@ type WatchPlanRequest struct {
 
 func (x *WatchPlanRequest) Reset() {
 	*x = WatchPlanRequest{}
-	mi := &file_loom_proto_msgTypes[27]
+	mi := &file_loom_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1863,7 +2087,7 @@ func (x *WatchPlanRequest) String() string {
 func (*WatchPlanRequest) ProtoMessage() {}
 
 func (x *WatchPlanRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_proto_msgTypes[27]
+	mi := &file_loom_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1876,7 +2100,7 @@ func (x *WatchPlanRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchPlanRequest.ProtoReflect.Descriptor instead.
 func (*WatchPlanRequest) Descriptor() ([]byte, []int) {
-	return file_loom_proto_rawDescGZIP(), []int{27}
+	return file_loom_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *WatchPlanRequest) GetJobId() string {
@@ -1921,7 +2145,7 @@ type ReportProgressRequest struct {
 
 func (x *ReportProgressRequest) Reset() {
 	*x = ReportProgressRequest{}
-	mi := &file_loom_proto_msgTypes[28]
+	mi := &file_loom_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1933,7 +2157,7 @@ func (x *ReportProgressRequest) String() string {
 func (*ReportProgressRequest) ProtoMessage() {}
 
 func (x *ReportProgressRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_proto_msgTypes[28]
+	mi := &file_loom_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1946,7 +2170,7 @@ func (x *ReportProgressRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportProgressRequest.ProtoReflect.Descriptor instead.
 func (*ReportProgressRequest) Descriptor() ([]byte, []int) {
-	return file_loom_proto_rawDescGZIP(), []int{28}
+	return file_loom_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ReportProgressRequest) GetJobId() string {
@@ -2036,7 +2260,7 @@ type ReportProgressResponse struct {
 
 func (x *ReportProgressResponse) Reset() {
 	*x = ReportProgressResponse{}
-	mi := &file_loom_proto_msgTypes[29]
+	mi := &file_loom_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2048,7 +2272,7 @@ func (x *ReportProgressResponse) String() string {
 func (*ReportProgressResponse) ProtoMessage() {}
 
 func (x *ReportProgressResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_proto_msgTypes[29]
+	mi := &file_loom_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2061,7 +2285,7 @@ func (x *ReportProgressResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportProgressResponse.ProtoReflect.Descriptor instead.
 func (*ReportProgressResponse) Descriptor() ([]byte, []int) {
-	return file_loom_proto_rawDescGZIP(), []int{29}
+	return file_loom_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ReportProgressResponse) GetGeneration() int64 {
@@ -2084,7 +2308,7 @@ type CommitCheckpointRequest struct {
 
 func (x *CommitCheckpointRequest) Reset() {
 	*x = CommitCheckpointRequest{}
-	mi := &file_loom_proto_msgTypes[30]
+	mi := &file_loom_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2096,7 +2320,7 @@ func (x *CommitCheckpointRequest) String() string {
 func (*CommitCheckpointRequest) ProtoMessage() {}
 
 func (x *CommitCheckpointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_proto_msgTypes[30]
+	mi := &file_loom_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2109,7 +2333,7 @@ func (x *CommitCheckpointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommitCheckpointRequest.ProtoReflect.Descriptor instead.
 func (*CommitCheckpointRequest) Descriptor() ([]byte, []int) {
-	return file_loom_proto_rawDescGZIP(), []int{30}
+	return file_loom_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *CommitCheckpointRequest) GetCheckpoint() *Checkpoint {
@@ -2135,7 +2359,7 @@ type CommitCheckpointResponse struct {
 
 func (x *CommitCheckpointResponse) Reset() {
 	*x = CommitCheckpointResponse{}
-	mi := &file_loom_proto_msgTypes[31]
+	mi := &file_loom_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2147,7 +2371,7 @@ func (x *CommitCheckpointResponse) String() string {
 func (*CommitCheckpointResponse) ProtoMessage() {}
 
 func (x *CommitCheckpointResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_proto_msgTypes[31]
+	mi := &file_loom_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2160,7 +2384,7 @@ func (x *CommitCheckpointResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommitCheckpointResponse.ProtoReflect.Descriptor instead.
 func (*CommitCheckpointResponse) Descriptor() ([]byte, []int) {
-	return file_loom_proto_rawDescGZIP(), []int{31}
+	return file_loom_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *CommitCheckpointResponse) GetJob() *Job {
@@ -2184,7 +2408,7 @@ type CoordinatorMember struct {
 
 func (x *CoordinatorMember) Reset() {
 	*x = CoordinatorMember{}
-	mi := &file_loom_proto_msgTypes[32]
+	mi := &file_loom_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2196,7 +2420,7 @@ func (x *CoordinatorMember) String() string {
 func (*CoordinatorMember) ProtoMessage() {}
 
 func (x *CoordinatorMember) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_proto_msgTypes[32]
+	mi := &file_loom_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2209,7 +2433,7 @@ func (x *CoordinatorMember) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CoordinatorMember.ProtoReflect.Descriptor instead.
 func (*CoordinatorMember) Descriptor() ([]byte, []int) {
-	return file_loom_proto_rawDescGZIP(), []int{32}
+	return file_loom_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *CoordinatorMember) GetId() string {
@@ -2259,7 +2483,7 @@ type JoinRequest struct {
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_loom_proto_msgTypes[33]
+	mi := &file_loom_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2271,7 +2495,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_proto_msgTypes[33]
+	mi := &file_loom_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2284,7 +2508,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_loom_proto_rawDescGZIP(), []int{33}
+	return file_loom_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *JoinRequest) GetClusterId() string {
@@ -2324,7 +2548,7 @@ type JoinResponse struct {
 
 func (x *JoinResponse) Reset() {
 	*x = JoinResponse{}
-	mi := &file_loom_proto_msgTypes[34]
+	mi := &file_loom_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2336,7 +2560,7 @@ func (x *JoinResponse) String() string {
 func (*JoinResponse) ProtoMessage() {}
 
 func (x *JoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_proto_msgTypes[34]
+	mi := &file_loom_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2349,7 +2573,7 @@ func (x *JoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
 func (*JoinResponse) Descriptor() ([]byte, []int) {
-	return file_loom_proto_rawDescGZIP(), []int{34}
+	return file_loom_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *JoinResponse) GetClusterId() string {
@@ -2368,7 +2592,7 @@ type RemoveCoordinatorRequest struct {
 
 func (x *RemoveCoordinatorRequest) Reset() {
 	*x = RemoveCoordinatorRequest{}
-	mi := &file_loom_proto_msgTypes[35]
+	mi := &file_loom_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2380,7 +2604,7 @@ func (x *RemoveCoordinatorRequest) String() string {
 func (*RemoveCoordinatorRequest) ProtoMessage() {}
 
 func (x *RemoveCoordinatorRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_proto_msgTypes[35]
+	mi := &file_loom_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2393,7 +2617,7 @@ func (x *RemoveCoordinatorRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveCoordinatorRequest.ProtoReflect.Descriptor instead.
 func (*RemoveCoordinatorRequest) Descriptor() ([]byte, []int) {
-	return file_loom_proto_rawDescGZIP(), []int{35}
+	return file_loom_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *RemoveCoordinatorRequest) GetNodeId() string {
@@ -2411,7 +2635,7 @@ type RemoveCoordinatorResponse struct {
 
 func (x *RemoveCoordinatorResponse) Reset() {
 	*x = RemoveCoordinatorResponse{}
-	mi := &file_loom_proto_msgTypes[36]
+	mi := &file_loom_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2423,7 +2647,7 @@ func (x *RemoveCoordinatorResponse) String() string {
 func (*RemoveCoordinatorResponse) ProtoMessage() {}
 
 func (x *RemoveCoordinatorResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_proto_msgTypes[36]
+	mi := &file_loom_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2436,7 +2660,7 @@ func (x *RemoveCoordinatorResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveCoordinatorResponse.ProtoReflect.Descriptor instead.
 func (*RemoveCoordinatorResponse) Descriptor() ([]byte, []int) {
-	return file_loom_proto_rawDescGZIP(), []int{36}
+	return file_loom_proto_rawDescGZIP(), []int{38}
 }
 
 type ClusterStatusRequest struct {
@@ -2447,7 +2671,7 @@ type ClusterStatusRequest struct {
 
 func (x *ClusterStatusRequest) Reset() {
 	*x = ClusterStatusRequest{}
-	mi := &file_loom_proto_msgTypes[37]
+	mi := &file_loom_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2459,7 +2683,7 @@ func (x *ClusterStatusRequest) String() string {
 func (*ClusterStatusRequest) ProtoMessage() {}
 
 func (x *ClusterStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_proto_msgTypes[37]
+	mi := &file_loom_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2472,7 +2696,7 @@ func (x *ClusterStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterStatusRequest.ProtoReflect.Descriptor instead.
 func (*ClusterStatusRequest) Descriptor() ([]byte, []int) {
-	return file_loom_proto_rawDescGZIP(), []int{37}
+	return file_loom_proto_rawDescGZIP(), []int{39}
 }
 
 type ClusterStatusResponse struct {
@@ -2491,7 +2715,7 @@ type ClusterStatusResponse struct {
 
 func (x *ClusterStatusResponse) Reset() {
 	*x = ClusterStatusResponse{}
-	mi := &file_loom_proto_msgTypes[38]
+	mi := &file_loom_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2503,7 +2727,7 @@ func (x *ClusterStatusResponse) String() string {
 func (*ClusterStatusResponse) ProtoMessage() {}
 
 func (x *ClusterStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_proto_msgTypes[38]
+	mi := &file_loom_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2516,7 +2740,7 @@ func (x *ClusterStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterStatusResponse.ProtoReflect.Descriptor instead.
 func (*ClusterStatusResponse) Descriptor() ([]byte, []int) {
-	return file_loom_proto_rawDescGZIP(), []int{38}
+	return file_loom_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *ClusterStatusResponse) GetClusterId() string {
@@ -2591,7 +2815,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_loom_proto_msgTypes[39]
+	mi := &file_loom_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2603,7 +2827,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_proto_msgTypes[39]
+	mi := &file_loom_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2616,7 +2840,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_loom_proto_rawDescGZIP(), []int{39}
+	return file_loom_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *Event) GetIndex() uint64 {
@@ -2690,7 +2914,7 @@ type HistoryPoint struct {
 
 func (x *HistoryPoint) Reset() {
 	*x = HistoryPoint{}
-	mi := &file_loom_proto_msgTypes[40]
+	mi := &file_loom_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2702,7 +2926,7 @@ func (x *HistoryPoint) String() string {
 func (*HistoryPoint) ProtoMessage() {}
 
 func (x *HistoryPoint) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_proto_msgTypes[40]
+	mi := &file_loom_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2715,7 +2939,7 @@ func (x *HistoryPoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryPoint.ProtoReflect.Descriptor instead.
 func (*HistoryPoint) Descriptor() ([]byte, []int) {
-	return file_loom_proto_rawDescGZIP(), []int{40}
+	return file_loom_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *HistoryPoint) GetUnixNano() int64 {
@@ -2759,7 +2983,7 @@ type EvalPoint struct {
 
 func (x *EvalPoint) Reset() {
 	*x = EvalPoint{}
-	mi := &file_loom_proto_msgTypes[41]
+	mi := &file_loom_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2771,7 +2995,7 @@ func (x *EvalPoint) String() string {
 func (*EvalPoint) ProtoMessage() {}
 
 func (x *EvalPoint) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_proto_msgTypes[41]
+	mi := &file_loom_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2784,7 +3008,7 @@ func (x *EvalPoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EvalPoint.ProtoReflect.Descriptor instead.
 func (*EvalPoint) Descriptor() ([]byte, []int) {
-	return file_loom_proto_rawDescGZIP(), []int{41}
+	return file_loom_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *EvalPoint) GetUnixNano() int64 {
@@ -2827,7 +3051,7 @@ type WorkerSpeedPoint struct {
 
 func (x *WorkerSpeedPoint) Reset() {
 	*x = WorkerSpeedPoint{}
-	mi := &file_loom_proto_msgTypes[42]
+	mi := &file_loom_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2839,7 +3063,7 @@ func (x *WorkerSpeedPoint) String() string {
 func (*WorkerSpeedPoint) ProtoMessage() {}
 
 func (x *WorkerSpeedPoint) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_proto_msgTypes[42]
+	mi := &file_loom_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2852,7 +3076,7 @@ func (x *WorkerSpeedPoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkerSpeedPoint.ProtoReflect.Descriptor instead.
 func (*WorkerSpeedPoint) Descriptor() ([]byte, []int) {
-	return file_loom_proto_rawDescGZIP(), []int{42}
+	return file_loom_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *WorkerSpeedPoint) GetUnixNano() int64 {
@@ -2897,7 +3121,7 @@ type JobHistory struct {
 
 func (x *JobHistory) Reset() {
 	*x = JobHistory{}
-	mi := &file_loom_proto_msgTypes[43]
+	mi := &file_loom_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2909,7 +3133,7 @@ func (x *JobHistory) String() string {
 func (*JobHistory) ProtoMessage() {}
 
 func (x *JobHistory) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_proto_msgTypes[43]
+	mi := &file_loom_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2922,7 +3146,7 @@ func (x *JobHistory) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobHistory.ProtoReflect.Descriptor instead.
 func (*JobHistory) Descriptor() ([]byte, []int) {
-	return file_loom_proto_rawDescGZIP(), []int{43}
+	return file_loom_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *JobHistory) GetJobId() string {
@@ -2998,7 +3222,7 @@ type ListEventsRequest struct {
 
 func (x *ListEventsRequest) Reset() {
 	*x = ListEventsRequest{}
-	mi := &file_loom_proto_msgTypes[44]
+	mi := &file_loom_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3010,7 +3234,7 @@ func (x *ListEventsRequest) String() string {
 func (*ListEventsRequest) ProtoMessage() {}
 
 func (x *ListEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_proto_msgTypes[44]
+	mi := &file_loom_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3023,7 +3247,7 @@ func (x *ListEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEventsRequest.ProtoReflect.Descriptor instead.
 func (*ListEventsRequest) Descriptor() ([]byte, []int) {
-	return file_loom_proto_rawDescGZIP(), []int{44}
+	return file_loom_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *ListEventsRequest) GetJobId() string {
@@ -3052,7 +3276,7 @@ type ListEventsResponse struct {
 
 func (x *ListEventsResponse) Reset() {
 	*x = ListEventsResponse{}
-	mi := &file_loom_proto_msgTypes[45]
+	mi := &file_loom_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3064,7 +3288,7 @@ func (x *ListEventsResponse) String() string {
 func (*ListEventsResponse) ProtoMessage() {}
 
 func (x *ListEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_proto_msgTypes[45]
+	mi := &file_loom_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3077,7 +3301,7 @@ func (x *ListEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEventsResponse.ProtoReflect.Descriptor instead.
 func (*ListEventsResponse) Descriptor() ([]byte, []int) {
-	return file_loom_proto_rawDescGZIP(), []int{45}
+	return file_loom_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *ListEventsResponse) GetEvents() []*Event {
@@ -3103,7 +3327,7 @@ type GetJobHistoryRequest struct {
 
 func (x *GetJobHistoryRequest) Reset() {
 	*x = GetJobHistoryRequest{}
-	mi := &file_loom_proto_msgTypes[46]
+	mi := &file_loom_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3115,7 +3339,7 @@ func (x *GetJobHistoryRequest) String() string {
 func (*GetJobHistoryRequest) ProtoMessage() {}
 
 func (x *GetJobHistoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_proto_msgTypes[46]
+	mi := &file_loom_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3128,7 +3352,7 @@ func (x *GetJobHistoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetJobHistoryRequest.ProtoReflect.Descriptor instead.
 func (*GetJobHistoryRequest) Descriptor() ([]byte, []int) {
-	return file_loom_proto_rawDescGZIP(), []int{46}
+	return file_loom_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *GetJobHistoryRequest) GetJobId() string {
@@ -3147,7 +3371,7 @@ type GetJobHistoryResponse struct {
 
 func (x *GetJobHistoryResponse) Reset() {
 	*x = GetJobHistoryResponse{}
-	mi := &file_loom_proto_msgTypes[47]
+	mi := &file_loom_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3159,7 +3383,7 @@ func (x *GetJobHistoryResponse) String() string {
 func (*GetJobHistoryResponse) ProtoMessage() {}
 
 func (x *GetJobHistoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_proto_msgTypes[47]
+	mi := &file_loom_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3172,7 +3396,7 @@ func (x *GetJobHistoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetJobHistoryResponse.ProtoReflect.Descriptor instead.
 func (*GetJobHistoryResponse) Descriptor() ([]byte, []int) {
-	return file_loom_proto_rawDescGZIP(), []int{47}
+	return file_loom_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *GetJobHistoryResponse) GetHistory() *JobHistory {
@@ -3187,7 +3411,7 @@ var File_loom_proto protoreflect.FileDescriptor
 const file_loom_proto_rawDesc = "" +
 	"\n" +
 	"\n" +
-	"loom.proto\x12\aloom.v1\"\xef\x01\n" +
+	"loom.proto\x12\aloom.v1\"\xe8\x02\n" +
 	"\aJobSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1f\n" +
 	"\vconfig_yaml\x18\x02 \x01(\fR\n" +
@@ -3198,7 +3422,29 @@ const file_loom_proto_rawDesc = "" +
 	"\vmax_workers\x18\x05 \x01(\x05R\n" +
 	"maxWorkers\x12'\n" +
 	"\x0fpipeline_stages\x18\x06 \x01(\x05R\x0epipelineStages\x12!\n" +
-	"\fequal_shares\x18\a \x01(\bR\vequalShares\"\xa4\x01\n" +
+	"\fequal_shares\x18\a \x01(\bR\vequalShares\x12\x1f\n" +
+	"\vauto_stages\x18\b \x01(\bR\n" +
+	"autoStages\x12#\n" +
+	"\rmicro_batches\x18\t \x01(\x05R\fmicroBatches\x121\n" +
+	"\n" +
+	"model_cost\x18\n" +
+	" \x01(\v2\x12.loom.v1.ModelCostR\tmodelCost\"\xe0\x02\n" +
+	"\tModelCost\x12\x16\n" +
+	"\x06layers\x18\x01 \x01(\x05R\x06layers\x12\x1f\n" +
+	"\vembed_flops\x18\x02 \x01(\x01R\n" +
+	"embedFlops\x12\x1f\n" +
+	"\vblock_flops\x18\x03 \x01(\x01R\n" +
+	"blockFlops\x12\x1d\n" +
+	"\n" +
+	"head_flops\x18\x04 \x01(\x01R\theadFlops\x12!\n" +
+	"\fembed_params\x18\x05 \x01(\x03R\vembedParams\x12!\n" +
+	"\fblock_params\x18\x06 \x01(\x03R\vblockParams\x12\x1f\n" +
+	"\vhead_params\x18\a \x01(\x03R\n" +
+	"headParams\x12&\n" +
+	"\x0fblock_act_bytes\x18\b \x01(\x03R\rblockActBytes\x12$\n" +
+	"\x0ehead_act_bytes\x18\t \x01(\x03R\fheadActBytes\x12%\n" +
+	"\x0eboundary_bytes\x18\n" +
+	" \x01(\x03R\rboundaryBytes\"\xa4\x01\n" +
 	"\n" +
 	"Checkpoint\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x12\n" +
@@ -3314,7 +3560,7 @@ const file_loom_proto_rawDesc = "" +
 	"\vbatch_share\x18\x04 \x01(\x03R\n" +
 	"batchShare\x12\x14\n" +
 	"\x05stage\x18\x05 \x01(\x05R\x05stage\x12\x18\n" +
-	"\areplica\x18\x06 \x01(\x05R\areplica\"\xe2\x01\n" +
+	"\areplica\x18\x06 \x01(\x05R\areplica\"\xd0\x02\n" +
 	"\x04Plan\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x1e\n" +
 	"\n" +
@@ -3324,7 +3570,13 @@ const file_loom_proto_rawDesc = "" +
 	"\x0fpipeline_stages\x18\x04 \x01(\x05R\x0epipelineStages\x12\x1a\n" +
 	"\breplicas\x18\x05 \x01(\x05R\breplicas\x12!\n" +
 	"\fglobal_batch\x18\x06 \x01(\x03R\vglobalBatch\x12\x16\n" +
-	"\x06reason\x18\a \x01(\tR\x06reason\"T\n" +
+	"\x06reason\x18\a \x01(\tR\x06reason\x126\n" +
+	"\fstage_layers\x18\b \x03(\v2\x13.loom.v1.LayerRangeR\vstageLayers\x124\n" +
+	"\x16predicted_step_seconds\x18\t \x01(\x01R\x14predictedStepSeconds\"6\n" +
+	"\n" +
+	"LayerRange\x12\x14\n" +
+	"\x05first\x18\x01 \x01(\x05R\x05first\x12\x12\n" +
+	"\x04last\x18\x02 \x01(\x05R\x04last\"T\n" +
 	"\x10WatchPlanRequest\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12)\n" +
 	"\x10after_generation\x18\x02 \x01(\x03R\x0fafterGeneration\"\xf2\x02\n" +
@@ -3477,129 +3729,133 @@ func file_loom_proto_rawDescGZIP() []byte {
 }
 
 var file_loom_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_loom_proto_msgTypes = make([]protoimpl.MessageInfo, 50)
+var file_loom_proto_msgTypes = make([]protoimpl.MessageInfo, 52)
 var file_loom_proto_goTypes = []any{
 	(JobState)(0),                     // 0: loom.v1.JobState
 	(*JobSpec)(nil),                   // 1: loom.v1.JobSpec
-	(*Checkpoint)(nil),                // 2: loom.v1.Checkpoint
-	(*Job)(nil),                       // 3: loom.v1.Job
-	(*SubmitJobRequest)(nil),          // 4: loom.v1.SubmitJobRequest
-	(*SubmitJobResponse)(nil),         // 5: loom.v1.SubmitJobResponse
-	(*GetJobRequest)(nil),             // 6: loom.v1.GetJobRequest
-	(*GetJobResponse)(nil),            // 7: loom.v1.GetJobResponse
-	(*ListJobsRequest)(nil),           // 8: loom.v1.ListJobsRequest
-	(*ListJobsResponse)(nil),          // 9: loom.v1.ListJobsResponse
-	(*CancelJobRequest)(nil),          // 10: loom.v1.CancelJobRequest
-	(*CancelJobResponse)(nil),         // 11: loom.v1.CancelJobResponse
-	(*DeviceProfile)(nil),             // 12: loom.v1.DeviceProfile
-	(*Worker)(nil),                    // 13: loom.v1.Worker
-	(*RegisterWorkerRequest)(nil),     // 14: loom.v1.RegisterWorkerRequest
-	(*RegisterWorkerResponse)(nil),    // 15: loom.v1.RegisterWorkerResponse
-	(*HeartbeatRequest)(nil),          // 16: loom.v1.HeartbeatRequest
-	(*HeartbeatResponse)(nil),         // 17: loom.v1.HeartbeatResponse
-	(*DeregisterWorkerRequest)(nil),   // 18: loom.v1.DeregisterWorkerRequest
-	(*ReportFailureRequest)(nil),      // 19: loom.v1.ReportFailureRequest
-	(*ReportFailureResponse)(nil),     // 20: loom.v1.ReportFailureResponse
-	(*DeregisterWorkerResponse)(nil),  // 21: loom.v1.DeregisterWorkerResponse
-	(*ListWorkersRequest)(nil),        // 22: loom.v1.ListWorkersRequest
-	(*ListWorkersResponse)(nil),       // 23: loom.v1.ListWorkersResponse
-	(*DrainWorkerRequest)(nil),        // 24: loom.v1.DrainWorkerRequest
-	(*DrainWorkerResponse)(nil),       // 25: loom.v1.DrainWorkerResponse
-	(*Rank)(nil),                      // 26: loom.v1.Rank
-	(*Plan)(nil),                      // 27: loom.v1.Plan
-	(*WatchPlanRequest)(nil),          // 28: loom.v1.WatchPlanRequest
-	(*ReportProgressRequest)(nil),     // 29: loom.v1.ReportProgressRequest
-	(*ReportProgressResponse)(nil),    // 30: loom.v1.ReportProgressResponse
-	(*CommitCheckpointRequest)(nil),   // 31: loom.v1.CommitCheckpointRequest
-	(*CommitCheckpointResponse)(nil),  // 32: loom.v1.CommitCheckpointResponse
-	(*CoordinatorMember)(nil),         // 33: loom.v1.CoordinatorMember
-	(*JoinRequest)(nil),               // 34: loom.v1.JoinRequest
-	(*JoinResponse)(nil),              // 35: loom.v1.JoinResponse
-	(*RemoveCoordinatorRequest)(nil),  // 36: loom.v1.RemoveCoordinatorRequest
-	(*RemoveCoordinatorResponse)(nil), // 37: loom.v1.RemoveCoordinatorResponse
-	(*ClusterStatusRequest)(nil),      // 38: loom.v1.ClusterStatusRequest
-	(*ClusterStatusResponse)(nil),     // 39: loom.v1.ClusterStatusResponse
-	(*Event)(nil),                     // 40: loom.v1.Event
-	(*HistoryPoint)(nil),              // 41: loom.v1.HistoryPoint
-	(*EvalPoint)(nil),                 // 42: loom.v1.EvalPoint
-	(*WorkerSpeedPoint)(nil),          // 43: loom.v1.WorkerSpeedPoint
-	(*JobHistory)(nil),                // 44: loom.v1.JobHistory
-	(*ListEventsRequest)(nil),         // 45: loom.v1.ListEventsRequest
-	(*ListEventsResponse)(nil),        // 46: loom.v1.ListEventsResponse
-	(*GetJobHistoryRequest)(nil),      // 47: loom.v1.GetJobHistoryRequest
-	(*GetJobHistoryResponse)(nil),     // 48: loom.v1.GetJobHistoryResponse
-	nil,                               // 49: loom.v1.DeviceProfile.GflopsEntry
-	nil,                               // 50: loom.v1.JobHistory.WorkerReportsEntry
+	(*ModelCost)(nil),                 // 2: loom.v1.ModelCost
+	(*Checkpoint)(nil),                // 3: loom.v1.Checkpoint
+	(*Job)(nil),                       // 4: loom.v1.Job
+	(*SubmitJobRequest)(nil),          // 5: loom.v1.SubmitJobRequest
+	(*SubmitJobResponse)(nil),         // 6: loom.v1.SubmitJobResponse
+	(*GetJobRequest)(nil),             // 7: loom.v1.GetJobRequest
+	(*GetJobResponse)(nil),            // 8: loom.v1.GetJobResponse
+	(*ListJobsRequest)(nil),           // 9: loom.v1.ListJobsRequest
+	(*ListJobsResponse)(nil),          // 10: loom.v1.ListJobsResponse
+	(*CancelJobRequest)(nil),          // 11: loom.v1.CancelJobRequest
+	(*CancelJobResponse)(nil),         // 12: loom.v1.CancelJobResponse
+	(*DeviceProfile)(nil),             // 13: loom.v1.DeviceProfile
+	(*Worker)(nil),                    // 14: loom.v1.Worker
+	(*RegisterWorkerRequest)(nil),     // 15: loom.v1.RegisterWorkerRequest
+	(*RegisterWorkerResponse)(nil),    // 16: loom.v1.RegisterWorkerResponse
+	(*HeartbeatRequest)(nil),          // 17: loom.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),         // 18: loom.v1.HeartbeatResponse
+	(*DeregisterWorkerRequest)(nil),   // 19: loom.v1.DeregisterWorkerRequest
+	(*ReportFailureRequest)(nil),      // 20: loom.v1.ReportFailureRequest
+	(*ReportFailureResponse)(nil),     // 21: loom.v1.ReportFailureResponse
+	(*DeregisterWorkerResponse)(nil),  // 22: loom.v1.DeregisterWorkerResponse
+	(*ListWorkersRequest)(nil),        // 23: loom.v1.ListWorkersRequest
+	(*ListWorkersResponse)(nil),       // 24: loom.v1.ListWorkersResponse
+	(*DrainWorkerRequest)(nil),        // 25: loom.v1.DrainWorkerRequest
+	(*DrainWorkerResponse)(nil),       // 26: loom.v1.DrainWorkerResponse
+	(*Rank)(nil),                      // 27: loom.v1.Rank
+	(*Plan)(nil),                      // 28: loom.v1.Plan
+	(*LayerRange)(nil),                // 29: loom.v1.LayerRange
+	(*WatchPlanRequest)(nil),          // 30: loom.v1.WatchPlanRequest
+	(*ReportProgressRequest)(nil),     // 31: loom.v1.ReportProgressRequest
+	(*ReportProgressResponse)(nil),    // 32: loom.v1.ReportProgressResponse
+	(*CommitCheckpointRequest)(nil),   // 33: loom.v1.CommitCheckpointRequest
+	(*CommitCheckpointResponse)(nil),  // 34: loom.v1.CommitCheckpointResponse
+	(*CoordinatorMember)(nil),         // 35: loom.v1.CoordinatorMember
+	(*JoinRequest)(nil),               // 36: loom.v1.JoinRequest
+	(*JoinResponse)(nil),              // 37: loom.v1.JoinResponse
+	(*RemoveCoordinatorRequest)(nil),  // 38: loom.v1.RemoveCoordinatorRequest
+	(*RemoveCoordinatorResponse)(nil), // 39: loom.v1.RemoveCoordinatorResponse
+	(*ClusterStatusRequest)(nil),      // 40: loom.v1.ClusterStatusRequest
+	(*ClusterStatusResponse)(nil),     // 41: loom.v1.ClusterStatusResponse
+	(*Event)(nil),                     // 42: loom.v1.Event
+	(*HistoryPoint)(nil),              // 43: loom.v1.HistoryPoint
+	(*EvalPoint)(nil),                 // 44: loom.v1.EvalPoint
+	(*WorkerSpeedPoint)(nil),          // 45: loom.v1.WorkerSpeedPoint
+	(*JobHistory)(nil),                // 46: loom.v1.JobHistory
+	(*ListEventsRequest)(nil),         // 47: loom.v1.ListEventsRequest
+	(*ListEventsResponse)(nil),        // 48: loom.v1.ListEventsResponse
+	(*GetJobHistoryRequest)(nil),      // 49: loom.v1.GetJobHistoryRequest
+	(*GetJobHistoryResponse)(nil),     // 50: loom.v1.GetJobHistoryResponse
+	nil,                               // 51: loom.v1.DeviceProfile.GflopsEntry
+	nil,                               // 52: loom.v1.JobHistory.WorkerReportsEntry
 }
 var file_loom_proto_depIdxs = []int32{
-	1,  // 0: loom.v1.Job.spec:type_name -> loom.v1.JobSpec
-	0,  // 1: loom.v1.Job.state:type_name -> loom.v1.JobState
-	2,  // 2: loom.v1.Job.checkpoints:type_name -> loom.v1.Checkpoint
-	1,  // 3: loom.v1.SubmitJobRequest.spec:type_name -> loom.v1.JobSpec
-	3,  // 4: loom.v1.SubmitJobResponse.job:type_name -> loom.v1.Job
-	3,  // 5: loom.v1.GetJobResponse.job:type_name -> loom.v1.Job
-	27, // 6: loom.v1.GetJobResponse.plan:type_name -> loom.v1.Plan
-	3,  // 7: loom.v1.ListJobsResponse.jobs:type_name -> loom.v1.Job
-	3,  // 8: loom.v1.CancelJobResponse.job:type_name -> loom.v1.Job
-	49, // 9: loom.v1.DeviceProfile.gflops:type_name -> loom.v1.DeviceProfile.GflopsEntry
-	12, // 10: loom.v1.Worker.profile:type_name -> loom.v1.DeviceProfile
-	12, // 11: loom.v1.RegisterWorkerRequest.profile:type_name -> loom.v1.DeviceProfile
-	13, // 12: loom.v1.RegisterWorkerResponse.worker:type_name -> loom.v1.Worker
-	13, // 13: loom.v1.ListWorkersResponse.workers:type_name -> loom.v1.Worker
-	13, // 14: loom.v1.ListWorkersResponse.lost:type_name -> loom.v1.Worker
-	13, // 15: loom.v1.DrainWorkerResponse.worker:type_name -> loom.v1.Worker
-	26, // 16: loom.v1.Plan.ranks:type_name -> loom.v1.Rank
-	2,  // 17: loom.v1.CommitCheckpointRequest.checkpoint:type_name -> loom.v1.Checkpoint
-	3,  // 18: loom.v1.CommitCheckpointResponse.job:type_name -> loom.v1.Job
-	33, // 19: loom.v1.ClusterStatusResponse.members:type_name -> loom.v1.CoordinatorMember
-	41, // 20: loom.v1.JobHistory.points:type_name -> loom.v1.HistoryPoint
-	42, // 21: loom.v1.JobHistory.evals:type_name -> loom.v1.EvalPoint
-	43, // 22: loom.v1.JobHistory.worker_speeds:type_name -> loom.v1.WorkerSpeedPoint
-	41, // 23: loom.v1.JobHistory.pending:type_name -> loom.v1.HistoryPoint
-	50, // 24: loom.v1.JobHistory.worker_reports:type_name -> loom.v1.JobHistory.WorkerReportsEntry
-	40, // 25: loom.v1.ListEventsResponse.events:type_name -> loom.v1.Event
-	44, // 26: loom.v1.GetJobHistoryResponse.history:type_name -> loom.v1.JobHistory
-	4,  // 27: loom.v1.Coordinator.SubmitJob:input_type -> loom.v1.SubmitJobRequest
-	6,  // 28: loom.v1.Coordinator.GetJob:input_type -> loom.v1.GetJobRequest
-	8,  // 29: loom.v1.Coordinator.ListJobs:input_type -> loom.v1.ListJobsRequest
-	10, // 30: loom.v1.Coordinator.CancelJob:input_type -> loom.v1.CancelJobRequest
-	14, // 31: loom.v1.Coordinator.RegisterWorker:input_type -> loom.v1.RegisterWorkerRequest
-	16, // 32: loom.v1.Coordinator.Heartbeat:input_type -> loom.v1.HeartbeatRequest
-	18, // 33: loom.v1.Coordinator.DeregisterWorker:input_type -> loom.v1.DeregisterWorkerRequest
-	19, // 34: loom.v1.Coordinator.ReportFailure:input_type -> loom.v1.ReportFailureRequest
-	22, // 35: loom.v1.Coordinator.ListWorkers:input_type -> loom.v1.ListWorkersRequest
-	24, // 36: loom.v1.Coordinator.DrainWorker:input_type -> loom.v1.DrainWorkerRequest
-	28, // 37: loom.v1.Coordinator.WatchPlan:input_type -> loom.v1.WatchPlanRequest
-	29, // 38: loom.v1.Coordinator.ReportProgress:input_type -> loom.v1.ReportProgressRequest
-	31, // 39: loom.v1.Coordinator.CommitCheckpoint:input_type -> loom.v1.CommitCheckpointRequest
-	45, // 40: loom.v1.Coordinator.ListEvents:input_type -> loom.v1.ListEventsRequest
-	47, // 41: loom.v1.Coordinator.GetJobHistory:input_type -> loom.v1.GetJobHistoryRequest
-	34, // 42: loom.v1.Cluster.Join:input_type -> loom.v1.JoinRequest
-	36, // 43: loom.v1.Cluster.RemoveCoordinator:input_type -> loom.v1.RemoveCoordinatorRequest
-	38, // 44: loom.v1.Cluster.ClusterStatus:input_type -> loom.v1.ClusterStatusRequest
-	5,  // 45: loom.v1.Coordinator.SubmitJob:output_type -> loom.v1.SubmitJobResponse
-	7,  // 46: loom.v1.Coordinator.GetJob:output_type -> loom.v1.GetJobResponse
-	9,  // 47: loom.v1.Coordinator.ListJobs:output_type -> loom.v1.ListJobsResponse
-	11, // 48: loom.v1.Coordinator.CancelJob:output_type -> loom.v1.CancelJobResponse
-	15, // 49: loom.v1.Coordinator.RegisterWorker:output_type -> loom.v1.RegisterWorkerResponse
-	17, // 50: loom.v1.Coordinator.Heartbeat:output_type -> loom.v1.HeartbeatResponse
-	21, // 51: loom.v1.Coordinator.DeregisterWorker:output_type -> loom.v1.DeregisterWorkerResponse
-	20, // 52: loom.v1.Coordinator.ReportFailure:output_type -> loom.v1.ReportFailureResponse
-	23, // 53: loom.v1.Coordinator.ListWorkers:output_type -> loom.v1.ListWorkersResponse
-	25, // 54: loom.v1.Coordinator.DrainWorker:output_type -> loom.v1.DrainWorkerResponse
-	27, // 55: loom.v1.Coordinator.WatchPlan:output_type -> loom.v1.Plan
-	30, // 56: loom.v1.Coordinator.ReportProgress:output_type -> loom.v1.ReportProgressResponse
-	32, // 57: loom.v1.Coordinator.CommitCheckpoint:output_type -> loom.v1.CommitCheckpointResponse
-	46, // 58: loom.v1.Coordinator.ListEvents:output_type -> loom.v1.ListEventsResponse
-	48, // 59: loom.v1.Coordinator.GetJobHistory:output_type -> loom.v1.GetJobHistoryResponse
-	35, // 60: loom.v1.Cluster.Join:output_type -> loom.v1.JoinResponse
-	37, // 61: loom.v1.Cluster.RemoveCoordinator:output_type -> loom.v1.RemoveCoordinatorResponse
-	39, // 62: loom.v1.Cluster.ClusterStatus:output_type -> loom.v1.ClusterStatusResponse
-	45, // [45:63] is the sub-list for method output_type
-	27, // [27:45] is the sub-list for method input_type
-	27, // [27:27] is the sub-list for extension type_name
-	27, // [27:27] is the sub-list for extension extendee
-	0,  // [0:27] is the sub-list for field type_name
+	2,  // 0: loom.v1.JobSpec.model_cost:type_name -> loom.v1.ModelCost
+	1,  // 1: loom.v1.Job.spec:type_name -> loom.v1.JobSpec
+	0,  // 2: loom.v1.Job.state:type_name -> loom.v1.JobState
+	3,  // 3: loom.v1.Job.checkpoints:type_name -> loom.v1.Checkpoint
+	1,  // 4: loom.v1.SubmitJobRequest.spec:type_name -> loom.v1.JobSpec
+	4,  // 5: loom.v1.SubmitJobResponse.job:type_name -> loom.v1.Job
+	4,  // 6: loom.v1.GetJobResponse.job:type_name -> loom.v1.Job
+	28, // 7: loom.v1.GetJobResponse.plan:type_name -> loom.v1.Plan
+	4,  // 8: loom.v1.ListJobsResponse.jobs:type_name -> loom.v1.Job
+	4,  // 9: loom.v1.CancelJobResponse.job:type_name -> loom.v1.Job
+	51, // 10: loom.v1.DeviceProfile.gflops:type_name -> loom.v1.DeviceProfile.GflopsEntry
+	13, // 11: loom.v1.Worker.profile:type_name -> loom.v1.DeviceProfile
+	13, // 12: loom.v1.RegisterWorkerRequest.profile:type_name -> loom.v1.DeviceProfile
+	14, // 13: loom.v1.RegisterWorkerResponse.worker:type_name -> loom.v1.Worker
+	14, // 14: loom.v1.ListWorkersResponse.workers:type_name -> loom.v1.Worker
+	14, // 15: loom.v1.ListWorkersResponse.lost:type_name -> loom.v1.Worker
+	14, // 16: loom.v1.DrainWorkerResponse.worker:type_name -> loom.v1.Worker
+	27, // 17: loom.v1.Plan.ranks:type_name -> loom.v1.Rank
+	29, // 18: loom.v1.Plan.stage_layers:type_name -> loom.v1.LayerRange
+	3,  // 19: loom.v1.CommitCheckpointRequest.checkpoint:type_name -> loom.v1.Checkpoint
+	4,  // 20: loom.v1.CommitCheckpointResponse.job:type_name -> loom.v1.Job
+	35, // 21: loom.v1.ClusterStatusResponse.members:type_name -> loom.v1.CoordinatorMember
+	43, // 22: loom.v1.JobHistory.points:type_name -> loom.v1.HistoryPoint
+	44, // 23: loom.v1.JobHistory.evals:type_name -> loom.v1.EvalPoint
+	45, // 24: loom.v1.JobHistory.worker_speeds:type_name -> loom.v1.WorkerSpeedPoint
+	43, // 25: loom.v1.JobHistory.pending:type_name -> loom.v1.HistoryPoint
+	52, // 26: loom.v1.JobHistory.worker_reports:type_name -> loom.v1.JobHistory.WorkerReportsEntry
+	42, // 27: loom.v1.ListEventsResponse.events:type_name -> loom.v1.Event
+	46, // 28: loom.v1.GetJobHistoryResponse.history:type_name -> loom.v1.JobHistory
+	5,  // 29: loom.v1.Coordinator.SubmitJob:input_type -> loom.v1.SubmitJobRequest
+	7,  // 30: loom.v1.Coordinator.GetJob:input_type -> loom.v1.GetJobRequest
+	9,  // 31: loom.v1.Coordinator.ListJobs:input_type -> loom.v1.ListJobsRequest
+	11, // 32: loom.v1.Coordinator.CancelJob:input_type -> loom.v1.CancelJobRequest
+	15, // 33: loom.v1.Coordinator.RegisterWorker:input_type -> loom.v1.RegisterWorkerRequest
+	17, // 34: loom.v1.Coordinator.Heartbeat:input_type -> loom.v1.HeartbeatRequest
+	19, // 35: loom.v1.Coordinator.DeregisterWorker:input_type -> loom.v1.DeregisterWorkerRequest
+	20, // 36: loom.v1.Coordinator.ReportFailure:input_type -> loom.v1.ReportFailureRequest
+	23, // 37: loom.v1.Coordinator.ListWorkers:input_type -> loom.v1.ListWorkersRequest
+	25, // 38: loom.v1.Coordinator.DrainWorker:input_type -> loom.v1.DrainWorkerRequest
+	30, // 39: loom.v1.Coordinator.WatchPlan:input_type -> loom.v1.WatchPlanRequest
+	31, // 40: loom.v1.Coordinator.ReportProgress:input_type -> loom.v1.ReportProgressRequest
+	33, // 41: loom.v1.Coordinator.CommitCheckpoint:input_type -> loom.v1.CommitCheckpointRequest
+	47, // 42: loom.v1.Coordinator.ListEvents:input_type -> loom.v1.ListEventsRequest
+	49, // 43: loom.v1.Coordinator.GetJobHistory:input_type -> loom.v1.GetJobHistoryRequest
+	36, // 44: loom.v1.Cluster.Join:input_type -> loom.v1.JoinRequest
+	38, // 45: loom.v1.Cluster.RemoveCoordinator:input_type -> loom.v1.RemoveCoordinatorRequest
+	40, // 46: loom.v1.Cluster.ClusterStatus:input_type -> loom.v1.ClusterStatusRequest
+	6,  // 47: loom.v1.Coordinator.SubmitJob:output_type -> loom.v1.SubmitJobResponse
+	8,  // 48: loom.v1.Coordinator.GetJob:output_type -> loom.v1.GetJobResponse
+	10, // 49: loom.v1.Coordinator.ListJobs:output_type -> loom.v1.ListJobsResponse
+	12, // 50: loom.v1.Coordinator.CancelJob:output_type -> loom.v1.CancelJobResponse
+	16, // 51: loom.v1.Coordinator.RegisterWorker:output_type -> loom.v1.RegisterWorkerResponse
+	18, // 52: loom.v1.Coordinator.Heartbeat:output_type -> loom.v1.HeartbeatResponse
+	22, // 53: loom.v1.Coordinator.DeregisterWorker:output_type -> loom.v1.DeregisterWorkerResponse
+	21, // 54: loom.v1.Coordinator.ReportFailure:output_type -> loom.v1.ReportFailureResponse
+	24, // 55: loom.v1.Coordinator.ListWorkers:output_type -> loom.v1.ListWorkersResponse
+	26, // 56: loom.v1.Coordinator.DrainWorker:output_type -> loom.v1.DrainWorkerResponse
+	28, // 57: loom.v1.Coordinator.WatchPlan:output_type -> loom.v1.Plan
+	32, // 58: loom.v1.Coordinator.ReportProgress:output_type -> loom.v1.ReportProgressResponse
+	34, // 59: loom.v1.Coordinator.CommitCheckpoint:output_type -> loom.v1.CommitCheckpointResponse
+	48, // 60: loom.v1.Coordinator.ListEvents:output_type -> loom.v1.ListEventsResponse
+	50, // 61: loom.v1.Coordinator.GetJobHistory:output_type -> loom.v1.GetJobHistoryResponse
+	37, // 62: loom.v1.Cluster.Join:output_type -> loom.v1.JoinResponse
+	39, // 63: loom.v1.Cluster.RemoveCoordinator:output_type -> loom.v1.RemoveCoordinatorResponse
+	41, // 64: loom.v1.Cluster.ClusterStatus:output_type -> loom.v1.ClusterStatusResponse
+	47, // [47:65] is the sub-list for method output_type
+	29, // [29:47] is the sub-list for method input_type
+	29, // [29:29] is the sub-list for extension type_name
+	29, // [29:29] is the sub-list for extension extendee
+	0,  // [0:29] is the sub-list for field type_name
 }
 
 func init() { file_loom_proto_init() }
@@ -3607,14 +3863,14 @@ func file_loom_proto_init() {
 	if File_loom_proto != nil {
 		return
 	}
-	file_loom_proto_msgTypes[28].OneofWrappers = []any{}
+	file_loom_proto_msgTypes[30].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_loom_proto_rawDesc), len(file_loom_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   50,
+			NumMessages:   52,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -108,13 +108,7 @@ func New(t Transport, cfg Config) (*Communicator, error) {
 		results: make(chan error, 1), quit: make(chan struct{}), exited: make(chan struct{}),
 	}
 	c.lend, _ = t.(lender)
-	c.kind = "mem"
-	if tt, ok := t.(*TCPTransport); ok {
-		c.kind = "tcp"
-		if tt.cfg.TLS != nil {
-			c.kind = "tls"
-		}
-	}
+	c.kind = transportKind(t)
 	if d, ok := t.(directSender); ok && n > 1 && d.SharedMemoryTo(c.right) {
 		c.direct = d
 	}
@@ -122,6 +116,18 @@ func New(t Transport, cfg Config) (*Communicator, error) {
 	c.plan.segHi = make([]int, n)
 	go c.sender()
 	return c, nil
+}
+
+// transportKind names t's kind for Observer: "tcp" or "tls" for a
+// TCPTransport or a Sub of one, else "mem".
+func transportKind(t Transport) string {
+	if tt, ok := baseTransport(t).(*TCPTransport); ok {
+		if tt.cfg.TLS != nil {
+			return "tls"
+		}
+		return "tcp"
+	}
+	return "mem"
 }
 
 // Rank is this communicator's rank.

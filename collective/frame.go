@@ -69,9 +69,10 @@ const (
 	OpBroadcast     Op = 5
 	OpBarrier       Op = 6
 	OpP2P           Op = 7
+	OpPipe          Op = 8 // a Pipe message (pipe.go)
 )
 
-var opNames = [...]string{"", "handshake", "allreduce", "reducescatter", "allgather", "broadcast", "barrier", "p2p"}
+var opNames = [...]string{"", "handshake", "allreduce", "reducescatter", "allgather", "broadcast", "barrier", "p2p", "pipe"}
 
 func (o Op) String() string {
 	if int(o) < len(opNames) && o != 0 {
@@ -140,7 +141,7 @@ func DecodeHeader(b []byte, maxLen int) (Header, error) {
 	if h.Kind < KindHello || h.Kind > KindShmData {
 		return Header{}, fmt.Errorf("%w: unknown kind %d", ErrBadFrame, h.Kind)
 	}
-	if h.Op < OpHandshake || h.Op > OpP2P {
+	if h.Op < OpHandshake || h.Op > OpPipe {
 		return Header{}, fmt.Errorf("%w: unknown op %d", ErrBadFrame, h.Op)
 	}
 	if !h.DType.Valid() {

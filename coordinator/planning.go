@@ -13,12 +13,78 @@ import (
 
 // schedJob is what the planner needs of a job spec.
 func schedJob(spec *api.JobSpec) scheduler.Job {
-	return scheduler.Job{
+	j := scheduler.Job{
 		GlobalBatch: spec.GetGlobalBatch(),
 		MinWorkers:  int(spec.GetMinWorkers()),
 		MaxWorkers:  int(spec.GetMaxWorkers()),
 		Stages:      int(spec.GetPipelineStages()),
+		AutoStages:  spec.GetAutoStages(),
+		Micro:       int(spec.GetMicroBatches()),
 	}
+	if j.Micro == 0 && j.Stages > 1 {
+		j.Micro = int(min(spec.GetGlobalBatch(), 2*int64(j.Stages))) // the worker's default (jobspec.PipelineMicro)
+	}
+	if c := spec.GetModelCost(); c != nil {
+		j.Model = &scheduler.ModelCost{
+			Layers: int(c.GetLayers()), EmbedFLOPs: c.GetEmbedFlops(), BlockFLOPs: c.GetBlockFlops(), HeadFLOPs: c.GetHeadFlops(),
+			EmbedParams: c.GetEmbedParams(), BlockParams: c.GetBlockParams(), HeadParams: c.GetHeadParams(),
+			BlockActBytes: c.GetBlockActBytes(), HeadActBytes: c.GetHeadActBytes(), BoundaryBytes: c.GetBoundaryBytes(),
+		}
+	}
+	return j
+}
+
+// pipelineSpeeds is workerSpeeds for a job with a model cost, in the unit
+// its planner needs, full-model samples/s: a rank's measured samples/s of
+// its stage times the stage's share of the model's FLOPs (from the current
+// plan), when every worker has measured its speed in that plan; else each
+// device's best profiled GFLOP/s over the model's FLOPs per sample.
+func pipelineSpeeds(spec *api.JobSpec, cur *api.Plan, ws []*api.Worker) []float64 {
+	c := spec.GetModelCost()
+	layers := int(c.GetLayers())
+	total := c.GetEmbedFlops() + float64(layers)*c.GetBlockFlops() + c.GetHeadFlops()
+	fraction := map[string]float64{}
+	for _, r := range cur.GetRanks() {
+		st := int(r.GetStage())
+		if st >= len(cur.GetStageLayers()) {
+			continue
+		}
+		lr := cur.GetStageLayers()[st]
+		f := float64(lr.GetLast()-lr.GetFirst()) * c.GetBlockFlops()
+		if lr.GetFirst() == 0 {
+			f += c.GetEmbedFlops()
+		}
+		if int(lr.GetLast()) == layers {
+			f += c.GetHeadFlops()
+		}
+		fraction[r.GetWorkerId()] = f / total
+	}
+	out := make([]float64, len(ws))
+	if spec.GetEqualShares() {
+		for i := range out {
+			out[i] = 1
+		}
+		return out
+	}
+	measured := true
+	for i, w := range ws {
+		out[i] = w.GetSamplesPerSecond() * fraction[w.GetId()]
+		measured = measured && out[i] > 0
+	}
+	if measured {
+		return out
+	}
+	for i, w := range ws {
+		best := 0.0
+		for _, g := range w.GetProfile().GetGflops() {
+			best = max(best, g)
+		}
+		out[i] = best * 1e9 / total
+		if !(out[i] > 0) || math.IsInf(out[i], 0) {
+			out[i] = 1
+		}
+	}
+	return out
 }
 
 // workerSpeeds gives the planner one speed per worker, in one unit: the
@@ -65,6 +131,10 @@ func fromSchedPlan(jobID string, gen int64, p scheduler.Plan) *api.Plan {
 			BatchShare: r.BatchShare, Stage: int32(r.Stage), Replica: int32(r.Replica),
 		})
 	}
+	for _, l := range p.Layers {
+		out.StageLayers = append(out.StageLayers, &api.LayerRange{First: int32(l.First), Last: int32(l.Last)})
+	}
+	out.PredictedStepSeconds = p.PredictedStepSeconds
 	return out
 }
 
@@ -76,6 +146,10 @@ func toSchedPlan(p *api.Plan) scheduler.Plan {
 			BatchShare: r.GetBatchShare(), Stage: int(r.GetStage()), Replica: int(r.GetReplica()),
 		})
 	}
+	for _, l := range p.GetStageLayers() {
+		out.Layers = append(out.Layers, scheduler.LayerRange{First: int(l.GetFirst()), Last: int(l.GetLast())})
+	}
+	out.PredictedStepSeconds = p.GetPredictedStepSeconds()
 	return out
 }
 
@@ -115,21 +189,53 @@ func desiredPlans(st *api.SnapshotState, tolerance float64) []*api.Plan {
 			pool = pool[take:]
 		}
 		in := make([]scheduler.Worker, len(ws))
-		speeds := workerSpeeds(j.GetSpec(), ws)
-		for i, w := range ws {
-			in[i] = scheduler.Worker{ID: w.GetId(), Addr: w.GetProfile().GetCollectiveAddr(), Speed: speeds[i]}
+		var speeds []float64
+		var err error
+		if j.GetSpec().GetModelCost() != nil {
+			speeds = pipelineSpeeds(j.GetSpec(), plans[j.GetId()], ws)
+		} else {
+			speeds = workerSpeeds(j.GetSpec(), ws)
 		}
-		sp, err := scheduler.Compute(schedJob(j.GetSpec()), in)
-		if err != nil {
-			continue // refused at submit; cannot happen for a stored job
+		for i, w := range ws {
+			in[i] = scheduler.Worker{ID: w.GetId(), Addr: w.GetProfile().GetCollectiveAddr(), Speed: speeds[i], MemoryBytes: w.GetProfile().GetMemoryBytes()}
 		}
 		cur, ok := plans[j.GetId()]
+		var sp scheduler.Plan
+		if ok && len(cur.GetStageLayers()) > 1 && sameWorkers(cur, in) {
+			// A pipeline's stages hold their layers' state: while its
+			// workers stay, only their shares follow the measured speeds.
+			speed := map[string]float64{}
+			for _, w := range in {
+				speed[w.ID] = w.Speed
+			}
+			sp = scheduler.Reshare(toSchedPlan(cur), speed)
+		} else if sp, err = scheduler.Compute(schedJob(j.GetSpec()), in); err != nil {
+			continue // refused at submit; cannot happen for a stored job
+		}
 		if ok && !scheduler.Changed(toSchedPlan(cur), sp, tolerance) && cur.GetReason() == sp.Reason {
 			continue
 		}
 		out = append(out, fromSchedPlan(j.GetId(), j.GetGeneration()+1, sp))
 	}
 	return out
+}
+
+// sameWorkers reports whether ws are exactly the workers of plan p, at the
+// same addresses.
+func sameWorkers(p *api.Plan, ws []scheduler.Worker) bool {
+	if len(p.GetRanks()) != len(ws) {
+		return false
+	}
+	addr := map[string]string{}
+	for _, r := range p.GetRanks() {
+		addr[r.GetWorkerId()] = r.GetCollectiveAddr()
+	}
+	for _, w := range ws {
+		if a, ok := addr[w.ID]; !ok || a != w.Addr {
+			return false
+		}
+	}
+	return true
 }
 
 // currentPlan is job's plan in st (nil if none).

@@ -182,6 +182,58 @@ type Cluster struct {
 	MaxWorkers int    `yaml:"max_workers"` // extra workers stand by; 0: no limit
 	Compress   string `yaml:"compress"`    // gradient wire format: none | bf16 | fp16
 	Balance    string `yaml:"balance"`     // batch shares: speed (measured) | equal
+	// PipelineStages cuts a gpt into this many pipeline stages, each a
+	// contiguous range of blocks on its own workers (0 or 1: data parallel
+	// only), or AutoStages (written auto): the planner picks the count
+	// with the best predicted step time on the workers it has.
+	PipelineStages Stages `yaml:"pipeline_stages,omitempty"`
+	// PipelineSchedule is 1f1b (default: one forward, one backward, at most
+	// the stage count of micro-batches in flight) or gpipe (every forward,
+	// then every backward).
+	PipelineSchedule string `yaml:"pipeline_schedule,omitempty"`
+}
+
+// Stages is cluster.pipeline_stages: a count, or AutoStages.
+type Stages int
+
+// AutoStages is cluster.pipeline_stages: auto.
+const AutoStages Stages = -1
+
+// UnmarshalYAML accepts a count or the word auto.
+func (s *Stages) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind == yaml.ScalarNode && n.Value == "auto" {
+		*s = AutoStages
+		return nil
+	}
+	var v int
+	if err := n.Decode(&v); err != nil {
+		return fmt.Errorf("want a stage count or auto, got %q", n.Value)
+	}
+	*s = Stages(v)
+	return nil
+}
+
+// MarshalYAML writes auto or the count.
+func (s Stages) MarshalYAML() (any, error) {
+	if s == AutoStages {
+		return "auto", nil
+	}
+	return int(s), nil
+}
+
+// Pipelined reports whether the job is cut into pipeline stages (or may
+// be: auto).
+func (c Cluster) Pipelined() bool { return c.PipelineStages > 1 || c.PipelineStages == AutoStages }
+
+// PipelineMicro is the micro-batches per step of a pipeline of stages
+// stages: train.micro_batches when set, else twice the stage count (1F1B
+// then idles (stages-1)/(3·stages-1) of each step), at most the global
+// batch.
+func (j *Job) PipelineMicro(stages int) int {
+	if j.Train.MicroBatches > 0 {
+		return j.Train.MicroBatches
+	}
+	return max(1, min(j.Train.GlobalBatch, 2*stages))
 }
 
 // Checkpoint configures checkpoints.

@@ -78,6 +78,8 @@ func yamlErrLine(err error) int {
 // check walks the YAML tree against the Go type t, rejecting unknown keys and
 // scalars that cannot hold the field's type, and records the line of every
 // field path it sees.
+var stagesType = reflect.TypeOf(Stages(0))
+
 func check(file string, n *yaml.Node, t reflect.Type, path string, lines map[string]int) error {
 	at := func(msg string, args ...any) error {
 		return &Error{File: file, Line: n.Line, Field: path, Msg: fmt.Sprintf(msg, args...)}
@@ -92,6 +94,12 @@ func check(file string, n *yaml.Node, t reflect.Type, path string, lines map[str
 		// model.layers: a gpt block count; Validate rejects it for mlp.
 		if !scalarFits(n, reflect.TypeOf(0)) {
 			return at("want an integer or a list of integers, got %s %q", strings.TrimPrefix(n.ShortTag(), "!!"), n.Value)
+		}
+		return nil
+	}
+	if t == stagesType && n.Kind == yaml.ScalarNode {
+		if n.Value != "auto" && !scalarFits(n, reflect.TypeOf(0)) {
+			return at("want a stage count or auto, got %s %q", strings.TrimPrefix(n.ShortTag(), "!!"), n.Value)
 		}
 		return nil
 	}

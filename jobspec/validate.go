@@ -63,8 +63,15 @@ func (j *Job) Validate() error {
 		return j.errf("cluster.compress", "%q unknown (want none, bf16 or fp16)", c.Compress)
 	case c.Balance != "speed" && c.Balance != "equal":
 		return j.errf("cluster.balance", "%q unknown (want speed or equal)", c.Balance)
+	case c.PipelineStages < AutoStages:
+		return j.errf("cluster.pipeline_stages", "must be a stage count or auto, got %d", c.PipelineStages)
+	case c.PipelineSchedule != "" && c.PipelineSchedule != "1f1b" && c.PipelineSchedule != "gpipe":
+		return j.errf("cluster.pipeline_schedule", "%q unknown (want 1f1b or gpipe)", c.PipelineSchedule)
 	case c.MaxWorkers > t.GlobalBatch:
 		return j.errf("cluster.max_workers", "%d workers cannot share a global batch of %d", c.MaxWorkers, t.GlobalBatch)
+	}
+	if err := j.validatePipeline(); err != nil {
+		return err
 	}
 	switch k := j.Checkpoint; {
 	case k.Dir == "" && !k.Disabled:
@@ -307,4 +314,29 @@ func (j *Job) TotalSteps(n int) int {
 		total = j.Train.MaxSteps
 	}
 	return total
+}
+
+// validatePipeline checks cluster.pipeline_stages against the model and
+// the rest of the config.
+func (j *Job) validatePipeline() error {
+	c, t := j.Cluster, j.Train
+	if !c.Pipelined() {
+		return nil
+	}
+	const f = "cluster.pipeline_stages"
+	switch n := int(c.PipelineStages); {
+	case j.Model.Kind != "gpt":
+		return j.errf(f, "pipeline stages cut a gpt's blocks; this model is an %s", j.Model.Kind)
+	case n > j.Model.GPTLayers():
+		return j.errf(f, "%d is more than the model's %d layers (each stage holds at least one block)", n, j.Model.GPTLayers())
+	case j.Model.TieEmbeddings:
+		return j.errf(f, "needs model.tie_embeddings: false (a tied embedding would live on the first and the last stage at once)")
+	case j.DType() == tensor.F16:
+		return j.errf(f, "train.precision fp16 cannot be pipelined (each stage would skip overflowing steps on its own); use bf16 or fp32")
+	case !j.Checkpoint.Disabled:
+		return j.errf(f, "pipeline stages cannot write checkpoints yet (each stage would write only its own layers); set checkpoint.disabled: true")
+	case t.MicroBatches > 0 && n > 1 && t.MicroBatches < n && c.PipelineSchedule != "gpipe":
+		return j.errf("train.micro_batches", "%d is below the %d pipeline stages: 1F1B needs a micro-batch for every stage to work on at once (with fewer, stages idle most of each step); use at least %d, or cluster.pipeline_schedule: gpipe", t.MicroBatches, n, n)
+	}
+	return nil
 }

@@ -92,7 +92,15 @@ func (c GPTConfig) activationFloats(layers int, last bool, maxTokens int) int {
 // tokens positions takes: parameters, gradients and AdamW's two moments
 // (four F32 copies), and the activations.
 func (c GPTConfig) TrainingBytes(tokens int) (params, activations int64) {
-	return 16 * int64(c.NumParams()), 4*int64(c.activationFloats(c.Layers, true, tokens)) + 4*int64(tokens)
+	return c.StageTrainingBytes(StageRange{First: 0, Last: c.Layers}, tokens, 1)
+}
+
+// StageTrainingBytes is TrainingBytes for the stage holding blocks r, with
+// slots micro-batches' activations of tokens positions each in flight.
+func (c GPTConfig) StageTrainingBytes(r StageRange, tokens, slots int) (params, activations int64) {
+	g := &GPT{cfg: c, r: r}
+	g.layout()
+	return 16 * int64(g.nparams), int64(slots) * (4*int64(c.activationFloats(r.Last-r.First, r.Last == c.Layers, tokens)) + 4*int64(tokens))
 }
 
 func (c GPTConfig) precision() tensor.DType {
@@ -146,6 +154,10 @@ type GPT struct {
 	posHost  []int32
 	fwd      gptForwardState
 	lossDone bool
+	// slots hold the activations of the micro-batches in flight other than
+	// the current one (act, fwd, lossDone); see UseSlot.
+	slots []gptSlot
+	slot  int
 
 	// OnLayerGrads, when set, is called during Backward each time the
 	// gradients in elements [lo, hi) of GradBuffer are final for this step:
@@ -187,10 +199,13 @@ func (g *GPT) ZeroGrad() { g.be.Fill(device.Whole(g.gbuf), 0) }
 func (g *GPT) Free() {
 	g.pbuf.Free()
 	g.gbuf.Free()
-	if g.act != nil {
-		g.act.free()
-		g.act = nil
+	g.UseSlot(0)
+	for _, sl := range append(g.slots, gptSlot{act: g.act}) {
+		if sl.act != nil {
+			sl.act.free()
+		}
 	}
+	g.act, g.slots = nil, nil
 }
 
 func (g *GPT) addParam(name string, decay bool, shape ...int) int {
@@ -340,4 +355,41 @@ func nameKey(name string) uint64 {
 	h := fnv.New64a()
 	h.Write([]byte(name))
 	return h.Sum64()
+}
+
+// StageCost is the per-sample (one window of Context tokens) cost of a
+// GPT's parts, for cutting it into pipeline stages: forward+backward FLOPs
+// (backward counted as twice the forward), parameters, the activation
+// bytes a training step keeps for backward, and the bytes crossing a stage
+// boundary each way.
+type StageCost struct {
+	EmbedFLOPs, BlockFLOPs, HeadFLOPs    float64
+	EmbedParams, BlockParams, HeadParams int64
+	BlockActBytes, HeadActBytes          int64
+	BoundaryBytes                        int64
+}
+
+// Cost is c's StageCost. A block's forward is 24·C² FLOPs per token for its
+// four matrix products and 2·T·C for causal attention (half of QKᵀ and of
+// the weighted sum); the head's is 2·C·V for the output projection and
+// about 5·V for the softmax and loss, which on GPT-2 124M at T = 1024 is
+// about 30% of the forward FLOPs; the embedding's is a gather and add of
+// 2·C per token.
+func (c GPTConfig) Cost() StageCost {
+	C, T, V, H := float64(c.DModel), float64(c.Context), float64(c.Vocab), int64(c.Heads)
+	sc := StageCost{
+		EmbedFLOPs:    3 * T * 2 * C,
+		BlockFLOPs:    3 * T * (24*C*C + 2*T*C),
+		HeadFLOPs:     3 * T * (2*C*V + 5*V),
+		EmbedParams:   int64(c.Vocab+c.Context) * int64(c.DModel),
+		BlockParams:   int64(12*c.DModel*c.DModel + 13*c.DModel),
+		HeadParams:    int64(2 * c.DModel),
+		BlockActBytes: 4 * int64(c.Context) * (16*int64(c.DModel) + 4 + H),
+		HeadActBytes:  4 * int64(c.Context) * int64(c.DModel+2+c.Vocab),
+		BoundaryBytes: 4 * int64(c.Context) * int64(c.DModel),
+	}
+	if !c.TieEmbeddings {
+		sc.HeadParams += int64(c.Vocab) * int64(c.DModel)
+	}
+	return sc
 }

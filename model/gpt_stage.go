@@ -334,3 +334,47 @@ func (g *GPT) Backward(dout device.View) device.View {
 	}
 	return device.View{}
 }
+
+// gptSlot is the state of one micro-batch in flight: its activations and
+// what its forward pass left for Loss and Backward.
+type gptSlot struct {
+	act      *gptActs
+	fwd      gptForwardState
+	lossDone bool
+}
+
+// UseSlot makes activation slot i current: Forward, Loss and Backward use
+// its arena, so a pipeline stage can run the forwards of several
+// micro-batches before their backwards (1F1B keeps up to the stage count in
+// flight). A slot keeps its micro-batch's saved activations until its next
+// Forward. Slot 0 is the one a stage starts with; a slot first used is
+// reserved by Forward (or by ReserveSlots first, to get the error).
+func (g *GPT) UseSlot(i int) {
+	if i == g.slot {
+		return
+	}
+	if i < 0 {
+		panic(fmt.Sprintf("gpt: slot %d", i))
+	}
+	for len(g.slots) <= max(i, g.slot) {
+		g.slots = append(g.slots, gptSlot{})
+	}
+	g.slots[g.slot] = gptSlot{act: g.act, fwd: g.fwd, lossDone: g.lossDone}
+	s := g.slots[i]
+	g.act, g.fwd, g.lossDone = s.act, s.fwd, s.lossDone
+	g.slots[i] = gptSlot{}
+	g.slot = i
+}
+
+// ReserveSlots reserves n activation slots of maxTokens positions each and
+// leaves slot 0 current.
+func (g *GPT) ReserveSlots(n, maxTokens int) error {
+	defer g.UseSlot(0)
+	for i := range n {
+		g.UseSlot(i)
+		if err := g.Reserve(maxTokens); err != nil {
+			return fmt.Errorf("gpt: activation slot %d of %d: %w", i+1, n, err)
+		}
+	}
+	return nil
+}

@@ -547,3 +547,19 @@ func TestGPTBF16(t *testing.T) {
 		})
 	}
 }
+
+// The stage cost model: the parts' parameters add up to the model's, and on
+// GPT-2 124M the head is the 27-31% of forward FLOPs it is measured to be.
+func TestGPTCost(t *testing.T) {
+	for _, tie := range []bool{false, true} {
+		c := GPTConfig{Layers: 12, Heads: 12, DModel: 768, Context: 1024, Vocab: 50257, TieEmbeddings: tie}
+		sc := c.Cost()
+		if got := sc.EmbedParams + int64(c.Layers)*sc.BlockParams + sc.HeadParams; got != int64(c.NumParams()) {
+			t.Errorf("tie=%v: parts hold %d parameters, the model %d", tie, got, c.NumParams())
+		}
+		head := sc.HeadFLOPs / (sc.EmbedFLOPs + float64(c.Layers)*sc.BlockFLOPs + sc.HeadFLOPs)
+		if head < 0.27 || head > 0.31 {
+			t.Errorf("head is %.3f of the FLOPs, want 0.27-0.31", head)
+		}
+	}
+}

@@ -24,7 +24,7 @@ func flatParams(tr *Trainer) []float32 { return append([]float32(nil), tr.values
 
 // gptJob is a 2-block byte-level GPT on a text file written for the test
 // (context 16, global batch 32 windows).
-func gptJob(t *testing.T, steps int) *jobspec.Job {
+func gptJob(t testing.TB, steps int) *jobspec.Job {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "corpus.txt")
 	text := strings.Repeat("the quick brown fox jumps over the lazy dog; pack my box with five dozen liquor jugs.\n", 40)

@@ -18,6 +18,10 @@ type Loop struct {
 	// is this rank's part of each global batch (nil: all of it).
 	Sync   GradSync
 	Shares *Shares
+	// Pipeline, if set, makes this run one rank of a pipeline stage: Sync
+	// then sums over the stage's ranks (nil: it has one) and Shares is
+	// unused.
+	Pipeline *Pipeline
 	// World is the number of data-parallel ranks, recorded in checkpoints.
 	World int
 	// Lead is the one rank that evaluates during training and writes the
@@ -62,8 +66,9 @@ type StepTimes struct {
 	// all-reduce that backward did not hide), Update the optimizer update
 	// (with clipping), Took the whole step (without an evaluation). The
 	// rest of Took is sampling, the ledger, and waiting for a checkpoint's
-	// copy of the weights.
-	Compute, Wait, Update, Took time.Duration
+	// copy of the weights. Bubble is, on a pipeline stage, the time its
+	// schedule waited for the neighbouring stages (not in Compute).
+	Compute, Wait, Update, Took, Bubble time.Duration
 }
 
 // ErrLossNaN ends a run whose loss became NaN: every rank sees the same
@@ -91,7 +96,13 @@ func (t *Trainer) RunSteps(ctx context.Context, l Loop) (switched bool, err erro
 			}
 		}
 		start := time.Now()
-		loss, err := t.StepShare(ctx, l.Sync, l.Shares)
+		var loss float64
+		var err error
+		if l.Pipeline != nil {
+			loss, err = t.stepPipeline(ctx, l.Sync, l.Pipeline)
+		} else {
+			loss, err = t.StepShare(ctx, l.Sync, l.Shares)
+		}
 		took := time.Since(start)
 		if err != nil {
 			return false, err
@@ -100,14 +111,21 @@ func (t *Trainer) RunSteps(ctx context.Context, l Loop) (switched bool, err erro
 			return false, fmt.Errorf("step %d: %w", t.step, ErrLossNaN)
 		}
 		r := StepResult{Step: t.step, Epoch: t.lastEpoch, Loss: loss, LR: t.sched.LR(t.step - 1), GradNorm: t.lastGradNorm, Rows: t.lastRows, Batch: len(t.idx),
-			StepTimes: StepTimes{Compute: t.lastCompute, Wait: t.lastWait, Update: t.lastUpdate, Took: took}, TestAccuracy: math.NaN()}
-		if l.Lead && evalEvery > 0 && t.step%evalEvery == 0 && !t.Done() {
-			r.TestAccuracy, r.TestLoss = t.Evaluate()
+			StepTimes: StepTimes{Compute: t.lastCompute, Wait: t.lastWait, Update: t.lastUpdate, Took: took, Bubble: t.lastBubble}, TestAccuracy: math.NaN()}
+		if evalEvery > 0 && t.step%evalEvery == 0 && !t.Done() {
+			switch {
+			case l.Pipeline != nil:
+				if r.TestAccuracy, r.TestLoss, err = t.EvaluatePipeline(ctx, l.Pipeline); err != nil {
+					return false, err
+				}
+			case l.Lead:
+				r.TestAccuracy, r.TestLoss = t.Evaluate()
+			}
 		}
 		if l.After != nil {
 			l.After(r)
 		}
-		if ck := l.Checkpointer; ck != nil && l.Lead && ck.Due(t) {
+		if ck := l.Checkpointer; ck != nil && l.Lead && l.Pipeline == nil && ck.Due(t) {
 			if err := ck.Begin(ctx, t, l.World); err != nil {
 				t.log.Warn("checkpoint not started", zap.Int("step", t.step), zap.Error(err))
 			}

@@ -22,6 +22,7 @@ const evalMaxTokens = 32768
 // parameters and gradients are the model's own device buffers.
 type gptTask struct {
 	be     device.Backend
+	host   device.HostMemory
 	text   *data.TextSplit
 	net    *model.GPT
 	ctx    int
@@ -36,9 +37,21 @@ type gptTask struct {
 	hostTg        []int32
 	hostLogits    []float32
 	hostLoss      [1]float32
+
+	// A pipeline stage's buffers (see stageTask): the token ids of each
+	// activation slot (first stage), and the inbox for activations or
+	// their gradients.
+	slotIDs []device.Buffer
+	in      device.Buffer
 }
 
 func newGPTTask(job *jobspec.Job, dev device.Device, split *data.Split) (*gptTask, error) {
+	return newGPTStage(job, dev, split, model.StageRange{First: 0, Last: job.Model.GPTLayers()}, 1)
+}
+
+// newGPTStage builds the task of one pipeline stage holding blocks r, with
+// slots activation slots (1 and the whole model: a data-parallel rank).
+func newGPTStage(job *jobspec.Job, dev device.Device, split *data.Split, r model.StageRange, slots int) (*gptTask, error) {
 	if split.Text == nil {
 		return nil, fmt.Errorf("model.kind gpt needs a text dataset (data.dataset: text), not %s", split.Source)
 	}
@@ -61,14 +74,14 @@ func newGPTTask(job *jobspec.Job, dev device.Device, split *data.Split) (*gptTas
 	// evaluation runs in batches of it.
 	micro := job.Train.Micro()
 	maxRows := (min(job.Train.GlobalBatch, max(split.Text.Train.N, 1)) + micro - 1) / micro
-	if err := checkGPTMemory(be, cfg, maxRows*m.Context); err != nil {
+	if err := checkGPTMemory(be, cfg, r, maxRows*m.Context, slots); err != nil {
 		return nil, err
 	}
-	net, err := model.NewGPT(be, cfg, model.StageRange{First: 0, Last: cfg.Layers}, job.Seed)
+	net, err := model.NewGPT(be, cfg, r, job.Seed)
 	if err != nil {
 		return nil, err
 	}
-	g := &gptTask{be: be, text: split.Text, net: net, ctx: m.Context}
+	g := &gptTask{be: be, host: host, text: split.Text, net: net, ctx: m.Context}
 	g.values = host.HostF32(device.Whole(net.ParamBuffer()))
 	g.grads = host.HostF32(device.Whole(net.GradBuffer()))
 	groups := map[string]int{}
@@ -86,7 +99,7 @@ func newGPTTask(job *jobspec.Job, dev device.Device, split *data.Split) (*gptTas
 	sort.Sort(sort.Reverse(sort.IntSlice(g.bounds)))
 	// Everything a step needs is reserved now, for the largest batch, so a
 	// model too large for the device fails here with the sizes.
-	if err := g.reserve(maxRows); err != nil {
+	if err := g.reserve(maxRows, slots); err != nil {
 		net.Free()
 		return nil, err
 	}
@@ -96,12 +109,12 @@ func newGPTTask(job *jobspec.Job, dev device.Device, split *data.Split) (*gptTas
 // checkGPTMemory refuses, before anything is allocated, a model whose
 // training step over tokens positions does not fit in the memory the device
 // has left, saying what it needs and what there is.
-func checkGPTMemory(be device.Backend, cfg model.GPTConfig, tokens int) error {
+func checkGPTMemory(be device.Backend, cfg model.GPTConfig, r model.StageRange, tokens, slots int) error {
 	used, limit := be.Memory()
 	if limit <= 0 {
 		return nil // unknown: Alloc still fails cleanly if it runs out
 	}
-	params, acts := cfg.TrainingBytes(tokens)
+	params, acts := cfg.StageTrainingBytes(r, tokens, slots)
 	if avail := limit - used; params+acts > avail {
 		return fmt.Errorf("model too large for this worker: it needs %s (%d parameters: %s for values, gradients and AdamW's two moments; activations for %d tokens: %s) and %s is available; use a smaller model, batch or context",
 			gib(params+acts), cfg.NumParams(), gib(params), tokens, gib(acts), gib(avail))
@@ -126,8 +139,8 @@ func gptGroup(name string) string {
 }
 
 // reserve allocates the batch buffers and the model's activations for rows
-// windows.
-func (g *gptTask) reserve(rows int) error {
+// windows in each of slots activation slots.
+func (g *gptTask) reserve(rows, slots int) error {
 	n := rows * g.ctx
 	var err error
 	alloc := func(dt tensor.DType, n int) device.Buffer {
@@ -144,7 +157,19 @@ func (g *gptTask) reserve(rows int) error {
 		return fmt.Errorf("gpt batch buffers: %w", err)
 	}
 	g.hostIn, g.hostTg = make([]int32, n), make([]int32, n)
-	return g.net.Reserve(n)
+	if g.net.First() {
+		g.slotIDs = append(g.slotIDs, g.ids)
+		for len(g.slotIDs) < slots {
+			g.slotIDs = append(g.slotIDs, alloc(tensor.I32, n))
+		}
+	}
+	if !g.net.First() || !g.net.Last() {
+		g.in = alloc(tensor.F32, n*g.net.Config().DModel)
+	}
+	if err != nil {
+		return fmt.Errorf("gpt stage buffers: %w", err)
+	}
+	return g.net.ReserveSlots(slots, n)
 }
 
 func (g *gptTask) params() []*model.Param          { return g.ps }
@@ -198,24 +223,13 @@ func (g *gptTask) accumulate(idx []int, scale float32, add bool, done func(lo in
 // size.
 func (g *gptTask) evaluate(limit int) (acc, loss float64, windows int) {
 	set := g.text.Validation
-	windows = set.N
-	switch {
-	case limit < 0:
-		windows = min(windows, max(8, min(512, evalMaxTokens/g.ctx)))
-	case limit > 0:
-		windows = min(windows, limit)
-	}
+	windows = evalWindows(set.N, g.ctx, limit)
 	batch := g.ids.Len() / g.ctx
 	V := g.net.Config().Vocab
 	idx := make([]int, 0, batch)
 	correct := 0
 	for lo := 0; lo < windows; lo += batch {
-		idx = idx[:0]
-		for i := lo; i < min(lo+batch, windows); i++ {
-			// Spread over the whole split: the first windows alone are
-			// the first few documents, not a sample of all of them.
-			idx = append(idx, int(int64(i)*int64(set.N)/int64(windows)))
-		}
+		idx = evalBatch(idx, lo, min(lo+batch, windows), set.N, windows)
 		n := len(idx) * g.ctx
 		logits := g.forward(set, idx)
 		if cap(g.hostLogits) < n*V {
@@ -227,6 +241,29 @@ func (g *gptTask) evaluate(limit int) (acc, loss float64, windows int) {
 	}
 	tokens := float64(windows * g.ctx)
 	return float64(correct) / tokens, loss / tokens, windows
+}
+
+// evalWindows is how many of n validation windows of ctx tokens an
+// evaluation reads (see task.evaluate for limit).
+func evalWindows(n, ctx, limit int) int {
+	switch {
+	case limit < 0:
+		return min(n, max(8, min(512, evalMaxTokens/ctx)))
+	case limit > 0:
+		return min(n, limit)
+	}
+	return n
+}
+
+// evalBatch sets idx to windows lo..hi-1 of an evaluation reading windows
+// of n, spread over the whole split: the first windows alone are the first
+// few documents, not a sample of all of them.
+func evalBatch(idx []int, lo, hi, n, windows int) []int {
+	idx = idx[:0]
+	for i := lo; i < hi; i++ {
+		idx = append(idx, int(int64(i)*int64(n)/int64(windows)))
+	}
+	return idx
 }
 
 // argmaxHits counts the rows of the n×v logits whose arg-max is the target.
@@ -245,4 +282,79 @@ func argmaxHits(logits []float32, targets []int32, v int) int {
 		}
 	}
 	return hits
+}
+
+func (g *gptTask) stage() (model.StageRange, bool, bool) {
+	return g.net.Range(), g.net.First(), g.net.Last()
+}
+
+func (g *gptTask) width() int { return g.ctx * g.net.Config().DModel }
+
+func (g *gptTask) zeroGrad() { g.net.ZeroGrad() }
+
+func (g *gptTask) inbox(rows int) []float32 {
+	return g.host.HostF32(device.Whole(g.in).Slice(0, rows*g.width()))
+}
+
+// stageInput loads the windows idx of set: the first stage uploads their
+// tokens into slot's ids and returns them; the others return the inbox.
+// The targets are left in hostTg.
+func (g *gptTask) stageInput(set *data.TextSet, slot int, idx []int) device.View {
+	n := len(idx) * g.ctx
+	for r, i := range idx {
+		set.Window(i, g.hostIn[r*g.ctx:], g.hostTg[r*g.ctx:])
+	}
+	if !g.net.First() {
+		return device.Whole(g.in).Slice(0, len(idx)*g.width())
+	}
+	ids := device.Whole(g.slotIDs[slot]).Slice(0, n)
+	g.be.UploadInt32(ids, g.hostIn[:n])
+	return ids
+}
+
+func (g *gptTask) forwardSlot(slot int, idx []int, scale float32) ([]float32, float64) {
+	g.net.UseSlot(slot)
+	out := g.net.Forward(g.stageInput(g.text.Train, slot, idx), len(idx), g.ctx)
+	if !g.net.Last() {
+		return g.host.HostF32(out), 0
+	}
+	n := len(idx) * g.ctx
+	g.be.UploadInt32(device.Whole(g.targets).Slice(0, n), g.hostTg[:n])
+	return nil, g.loss(n, scale)
+}
+
+func (g *gptTask) backwardSlot(slot, rows int, done func(lo int)) []float32 {
+	g.net.UseSlot(slot)
+	g.net.OnLayerGrads = nil
+	if done != nil {
+		g.net.OnLayerGrads = func(lo, _ int) { done(lo) }
+	}
+	var dout device.View
+	if !g.net.Last() {
+		dout = device.Whole(g.in).Slice(0, rows*g.width())
+	}
+	din := g.net.Backward(dout)
+	if g.net.First() {
+		return nil
+	}
+	return g.host.HostF32(din)
+}
+
+// evalSlot runs the forward of the validation windows idx in slot 0: it
+// returns the output activations, or on the last stage the next-token hits
+// and summed loss.
+func (g *gptTask) evalSlot(idx []int) (out []float32, hits int, loss float64) {
+	g.net.UseSlot(0)
+	logits := g.net.Forward(g.stageInput(g.text.Validation, 0, idx), len(idx), g.ctx)
+	if !g.net.Last() {
+		return g.host.HostF32(logits), 0, 0
+	}
+	n, V := len(idx)*g.ctx, g.net.Config().Vocab
+	if cap(g.hostLogits) < n*V {
+		g.hostLogits = make([]float32, n*V)
+	}
+	g.be.Download(g.hostLogits[:n*V], logits)
+	hits = argmaxHits(g.hostLogits[:n*V], g.hostTg[:n], V)
+	g.be.UploadInt32(device.Whole(g.targets).Slice(0, n), g.hostTg[:n])
+	return nil, hits, g.loss(n, 1)
 }

@@ -80,6 +80,9 @@ type RankShare struct {
 	Worker  string `json:"worker"`
 	Stage   int    `json:"stage"`
 	Samples int64  `json:"samples"`
+	// Blocks are the stage's transformer blocks ("0-1"), with pipeline
+	// stages.
+	Blocks string `json:"blocks,omitempty"`
 }
 
 // Trainer runs one job's training loop on one device. Not safe for
@@ -131,11 +134,13 @@ type Trainer struct {
 	lastCompute time.Duration // forward+backward time of the last step
 	lastWait    time.Duration // time the last step waited for the gradient sums
 	lastUpdate  time.Duration // optimizer update time of the last step
+	lastBubble  time.Duration // time the last pipeline step waited on other stages
 	lastEpoch   int           // epoch the last step's samples came from
 	// lastGradNorm is the global norm of the last step's mean gradient
 	// before clipping (computed only with optimizer.clip_norm).
 	lastGradNorm float64
 	idx          []int
+	msg          []float32 // a pipeline message being sent or received
 }
 
 // GradSync sums float32 ranges across data-parallel ranks. The trainer calls
@@ -160,12 +165,16 @@ const bucketElems = 1 << 18
 // NewTrainer builds the model (by model.kind), optimizer and sampler for
 // job over split.
 func NewTrainer(job *jobspec.Job, dev device.Device, split *data.Split, log *zap.Logger) (*Trainer, error) {
+	return buildTrainer(job, dev, split, log, func() (task, error) { return newTask(job, dev, split) })
+}
+
+func buildTrainer(job *jobspec.Job, dev device.Device, split *data.Split, log *zap.Logger, build func() (task, error)) (*Trainer, error) {
 	if log == nil {
 		log = zap.NewNop()
 	}
 	t := &Trainer{job: job, dev: dev, log: log, split: split}
 	var err error
-	if t.task, err = newTask(job, dev, split); err != nil {
+	if t.task, err = build(); err != nil {
 		return nil, err
 	}
 	if n := t.task.trainSize(); job.Train.GlobalBatch > n {
@@ -282,18 +291,8 @@ func (t *Trainer) StepShare(ctx context.Context, sync GradSync, shares *Shares) 
 			return 0, err
 		}
 	}
-	updateStart := time.Now()
 	tokens := rows * t.task.tokensPerSample()
-	gradScale := 1 / (float32(tokens) * scale)
-	if clip := t.job.Optimizer.ClipNorm; clip > 0 {
-		// The norm of the mean gradient the update uses, bounded as
-		// torch.nn.utils.clip_grad_norm_ bounds it.
-		t.lastGradNorm = optimizer.GlobalNorm(t.params) * float64(gradScale)
-		gradScale *= float32(optimizer.ClipCoef(t.lastGradNorm, clip))
-	}
-	t.opt.Step(t.params, t.sched.LR(t.step), gradScale)
-	t.task.weightsChanged()
-	t.lastUpdate = time.Since(updateStart)
+	t.update(rows, scale)
 	t.step++
 	t.record(startPos.Epoch, t.idx[lo:hi])
 	return loss / float64(tokens), nil

@@ -30,6 +30,7 @@ import (
 	"github.com/loomtrain/loom/internal/netaddr"
 	"github.com/loomtrain/loom/internal/pki"
 	"github.com/loomtrain/loom/jobspec"
+	"github.com/loomtrain/loom/model"
 	"github.com/loomtrain/loom/train"
 )
 
@@ -250,17 +251,38 @@ func RunAgent(ctx context.Context, cfg AgentConfig) (err error) {
 	if ld.err != nil {
 		return fmt.Errorf("worker: job %s data: %w", cfg.JobID, ld.err)
 	}
-	tr, err := train.NewTrainer(job, cfg.Device, ld.split, a.log)
-	if err != nil {
-		return err
+	// A pipeline stage's trainer holds the layers of its stage, which the
+	// plan decides: it is built when a generation places this worker.
+	newStage := func(layers model.StageRange, p *train.Pipeline) (*train.Trainer, error) {
+		var tr *train.Trainer
+		var err error
+		if p == nil {
+			tr, err = train.NewTrainer(job, cfg.Device, ld.split, a.log)
+		} else {
+			tr, err = train.NewStageTrainer(job, cfg.Device, ld.split, a.log, layers, p)
+		}
+		if err != nil {
+			return nil, err
+		}
+		tr.Ledger = cfg.Ledger
+		return tr, nil
 	}
-	tr.Ledger = cfg.Ledger
-	if a.metrics, err = newStepMetrics(cfg.Metrics, job, cfg.ID, cfg.Device.Name(), tr.TokensPerSample(), a.log); err != nil {
+	var tr *train.Trainer
+	tokens := 1
+	if job.Model.Kind == "gpt" {
+		tokens = job.Model.Context
+	}
+	if !job.Cluster.Pipelined() {
+		if tr, err = newStage(model.StageRange{}, nil); err != nil {
+			return err
+		}
+	}
+	if a.metrics, err = newStepMetrics(cfg.Metrics, job, cfg.ID, cfg.Device.Name(), tokens, a.log); err != nil {
 		return err
 	}
 	defer a.metrics.close()
 	hasState := false
-	if job.Checkpoint.Resume != "" && !job.Checkpoint.Disabled {
+	if job.Checkpoint.Resume != "" && !job.Checkpoint.Disabled && tr != nil {
 		// The launcher resolves "latest" among the recorded checkpoints
 		// and hands every worker the same directory.
 		info, err := train.ResumeFrom(ctx, tr, nil, a.log)
@@ -287,7 +309,7 @@ func RunAgent(ctx context.Context, cfg AgentConfig) (err error) {
 
 	rep := newReporter(a, job)
 	bg.Go(func() { rep.run(rctx) })
-	return a.train(rctx, tr, ck, hasState, &ln, compress, rep)
+	return a.train(rctx, job, tr, newStage, ck, hasState, &ln, compress, rep)
 }
 
 // deregister leaves the job (best effort: the lease would expire anyway).
@@ -374,7 +396,18 @@ func (a *Agent) jobCompleted(ctx context.Context) bool {
 var ErrDrained = errors.New("worker drained")
 
 // train follows plan generations until the job's last step.
-func (a *Agent) train(ctx context.Context, tr *train.Trainer, ck *train.Checkpointer, hasState bool, ln *net.Listener, compress collective.Compression, rep *reporter) error {
+//
+// A pipeline job's trainer (tr nil until then) is built by newStage for the
+// layers of the first generation that places this worker, and again when a
+// plan gives it other layers.
+func (a *Agent) train(ctx context.Context, job *jobspec.Job, tr *train.Trainer, newStage func(model.StageRange, *train.Pipeline) (*train.Trainer, error),
+	ck *train.Checkpointer, hasState bool, ln *net.Listener, compress collective.Compression, rep *reporter) error {
+	type stageKey struct {
+		layers               model.StageRange
+		stage, stages, micro int
+		gpipe                bool
+	}
+	built := stageKey{layers: model.StageRange{First: 0, Last: job.Model.GPTLayers()}, stages: 1}
 	var gen *generation
 	var cancelGen context.CancelFunc
 	defer func() {
@@ -385,7 +418,7 @@ func (a *Agent) train(ctx context.Context, tr *train.Trainer, ck *train.Checkpoi
 	}()
 	var current int64
 	retry := false // the last attempt at the current generation failed
-	for !tr.Done() {
+	for tr == nil || !tr.Done() {
 		var plan *api.Plan
 		var err error
 		if retry {
@@ -425,8 +458,26 @@ func (a *Agent) train(ctx context.Context, tr *train.Trainer, ck *train.Checkpoi
 			continue
 		}
 		gen = g
+		key := stageKey{layers: model.StageRange{First: 0, Last: job.Model.GPTLayers()}, stages: 1}
+		if p := gen.pipeline; p != nil {
+			p.Micro, p.GPipe = job.PipelineMicro(len(p.Stages)), job.Cluster.PipelineSchedule == "gpipe"
+			key = stageKey{gen.layers, p.Stage, len(p.Stages), p.Micro, p.GPipe}
+		}
+		if tr == nil || key != built {
+			// Another place in the pipeline (or none, when the planner of a
+			// pipeline_stages: auto job keeps one stage): its layers start
+			// from the initial weights, or from a replica of the same layers.
+			ntr, err := newStage(gen.layers, gen.pipeline)
+			if err != nil {
+				return fmt.Errorf("generation %d: stage %d (blocks %d-%d): %w", current, gen.stage(), gen.layers.First, gen.layers.Last-1, err)
+			}
+			tr, built, hasState = ntr, key, false
+		}
 		stopDog = a.watchdog(current, "state sync", suspectFloor)
 		src, err := gen.syncState(gctx, tr, hasState)
+		if err == nil && gen.pipeline != nil {
+			err = gen.checkStageSteps(gctx, tr)
+		}
 		stopDog()
 		if err != nil {
 			a.reportFailure(current, err)
@@ -437,7 +488,7 @@ func (a *Agent) train(ctx context.Context, tr *train.Trainer, ck *train.Checkpoi
 		retry = false
 		a.metrics.joined(gen)
 		a.log.Info("generation started", zap.Int64("generation", current), zap.Int("rank", gen.rank), zap.Int("ranks", gen.comm.Size()),
-			zap.Int("share", gen.shares.All[gen.rank]), zap.Int("step", tr.Steps()), zap.Int("state_from", src))
+			zap.Int("share", gen.shares.All[gen.shares.Rank]), zap.Int("step", tr.Steps()), zap.Int("state_from", src))
 		if err := a.runSteps(gctx, tr, gen, ck, rep); err != nil {
 			if errors.Is(err, ErrJobCancelled) {
 				return err
@@ -448,7 +499,7 @@ func (a *Agent) train(ctx context.Context, tr *train.Trainer, ck *train.Checkpoi
 			if ctx.Err() != nil {
 				if ck != nil && gen.rank == 0 {
 					// Clean shutdown: keep the steps since the last checkpoint.
-					ck.Shutdown(tr, gen.comm.Size())
+					ck.Shutdown(tr, gen.world())
 				}
 				return ctx.Err()
 			}
@@ -456,6 +507,16 @@ func (a *Agent) train(ctx context.Context, tr *train.Trainer, ck *train.Checkpoi
 			a.log.Warn("step abandoned; waiting for the next plan", zap.Int64("generation", current), zap.Int("step", tr.Steps()+1), zap.Error(err))
 			retry = true
 		}
+	}
+	evaluated := false
+	var acc, loss float64
+	if gen != nil && gen.pipeline != nil && gen.pipeline.Me == 0 {
+		// The final evaluation runs through the first rank of every stage.
+		var err error
+		if acc, loss, err = tr.EvaluatePipeline(ctx, gen.pipeline); err != nil {
+			return fmt.Errorf("final evaluation: %w", err)
+		}
+		evaluated = true
 	}
 	if gen != nil && gen.rank == 0 {
 		if ck != nil {
@@ -469,7 +530,9 @@ func (a *Agent) train(ctx context.Context, tr *train.Trainer, ck *train.Checkpoi
 				a.log.Warn("final checkpoint record not answered yet; reporting completion anyway")
 			}
 		}
-		acc, loss := tr.Evaluate()
+		if !evaluated {
+			acc, loss = tr.Evaluate()
+		}
 		a.metrics.finalEvaluation(loss, acc)
 		var sps float64
 		if d := a.lastStep.Sub(a.firstStep); d > 0 {
@@ -506,12 +569,12 @@ func (a *Agent) runSteps(ctx context.Context, tr *train.Trainer, gen *generation
 	defer func() {
 		if steps > 0 {
 			a.log.Debug("generation time", zap.Int64("generation", gen.plan.GetGeneration()), zap.Int("steps", steps),
-				zap.Int("share", gen.shares.All[gen.rank]), zap.Duration("compute", compute), zap.Duration("wait", wait),
+				zap.Int("share", gen.shares.All[gen.shares.Rank]), zap.Duration("compute", compute), zap.Duration("wait", wait),
 				zap.Duration("other", total-compute-wait), zap.Duration("total", total))
 		}
 	}()
 	_, err := tr.RunSteps(ctx, train.Loop{
-		Sync: gen.sync, Shares: gen.shares, World: gen.comm.Size(), Lead: gen.rank == 0, Checkpointer: ck,
+		Sync: gen.gradSync(), Shares: gen.shares, Pipeline: gen.pipeline, World: gen.world(), Lead: gen.rank == 0, Checkpointer: ck,
 		Before: func() (bool, error) {
 			select {
 			case <-a.jobDone: // cancelled (a completed job has no steps left)

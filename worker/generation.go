@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"net"
+	"slices"
 	"sort"
 	"time"
 
@@ -13,6 +14,7 @@ import (
 
 	"github.com/loomtrain/loom/api"
 	"github.com/loomtrain/loom/collective"
+	"github.com/loomtrain/loom/model"
 	"github.com/loomtrain/loom/train"
 )
 
@@ -24,6 +26,12 @@ type generation struct {
 	shares *train.Shares
 	comm   *collective.Communicator
 	sync   *train.RingSync
+	// A pipeline plan's: this rank's place (comm and sync are then its
+	// stage's ring, and shares its stage's), the blocks its stage holds,
+	// and the links to the neighbouring stages.
+	pipeline *train.Pipeline
+	layers   model.StageRange
+	pipe     *collective.Pipe
 }
 
 // setupTimeout bounds how long ranks wait for each other to connect.
@@ -51,16 +59,11 @@ func joinGeneration(ctx context.Context, plan *api.Plan, me string, ln net.Liste
 	sort.Slice(ranks, func(i, j int) bool { return ranks[i].GetRank() < ranks[j].GetRank() })
 	g := &generation{plan: plan, rank: -1}
 	peers := make([]string, len(ranks))
-	shares := make([]int, len(ranks))
 	for i, r := range ranks {
 		if int(r.GetRank()) != i {
 			return nil, fmt.Errorf("plan generation %d: ranks are not 0..%d", plan.GetGeneration(), len(ranks)-1)
 		}
-		if r.GetStage() != 0 {
-			return nil, fmt.Errorf("plan generation %d: pipeline stages are not supported by this worker yet", plan.GetGeneration())
-		}
 		peers[i] = r.GetCollectiveAddr()
-		shares[i] = int(r.GetBatchShare())
 		if r.GetWorkerId() == me {
 			g.rank = i
 		}
@@ -68,12 +71,40 @@ func joinGeneration(ctx context.Context, plan *api.Plan, me string, ln net.Liste
 	if g.rank < 0 {
 		return nil, nil
 	}
-	if g.shares, err = train.NewShares(shares, g.rank, int(plan.GetGlobalBatch())); err != nil {
-		return nil, fmt.Errorf("plan generation %d: %w", plan.GetGeneration(), err)
-	}
-	order := make([]int, 0, len(plan.GetRanks()))
+	// The ring is the ranks of this rank's stage (every rank, without
+	// pipeline stages), in plan order.
+	stage := int(ranks[g.rank].GetStage())
+	var order, shares, members []int
+	var stages [][]train.PipeRank
 	for _, r := range plan.GetRanks() { // plan order is ring order
-		order = append(order, int(r.GetRank()))
+		s := int(r.GetStage())
+		if s < 0 || s >= max(1, int(plan.GetPipelineStages())) {
+			return nil, fmt.Errorf("plan generation %d: rank %d is in stage %d of %d", plan.GetGeneration(), r.GetRank(), s, plan.GetPipelineStages())
+		}
+		for len(stages) <= s {
+			stages = append(stages, nil)
+		}
+		stages[s] = append(stages[s], train.PipeRank{Peer: int(r.GetRank()), Share: int(r.GetBatchShare())})
+		if s != stage {
+			continue
+		}
+		members = append(members, int(r.GetRank()))
+		shares = append(shares, int(r.GetBatchShare()))
+	}
+	idx := slices.Index(members, g.rank)
+	if g.shares, err = train.NewShares(shares, idx, int(plan.GetGlobalBatch())); err != nil {
+		return nil, fmt.Errorf("plan generation %d: stage %d: %w", plan.GetGeneration(), stage, err)
+	}
+	pipelined := len(stages) > 1
+	if pipelined {
+		lays := plan.GetStageLayers()
+		if len(lays) != len(stages) {
+			return nil, fmt.Errorf("plan generation %d: %d stages but %d layer ranges", plan.GetGeneration(), len(stages), len(lays))
+		}
+		g.layers = model.StageRange{First: int(lays[stage].GetFirst()), Last: int(lays[stage].GetLast())}
+		g.pipeline = &train.Pipeline{Stages: stages, Stage: stage, Me: idx}
+	} else {
+		order = members
 	}
 	if ln == nil && len(peers) > 1 {
 		if ln, err = listenRetry(ctx, listen); err != nil {
@@ -93,7 +124,19 @@ func joinGeneration(ctx context.Context, plan *api.Plan, me string, ln net.Liste
 	ccfg := collective.DefaultConfig()
 	ccfg.Generation, ccfg.Rank, ccfg.Order, ccfg.Compress, ccfg.Logger = uint64(plan.GetGeneration()), g.rank, order, opts.compress, log
 	ccfg.Observer = opts.observer
-	if g.comm, err = collective.New(tr, ccfg); err != nil {
+	ring := collective.Transport(tr)
+	if pipelined {
+		// The stage's ring runs over its own ranks' links of the mesh, the
+		// pipe over the links to the other stages: no link carries both.
+		if ring, err = collective.Sub(tr, members); err != nil {
+			tr.Close()
+			return nil, err
+		}
+		ccfg.Rank = idx
+		g.pipe = collective.NewPipe(tr, collective.PipeConfig{Logger: log})
+		g.pipeline.Pipe = g.pipe
+	}
+	if g.comm, err = collective.New(ring, ccfg); err != nil {
 		tr.Close()
 		return nil, err
 	}
@@ -126,6 +169,68 @@ func (g *generation) close() {
 	}
 	g.sync.Close()
 	g.comm.Close()
+	if g.pipe != nil {
+		g.pipe.Close()
+	}
+}
+
+// gradSync is the step loop's GradSync: nil for a pipeline stage of one
+// rank, which has nothing to sum.
+func (g *generation) gradSync() train.GradSync {
+	if g.pipeline != nil && g.comm.Size() == 1 {
+		return nil
+	}
+	return g.sync
+}
+
+// world is the number of ranks of the generation.
+func (g *generation) world() int {
+	if g.pipeline != nil {
+		return g.pipeline.World()
+	}
+	return g.comm.Size()
+}
+
+// stage is the rank's pipeline stage (0 without stages).
+func (g *generation) stage() int {
+	if g.pipeline != nil {
+		return g.pipeline.Stage
+	}
+	return 0
+}
+
+// checkStageSteps makes sure, after each stage's ranks agreed on their
+// state (syncState), that every stage is at the same step: each rank tells
+// the ranks of the neighbouring stages its step and hears theirs. A stage
+// that no rank of the previous generation held has restarted from the
+// initial weights, and its steps say so.
+func (g *generation) checkStageSteps(ctx context.Context, t *train.Trainer) error {
+	p := g.pipeline
+	mine := []float32{float32(t.Steps())}
+	var peers []int
+	for _, s := range []int{p.Stage - 1, p.Stage + 1} {
+		if s >= 0 && s < len(p.Stages) {
+			for _, r := range p.Stages[s] {
+				peers = append(peers, r.Peer)
+			}
+		}
+	}
+	for _, peer := range peers {
+		if err := g.pipe.Send(peer, mine); err != nil {
+			return fmt.Errorf("exchange steps with rank %d: %w", peer, err)
+		}
+	}
+	theirs := make([]float32, 1)
+	for _, peer := range peers {
+		if err := g.pipe.Recv(ctx, peer, theirs); err != nil {
+			return fmt.Errorf("exchange steps with rank %d: %w", peer, err)
+		}
+		if theirs[0] != mine[0] {
+			return fmt.Errorf("stage %d (blocks %d-%d) is at step %d and rank %d at step %d: a stage lost every worker that held it, and restoring a stage's layers from a checkpoint is not implemented yet",
+				p.Stage, g.layers.First, g.layers.Last-1, t.Steps(), peer, int(theirs[0]))
+		}
+	}
+	return nil
 }
 
 // syncState makes every rank's training state equal at the start of a
@@ -165,7 +270,7 @@ func (g *generation) syncState(ctx context.Context, t *train.Trainer, hasState b
 		return -1, nil
 	}
 	meta := make([]float32, train.StateWords)
-	if g.rank == src {
+	if g.shares.Rank == src {
 		t.State().Encode(meta)
 	}
 	if err := g.comm.Broadcast(ctx, src, collective.F32(meta)); err != nil {
@@ -175,7 +280,7 @@ func (g *generation) syncState(ctx context.Context, t *train.Trainer, hasState b
 		if err := g.comm.Broadcast(ctx, src, collective.F32(buf)); err != nil {
 			return -1, fmt.Errorf("broadcast state from rank %d: %w", src, err)
 		}
-		if i == 0 && steps[g.rank] < 0 {
+		if i == 0 && steps[g.shares.Rank] < 0 {
 			failpoint("state-transfer")
 		}
 	}

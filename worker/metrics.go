@@ -63,7 +63,7 @@ func (m *stepMetrics) checkpointObserver() train.CheckpointObserver {
 // joined records the worker's place in a generation it starts training in.
 func (m *stepMetrics) joined(g *generation) {
 	if m.prom != nil {
-		m.prom.SetPlacement(g.plan.GetGeneration(), g.rank, 0, m.device)
+		m.prom.SetPlacement(g.plan.GetGeneration(), g.rank, g.stage(), m.device)
 	}
 }
 

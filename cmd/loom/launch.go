@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -44,6 +45,8 @@ type launchOpts struct {
 	metricsAddr   string
 	httpAddr      string
 	tls           tlsFiles // with --coordinator
+	stages        string   // --pipeline-stages: a count or auto
+	schedule      string   // --pipeline-schedule
 }
 
 func newLaunchCmd() *cobra.Command {
@@ -105,8 +108,42 @@ workers: cancels the job and stops them).`,
 	f.StringVar(&o.metrics, "metrics", "", "single-process launch: also write the metrics history (one JSON line per step: step, epoch, loss, lr, ...; as in CHECKPOINT_DIR/JOB/metrics.jsonl) to this file, replacing it")
 	f.StringVar(&o.metricsAddr, "metrics-addr", "", "serve Prometheus metrics of the training (loom_train_*, loom_checkpoint_*, loom_worker_info, ...) at http://ADDR/metrics; host:port, port 0 picks one (logged). With --workers N, worker i serves them at port+i (port 0: each picks one); empty: off")
 	f.StringVar(&o.httpAddr, "http-addr", "", "with --workers: serve the embedded coordinator's status web page (loss and throughput plots, plan, events) and its /metrics at this host:port")
+	f.StringVar(&o.stages, "pipeline-stages", "", "override cluster.pipeline_stages: cut the gpt into this many pipeline stages over the workers, or auto (the planner picks the count with the best predicted step time)")
+	f.StringVar(&o.schedule, "pipeline-schedule", "", "override cluster.pipeline_schedule: 1f1b or gpipe")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error (workers log at warn unless debug)")
 	return cmd
+}
+
+// applyPipeline applies --pipeline-stages and --pipeline-schedule to job
+// and refuses a pipeline the launch cannot run.
+func (o launchOpts) applyPipeline(job *jobspec.Job) error {
+	if o.stages != "" {
+		switch n, err := strconv.Atoi(o.stages); {
+		case o.stages == "auto":
+			job.Cluster.PipelineStages = jobspec.AutoStages
+		case err != nil || n < 1:
+			return fmt.Errorf("--pipeline-stages %q: want a stage count (1 or more) or auto", o.stages)
+		default:
+			job.Cluster.PipelineStages = jobspec.Stages(n)
+		}
+	}
+	if o.schedule != "" {
+		job.Cluster.PipelineSchedule = o.schedule
+	}
+	if o.stages != "" || o.schedule != "" {
+		if err := job.Validate(); err != nil {
+			return fmt.Errorf("--pipeline-stages: %w", err)
+		}
+	}
+	n := int(job.Cluster.PipelineStages)
+	switch {
+	case !job.Cluster.Pipelined():
+	case o.workers == 1 && o.coordinator == "":
+		return fmt.Errorf("cluster.pipeline_stages: pipeline stages run on workers, one or more per stage: use --workers N (N >= %d) or --coordinator", max(n, 2))
+	case o.coordinator == "" && o.workers < n:
+		return fmt.Errorf("--workers %d is fewer than the %d pipeline stages (each stage needs a worker of its own)", o.workers, n)
+	}
+	return nil
 }
 
 func runLaunch(ctx context.Context, stdout io.Writer, path string, o launchOpts) error {
@@ -144,6 +181,9 @@ func runLaunch(ctx context.Context, stdout io.Writer, path string, o launchOpts)
 		if err := job.Validate(); err != nil {
 			return fmt.Errorf("--global-batch: %w", err)
 		}
+	}
+	if err := o.applyPipeline(job); err != nil {
+		return err
 	}
 	switch {
 	case o.overwrite && o.resume != "":
@@ -386,7 +426,13 @@ func formatShares(shares []train.RankShare) string {
 		}
 		line := strings.Join(ranks, ", ")
 		if stages > 1 {
-			line = fmt.Sprintf("stage %d: %s", st, line)
+			blocks := ""
+			for _, r := range shares {
+				if r.Stage == st && r.Blocks != "" {
+					blocks = " (blocks " + r.Blocks + ")"
+				}
+			}
+			line = fmt.Sprintf("stage %d%s: %s", st, blocks, line)
 		}
 		parts = append(parts, line)
 	}

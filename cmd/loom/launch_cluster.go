@@ -27,6 +27,7 @@ import (
 	"github.com/loomtrain/loom/coordinator"
 	"github.com/loomtrain/loom/data"
 	"github.com/loomtrain/loom/jobspec"
+	"github.com/loomtrain/loom/model"
 	"github.com/loomtrain/loom/train"
 )
 
@@ -82,10 +83,7 @@ func runCluster(ctx context.Context, stdout io.Writer, job *jobspec.Job, o launc
 	var rid [8]byte
 	_, _ = rand.Read(rid[:])
 	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	resp, err := client.SubmitJob(sctx, &api.SubmitJobRequest{RequestId: hex.EncodeToString(rid[:]), Spec: &api.JobSpec{
-		Name: job.Name, ConfigYaml: body, GlobalBatch: int64(job.Train.GlobalBatch),
-		MinWorkers: int32(minW), MaxWorkers: int32(job.Cluster.MaxWorkers), PipelineStages: 1,
-		EqualShares: job.Cluster.Balance == "equal"}})
+	resp, err := client.SubmitJob(sctx, &api.SubmitJobRequest{RequestId: hex.EncodeToString(rid[:]), Spec: jobSpec(job, body, minW)})
 	cancel()
 	if err != nil {
 		return fmt.Errorf("submit %s: %w", job.Name, explainTLS(err))
@@ -134,7 +132,7 @@ func follow(ctx context.Context, stdout io.Writer, client api.CoordinatorClient,
 	summary := func(status string, j *api.Job, plan *api.Plan) *train.Summary {
 		s := &train.Summary{Job: job.Name, Status: status, Steps: int(j.GetStep()), Samples: job.SamplesIn(int(j.GetStep()), n),
 			FinalLoss: j.GetLastLoss(), TestAccuracy: j.GetTestAccuracy(), TestLoss: j.GetTestLoss(), WallSeconds: time.Since(start).Seconds(),
-			Precision: job.Train.Precision, Device: o.device, Workers: int(plan.GetReplicas()), Shares: shares}
+			Precision: job.Train.Precision, Device: o.device, Workers: len(plan.GetRanks()), Shares: shares}
 		s.Epochs = float64(s.Samples) / float64(max(1, n))
 		s.SamplesPerSec = j.GetSamplesPerSecond() // measured by the reporting rank
 		if s.SamplesPerSec == 0 && !firstStep.IsZero() {
@@ -202,7 +200,11 @@ func follow(ctx context.Context, stdout io.Writer, client api.CoordinatorClient,
 			// The last plan with workers: ranks may leave once done.
 			shares = shares[:0]
 			for _, r := range ranks {
-				shares = append(shares, train.RankShare{Worker: r.GetWorkerId(), Stage: int(r.GetStage()), Samples: r.GetBatchShare()})
+				rs := train.RankShare{Worker: r.GetWorkerId(), Stage: int(r.GetStage()), Samples: r.GetBatchShare()}
+				if lays := resp.GetPlan().GetStageLayers(); len(lays) > 1 && rs.Stage < len(lays) {
+					rs.Blocks = blockRange(lays[rs.Stage])
+				}
+				shares = append(shares, rs)
 			}
 		}
 		if j.GetState() == api.JobState_JOB_STATE_PENDING && j.GetReason() != waitReason {
@@ -452,4 +454,31 @@ func resolveLatest(ctx context.Context, client api.CoordinatorClient, job *jobsp
 	job.Checkpoint.Resume = filepath.Join(job.Checkpoint.Dir, filepath.FromSlash(info.Path))
 	log.Info("resuming", zap.String("checkpoint", info.Path), zap.Int("step", info.Step))
 	return nil
+}
+
+// jobSpec is what the coordinator's planner needs of job (whose YAML is
+// body), waiting for minW workers.
+func jobSpec(job *jobspec.Job, body []byte, minW int) *api.JobSpec {
+	spec := &api.JobSpec{
+		Name: job.Name, ConfigYaml: body, GlobalBatch: int64(job.Train.GlobalBatch),
+		MinWorkers: int32(minW), MaxWorkers: int32(job.Cluster.MaxWorkers), PipelineStages: 1,
+		EqualShares: job.Cluster.Balance == "equal",
+	}
+	if !job.Cluster.Pipelined() {
+		return spec
+	}
+	if job.Cluster.PipelineStages == jobspec.AutoStages {
+		spec.PipelineStages, spec.AutoStages = 0, true
+	} else {
+		spec.PipelineStages = int32(job.Cluster.PipelineStages)
+	}
+	spec.MicroBatches = int32(job.Train.MicroBatches)
+	m := job.Model
+	c := model.GPTConfig{Layers: m.GPTLayers(), Heads: m.Heads, DModel: m.DModel, Context: m.Context, Vocab: m.Vocab, TieEmbeddings: m.TieEmbeddings}.Cost()
+	spec.ModelCost = &api.ModelCost{
+		Layers: int32(m.GPTLayers()), EmbedFlops: c.EmbedFLOPs, BlockFlops: c.BlockFLOPs, HeadFlops: c.HeadFLOPs,
+		EmbedParams: c.EmbedParams, BlockParams: c.BlockParams, HeadParams: c.HeadParams,
+		BlockActBytes: c.BlockActBytes, HeadActBytes: c.HeadActBytes, BoundaryBytes: c.BoundaryBytes,
+	}
+	return spec
 }

@@ -276,6 +276,11 @@ func printJobs(w io.Writer, jobs []*api.Job, plans map[string]*api.Plan) {
 	}
 	_ = tw.Flush()
 	for _, j := range jobs {
+		if p := plans[j.Id]; len(p.GetStageLayers()) > 1 && len(p.GetRanks()) > 0 {
+			fmt.Fprintf(w, "%s pipeline: %s\n", j.Id, describePipeline(p))
+		}
+	}
+	for _, j := range jobs {
 		if j.GetCheckpointFailures() == 0 {
 			continue
 		}
@@ -288,9 +293,39 @@ func printJobs(w io.Writer, jobs []*api.Job, plans map[string]*api.Plan) {
 	}
 }
 
+// describePipeline is a pipeline plan in one line: each stage's blocks
+// and workers, and the predicted step time.
+func describePipeline(p *api.Plan) string {
+	var parts []string
+	for s, l := range p.GetStageLayers() {
+		var ws []string
+		for _, r := range p.GetRanks() {
+			if int(r.GetStage()) == s {
+				ws = append(ws, r.GetWorkerId())
+			}
+		}
+		parts = append(parts, fmt.Sprintf("stage %d blocks %s on %s", s, blockRange(l), strings.Join(ws, ",")))
+	}
+	out := strings.Join(parts, "; ")
+	if t := p.GetPredictedStepSeconds(); t > 0 {
+		out += fmt.Sprintf("; predicted step %.3g s", t)
+	}
+	return out
+}
+
+// blockRange is a stage's blocks as "2-3" (or "2" for one).
+func blockRange(l *api.LayerRange) string {
+	if l.GetLast()-l.GetFirst() == 1 {
+		return fmt.Sprint(l.GetFirst())
+	}
+	return fmt.Sprintf("%d-%d", l.GetFirst(), l.GetLast()-1)
+}
+
 // placement is where a worker sits in its job's current plan.
 type placement struct {
 	gen         int64
+	stage       int
+	blocks      string // the stage's blocks ("-" without pipeline stages)
 	rank, share int64
 	ended       bool // the job is cancelled or completed
 	inPlan      bool
@@ -309,8 +344,14 @@ func placements(ctx context.Context, c api.CoordinatorClient) (map[string]placem
 		if err != nil {
 			return nil, err
 		}
+		lays := r.GetPlan().GetStageLayers()
 		for _, rk := range r.GetPlan().GetRanks() {
-			out[rk.GetWorkerId()] = placement{gen: r.GetPlan().GetGeneration(), rank: int64(rk.GetRank()), share: rk.GetBatchShare(), ended: ended, inPlan: !ended}
+			blocks := "-"
+			if st := int(rk.GetStage()); len(lays) > 1 && st < len(lays) {
+				blocks = blockRange(lays[st])
+			}
+			out[rk.GetWorkerId()] = placement{gen: r.GetPlan().GetGeneration(), stage: int(rk.GetStage()), blocks: blocks,
+				rank: int64(rk.GetRank()), share: rk.GetBatchShare(), ended: ended, inPlan: !ended}
 		}
 		if ended {
 			out[j.GetId()] = placement{ended: true} // keyed by job: for pinned workers
@@ -341,12 +382,12 @@ func printWorkers(w io.Writer, ws []*api.Worker, places map[string]placement, no
 		return
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "WORKER\tSTATE\tJOB\tGEN\tRANK\tSHARE\tDEVICE\tCORES\tGFLOP/S\tSAMPLES/S\tLEASE\tCOLLECTIVE")
+	fmt.Fprintln(tw, "WORKER\tSTATE\tJOB\tGEN\tRANK\tSTAGE\tBLOCKS\tSHARE\tDEVICE\tCORES\tGFLOP/S\tSAMPLES/S\tLEASE\tCOLLECTIVE")
 	for _, x := range ws {
 		pl := places[x.Id]
-		gen, rank, share := "-", "-", "-"
+		gen, rank, stage, blocks, share := "-", "-", "-", "-", "-"
 		if pl.inPlan {
-			gen, rank, share = fmt.Sprint(pl.gen), fmt.Sprint(pl.rank), fmt.Sprint(pl.share)
+			gen, rank, stage, blocks, share = fmt.Sprint(pl.gen), fmt.Sprint(pl.rank), fmt.Sprint(pl.stage), pl.blocks, fmt.Sprint(pl.share)
 		}
 		p := x.GetProfile()
 		var g []string
@@ -357,8 +398,8 @@ func printWorkers(w io.Writer, ws []*api.Worker, places map[string]placement, no
 		if x.LostUnixNano != 0 {
 			lease = fmt.Sprintf("lost %v ago", now.Sub(time.Unix(0, x.LostUnixNano)).Round(time.Second))
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%.1f\t%s\t%s\n", x.Id, workerState(x, pl, places), dashIfEmpty(x.JobId),
-			gen, rank, share, dashIfEmpty(p.GetDeviceName()), p.GetCores(), dashIfEmpty(strings.Join(g, ",")), x.SamplesPerSecond, lease, p.GetCollectiveAddr())
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%.1f\t%s\t%s\n", x.Id, workerState(x, pl, places), dashIfEmpty(x.JobId),
+			gen, rank, stage, blocks, share, dashIfEmpty(p.GetDeviceName()), p.GetCores(), dashIfEmpty(strings.Join(g, ",")), x.SamplesPerSecond, lease, p.GetCollectiveAddr())
 	}
 	_ = tw.Flush()
 	for _, x := range ws {

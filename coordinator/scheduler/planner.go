@@ -1,7 +1,9 @@
 // Package scheduler is loom's pure planner: from a job's needs and the live
-// workers' measured speeds it computes a plan — data-parallel replicas ×
-// pipeline stages, each replica's integer share of the global batch in
-// proportion to its speed, and the ring order. It knows nothing of Raft or
+// workers' measured speeds (and, for pipeline jobs, memory and links) it
+// computes a plan — pipeline stages with their contiguous block ranges, the
+// workers of each stage, each rank's integer share of the global batch in
+// proportion to its speed, and the ring order. Data-parallel planning is in
+// this file; pipeline partitioning in partition.go. It knows nothing of Raft or
 // gRPC: it declares its own narrow input and output types, and the
 // coordinator translates them to and from the wire types.
 //
@@ -11,9 +13,11 @@
 package scheduler
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"sort"
 )
 
@@ -33,8 +37,19 @@ type Job struct {
 	MinWorkers int
 	// MaxWorkers bounds the ranks used; 0 means unbounded.
 	MaxWorkers int
-	// Stages is the pipeline depth of every replica; 0 means 1.
+	// Stages is the pipeline depth; 0 means 1. More than 1 needs Model.
 	Stages int
+	// AutoStages picks Stages (1..min(Model.Layers, usable workers)) with
+	// the smallest predicted step time; Stages is then ignored. Needs Model.
+	AutoStages bool
+	// Micro is the micro-batches per step (0 means 1): for the predicted
+	// step time and for 1F1B's activations in flight (min(Micro, stages)
+	// micro-batches per stage).
+	Micro int
+	// Model is the cost model of the job's network; required when
+	// Stages > 1 or AutoStages. nil with Stages <= 1: plan data parallel
+	// by speed alone, with no layer ranges and no predicted step.
+	Model *ModelCost
 }
 
 // Worker is a live worker as the planner sees it.
@@ -42,8 +57,16 @@ type Worker struct {
 	ID   string
 	Addr string
 	// Speed is the worker's measured throughput in any unit shared by all
-	// workers of one call (samples/s or GFLOP/s); finite and > 0.
+	// workers of one call (samples/s or GFLOP/s); finite and > 0. For
+	// pipeline jobs (Model != nil) it is full-model samples/s: a stage of
+	// cost fraction f takes f/Speed seconds per sample.
 	Speed float64
+	// MemoryBytes is the memory a stage may use on the worker; 0: unknown
+	// (not checked).
+	MemoryBytes int64
+	// LinkBytesPerSec is the worker's network bandwidth; 0: unknown
+	// (communication is not costed).
+	LinkBytesPerSec float64
 }
 
 // Rank is one worker's place in a plan.
@@ -53,18 +76,28 @@ type Rank struct {
 	Addr       string
 	BatchShare int64
 	Stage      int
-	Replica    int
+	// Replica is the rank's index within its stage.
+	Replica int
 }
 
 // Plan is the planner's answer. Ranks are in ring order: sorted by stage,
 // then replica; the ring of stage s is the ranks of that stage in order.
-// No ranks means the job must wait; Reason says why.
+// The shares of each stage sum to GlobalBatch. No ranks means the job must
+// wait; Reason says why.
 type Plan struct {
-	Stages      int
+	Stages int
+	// Replicas is the number of ranks of the largest stage (every stage has
+	// this many without a Model; pipeline stages may differ).
 	Replicas    int
 	GlobalBatch int64
 	Ranks       []Rank
 	Reason      string
+	// Layers is each stage's block range, len == Stages (also for one
+	// stage) when the job has a Model; nil without one.
+	Layers []LayerRange
+	// PredictedStepSeconds is the step time the cost model predicts (the
+	// step model in partition.go); 0 without a Model or for an empty plan.
+	PredictedStepSeconds float64
 }
 
 // normalize fills defaults and validates.
@@ -74,6 +107,9 @@ func (j Job) normalize() (Job, error) {
 	}
 	if j.MinWorkers == 0 {
 		j.MinWorkers = 1
+	}
+	if j.AutoStages {
+		j.Stages = 1 // ignored: the planner picks
 	}
 	switch {
 	case j.GlobalBatch <= 0:
@@ -88,6 +124,23 @@ func (j Job) normalize() (Job, error) {
 		return j, fmt.Errorf("%w: max_workers %d < min_workers %d", ErrInvalidJob, j.MaxWorkers, j.MinWorkers)
 	case j.MaxWorkers > 0 && j.MaxWorkers < j.Stages:
 		return j, fmt.Errorf("%w: max_workers %d < pipeline_stages %d", ErrInvalidJob, j.MaxWorkers, j.Stages)
+	case j.Micro < 0:
+		return j, fmt.Errorf("%w: micro_batches %d must be >= 0", ErrInvalidJob, j.Micro)
+	case j.Model == nil && j.AutoStages:
+		return j, fmt.Errorf("%w: pipeline_stages auto needs the model's cost", ErrInvalidJob)
+	case j.Model == nil && j.Stages > 1:
+		return j, fmt.Errorf("%w: pipeline_stages %d needs the model's cost", ErrInvalidJob, j.Stages)
+	}
+	if j.Micro == 0 {
+		j.Micro = 1
+	}
+	if j.Model != nil {
+		if err := j.Model.validate(); err != nil {
+			return j, err
+		}
+		if j.Stages > j.Model.Layers {
+			return j, fmt.Errorf("%w: pipeline_stages %d is more than the model's %d layers", ErrInvalidJob, j.Stages, j.Model.Layers)
+		}
 	}
 	return j, nil
 }
@@ -99,12 +152,17 @@ func ValidateJob(j Job) error {
 }
 
 // Compute plans job j over workers. It uses the fastest workers, at most
-// MaxWorkers, in whole replicas of Stages ranks; a replica's speed is that
-// of its slowest stage. Shares are the largest-remainder apportionment of
-// GlobalBatch by replica speed, so each differs from the exact proportion by
-// less than one sample and they sum exactly to GlobalBatch; a replica whose
-// share would be zero is dropped. If fewer than max(MinWorkers, Stages)
-// ranks remain the plan is empty.
+// MaxWorkers.
+//
+// Without a Model (Stages <= 1) every worker is a data-parallel replica.
+// Shares are the largest-remainder apportionment of GlobalBatch by speed,
+// so each differs from the exact proportion by less than one sample and
+// they sum exactly to GlobalBatch; a replica whose share would be zero is
+// dropped. If fewer than MinWorkers ranks remain the plan is empty.
+//
+// With a Model the workers are grouped into stages and the blocks split
+// into contiguous ranges to minimise the predicted step time, within each
+// worker's memory; see computePipeline.
 func Compute(j Job, workers []Worker) (Plan, error) {
 	j, err := j.normalize()
 	if err != nil {
@@ -124,6 +182,12 @@ func Compute(j Job, workers []Worker) (Plan, error) {
 		if !(w.Speed > 0) || math.IsInf(w.Speed, 0) {
 			return Plan{}, fmt.Errorf("%w: %q has speed %v, want finite > 0", ErrInvalidWorker, w.ID, w.Speed)
 		}
+		if w.MemoryBytes < 0 {
+			return Plan{}, fmt.Errorf("%w: %q has memory %d, want >= 0", ErrInvalidWorker, w.ID, w.MemoryBytes)
+		}
+		if !(w.LinkBytesPerSec >= 0) || math.IsInf(w.LinkBytesPerSec, 0) {
+			return Plan{}, fmt.Errorf("%w: %q has link %v B/s, want finite >= 0", ErrInvalidWorker, w.ID, w.LinkBytesPerSec)
+		}
 	}
 	sort.Slice(ws, func(a, b int) bool {
 		if ws[a].Speed != ws[b].Speed {
@@ -134,6 +198,9 @@ func Compute(j Job, workers []Worker) (Plan, error) {
 	n := len(ws)
 	if j.MaxWorkers > 0 && n > j.MaxWorkers {
 		n = j.MaxWorkers
+	}
+	if j.Model != nil {
+		return computePipeline(j, ws[:n], len(ws)), nil
 	}
 	replicas := n / j.Stages
 	if int64(replicas) > j.GlobalBatch {
@@ -207,7 +274,7 @@ func apportion(total int64, weights []float64) []int64 {
 	for i := range idx {
 		idx[i] = i
 	}
-	sort.SliceStable(idx, func(a, b int) bool { return rem[idx[a]] > rem[idx[b]] })
+	slices.SortStableFunc(idx, func(a, b int) int { return cmp.Compare(rem[b], rem[a]) })
 	for k := 0; given < total; k = (k + 1) % len(idx) {
 		out[idx[k]]++
 		given++
@@ -226,9 +293,13 @@ func apportion(total int64, weights []float64) []int64 {
 // orders ranks by speed, so the noise of two equal workers' measured speeds
 // swaps them back and forth, and a data-parallel ring gains nothing from a
 // new order (a new generation costs every rank a reconnect). With pipeline
-// stages the order decides which workers form a replica, and counts.
+// stages the order decides which workers form a replica, and counts, as
+// does a change of any stage's block range (Layers).
 func Changed(cur, next Plan, tolerance float64) bool {
 	if len(cur.Ranks) != len(next.Ranks) || cur.Stages != next.Stages || cur.GlobalBatch != next.GlobalBatch {
+		return true
+	}
+	if !slices.Equal(cur.Layers, next.Layers) {
 		return true
 	}
 	moved := func(a, b Rank) bool {

@@ -23,10 +23,12 @@ func genWorkers(t *rapid.T) []Worker {
 	return ws
 }
 
+// genJob draws a data-parallel job (no Model, so Stages <= 1); pipeline
+// jobs are drawn in partition_test.go.
 func genJob(t *rapid.T) Job {
 	j := Job{
 		GlobalBatch: rapid.Int64Range(1, 100000).Draw(t, "batch"),
-		Stages:      rapid.IntRange(0, 4).Draw(t, "stages"),
+		Stages:      rapid.IntRange(0, 1).Draw(t, "stages"),
 		MinWorkers:  rapid.IntRange(0, 10).Draw(t, "min"),
 	}
 	if rapid.Bool().Draw(t, "bounded") {
@@ -207,18 +209,14 @@ func TestPlanExamples(t *testing.T) {
 	if len(p.Ranks) != 2 || p.Ranks[0].WorkerID != "fast" || p.Ranks[0].BatchShare != 48 || p.Ranks[1].BatchShare != 16 {
 		t.Fatalf("got %+v", p.Ranks)
 	}
-	// Two stages, four workers: two replicas, fastest two form replica 0.
+	if p.Layers != nil || p.PredictedStepSeconds != 0 {
+		t.Fatalf("data-parallel plan without a model has layers or a step: %+v", p)
+	}
+	// Pipeline stages need the model's cost (TestPipeline* in
+	// partition_test.go plan them).
 	ws = append(ws, Worker{ID: "mid", Addr: "c", Speed: 2}, Worker{ID: "mid2", Addr: "d", Speed: 2})
-	p, err = Compute(Job{GlobalBatch: 10, Stages: 2}, ws)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if p.Replicas != 2 || len(p.Ranks) != 4 {
-		t.Fatalf("got %+v", p)
-	}
-	// Replica 0 = fast+mid (speed 2), replica 1 = mid2+slow (speed 1).
-	if p.Ranks[0].WorkerID != "fast" || p.Ranks[2].WorkerID != "mid" || p.Ranks[0].BatchShare != 7 || p.Ranks[1].BatchShare != 3 {
-		t.Fatalf("got %+v", p.Ranks)
+	if _, err = Compute(Job{GlobalBatch: 10, Stages: 2}, ws); !errors.Is(err, ErrInvalidJob) {
+		t.Fatalf("two stages without a model: err %v", err)
 	}
 	// Below the minimum: empty with a reason.
 	p, err = Compute(Job{GlobalBatch: 10, MinWorkers: 5}, ws)
@@ -247,6 +245,9 @@ func TestPlanRefusesBadInput(t *testing.T) {
 		{Job{GlobalBatch: 8, MinWorkers: 4, MaxWorkers: 2}, nil, ErrInvalidJob},
 		{Job{GlobalBatch: 8, Stages: 3, MaxWorkers: 2}, nil, ErrInvalidJob},
 		{Job{GlobalBatch: 8, Stages: -1}, nil, ErrInvalidJob},
+		{Job{GlobalBatch: 8, Stages: 2}, nil, ErrInvalidJob},
+		{Job{GlobalBatch: 8}, []Worker{{ID: "a", Speed: 1, MemoryBytes: -1}}, ErrInvalidWorker},
+		{Job{GlobalBatch: 8}, []Worker{{ID: "a", Speed: 1, LinkBytesPerSec: math.Inf(1)}}, ErrInvalidWorker},
 		{Job{GlobalBatch: 8}, []Worker{{ID: "a", Speed: 1}, {ID: "a", Speed: 2}}, ErrInvalidWorker},
 		{Job{GlobalBatch: 8}, []Worker{{ID: "a", Speed: 0}}, ErrInvalidWorker},
 		{Job{GlobalBatch: 8}, []Worker{{ID: "a", Speed: math.NaN()}}, ErrInvalidWorker},
