@@ -21,9 +21,6 @@ func schedJob(spec *api.JobSpec) scheduler.Job {
 		AutoStages:  spec.GetAutoStages(),
 		Micro:       int(spec.GetMicroBatches()),
 	}
-	if j.Micro == 0 && j.Stages > 1 {
-		j.Micro = int(min(spec.GetGlobalBatch(), 2*int64(j.Stages))) // the worker's default (jobspec.PipelineMicro)
-	}
 	if c := spec.GetModelCost(); c != nil {
 		j.Model = &scheduler.ModelCost{
 			Layers: int(c.GetLayers()), EmbedFLOPs: c.GetEmbedFlops(), BlockFLOPs: c.GetBlockFlops(), HeadFLOPs: c.GetHeadFlops(),

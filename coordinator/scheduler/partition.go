@@ -164,15 +164,28 @@ func (pp *pipeline) params(s, P, b int) float64 {
 	return p
 }
 
+// micro is the micro-batches per step of a P-stage plan: Job.Micro, or
+// when that is 0 the worker's default (jobspec.PipelineMicro): one for a
+// single stage, else twice the stages, at most the global batch.
+func (pp *pipeline) micro(P int) int {
+	if pp.j.Micro > 0 {
+		return pp.j.Micro
+	}
+	if P <= 1 {
+		return 1
+	}
+	return int(min(pp.j.GlobalBatch, 2*int64(P)))
+}
+
 // need is the memory of a stage s of b blocks on a rank with share x.
 func (pp *pipeline) need(s, P, b int, x int64) float64 {
-	micro := int64(pp.j.Micro)
+	micro := int64(pp.micro(P))
 	act := float64(b) * float64(pp.m.BlockActBytes)
 	if s == P-1 {
 		act += float64(pp.m.HeadActBytes)
 	}
 	rows := (x + micro - 1) / micro
-	return stateBytesPerParam*pp.params(s, P, b) + float64(min(pp.j.Micro, P))*float64(rows)*act
+	return stateBytesPerParam*pp.params(s, P, b) + float64(min(int(micro), P))*float64(rows)*act
 }
 
 // maxBlocksEst is about the most blocks stage s can hold on a rank with
@@ -288,7 +301,7 @@ func (pp *pipeline) newGroup(pool []Worker, idx []int) *group {
 // ok == false when none fits memory. bound is the step to beat: a
 // candidate whose bottleneck cannot beat it skips the local search.
 func (pp *pipeline) solve(pool []Worker, groups []*group, bound float64) (counts []int, step float64, ok bool) {
-	P, L, M := len(groups), pp.L, pp.j.Micro
+	P, L, M := len(groups), pp.L, pp.micro(len(groups))
 	W := L + 1
 	pp.t = grow(pp.t, P*W)
 	pp.f = grow(pp.f, P*W)
@@ -417,7 +430,7 @@ func (pp *pipeline) objective(counts []int) float64 {
 		worst = max(worst, v)
 		ar = max(ar, pp.arCoef[s]*pp.params(s, P, b))
 	}
-	return sum + float64(pp.j.Micro-1)*worst + ar
+	return sum + float64(pp.micro(P)-1)*worst + ar
 }
 
 // descend improves counts one block across one boundary at a time, taking

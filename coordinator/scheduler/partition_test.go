@@ -32,7 +32,7 @@ func equalWorkers(n int, speed float64) []Worker {
 // oracleStep is the step model of partition.go, written again from its
 // comment, straight from a plan's ranks and layers.
 func oracleStep(j Job, p Plan, ws []Worker) float64 {
-	m, M, P := j.Model, max(j.Micro, 1), p.Stages
+	m, M, P := j.Model, defaultMicro(j, p.Stages), p.Stages
 	byID := map[string]Worker{}
 	for _, w := range ws {
 		byID[w.ID] = w
@@ -93,7 +93,7 @@ func oracleStep(j Job, p Plan, ws []Worker) float64 {
 
 // oracleNeed is a rank's memory need, from the Job's contract.
 func oracleNeed(j Job, p Plan, r Rank) float64 {
-	m, M := j.Model, int64(max(j.Micro, 1))
+	m, M := j.Model, int64(defaultMicro(j, p.Stages))
 	lr := p.Layers[r.Stage]
 	b := float64(lr.Last - lr.First)
 	params, act := b*float64(m.BlockParams), b*float64(m.BlockActBytes)
@@ -954,4 +954,16 @@ func BenchmarkComputePipeline(b *testing.B) {
 			b.ReportMetric(p.PredictedStepSeconds*1e3, "step-ms")
 		})
 	}
+}
+
+// defaultMicro is the micro-batches a plan of P stages runs for j: Micro,
+// or (0) one for one stage, else twice the stages up to the global batch.
+func defaultMicro(j Job, P int) int {
+	switch {
+	case j.Micro > 0:
+		return j.Micro
+	case P <= 1:
+		return 1
+	}
+	return int(min(j.GlobalBatch, 2*int64(P)))
 }

@@ -42,7 +42,8 @@ type Job struct {
 	// AutoStages picks Stages (1..min(Model.Layers, usable workers)) with
 	// the smallest predicted step time; Stages is then ignored. Needs Model.
 	AutoStages bool
-	// Micro is the micro-batches per step (0 means 1): for the predicted
+	// Micro is the micro-batches per step (0 means the workers' default: 1
+	// for one stage, else twice the stages, at most GlobalBatch): for the predicted
 	// step time and for 1F1B's activations in flight (min(Micro, stages)
 	// micro-batches per stage).
 	Micro int
@@ -131,7 +132,7 @@ func (j Job) normalize() (Job, error) {
 	case j.Model == nil && j.Stages > 1:
 		return j, fmt.Errorf("%w: pipeline_stages %d needs the model's cost", ErrInvalidJob, j.Stages)
 	}
-	if j.Micro == 0 {
+	if j.Micro == 0 && j.Model == nil {
 		j.Micro = 1
 	}
 	if j.Model != nil {
