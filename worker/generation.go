@@ -167,6 +167,15 @@ func (g *generation) close() {
 	if g == nil {
 		return
 	}
+	if g.pipe != nil {
+		// A stage that finished the last step of the generation may still
+		// have its last gradients and step result queued for the stage
+		// before it, which is still receiving them: hand them to the links
+		// before closing them.
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_ = g.pipe.Flush(ctx)
+		cancel()
+	}
 	g.sync.Close()
 	g.comm.Close()
 	if g.pipe != nil {
