@@ -72,14 +72,7 @@ func pipelineSpeeds(spec *api.JobSpec, cur *api.Plan, ws []*api.Worker) []float6
 		return out
 	}
 	for i, w := range ws {
-		best := 0.0
-		for _, g := range w.GetProfile().GetGflops() {
-			best = max(best, g)
-		}
-		out[i] = best * 1e9 / total
-		if !(out[i] > 0) || math.IsInf(out[i], 0) {
-			out[i] = 1
-		}
+		out[i] = profileSpeed(w, total/1e9)
 	}
 	return out
 }
@@ -105,16 +98,22 @@ func workerSpeeds(spec *api.JobSpec, ws []*api.Worker) []float64 {
 		return out
 	}
 	for i, w := range ws {
-		best := 0.0
-		for _, g := range w.GetProfile().GetGflops() {
-			best = max(best, g)
-		}
-		out[i] = best
-		if !(best > 0) || math.IsInf(best, 0) {
-			out[i] = 1
-		}
+		out[i] = profileSpeed(w, 1)
 	}
 	return out
+}
+
+// profileSpeed is w's best profiled GFLOP/s over flops (1 where the
+// profile gives nothing usable).
+func profileSpeed(w *api.Worker, flops float64) float64 {
+	best := 0.0
+	for _, g := range w.GetProfile().GetGflops() {
+		best = max(best, g)
+	}
+	if s := best / flops; s > 0 && !math.IsInf(s, 0) {
+		return s
+	}
+	return 1
 }
 
 func fromSchedPlan(jobID string, gen int64, p scheduler.Plan) *api.Plan {

@@ -237,7 +237,7 @@ func (t *Trainer) stepPipeline(ctx context.Context, sync GradSync, p *Pipeline) 
 			lastBackward = k
 		}
 	}
-	if first && sync != nil && len(mine) > 0 {
+	if first && len(mine) > 0 {
 		t.writeLedger(LedgerEntry{Epoch: startPos.Epoch, Step: t.step + 1, Gen: t.Generation, Tentative: true, Samples: mine})
 	}
 	fail := func(err error) (float64, error) {
@@ -428,7 +428,7 @@ func NewStageTrainer(job *jobspec.Job, dev device.Device, split *data.Split, log
 	}
 	_, slots := schedule(len(p.Stages), p.Stage, m, p.GPipe)
 	return buildTrainer(job, dev, split, log, func() (task, error) {
-		return newGPTStage(job, dev, split, layers, slots)
+		return newGPTStage(job, dev, split, layers, slots, m)
 	})
 }
 

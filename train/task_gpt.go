@@ -46,12 +46,13 @@ type gptTask struct {
 }
 
 func newGPTTask(job *jobspec.Job, dev device.Device, split *data.Split) (*gptTask, error) {
-	return newGPTStage(job, dev, split, model.StageRange{First: 0, Last: job.Model.GPTLayers()}, 1)
+	return newGPTStage(job, dev, split, model.StageRange{First: 0, Last: job.Model.GPTLayers()}, 1, job.Train.Micro())
 }
 
 // newGPTStage builds the task of one pipeline stage holding blocks r, with
-// slots activation slots (1 and the whole model: a data-parallel rank).
-func newGPTStage(job *jobspec.Job, dev device.Device, split *data.Split, r model.StageRange, slots int) (*gptTask, error) {
+// slots activation slots for micro-batches of a global batch split micro
+// ways (1 slot and the whole model: a data-parallel rank).
+func newGPTStage(job *jobspec.Job, dev device.Device, split *data.Split, r model.StageRange, slots, micro int) (*gptTask, error) {
 	if split.Text == nil {
 		return nil, fmt.Errorf("model.kind gpt needs a text dataset (data.dataset: text), not %s", split.Source)
 	}
@@ -72,7 +73,6 @@ func newGPTStage(job *jobspec.Job, dev device.Device, split *data.Split, r model
 	// The largest forward is one micro-batch of a whole global batch (a
 	// rank's share is at most that, and a batch at most the epoch);
 	// evaluation runs in batches of it.
-	micro := job.Train.Micro()
 	maxRows := (min(job.Train.GlobalBatch, max(split.Text.Train.N, 1)) + micro - 1) / micro
 	if err := checkGPTMemory(be, cfg, r, maxRows*m.Context, slots); err != nil {
 		return nil, err

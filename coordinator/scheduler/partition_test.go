@@ -285,7 +285,7 @@ func TestPipelineSlowWorker(t *testing.T) {
 			q.Ranks = append(q.Ranks, Rank{Rank: s, WorkerID: ws[wi].ID, Addr: ws[wi].Addr, BatchShare: 64, Stage: s})
 		}
 		bestEqual = min(bestEqual, oracleStep(j, q, ws))
-		if !nextPerm(perm) {
+		if !permute(perm) {
 			break
 		}
 	}
@@ -295,24 +295,6 @@ func TestPipelineSlowWorker(t *testing.T) {
 	if eq := oracleStep(j, withLayers(p, 3, 3, 3, 3), ws); p.PredictedStepSeconds > eq {
 		t.Fatalf("step %.4f worse than the equal split of the same stages %.4f", p.PredictedStepSeconds, eq)
 	}
-}
-
-// nextPerm advances a to its next lexicographic permutation.
-func nextPerm(a []int) bool {
-	i := len(a) - 2
-	for i >= 0 && a[i] >= a[i+1] {
-		i--
-	}
-	if i < 0 {
-		return false
-	}
-	k := len(a) - 1
-	for a[k] <= a[i] {
-		k--
-	}
-	a[i], a[k] = a[k], a[i]
-	slices.Reverse(a[i+1:])
-	return true
 }
 
 // TestPipelineUnevenStages: stages of different worker counts; the stage
@@ -768,9 +750,6 @@ func TestAutoStagesBest(t *testing.T) {
 		})
 	})
 	t.Run("large", func(t *testing.T) {
-		if testing.Short() {
-			t.Skip("slow")
-		}
 		var n, close int
 		worst := 1.0
 		for seed := range uint64(40) {
