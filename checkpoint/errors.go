@@ -11,7 +11,10 @@ var (
 
 	// ErrInvalidState: Save or Begin was given a State that cannot be written
 	// (empty or unsafe job name, negative step, tensor data that does not
-	// fill its shape, duplicate tensor names, non-finite loss scale).
+	// fill its shape, duplicate tensor names, non-finite loss scale, an
+	// invalid ShardID). The shards of a sharded checkpoint that disagree on
+	// the common fields or hold one tensor twice fail the completing
+	// shard's write with it (wrapped in ErrWrite).
 	ErrInvalidState = errors.New("checkpoint: invalid state")
 
 	// ErrInvalidPath: a Storage name is not a clean relative slash-separated

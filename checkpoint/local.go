@@ -197,6 +197,39 @@ func (s *LocalStorage) RemoveAll(ctx context.Context, name string) error {
 	return os.RemoveAll(p)
 }
 
+// CreateExclusive implements Storage: O_CREATE|O_EXCL in an existing
+// directory, written, fsynced, and the directory fsynced. A failed write
+// removes the file again.
+func (s *LocalStorage) CreateExclusive(ctx context.Context, name string, data []byte) (err error) {
+	p, err := s.path(name)
+	if err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return err // *PathError wrapping fs.ErrExist or fs.ErrNotExist
+	}
+	defer func() {
+		if err != nil {
+			f.Close()
+			os.Remove(p)
+		}
+	}()
+	if _, err = f.Write(data); err != nil {
+		return err
+	}
+	if err = f.Sync(); err != nil {
+		return err
+	}
+	if err = f.Close(); err != nil {
+		return err
+	}
+	return syncDir(filepath.Dir(p))
+}
+
 // syncDir fsyncs a directory so that renames and creations in it survive a
 // crash.
 func syncDir(dir string) error {

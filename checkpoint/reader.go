@@ -27,11 +27,43 @@ const maxManifestBytes = 64 << 20
 // of it: the manifest, the size of every file, each safetensors header
 // against the manifest, and the sha256 of every tensor. Errors wrap
 // ErrIncomplete (no manifest), ErrCorrupt, ErrVersion, ErrInvalidPath, or the
-// storage's or ctx's error, and name path. Tensors come back in the order
-// they were saved; the RNG map is never nil.
+// storage's or ctx's error, and name path (and the damaged file). Tensors
+// come back in the order they were saved, a sharded checkpoint's shard
+// after shard, with Shard zero: the whole model, to resume on any layout.
+// The RNG map is never nil.
 func Load(ctx context.Context, st Storage, path string) (*State, error) {
-	s, _, err := load(ctx, st, path)
+	s, _, err := load(ctx, st, path, nil)
 	return s, err
+}
+
+// LoadTensors is Load returning only the tensors (of Params and Optim)
+// whose name keep accepts; nil keeps all. It reads and hashes only their
+// bytes (seeking past the others where the storage's reader can), so a
+// pipeline stage loads its own layers of any checkpoint, sharded or not,
+// whatever layout wrote it. What is checked: the manifest, the size and
+// safetensors header of every file, the sidecars and index files, and the
+// sha256 of every tensor returned; damage to the data of a tensor not
+// returned goes unseen (a truncated or missing file never does).
+func LoadTensors(ctx context.Context, st Storage, path string, keep func(name string) bool) (*State, error) {
+	s, _, err := load(ctx, st, path, keep)
+	return s, err
+}
+
+// KeepParams returns a filter for LoadTensors and LatestTensors that keeps
+// the named parameters and their optimizer state, whose names are
+// "<parameter>.<kind>" ("h.0.mlp.c_fc.weight.m").
+func KeepParams(names ...string) func(name string) bool {
+	set := make(map[string]bool, len(names))
+	for _, n := range names {
+		set[n] = true
+	}
+	return func(name string) bool {
+		if set[name] {
+			return true
+		}
+		i := strings.LastIndexByte(name, '.')
+		return i > 0 && set[name[:i]]
+	}
 }
 
 // ParsePath parses a checkpoint path, "job/step-XXXXXXXX", relative to the
@@ -53,33 +85,44 @@ func readManifest(ctx context.Context, st Storage, path string) (*Manifest, Info
 	if err != nil {
 		return nil, Info{}, err
 	}
-	rc, size, err := st.Open(ctx, path+"/"+ManifestFile)
+	m, raw, err := readManifestFile(ctx, st, path+"/"+ManifestFile)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, Info{}, fmt.Errorf("%w: %s", ErrIncomplete, path)
 	}
 	if err != nil {
-		return nil, Info{}, fmt.Errorf("checkpoint: %s: %w", path, err)
-	}
-	defer rc.Close()
-	if size > maxManifestBytes {
-		return nil, Info{}, fmt.Errorf("%w: %s: manifest of %d bytes", ErrCorrupt, path, size)
-	}
-	raw, err := io.ReadAll(io.LimitReader(rc, maxManifestBytes))
-	if err != nil {
-		return nil, Info{}, fmt.Errorf("checkpoint: %s: reading manifest: %w", path, err)
-	}
-	var m Manifest
-	if err := json.Unmarshal(raw, &m); err != nil {
-		return nil, Info{}, fmt.Errorf("%w: %s: manifest: %v", ErrCorrupt, path, err)
+		return nil, Info{}, err
 	}
 	if err := m.check(path, job, step); err != nil {
 		return nil, Info{}, err
 	}
 	sum := sha256.Sum256(raw)
-	return &m, infoFromManifest(path, &m, int64(len(raw)), hex.EncodeToString(sum[:])), nil
+	return m, infoFromManifest(path, m, int64(len(raw)), hex.EncodeToString(sum[:])), nil
 }
 
-func load(ctx context.Context, st Storage, path string) (*State, Info, error) {
+// readManifestFile reads and parses (does not check) the manifest name:
+// a checkpoint's manifest.json or one shard's. A missing file is an error
+// for which errors.Is(err, fs.ErrNotExist) holds.
+func readManifestFile(ctx context.Context, st Storage, name string) (*Manifest, []byte, error) {
+	rc, size, err := st.Open(ctx, name)
+	if err != nil {
+		return nil, nil, fmt.Errorf("checkpoint: %s: %w", name, err)
+	}
+	defer rc.Close()
+	if size > maxManifestBytes {
+		return nil, nil, fmt.Errorf("%w: %s: manifest of %d bytes", ErrCorrupt, name, size)
+	}
+	raw, err := io.ReadAll(io.LimitReader(rc, maxManifestBytes))
+	if err != nil {
+		return nil, nil, fmt.Errorf("checkpoint: %s: reading manifest: %w", name, err)
+	}
+	var m Manifest
+	if err := json.Unmarshal(raw, &m); err != nil {
+		return nil, nil, fmt.Errorf("%w: %s: manifest: %v", ErrCorrupt, name, err)
+	}
+	return &m, raw, nil
+}
+
+func load(ctx context.Context, st Storage, path string, keep func(string) bool) (*State, Info, error) {
 	m, info, err := readManifest(ctx, st, path)
 	if err != nil {
 		return nil, Info{}, err
@@ -93,22 +136,31 @@ func load(ctx context.Context, st Storage, path string) (*State, Info, error) {
 		s.RNG = map[string]uint64{}
 	}
 	for _, f := range m.Files {
-		ts, err := loadFile(ctx, st, path, f, m.Tensors)
+		ts, err := loadFile(ctx, st, path, f, m.Tensors, keep)
 		if err != nil {
 			return nil, Info{}, err
 		}
-		if f.Name == ModelFile {
-			s.Params = ts
+		dst := &s.Optim
+		if paramsFile(f.Name) {
+			dst = &s.Params
+		}
+		if *dst == nil {
+			*dst = ts
 		} else {
-			s.Optim = ts
+			*dst = append(*dst, ts...)
 		}
 	}
 	for _, f := range m.Sidecars {
-		b, err := loadSidecar(ctx, st, path, f)
+		b, err := loadSmall(ctx, st, path, f, maxSidecarBytes)
 		if err != nil {
 			return nil, Info{}, err
 		}
 		s.Sidecars = append(s.Sidecars, Sidecar{Name: f.Name, Data: b})
+	}
+	for _, f := range m.Indexes {
+		if _, err := loadSmall(ctx, st, path, f, maxManifestBytes); err != nil {
+			return nil, Info{}, err
+		}
 	}
 	return s, info, nil
 }
@@ -129,15 +181,16 @@ func openListed(ctx context.Context, st Storage, name string, want int64) (io.Re
 	return rc, size, nil
 }
 
-// loadSidecar reads one sidecar file and verifies its size and checksum.
-func loadSidecar(ctx context.Context, st Storage, dir string, f SidecarEntry) ([]byte, error) {
+// loadSmall reads one sidecar or index file (of at most limit bytes) and
+// verifies its size and checksum.
+func loadSmall(ctx context.Context, st Storage, dir string, f SidecarEntry, limit int64) ([]byte, error) {
 	name := dir + "/" + f.Name
 	rc, _, err := openListed(ctx, st, name, f.Size)
 	if err != nil {
 		return nil, err
 	}
 	defer rc.Close()
-	b, err := io.ReadAll(io.LimitReader(rc, maxSidecarBytes+1))
+	b, err := io.ReadAll(io.LimitReader(rc, limit+1))
 	if err != nil {
 		return nil, fmt.Errorf("checkpoint: %s: %w", name, err)
 	}
@@ -147,27 +200,42 @@ func loadSidecar(ctx context.Context, st Storage, dir string, f SidecarEntry) ([
 	return b, nil
 }
 
-// loadFile reads one tensor file and verifies it against the manifest.
-func loadFile(ctx context.Context, st Storage, dir string, f FileEntry, index []TensorEntry) ([]Tensor, error) {
+// loadFile reads one tensor file and verifies it against the manifest:
+// its size, its header, and the sha256 of every tensor keep accepts (nil:
+// all), which it returns in manifest order. The other tensors' bytes are
+// skipped, by seeking where the storage's reader is an io.Seeker.
+func loadFile(ctx context.Context, st Storage, dir string, f FileEntry, index []TensorEntry, keep func(string) bool) ([]Tensor, error) {
 	name := dir + "/" + f.Name
 	rc, size, err := openListed(ctx, st, name, f.Size)
 	if err != nil {
 		return nil, err
 	}
 	defer rc.Close()
-	r := bufio.NewReaderSize(rc, 256<<10)
+	var entries []TensorEntry
+	slot := []int{} // per entry: its place in the result, or -1
+	wanted := 0
+	for _, e := range index {
+		if e.File == f.Name {
+			entries = append(entries, e)
+			if keep == nil || keep(e.Name) {
+				slot = append(slot, wanted)
+				wanted++
+			} else {
+				slot = append(slot, -1)
+			}
+		}
+	}
+	bufSize := 256 << 10
+	if wanted == 0 {
+		bufSize = 16 << 10 // the header only
+	}
+	r := bufio.NewReaderSize(rc, bufSize)
 	h, err := readHeader(r, size, name)
 	if err != nil {
 		return nil, err
 	}
 	if err := matchHeader(h, f.Name, index, name); err != nil {
 		return nil, err
-	}
-	var entries []TensorEntry
-	for _, e := range index {
-		if e.File == f.Name {
-			entries = append(entries, e)
-		}
 	}
 	// Read in file order; report tensors in manifest order.
 	order := make([]int, len(entries))
@@ -178,8 +246,10 @@ func loadFile(ctx context.Context, st Storage, dir string, f FileEntry, index []
 		ea, eb := &entries[order[a]], &entries[order[b]]
 		return ea.Begin < eb.Begin || (ea.Begin == eb.Begin && ea.End < eb.End)
 	})
-	out := make([]Tensor, len(entries))
-	pos := h.DataStart
+	seeker, _ := rc.(io.Seeker)
+	out := make([]Tensor, wanted)
+	pos := h.DataStart // where the manifest's tensors have reached
+	at := h.DataStart  // where r is
 	for _, i := range order {
 		e := entries[i]
 		if err := ctx.Err(); err != nil {
@@ -188,6 +258,20 @@ func loadFile(ctx context.Context, st Storage, dir string, f FileEntry, index []
 		if e.Begin != pos {
 			return nil, fmt.Errorf("%w: %s: tensor %q starts at %d, previous ends at %d (gap or overlap)", ErrCorrupt, name, e.Name, e.Begin, pos)
 		}
+		pos = e.End
+		if slot[i] < 0 {
+			continue
+		}
+		if skip := e.Begin - at; skip > 0 {
+			if seeker != nil && skip > int64(r.Buffered()) {
+				if _, err := seeker.Seek(e.Begin, io.SeekStart); err != nil {
+					return nil, fmt.Errorf("checkpoint: %s: seeking to tensor %q: %w", name, e.Name, err)
+				}
+				r.Reset(rc)
+			} else if _, err := r.Discard(int(skip)); err != nil {
+				return nil, fmt.Errorf("%w: %s: tensor %q at [%d, %d): %v", ErrCorrupt, name, e.Name, e.Begin, e.End, err)
+			}
+		}
 		data := make([]float32, (e.End-e.Begin)/4)
 		if err := readF32(r, data); err != nil {
 			return nil, fmt.Errorf("%w: %s: tensor %q at [%d, %d): %v", ErrCorrupt, name, e.Name, e.Begin, e.End, err)
@@ -195,8 +279,8 @@ func loadFile(ctx context.Context, st Storage, dir string, f FileEntry, index []
 		if got := sumF32(data); got != e.SHA256 {
 			return nil, fmt.Errorf("%w: %s: tensor %q at [%d, %d): sha256 %s, manifest says %s", ErrCorrupt, name, e.Name, e.Begin, e.End, got, e.SHA256)
 		}
-		out[i] = Tensor{Name: e.Name, Shape: e.Shape, Data: data}
-		pos = e.End
+		out[slot[i]] = Tensor{Name: e.Name, Shape: e.Shape, Data: data}
+		at = e.End
 	}
 	if pos != size {
 		return nil, fmt.Errorf("%w: %s: %d trailing bytes after the last tensor", ErrCorrupt, name, size-pos)
@@ -277,11 +361,26 @@ func scan(ctx context.Context, st Storage, job string) (steps []int, leftovers [
 
 // Latest loads the newest valid checkpoint of job among those allowed
 // accepts (nil accepts every published one). Each rejected checkpoint, and
-// each leftover temporary directory of an interrupted write, is named in a
-// warning on log (nil: no logging), and the next older one is tried. If none
-// is valid the error wraps ErrNoCheckpoint (and the rejections' errors) and
-// names every path tried and why it failed.
+// each leftover temporary directory of an interrupted write (an unfinished
+// sharded checkpoint's included), is named in a warning on log (nil: no
+// logging), and the next older one is tried. If none is valid the error
+// wraps ErrNoCheckpoint (and the rejections' errors) and names every path
+// tried and why it failed.
 func Latest(ctx context.Context, st Storage, job string, allowed func(path string) bool, log *zap.Logger) (*State, Info, error) {
+	return latest(ctx, st, job, allowed, nil, log)
+}
+
+// LatestTensors is Latest loading each candidate with LoadTensors(keep).
+// The stages of one resume must resume from one checkpoint: since each
+// verifies only the tensors it keeps, two stages' LatestTensors can choose
+// differently when the data of only one stage's tensors is damaged. Choose
+// the path once (Latest in one process, or the coordinator's record) and
+// LoadTensors it in every stage; or compare the Info.Path the stages got.
+func LatestTensors(ctx context.Context, st Storage, job string, allowed func(path string) bool, keep func(name string) bool, log *zap.Logger) (*State, Info, error) {
+	return latest(ctx, st, job, allowed, keep, log)
+}
+
+func latest(ctx context.Context, st Storage, job string, allowed func(path string) bool, keep func(string) bool, log *zap.Logger) (*State, Info, error) {
 	if log == nil {
 		log = zap.NewNop()
 	}
@@ -301,7 +400,7 @@ func Latest(ctx context.Context, st Storage, job string, allowed func(path strin
 			skipped++
 			continue
 		}
-		s, info, err := load(ctx, st, p)
+		s, info, err := load(ctx, st, p, keep)
 		if err == nil {
 			if len(tried) > 0 {
 				log.Warn("checkpoint: resuming from an older checkpoint", zap.String("path", p), zap.Strings("rejected", tried))

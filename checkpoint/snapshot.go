@@ -148,8 +148,9 @@ type snapshot struct {
 	samplerOffset, worldSize   int
 	rng                        map[string]uint64
 	scaler                     ScalerState
-	files                      [2]fileBuf // ModelFile, OptimizerFile
+	files                      [2]fileBuf // ModelFile, OptimizerFile (or this shard's parts of them)
 	sidecars                   []Sidecar  // copies
+	shard                      ShardID
 }
 
 func (s *snapshot) init() {
@@ -165,6 +166,14 @@ func (s *snapshot) init() {
 func (s *snapshot) capture(st *State) error {
 	if err := st.validateMeta(); err != nil {
 		return err
+	}
+	if st.Shard != s.shard {
+		s.shard = st.Shard
+		s.files[0].name, s.files[1].name = ModelFile, OptimizerFile
+		if s.shard.sharded() {
+			s.files[0].name = shardFile(ModelFile, s.shard.Index, s.shard.Count)
+			s.files[1].name = shardFile(OptimizerFile, s.shard.Index, s.shard.Count)
+		}
 	}
 	for i, ts := range [2][]Tensor{st.Params, st.Optim} {
 		f := &s.files[i]
@@ -218,15 +227,23 @@ func (s *snapshot) manifest(created time.Time, sizes [2]int64) *Manifest {
 		sum := sha256.Sum256(f.Data)
 		m.Sidecars = append(m.Sidecars, SidecarEntry{Name: f.Name, Size: int64(len(f.Data)), SHA256: hex.EncodeToString(sum[:])})
 	}
+	if s.shard.sharded() {
+		m.FormatVersion = ShardedFormatVersion
+		m.Shards, m.Attempt, m.Part = s.shard.Count, s.shard.Attempt, s.shard.Index+1
+	}
 	return m
 }
 
 // fileMeta is the safetensors "__metadata__" of file f.
 func (s *snapshot) fileMeta(f *fileBuf) [][2]string {
-	return [][2]string{
+	meta := [][2]string{
 		{"format", "pt"},
 		{"loom.job", s.job},
 		{"loom.step", fmt.Sprint(s.step)},
 		{"loom.content", f.name},
 	}
+	if s.shard.sharded() {
+		meta = append(meta, [2]string{"loom.attempt", s.shard.Attempt})
+	}
+	return meta
 }

@@ -9,6 +9,8 @@ import (
 // State is everything a job needs to resume: what the Writer saves and what
 // Load returns. Params and Optim hold full (unsharded) fp32 tensors, so a
 // checkpoint resumes on any world size; WorldSize records the size at save.
+// A shard's State (Shard.Count ≥ 2) holds only its own tensors; Load
+// returns the whole checkpoint, every shard's tensors, with Shard zero.
 type State struct {
 	// Job names the job; it is the first path segment of the checkpoint and
 	// must be a safe single segment (no '/', not starting with '.').
@@ -41,8 +43,12 @@ type State struct {
 	Optim []Tensor
 	// Sidecars are small files written into the checkpoint directory
 	// beside the tensors (a GPT's Hugging Face config.json), listed in
-	// the manifest with their size and sha256 and verified on load.
+	// the manifest with their size and sha256 and verified on load. In a
+	// sharded checkpoint only shard 0 carries them.
 	Sidecars []Sidecar
+	// Shard says which shard of a sharded checkpoint this State is; the
+	// zero value is an unsharded checkpoint (see ShardID).
+	Shard ShardID
 }
 
 // Sidecar is one small file of a checkpoint: a single safe path segment
@@ -94,6 +100,9 @@ type Info struct {
 	// be read or checked; the other fields are then zero except Path and
 	// Step. List does not verify tensor checksums: Load does.
 	Problem string `json:"problem,omitempty"`
+	// Shards is the number of shards of a sharded checkpoint; 0 when it
+	// is unsharded.
+	Shards int `json:"shards,omitempty"`
 }
 
 func infoFromManifest(path string, m *Manifest, manifestSize int64, manifestSum string) Info {
@@ -101,10 +110,13 @@ func infoFromManifest(path string, m *Manifest, manifestSize int64, manifestSum 
 	for _, f := range m.Files {
 		total += f.Size
 	}
+	for _, f := range m.Indexes {
+		total += f.Size
+	}
 	return Info{
 		Path: path, Job: m.Job, ConfigHash: m.ConfigHash, Step: m.Step, Epoch: m.Epoch,
 		WorldSize: m.WorldSize, Precision: m.Precision, Created: m.Created,
-		Bytes: total, ManifestSHA256: manifestSum,
+		Bytes: total, ManifestSHA256: manifestSum, Shards: m.Shards,
 	}
 }
 
@@ -119,6 +131,12 @@ func (s *State) validateMeta() error {
 		return fmt.Errorf("%w: job %q step %d: negative world size, epoch or sampler position", ErrInvalidState, s.Job, s.Step)
 	case math.IsNaN(float64(s.Scaler.Scale)) || math.IsInf(float64(s.Scaler.Scale), 0):
 		return fmt.Errorf("%w: job %q step %d: loss scale %v is not finite", ErrInvalidState, s.Job, s.Step, s.Scaler.Scale)
+	}
+	if err := s.Shard.validate(); err != nil {
+		return fmt.Errorf("%w: job %q step %d: %v", ErrInvalidState, s.Job, s.Step, err)
+	}
+	if s.Shard.Index > 0 && len(s.Sidecars) > 0 {
+		return fmt.Errorf("%w: job %q step %d: shard %d of %d has sidecars (only shard 0 writes them)", ErrInvalidState, s.Job, s.Step, s.Shard.Index, s.Shard.Count)
 	}
 	for i, f := range s.Sidecars {
 		for _, g := range s.Sidecars[:i] {
@@ -140,7 +158,8 @@ func (s *State) validateMeta() error {
 // the checkpoint directory or that is one of the checkpoint's own files.
 func checkSidecarName(name string) error {
 	switch {
-	case name == ManifestFile || name == ModelFile || name == OptimizerFile:
+	case name == ManifestFile || name == ModelFile || name == OptimizerFile || name == HFIndexFile ||
+		isShardFile(name, ManifestFile) || isShardFile(name, ModelFile) || isShardFile(name, OptimizerFile):
 		return fmt.Errorf("sidecar name %q is reserved", name)
 	case !validJob(name): // the same rule: one segment, no '/', not hidden
 		return fmt.Errorf("sidecar name %q is not a single safe path segment", name)

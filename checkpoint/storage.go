@@ -48,6 +48,16 @@ type Storage interface {
 	// RemoveAll removes name and everything under it. A missing name is
 	// not an error.
 	RemoveAll(ctx context.Context, name string) error
+
+	// CreateExclusive creates name holding data, durably, only if name
+	// does not exist and its parent directory does (it creates no
+	// parents). If name exists the error wraps fs.ErrExist; if the
+	// parent does not, fs.ErrNotExist. Of concurrent calls for one name,
+	// from any process, at most one succeeds: the shards of a checkpoint
+	// elect the one that publishes it so. (Local disk: O_CREATE|O_EXCL;
+	// an object store: a conditional PUT, If-None-Match: *, after
+	// checking that the staging prefix still holds objects.)
+	CreateExclusive(ctx context.Context, name string, data []byte) error
 }
 
 // checkName reports whether name is a clean relative slash path.
@@ -181,5 +191,31 @@ func (m *MemStorage) RemoveAll(ctx context.Context, name string) error {
 			delete(m.files, n)
 		}
 	}
+	return nil
+}
+
+// CreateExclusive implements Storage. A parent "directory" exists while
+// some file lies under it.
+func (m *MemStorage) CreateExclusive(ctx context.Context, name string, data []byte) error {
+	if err := checkName(name); err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	parent := path.Dir(name)
+	parentExists := parent == "."
+	for n := range m.files {
+		if n == name || strings.HasPrefix(n, name+"/") {
+			return fmt.Errorf("create %s: %w", name, fs.ErrExist)
+		}
+		parentExists = parentExists || strings.HasPrefix(n, parent+"/")
+	}
+	if !parentExists {
+		return fmt.Errorf("create %s: %w", name, fs.ErrNotExist)
+	}
+	m.files[name] = append([]byte(nil), data...)
 	return nil
 }

@@ -5,6 +5,8 @@ import (
 	"io"
 	"io/fs"
 	"reflect"
+	"sync"
+	"sync/atomic"
 	"testing"
 )
 
@@ -104,6 +106,46 @@ func TestStorageContract(t *testing.T) {
 			}
 			if _, _, err := st.Open(ctx, "p/final/m"); !errors.Is(err, fs.ErrNotExist) {
 				t.Fatalf("after RemoveAll: %v", err)
+			}
+		})
+
+		t.Run("create exclusive", func(t *testing.T) {
+			writeAll(t, st, "x/dir/file", []byte("1"))
+			if err := st.CreateExclusive(ctx, "x/dir/claim", []byte("me")); err != nil {
+				t.Fatal(err)
+			}
+			if got := string(readAll(t, st, "x/dir/claim")); got != "me" {
+				t.Fatalf("claim holds %q", got)
+			}
+			for _, name := range []string{"x/dir/claim", "x/dir/file", "x/dir"} {
+				if err := st.CreateExclusive(ctx, name, nil); !errors.Is(err, fs.ErrExist) {
+					t.Fatalf("CreateExclusive(%s) over an existing name: %v, want fs.ErrExist", name, err)
+				}
+			}
+			if err := st.CreateExclusive(ctx, "x/gone/claim", nil); !errors.Is(err, fs.ErrNotExist) {
+				t.Fatalf("CreateExclusive in a missing directory: %v, want fs.ErrNotExist", err)
+			}
+			if names, _ := st.List(ctx, "x"); !reflect.DeepEqual(names, []string{"dir"}) {
+				t.Fatalf("a refused create left %v", names)
+			}
+			// Of concurrent creates of one name exactly one succeeds.
+			var wins atomic.Int32
+			var wg sync.WaitGroup
+			for range 8 {
+				wg.Go(func() {
+					if err := st.CreateExclusive(ctx, "x/dir/race", nil); err == nil {
+						wins.Add(1)
+					} else if !errors.Is(err, fs.ErrExist) {
+						t.Error(err)
+					}
+				})
+			}
+			wg.Wait()
+			if wins.Load() != 1 {
+				t.Fatalf("%d concurrent creates succeeded, want 1", wins.Load())
+			}
+			if err := st.CreateExclusive(ctx, "../x", nil); !errors.Is(err, ErrInvalidPath) {
+				t.Fatalf("CreateExclusive(../x): %v", err)
 			}
 		})
 

@@ -20,8 +20,9 @@ import (
 // WriterConfig configures a Writer.
 type WriterConfig struct {
 	// Keep is how many of the job's newest published checkpoints retention
-	// keeps; 0 keeps all. Retention runs after each publish and also removes
-	// leftover temporary and trash directories of the job.
+	// keeps; 0 keeps all. Retention runs after each publish, in the Writer
+	// that published, and also removes the job's leftover temporary and
+	// trash directories of older steps (see retain).
 	Keep int
 	// WriteTimeout bounds one background write (all files, publish,
 	// retention), so a hung storage cannot hang Flush or Close forever.
@@ -34,11 +35,22 @@ type WriterConfig struct {
 	// records the checkpoint there; only recorded checkpoints are used for
 	// resume (see Latest). It must not call Save, Begin, Flush or Close
 	// (they wait for the write that is calling it), and it delays the next
-	// Save for as long as it runs.
+	// Save for as long as it runs. Of the Writers of a sharded checkpoint
+	// exactly one calls it, with the Info of the whole checkpoint: the one
+	// that found every shard written and published it.
 	OnPublished func(Info)
+	// OnShardWritten, if set, is called (the same constraints as
+	// OnPublished) by the Writer of each shard of a sharded checkpoint
+	// that did not publish it: its shard is durable in staging, and the
+	// last shard to finish publishes (ShardInfo). Never called for
+	// unsharded checkpoints.
+	OnShardWritten func(ShardInfo)
 	// OnFailed, if set, is called from the writer goroutine after a
 	// write of the checkpoint of step fails (the same constraints as
 	// OnPublished): the distributed worker reports the failure on the job.
+	//
+	// Each write ends in exactly one of OnPublished, OnShardWritten and
+	// OnFailed.
 	OnFailed func(step int, err error)
 }
 
@@ -66,9 +78,12 @@ func (c WriterConfig) Validate() error {
 // interval slows the training loop rather than growing memory.
 //
 // Save, Begin and WaitCaptured are called by one goroutine (the training
-// loop). Flush and Close may be called from any goroutine. One Writer per
-// job per Storage: retention removes the job's temporary directories that
-// are not its own.
+// loop). Flush and Close may be called from any goroutine. A job has one
+// Writer per Storage for its unsharded checkpoints, or one per shard (in
+// one process or several over a shared file system) for sharded ones: the
+// shards of a checkpoint meet in one staging directory (see ShardID and
+// writeShard); retention removes only the temporary directories of steps
+// older than the one just published.
 type Writer struct {
 	st  Storage
 	cfg WriterConfig
@@ -280,6 +295,9 @@ func (w *Writer) run() {
 // write stages, publishes and reports the snapshot, then applies retention.
 func (w *Writer) write(ctx context.Context) error {
 	s := &w.snap
+	if s.shard.sharded() {
+		return w.writeShard(ctx)
+	}
 	final := StepDir(s.job, s.step)
 	staging := s.job + "/" + tmpPrefix + stepName(s.step) + "-" + strconv.FormatInt(time.Now().UnixNano(), 36)
 	fail := func(err error) error {
@@ -327,23 +345,37 @@ func (w *Writer) write(ctx context.Context) error {
 	sum := sha256.Sum256(raw)
 	info := infoFromManifest(final, m, int64(len(raw)), hex.EncodeToString(sum[:]))
 	w.log.Info("checkpoint published", zap.String("path", final), zap.Int("step", info.Step), zap.Int64("bytes", info.Bytes))
-	if w.cfg.OnPublished != nil {
-		w.cfg.OnPublished(info)
-	}
-	if err := w.retain(ctx, s.job, s.step); err != nil {
-		// The checkpoint is published; a retention failure is not a
-		// failed write. It is retried after the next publish.
-		w.log.Warn("checkpoint retention failed", zap.String("job", s.job), zap.Error(err))
-	}
+	w.published(ctx, info, s.shard.Attempt)
 	return nil
 }
 
-// retain removes all but the newest Keep published checkpoints of job and
-// every temporary or trash directory of job (none is in flight: the only
-// write of this Writer has just finished). The checkpoint just published
-// (current) is always kept, even if a stale newer one exists (a run resumed
-// from an older checkpoint): it counts as the newest.
-func (w *Writer) retain(ctx context.Context, job string, current int) error {
+// published reports a checkpoint this Writer published, then applies
+// retention. attempt is the ShardID.Attempt of the save ("" if none).
+func (w *Writer) published(ctx context.Context, info Info, attempt string) {
+	if w.cfg.OnPublished != nil {
+		w.cfg.OnPublished(info)
+	}
+	if err := w.retain(ctx, info.Job, info.Step, attempt); err != nil {
+		// The checkpoint is published; a retention failure is not a
+		// failed write. It is retried after the next publish.
+		w.log.Warn("checkpoint retention failed", zap.String("job", info.Job), zap.Error(err))
+	}
+}
+
+// retain removes all but the newest Keep published checkpoints of job, and
+// the leftover temporary and trash directories of job's interrupted writes.
+// The checkpoint just published (current) is always kept, even if a stale
+// newer one exists (a run resumed from an older checkpoint): it counts as
+// the newest.
+//
+// A leftover is removed only if its step is older than current (and, for a
+// sharded staging directory, its attempt is not known to be newer than
+// attempt, this checkpoint's): the shards of this checkpoint are all
+// written, and every shard's Writer writes its steps in order, so no
+// shard of an older step is still in flight; but other shards may already
+// be writing the next checkpoint, or the same step again in another
+// attempt. Leftovers of current and newer steps go in a later retention.
+func (w *Writer) retain(ctx context.Context, job string, current int, attempt string) error {
 	names, err := w.st.List(ctx, job)
 	if err != nil {
 		return err
@@ -355,6 +387,9 @@ func (w *Writer) retain(ctx context.Context, job string, current int) error {
 			if step != current {
 				older = append(older, step)
 			}
+			continue
+		}
+		if step, att, ok := parseLeftover(name); ok && (step >= current || newerAttempt(att, attempt)) {
 			continue
 		}
 		if strings.HasPrefix(name, tmpPrefix) || strings.HasPrefix(name, trashPrefix) {
