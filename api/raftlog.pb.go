@@ -316,6 +316,8 @@ func (x *CmdRegisterWorker) GetWorker() *Worker {
 
 // incarnation (both): 0, or the registered_unix_nano the command is for;
 // another is refused with SUPERSEDED.
+// CmdHeartbeat is retired: leases are renewed in the leader's memory, and
+// no build writes it any more; a log written before still applies it.
 type CmdHeartbeat struct {
 	state               protoimpl.MessageState `protogen:"open.v1"`
 	WorkerId            string                 `protobuf:"bytes,1,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
@@ -710,6 +712,54 @@ func (x *CmdLeaderElected) GetTerm() uint64 {
 	return 0
 }
 
+// CmdReportProgressBatch carries the step reports the leader gathered over
+// one progress interval (the newest of each worker), applied in order, each
+// as a CmdReportProgress of its own: one entry per interval however many
+// workers report.
+type CmdReportProgressBatch struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Reports       []*CmdReportProgress   `protobuf:"bytes,1,rep,name=reports,proto3" json:"reports,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CmdReportProgressBatch) Reset() {
+	*x = CmdReportProgressBatch{}
+	mi := &file_raftlog_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CmdReportProgressBatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CmdReportProgressBatch) ProtoMessage() {}
+
+func (x *CmdReportProgressBatch) ProtoReflect() protoreflect.Message {
+	mi := &file_raftlog_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CmdReportProgressBatch.ProtoReflect.Descriptor instead.
+func (*CmdReportProgressBatch) Descriptor() ([]byte, []int) {
+	return file_raftlog_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *CmdReportProgressBatch) GetReports() []*CmdReportProgress {
+	if x != nil {
+		return x.Reports
+	}
+	return nil
+}
+
 // SnapshotState is the whole FSM state.
 type SnapshotState struct {
 	state        protoimpl.MessageState `protogen:"open.v1"`
@@ -732,7 +782,7 @@ type SnapshotState struct {
 
 func (x *SnapshotState) Reset() {
 	*x = SnapshotState{}
-	mi := &file_raftlog_proto_msgTypes[13]
+	mi := &file_raftlog_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -744,7 +794,7 @@ func (x *SnapshotState) String() string {
 func (*SnapshotState) ProtoMessage() {}
 
 func (x *SnapshotState) ProtoReflect() protoreflect.Message {
-	mi := &file_raftlog_proto_msgTypes[13]
+	mi := &file_raftlog_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -757,7 +807,7 @@ func (x *SnapshotState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotState.ProtoReflect.Descriptor instead.
 func (*SnapshotState) Descriptor() ([]byte, []int) {
-	return file_raftlog_proto_rawDescGZIP(), []int{13}
+	return file_raftlog_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *SnapshotState) GetClusterId() string {
@@ -879,7 +929,9 @@ const file_raftlog_proto_rawDesc = "" +
 	"\tworker_id\x18\x01 \x01(\tR\bworkerId\"?\n" +
 	"\x10CmdLeaderElected\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x12\n" +
-	"\x04term\x18\x02 \x01(\x04R\x04term\"\xb1\x03\n" +
+	"\x04term\x18\x02 \x01(\x04R\x04term\"N\n" +
+	"\x16CmdReportProgressBatch\x124\n" +
+	"\areports\x18\x01 \x03(\v2\x1a.loom.v1.CmdReportProgressR\areports\"\xb1\x03\n" +
 	"\rSnapshotState\x12\x1d\n" +
 	"\n" +
 	"cluster_id\x18\x01 \x01(\tR\tclusterId\x12\x19\n" +
@@ -906,51 +958,53 @@ func file_raftlog_proto_rawDescGZIP() []byte {
 	return file_raftlog_proto_rawDescData
 }
 
-var file_raftlog_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_raftlog_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_raftlog_proto_goTypes = []any{
-	(*CmdInitCluster)(nil),        // 0: loom.v1.CmdInitCluster
-	(*CmdPutCoordinator)(nil),     // 1: loom.v1.CmdPutCoordinator
-	(*CmdRemoveCoordinator)(nil),  // 2: loom.v1.CmdRemoveCoordinator
-	(*CmdSubmitJob)(nil),          // 3: loom.v1.CmdSubmitJob
-	(*CmdCancelJob)(nil),          // 4: loom.v1.CmdCancelJob
-	(*CmdRegisterWorker)(nil),     // 5: loom.v1.CmdRegisterWorker
-	(*CmdHeartbeat)(nil),          // 6: loom.v1.CmdHeartbeat
-	(*CmdRemoveWorker)(nil),       // 7: loom.v1.CmdRemoveWorker
-	(*CmdPutPlan)(nil),            // 8: loom.v1.CmdPutPlan
-	(*CmdReportProgress)(nil),     // 9: loom.v1.CmdReportProgress
-	(*CmdCommitCheckpoint)(nil),   // 10: loom.v1.CmdCommitCheckpoint
-	(*CmdDrainWorker)(nil),        // 11: loom.v1.CmdDrainWorker
-	(*CmdLeaderElected)(nil),      // 12: loom.v1.CmdLeaderElected
-	(*SnapshotState)(nil),         // 13: loom.v1.SnapshotState
-	(*CoordinatorMember)(nil),     // 14: loom.v1.CoordinatorMember
-	(*JobSpec)(nil),               // 15: loom.v1.JobSpec
-	(*Worker)(nil),                // 16: loom.v1.Worker
-	(*Plan)(nil),                  // 17: loom.v1.Plan
-	(*ReportProgressRequest)(nil), // 18: loom.v1.ReportProgressRequest
-	(*Checkpoint)(nil),            // 19: loom.v1.Checkpoint
-	(*Job)(nil),                   // 20: loom.v1.Job
-	(*Event)(nil),                 // 21: loom.v1.Event
-	(*JobHistory)(nil),            // 22: loom.v1.JobHistory
+	(*CmdInitCluster)(nil),         // 0: loom.v1.CmdInitCluster
+	(*CmdPutCoordinator)(nil),      // 1: loom.v1.CmdPutCoordinator
+	(*CmdRemoveCoordinator)(nil),   // 2: loom.v1.CmdRemoveCoordinator
+	(*CmdSubmitJob)(nil),           // 3: loom.v1.CmdSubmitJob
+	(*CmdCancelJob)(nil),           // 4: loom.v1.CmdCancelJob
+	(*CmdRegisterWorker)(nil),      // 5: loom.v1.CmdRegisterWorker
+	(*CmdHeartbeat)(nil),           // 6: loom.v1.CmdHeartbeat
+	(*CmdRemoveWorker)(nil),        // 7: loom.v1.CmdRemoveWorker
+	(*CmdPutPlan)(nil),             // 8: loom.v1.CmdPutPlan
+	(*CmdReportProgress)(nil),      // 9: loom.v1.CmdReportProgress
+	(*CmdCommitCheckpoint)(nil),    // 10: loom.v1.CmdCommitCheckpoint
+	(*CmdDrainWorker)(nil),         // 11: loom.v1.CmdDrainWorker
+	(*CmdLeaderElected)(nil),       // 12: loom.v1.CmdLeaderElected
+	(*CmdReportProgressBatch)(nil), // 13: loom.v1.CmdReportProgressBatch
+	(*SnapshotState)(nil),          // 14: loom.v1.SnapshotState
+	(*CoordinatorMember)(nil),      // 15: loom.v1.CoordinatorMember
+	(*JobSpec)(nil),                // 16: loom.v1.JobSpec
+	(*Worker)(nil),                 // 17: loom.v1.Worker
+	(*Plan)(nil),                   // 18: loom.v1.Plan
+	(*ReportProgressRequest)(nil),  // 19: loom.v1.ReportProgressRequest
+	(*Checkpoint)(nil),             // 20: loom.v1.Checkpoint
+	(*Job)(nil),                    // 21: loom.v1.Job
+	(*Event)(nil),                  // 22: loom.v1.Event
+	(*JobHistory)(nil),             // 23: loom.v1.JobHistory
 }
 var file_raftlog_proto_depIdxs = []int32{
-	14, // 0: loom.v1.CmdPutCoordinator.member:type_name -> loom.v1.CoordinatorMember
-	15, // 1: loom.v1.CmdSubmitJob.spec:type_name -> loom.v1.JobSpec
-	16, // 2: loom.v1.CmdRegisterWorker.worker:type_name -> loom.v1.Worker
-	17, // 3: loom.v1.CmdPutPlan.plan:type_name -> loom.v1.Plan
-	18, // 4: loom.v1.CmdReportProgress.report:type_name -> loom.v1.ReportProgressRequest
-	19, // 5: loom.v1.CmdCommitCheckpoint.checkpoint:type_name -> loom.v1.Checkpoint
-	20, // 6: loom.v1.SnapshotState.jobs:type_name -> loom.v1.Job
-	16, // 7: loom.v1.SnapshotState.workers:type_name -> loom.v1.Worker
-	17, // 8: loom.v1.SnapshotState.plans:type_name -> loom.v1.Plan
-	14, // 9: loom.v1.SnapshotState.coordinators:type_name -> loom.v1.CoordinatorMember
-	16, // 10: loom.v1.SnapshotState.lost_workers:type_name -> loom.v1.Worker
-	21, // 11: loom.v1.SnapshotState.events:type_name -> loom.v1.Event
-	22, // 12: loom.v1.SnapshotState.histories:type_name -> loom.v1.JobHistory
-	13, // [13:13] is the sub-list for method output_type
-	13, // [13:13] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	15, // 0: loom.v1.CmdPutCoordinator.member:type_name -> loom.v1.CoordinatorMember
+	16, // 1: loom.v1.CmdSubmitJob.spec:type_name -> loom.v1.JobSpec
+	17, // 2: loom.v1.CmdRegisterWorker.worker:type_name -> loom.v1.Worker
+	18, // 3: loom.v1.CmdPutPlan.plan:type_name -> loom.v1.Plan
+	19, // 4: loom.v1.CmdReportProgress.report:type_name -> loom.v1.ReportProgressRequest
+	20, // 5: loom.v1.CmdCommitCheckpoint.checkpoint:type_name -> loom.v1.Checkpoint
+	9,  // 6: loom.v1.CmdReportProgressBatch.reports:type_name -> loom.v1.CmdReportProgress
+	21, // 7: loom.v1.SnapshotState.jobs:type_name -> loom.v1.Job
+	17, // 8: loom.v1.SnapshotState.workers:type_name -> loom.v1.Worker
+	18, // 9: loom.v1.SnapshotState.plans:type_name -> loom.v1.Plan
+	15, // 10: loom.v1.SnapshotState.coordinators:type_name -> loom.v1.CoordinatorMember
+	17, // 11: loom.v1.SnapshotState.lost_workers:type_name -> loom.v1.Worker
+	22, // 12: loom.v1.SnapshotState.events:type_name -> loom.v1.Event
+	23, // 13: loom.v1.SnapshotState.histories:type_name -> loom.v1.JobHistory
+	14, // [14:14] is the sub-list for method output_type
+	14, // [14:14] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_raftlog_proto_init() }
@@ -965,7 +1019,7 @@ func file_raftlog_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_raftlog_proto_rawDesc), len(file_raftlog_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   14,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

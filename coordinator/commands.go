@@ -2,6 +2,8 @@ package coordinator
 
 import (
 	"fmt"
+	"strings"
+	"unicode"
 
 	"google.golang.org/protobuf/proto"
 
@@ -20,13 +22,18 @@ const (
 	CmdSubmitJob         CmdType = 4
 	CmdCancelJob         CmdType = 5
 	CmdRegisterWorker    CmdType = 6
-	CmdHeartbeat         CmdType = 7
-	CmdRemoveWorker      CmdType = 8
-	CmdPutPlan           CmdType = 9
-	CmdReportProgress    CmdType = 10
-	CmdCommitCheckpoint  CmdType = 11
-	CmdDrainWorker       CmdType = 12
-	CmdLeaderElected     CmdType = 13
+	// CmdHeartbeat is retired (leases live in the leader's memory, see
+	// lease.go); it is still applied from logs written before.
+	CmdHeartbeat        CmdType = 7
+	CmdRemoveWorker     CmdType = 8
+	CmdPutPlan          CmdType = 9
+	CmdReportProgress   CmdType = 10
+	CmdCommitCheckpoint CmdType = 11
+	CmdDrainWorker      CmdType = 12
+	CmdLeaderElected    CmdType = 13
+	// CmdReportProgressBatch carries one progress interval's step reports
+	// (progress.go).
+	CmdReportProgressBatch CmdType = 14
 )
 
 // cmdVersion is the payload encoding version written after the type byte.
@@ -38,19 +45,20 @@ const cmdVersion = 1
 // cmdTypes maps each command type to its payload constructor. It is the one
 // table that must grow when a command is added (with a case in fsm.Apply).
 var cmdTypes = map[CmdType]func() proto.Message{
-	CmdInitCluster:       func() proto.Message { return &api.CmdInitCluster{} },
-	CmdPutCoordinator:    func() proto.Message { return &api.CmdPutCoordinator{} },
-	CmdRemoveCoordinator: func() proto.Message { return &api.CmdRemoveCoordinator{} },
-	CmdSubmitJob:         func() proto.Message { return &api.CmdSubmitJob{} },
-	CmdCancelJob:         func() proto.Message { return &api.CmdCancelJob{} },
-	CmdRegisterWorker:    func() proto.Message { return &api.CmdRegisterWorker{} },
-	CmdHeartbeat:         func() proto.Message { return &api.CmdHeartbeat{} },
-	CmdRemoveWorker:      func() proto.Message { return &api.CmdRemoveWorker{} },
-	CmdPutPlan:           func() proto.Message { return &api.CmdPutPlan{} },
-	CmdReportProgress:    func() proto.Message { return &api.CmdReportProgress{} },
-	CmdCommitCheckpoint:  func() proto.Message { return &api.CmdCommitCheckpoint{} },
-	CmdDrainWorker:       func() proto.Message { return &api.CmdDrainWorker{} },
-	CmdLeaderElected:     func() proto.Message { return &api.CmdLeaderElected{} },
+	CmdInitCluster:         func() proto.Message { return &api.CmdInitCluster{} },
+	CmdPutCoordinator:      func() proto.Message { return &api.CmdPutCoordinator{} },
+	CmdRemoveCoordinator:   func() proto.Message { return &api.CmdRemoveCoordinator{} },
+	CmdSubmitJob:           func() proto.Message { return &api.CmdSubmitJob{} },
+	CmdCancelJob:           func() proto.Message { return &api.CmdCancelJob{} },
+	CmdRegisterWorker:      func() proto.Message { return &api.CmdRegisterWorker{} },
+	CmdHeartbeat:           func() proto.Message { return &api.CmdHeartbeat{} },
+	CmdRemoveWorker:        func() proto.Message { return &api.CmdRemoveWorker{} },
+	CmdPutPlan:             func() proto.Message { return &api.CmdPutPlan{} },
+	CmdReportProgress:      func() proto.Message { return &api.CmdReportProgress{} },
+	CmdCommitCheckpoint:    func() proto.Message { return &api.CmdCommitCheckpoint{} },
+	CmdDrainWorker:         func() proto.Message { return &api.CmdDrainWorker{} },
+	CmdLeaderElected:       func() proto.Message { return &api.CmdLeaderElected{} },
+	CmdReportProgressBatch: func() proto.Message { return &api.CmdReportProgressBatch{} },
 }
 
 // typeOf returns the command type of a payload message.
@@ -82,6 +90,8 @@ func typeOf(m proto.Message) (CmdType, error) {
 		return CmdDrainWorker, nil
 	case *api.CmdLeaderElected:
 		return CmdLeaderElected, nil
+	case *api.CmdReportProgressBatch:
+		return CmdReportProgressBatch, nil
 	}
 	return 0, fmt.Errorf("%w: payload %T", ErrUnknownCommand, m)
 }
@@ -91,6 +101,26 @@ func (t CmdType) String() string {
 		return string(f().ProtoReflect().Descriptor().Name())
 	}
 	return fmt.Sprintf("CmdType(%d)", uint8(t))
+}
+
+// Label is the command's name as a metric label: "register_worker",
+// "report_progress_batch"; "unknown" for a number no command has.
+func (t CmdType) Label() string {
+	if _, ok := cmdTypes[t]; !ok {
+		return "unknown"
+	}
+	name := strings.TrimPrefix(t.String(), "Cmd")
+	var b strings.Builder
+	for i, r := range name {
+		if unicode.IsUpper(r) {
+			if i > 0 {
+				b.WriteByte('_')
+			}
+			r = unicode.ToLower(r)
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
 }
 
 // EncodeCommand returns the log entry bytes of a command payload:

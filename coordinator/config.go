@@ -55,7 +55,8 @@ type Config struct {
 	// which the node publishes itself and, while leader, the leader key.
 	Discovery string
 
-	// LeaseTTL is how long a worker stays registered without a heartbeat.
+	// LeaseTTL is how long a worker stays registered without a heartbeat,
+	// and the grace every worker gets from a new leader (lease.go).
 	LeaseTTL time.Duration
 	// FailureConfirm: when a rank reports its generation failed, each of
 	// the generation's workers whose heartbeats have stopped this long is
@@ -86,9 +87,10 @@ type Config struct {
 	// churns at most one generation per FineReplanMinAge. 0 turns it off.
 	FineReplanTolerance float64
 	FineReplanMinAge    time.Duration
-	// ProgressInterval: the leader writes at most one progress entry per
-	// worker per interval; reports in between are validated, answered and
-	// dropped.
+	// ProgressInterval: the leader writes the step reports of an interval
+	// as one batch entry, the newest report of each worker (progress.go);
+	// final and evaluation reports and a worker's first measured speed are
+	// written at once. 0 writes every report as its own entry.
 	ProgressInterval time.Duration
 	// ApplyTimeout bounds one Raft write on the leader.
 	ApplyTimeout time.Duration

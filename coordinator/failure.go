@@ -26,11 +26,12 @@ import (
 // changes nothing.
 
 // liveness is the leader's memory of worker heartbeats and open failure
-// reports. It is not replicated: a new leader starts with none and counts
+// reports: the workers' leases (lease.go) and the failure confirmer's
+// evidence. It is not replicated: a new leader starts with none and counts
 // every worker as seen when it took office.
 type liveness struct {
 	mu      sync.Mutex
-	seen    map[string]time.Time                 // worker id → last heartbeat (or register, report) on this node
+	seen    map[string]time.Time                 // worker id → last heartbeat (or register, report) on this node: its lease
 	reports map[string]*api.ReportFailureRequest // job id → the newest open report
 	at      map[string]time.Time                 // job id → when reports[job] arrived
 	wake    chan struct{}                        // a report arrived (buffered, 1)
@@ -46,6 +47,27 @@ func (l *liveness) saw(id string, now time.Time) {
 	l.mu.Lock()
 	l.seen[id] = now
 	l.mu.Unlock()
+}
+
+// lastSeen is when worker id was last heard from on this node; zero if
+// never.
+func (l *liveness) lastSeen(id string) time.Time {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.seen[id]
+}
+
+// prune forgets the workers last heard from before before for which keep
+// is false (they are no longer registered), so that the memory follows
+// the registered workers, not every id ever seen.
+func (l *liveness) prune(before time.Time, keep func(id string) bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for id, t := range l.seen {
+		if t.Before(before) && !keep(id) {
+			delete(l.seen, id)
+		}
+	}
 }
 
 // report records a failure report and wakes the confirmer.
@@ -149,9 +171,10 @@ func (s *Server) confirmFailures(ctx context.Context) {
 		case <-s.live.wake:
 		}
 		now := time.Now()
-		s.progressMu.Lock()
-		since := s.leaderSince
-		s.progressMu.Unlock()
+		since := s.leaderStart()
+		if since.IsZero() {
+			continue
+		}
 		current := func(job string) (int64, bool) {
 			p, ok := s.fsm.Plan(job)
 			return p.GetGeneration(), ok

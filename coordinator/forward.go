@@ -13,9 +13,10 @@ import (
 	"github.com/loomtrain/loom/api"
 )
 
-// writeMethods lists the unary methods that change state, with their reply
-// type. A follower forwards these to the leader; everything else is
-// answered locally.
+// writeMethods lists the unary methods the leader alone serves, with their
+// reply type: those that change state, and Heartbeat (the leases live in
+// the leader's memory). A follower forwards these to the leader; leaderReads
+// it forwards when it can; everything else is answered locally.
 var writeMethods = map[string]func() proto.Message{
 	api.Coordinator_SubmitJob_FullMethodName:        func() proto.Message { return &api.SubmitJobResponse{} },
 	api.Coordinator_CancelJob_FullMethodName:        func() proto.Message { return &api.CancelJobResponse{} },
@@ -28,6 +29,14 @@ var writeMethods = map[string]func() proto.Message{
 	api.Coordinator_CommitCheckpoint_FullMethodName: func() proto.Message { return &api.CommitCheckpointResponse{} },
 	api.Cluster_Join_FullMethodName:                 func() proto.Message { return &api.JoinResponse{} },
 	api.Cluster_RemoveCoordinator_FullMethodName:    func() proto.Message { return &api.RemoveCoordinatorResponse{} },
+}
+
+// leaderReads lists the reads whose answer holds what only the leader knows
+// (live leases). A follower forwards them to the leader it knows now, and
+// answers from its own replica when it knows none or the leader fails to
+// answer: a read during an election still gets the replicated part.
+var leaderReads = map[string]func() proto.Message{
+	api.Coordinator_ListWorkers_FullMethodName: func() proto.Message { return &api.ListWorkersResponse{} },
 }
 
 // forwardedKey marks a call a follower forwarded, so that it is forwarded
@@ -53,6 +62,11 @@ func (f *forwarder) unaryInterceptor(ctx context.Context, req any, info *grpc.Un
 	if info.FullMethod == api.Coordinator_RegisterWorker_FullMethodName && f.s.tokens.enabled() {
 		if err := f.s.tokens.check(ctx); err != nil {
 			return nil, err
+		}
+	}
+	if newReply, ok := leaderReads[info.FullMethod]; ok && !f.s.IsLeader() {
+		if resp, err := f.forwardRead(ctx, info.FullMethod, req, newReply()); err == nil {
+			return resp, nil
 		}
 	}
 	newReply, write := writeMethods[info.FullMethod]
@@ -82,6 +96,28 @@ func (f *forwarder) unaryInterceptor(ctx context.Context, req any, info *grpc.Un
 	}
 	if err := conn.Invoke(octx, info.FullMethod, req, reply); err != nil {
 		return nil, err // already a status from the leader
+	}
+	return reply, nil
+}
+
+// forwardRead sends a leader read to the leader this node knows now,
+// without waiting for an election, and not a second time.
+func (f *forwarder) forwardRead(ctx context.Context, method string, req any, reply proto.Message) (proto.Message, error) {
+	if md, _ := metadata.FromIncomingContext(ctx); len(md.Get(forwardedKey)) > 0 {
+		return nil, fmt.Errorf("%w: forwarded already", ErrNotLeader)
+	}
+	_, addr := f.s.Leader()
+	if addr == "" || addr == f.s.Addr() {
+		return nil, ErrNoLeader
+	}
+	conn, err := f.conn(addr)
+	if err != nil {
+		return nil, err
+	}
+	cctx, cancel := context.WithTimeout(ctx, f.s.cfg.LeaderWait)
+	defer cancel()
+	if err := conn.Invoke(metadata.AppendToOutgoingContext(cctx, forwardedKey, f.s.cfg.NodeID), method, req, reply); err != nil {
+		return nil, err
 	}
 	return reply, nil
 }

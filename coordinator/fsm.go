@@ -33,6 +33,10 @@ type FSM struct {
 	mu      sync.RWMutex
 	st      state
 	applied uint64
+	// entries counts the command entries this process applied, by type,
+	// refused ones included (for metrics and the log-growth tests; not
+	// replicated, not in snapshots, kept across Restore).
+	entries map[CmdType]uint64
 	changed chan struct{} // closed (and replaced) after every change
 }
 
@@ -45,7 +49,7 @@ type ApplyResult struct {
 
 // NewFSM returns an empty state machine.
 func NewFSM(log *zap.Logger) *FSM {
-	return &FSM{log: log, st: newState(), changed: make(chan struct{})}
+	return &FSM{log: log, st: newState(), entries: map[CmdType]uint64{}, changed: make(chan struct{})}
 }
 
 // Changed returns a channel that is closed at the next change of the state
@@ -64,6 +68,19 @@ func (f *FSM) AppliedIndex() uint64 {
 	return f.applied
 }
 
+// AppliedEntries returns how many command entries this process has applied
+// since it started, by CmdType.Label (refused and undecodable ones
+// included): what the log grows by, kind by kind.
+func (f *FSM) AppliedEntries() map[string]uint64 {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	out := make(map[string]uint64, len(f.entries))
+	for t, n := range f.entries {
+		out[t.Label()] += n
+	}
+	return out
+}
+
 // notifyLocked wakes every Changed waiter. Caller holds f.mu for writing.
 func (f *FSM) notifyLocked() {
 	close(f.changed)
@@ -78,12 +95,13 @@ func (f *FSM) Apply(l *raft.Log) any {
 		return ApplyResult{}
 	}
 	t, m, err := DecodeCommand(l.Data)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.entries[t]++
 	if err != nil {
 		f.log.Error("raft entry not applied", zap.Uint64("index", l.Index), zap.Error(err))
 		return ApplyResult{Err: err}
 	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
 	f.applied = l.Index
 	f.st.applyIndex = l.Index
 	f.st.applyUnixNano = 0
@@ -112,6 +130,8 @@ func (f *FSM) Apply(l *raft.Log) any {
 		res = f.st.putPlan(c)
 	case *api.CmdReportProgress:
 		res = f.st.reportProgress(c)
+	case *api.CmdReportProgressBatch:
+		res = f.st.reportProgressBatch(c)
 	case *api.CmdCommitCheckpoint:
 		res = f.st.commitCheckpoint(c)
 	case *api.CmdDrainWorker:
@@ -121,8 +141,8 @@ func (f *FSM) Apply(l *raft.Log) any {
 	default:
 		res = ApplyResult{Err: fmt.Errorf("%w: %s has no case in Apply", ErrUnknownCommand, t)}
 	}
-	// Lease renewals, the most frequent entry, change nothing a watcher or
-	// the planner reads, so they wake no one.
+	// Lease renewals (from logs of older builds) change nothing a watcher
+	// or the planner reads, so they wake no one.
 	if res.Err == nil && t != CmdHeartbeat {
 		f.notifyLocked()
 	}
@@ -286,6 +306,9 @@ func fenced(w *api.Worker, incarnation int64) error {
 	return nil
 }
 
+// heartbeat applies a retired CmdHeartbeat (a lease renewal through the log,
+// as builds before leader-held leases wrote them): the lease expiry it
+// records is informational now, the leader's memory decides.
 func (s *state) heartbeat(c *api.CmdHeartbeat) ApplyResult {
 	w, ok := s.workers[c.GetWorkerId()]
 	if !ok {
@@ -435,6 +458,18 @@ func (s *state) reportProgress(c *api.CmdReportProgress) ApplyResult {
 			Message: fmt.Sprintf("completed at step %d: test loss %.4f, accuracy %.4f", j.Step, r.GetTestLoss(), r.GetTestAccuracy())})
 	}
 	return ApplyResult{Msg: &api.ReportProgressResponse{Generation: j.Generation}}
+}
+
+// reportProgressBatch applies the step reports the leader gathered over one
+// progress interval, in order, each as a CmdReportProgress of its own. A
+// report refused now (its generation was replaced or its job ended since
+// the leader accepted it) is skipped; the others still apply. The batch
+// itself is never refused.
+func (s *state) reportProgressBatch(c *api.CmdReportProgressBatch) ApplyResult {
+	for _, r := range c.GetReports() {
+		_ = s.reportProgress(r)
+	}
+	return ApplyResult{Msg: &api.ReportProgressResponse{}}
 }
 
 // smoothSpeed folds a new samples/s measurement into a worker's speed

@@ -52,6 +52,12 @@ func everyCommand() []proto.Message {
 			{Rank: 1, WorkerId: "w2", CollectiveAddr: "127.0.0.1:9002", BatchShare: 24, Replica: 1},
 		}}},
 		&api.CmdReportProgress{Report: &api.ReportProgressRequest{JobId: "job-0001", WorkerId: "w1", Generation: 1, Step: 7, Loss: 0.5, Samples: 40, StepSeconds: 0.1}, SamplesPerSecond: 400},
+		// A batch applies each report as its own; the stale one (generation
+		// 0) is skipped and does not move the step to 9.
+		&api.CmdReportProgressBatch{Reports: []*api.CmdReportProgress{
+			{Report: &api.ReportProgressRequest{JobId: "job-0001", WorkerId: "w2", Generation: 0, Step: 9, Loss: 9}},
+			{Report: &api.ReportProgressRequest{JobId: "job-0001", WorkerId: "w2", Generation: 1, Step: 6, Loss: 0.6}},
+		}},
 		&api.CmdCommitCheckpoint{Checkpoint: &api.Checkpoint{JobId: "job-0001", Step: 7, Path: "/ck/7", ManifestSha256: "ab"}, NowUnixNano: 200},
 		&api.CmdLeaderElected{NodeId: "n1", Term: 3},
 	}

@@ -23,9 +23,7 @@ func (s *Server) watchLeadership(ctx context.Context) {
 			stopDuties()
 			stopDuties = nil
 		}
-		s.progressMu.Lock()
-		s.leaderSince = time.Time{}
-		s.progressMu.Unlock()
+		s.setLeaderStart(time.Time{})
 	}
 	defer stop()
 	for {
@@ -57,16 +55,16 @@ func (s *Server) startDuties(ctx context.Context) func() {
 }
 
 // leaderDuties runs while this node leads: it waits until every earlier
-// entry is applied, records the cluster id and this node's addresses, then
-// expires leases and writes plans until ctx ends.
+// entry is applied, takes office (every lease starts afresh from now),
+// records the cluster id and this node's addresses, then expires leases,
+// confirms failures, writes plans and flushes progress until ctx ends.
 func (s *Server) leaderDuties(ctx context.Context) {
 	if err := s.raft.Barrier(s.cfg.ApplyTimeout).Error(); err != nil {
 		s.log.Warn("leader barrier", zap.Error(err))
 		return
 	}
-	s.progressMu.Lock()
-	s.leaderSince = time.Now()
-	s.progressMu.Unlock()
+	s.progress.reset()
+	s.setLeaderStart(time.Now()) // every lease starts afresh (lease.go)
 	if s.fsm.ClusterID() == "" {
 		if _, _, err := s.apply(ctx, &api.CmdInitCluster{ClusterId: s.cfg.ClusterID}); err != nil {
 			s.log.Error("record cluster id", zap.Error(err))
@@ -89,10 +87,11 @@ func (s *Server) leaderDuties(ctx context.Context) {
 		defer s.disc.setLeader(context.Background(), false)
 	}
 	var wg sync.WaitGroup
-	wg.Add(3)
+	wg.Add(4)
 	go func() { defer wg.Done(); s.reconcile(ctx) }()
 	go func() { defer wg.Done(); s.expireLeases(ctx) }()
 	go func() { defer wg.Done(); s.confirmFailures(ctx) }()
+	go func() { defer wg.Done(); s.flushProgress(ctx) }()
 	wg.Wait()
 }
 
@@ -103,53 +102,6 @@ func (s *Server) memberRecorded(m *api.CoordinatorMember) bool {
 		}
 	}
 	return false
-}
-
-// leaseGrace returns the earliest time the leader may expire a lease: a
-// new leader first gives every worker one full TTL to find it.
-func (s *Server) leaseGrace() time.Time {
-	s.progressMu.Lock()
-	defer s.progressMu.Unlock()
-	if s.leaderSince.IsZero() {
-		return time.Time{}
-	}
-	return s.leaderSince.Add(s.cfg.LeaseTTL)
-}
-
-// expireLeases removes, through Raft, every worker whose lease has passed.
-// The planner then makes a new generation for its job.
-func (s *Server) expireLeases(ctx context.Context) {
-	tick := time.NewTicker(max(s.cfg.LeaseTTL/10, 20*time.Millisecond))
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-		}
-		now := time.Now()
-		grace := s.leaseGrace()
-		for _, w := range s.fsm.Workers() {
-			exp := time.Unix(0, w.GetLeaseExpiryUnixNano())
-			if grace.After(exp) {
-				exp = grace
-			}
-			if now.Before(exp) {
-				continue
-			}
-			_, _, err := s.apply(ctx, &api.CmdRemoveWorker{WorkerId: w.GetId(), Reason: "lease expired", LostUnixNano: now.UnixNano()})
-			if ctx.Err() != nil {
-				return
-			}
-			if err != nil {
-				s.log.Warn("expire lease", zap.String("worker", w.GetId()), zap.Error(err))
-				continue
-			}
-			s.metrics.leaseExpiries.Add(1)
-			s.log.Info("worker lease expired", zap.String("worker", w.GetId()),
-				zap.Duration("late", now.Sub(time.Unix(0, w.GetLeaseExpiryUnixNano()))))
-		}
-	}
 }
 
 // join asks the coordinators in cfg.Join (forwarded to their leader) to add

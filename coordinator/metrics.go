@@ -10,12 +10,18 @@ import (
 )
 
 // serverMetrics are the counters only this process sees (the leader's
-// lease expiries and the failure reports it received); everything else the
-// collector reads from Raft and the FSM at scrape time.
+// lease expiries, the heartbeats it answered and the failure reports it
+// received); everything else the collector reads from Raft and the FSM at
+// scrape time.
 type serverMetrics struct {
 	leaseExpiries  atomic.Uint64
+	heartbeats     atomic.Uint64
 	failureReports atomic.Uint64
 }
+
+// Heartbeats is how many worker heartbeats this node has answered as
+// leader since it started.
+func (s *Server) Heartbeats() uint64 { return s.metrics.heartbeats.Load() }
 
 // Collector returns a Prometheus collector for this node: Raft state, the
 // leader's counters, and per job its step, generation, loss, speed and
@@ -34,6 +40,8 @@ var (
 	descPeers       = prometheus.NewDesc("loom_raft_peers", "Other voters in this node's Raft configuration.", []string{"node"}, nil)
 	descLeases      = prometheus.NewDesc("loom_coordinator_lease_expiries_total", "Worker leases this node expired while leader.", []string{"node"}, nil)
 	descReports     = prometheus.NewDesc("loom_coordinator_failure_reports_total", "Generation failure reports this node received from ranks.", []string{"node"}, nil)
+	descHeartbeats  = prometheus.NewDesc("loom_coordinator_heartbeats_total", "Worker heartbeats this node answered while leader (each renews a lease in memory, no Raft entry).", []string{"node"}, nil)
+	descEntries     = prometheus.NewDesc("loom_raft_entries_applied_total", "Raft command entries this node's state machine applied since it started, by command.", []string{"node", "kind"}, nil)
 	descEvents      = prometheus.NewDesc("loom_coordinator_events_total", "Events this node's state machine applied since it started, by kind.", []string{"node", "kind"}, nil)
 	descWorkers     = prometheus.NewDesc("loom_coordinator_workers", "Registered workers by state (live or draining).", []string{"node", "state"}, nil)
 	descJobs        = prometheus.NewDesc("loom_coordinator_jobs", "Jobs by state.", []string{"node", "state"}, nil)
@@ -47,7 +55,7 @@ var (
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descTerm, descCommit, descApplied, descLeader, descPeers, descLeases, descReports,
-		descEvents, descWorkers, descJobs, descJobStep, descJobGen, descJobLoss, descJobSpeed, descJobCkpts, descJobCkptFail} {
+		descHeartbeats, descEntries, descEvents, descWorkers, descJobs, descJobStep, descJobGen, descJobLoss, descJobSpeed, descJobCkpts, descJobCkptFail} {
 		ch <- d
 	}
 }
@@ -73,6 +81,10 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(descLeader, leader)
 	counter(descLeases, float64(s.metrics.leaseExpiries.Load()))
 	counter(descReports, float64(s.metrics.failureReports.Load()))
+	counter(descHeartbeats, float64(s.metrics.heartbeats.Load()))
+	for kind, n := range s.fsm.AppliedEntries() {
+		counter(descEntries, float64(n), kind)
+	}
 	for kind, n := range s.fsm.EventCounts() {
 		counter(descEvents, float64(n), kind)
 	}

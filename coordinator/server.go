@@ -1,10 +1,11 @@
 // Package coordinator is loom's control plane: a Raft-replicated state
 // machine (hashicorp/raft, raft-boltdb storage, TCP transport) holding jobs,
-// workers with their leases, coordinator members and plan generations, and
-// the gRPC API of package api served by every node. Followers forward writes
-// to the leader and answer reads from their replica. The leader alone
-// expires worker leases and writes new plan generations, computed by the
-// pure planner in coordinator/scheduler.
+// registered workers, coordinator members and plan generations, and the
+// gRPC API of package api served by every node. Followers forward writes
+// (and heartbeats) to the leader and answer reads from their replica. The
+// leader alone holds the workers' leases, in memory (lease.go), expires
+// them and writes new plan generations, computed by the pure planner in
+// coordinator/scheduler.
 //
 // One node embedded in a process (StartEmbedded) or three or more processes
 // (Start with Bootstrap or Join) run the same code.
@@ -19,6 +20,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -55,12 +57,12 @@ type Server struct {
 
 	notify <-chan bool // raft leadership changes
 
-	progressMu   sync.Mutex
-	lastProgress map[string]time.Time // worker id → last progress write (leader)
+	// leaderSince is when this node took office, in Unix ns; 0 while it
+	// does not lead (lease.go).
+	leaderSince atomic.Int64
 
-	leaderSince time.Time // guarded by progressMu; zero when not leader
-
-	live *liveness // heartbeats and failure reports (leader)
+	live     *liveness       // heartbeats (the leases) and failure reports (leader)
+	progress *progressBuffer // step reports gathered for the next batch entry (leader)
 
 	metrics serverMetrics
 	tokens  *joinTokens
@@ -86,7 +88,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		log = zap.NewNop()
 	}
 	log = log.With(zap.String("node", cfg.NodeID))
-	s := &Server{cfg: cfg, log: log, fsm: NewFSM(log), lastProgress: map[string]time.Time{}, live: newLiveness(), health: health.NewServer(),
+	s := &Server{cfg: cfg, log: log, fsm: NewFSM(log), live: newLiveness(), progress: newProgressBuffer(), health: health.NewServer(),
 		tokens: newJoinTokens(cfg.JoinToken, cfg.JoinTokenFile)}
 	s.fwd = newForwarder(s)
 	runCtx, stop := context.WithCancel(context.Background())
@@ -419,7 +421,7 @@ func (s *Server) waitReady(ctx context.Context) error {
 	t := time.NewTicker(10 * time.Millisecond)
 	defer t.Stop()
 	for {
-		if s.IsLeader() && !s.leaseGrace().IsZero() && s.fsm.ClusterID() != "" {
+		if s.IsLeader() && !s.leaderStart().IsZero() && s.fsm.ClusterID() != "" {
 			if _, addr := s.Leader(); addr != "" {
 				return nil
 			}

@@ -112,12 +112,17 @@ func (v *service) RegisterWorker(ctx context.Context, req *api.RegisterWorkerReq
 		Id: req.GetWorkerId(), Profile: req.GetProfile(), JobId: req.GetJobId(),
 		LeaseExpiryUnixNano: now.Add(v.s.cfg.LeaseTTL).UnixNano(), RegisteredUnixNano: now.UnixNano(),
 	}
+	// The lease starts before the entry applies, so that the leader's
+	// expiry pass, which may run between the two, never finds the new
+	// registration without one. (A refused registration thus renews the
+	// lease of the id once; one that nobody holds is forgotten later.)
+	v.s.live.saw(w.GetId(), now)
 	m, _, err := v.s.apply(ctx, &api.CmdRegisterWorker{Worker: w})
 	if err != nil {
 		return nil, err
 	}
 	reg := m.(*api.Worker)
-	v.s.live.saw(reg.GetId(), now)
+	v.s.live.saw(reg.GetId(), time.Now())
 	return &api.RegisterWorkerResponse{
 		Worker:              reg,
 		HeartbeatIntervalMs: v.s.cfg.HeartbeatInterval().Milliseconds(),
@@ -125,29 +130,10 @@ func (v *service) RegisterWorker(ctx context.Context, req *api.RegisterWorkerReq
 	}, nil
 }
 
-// Heartbeat records the worker as alive (in the leader's memory, see
-// failure.go) and renews its lease through Raft only when a third of the
-// lease has passed since the last renewal: heartbeats come several times
-// per failure-confirmation window, far more often than the lease needs.
+// Heartbeat renews the worker's lease in the leader's memory (lease.go):
+// no Raft entry.
 func (v *service) Heartbeat(ctx context.Context, req *api.HeartbeatRequest) (*api.HeartbeatResponse, error) {
-	now := time.Now()
-	w, ok := v.s.fsm.Worker(req.GetWorkerId())
-	if !ok {
-		return nil, fmt.Errorf("%w: %q (its lease may have expired; register again)", ErrUnknownWorker, req.GetWorkerId())
-	}
-	if err := fenced(w, req.GetIncarnation()); err != nil {
-		return nil, err
-	}
-	v.s.live.saw(w.GetId(), now)
-	ttl := v.s.cfg.LeaseTTL
-	if time.Unix(0, w.GetLeaseExpiryUnixNano()).Sub(now) <= ttl-ttl/3 {
-		m, _, err := v.s.apply(ctx, &api.CmdHeartbeat{WorkerId: w.GetId(), LeaseExpiryUnixNano: now.Add(ttl).UnixNano(), Incarnation: req.GetIncarnation()})
-		if err != nil {
-			return nil, err
-		}
-		w = m.(*api.Worker)
-	}
-	return &api.HeartbeatResponse{LeaseExpiryUnixNano: w.GetLeaseExpiryUnixNano(), Generation: v.s.fsm.GenerationOf(w.GetId(), w.GetJobId()), Draining: w.GetDraining()}, nil
+	return v.s.heartbeat(ctx, req)
 }
 
 func (v *service) ReportFailure(_ context.Context, req *api.ReportFailureRequest) (*api.ReportFailureResponse, error) {
@@ -165,8 +151,11 @@ func (v *service) DeregisterWorker(ctx context.Context, req *api.DeregisterWorke
 	return &api.DeregisterWorkerResponse{}, nil
 }
 
+// ListWorkers lists the registered workers with their live leases on the
+// leader (a follower forwards it there while a leader is known, see
+// forward.go) and the recently lost ones.
 func (v *service) ListWorkers(context.Context, *api.ListWorkersRequest) (*api.ListWorkersResponse, error) {
-	return &api.ListWorkersResponse{Workers: v.s.fsm.Workers(), Lost: v.s.fsm.LostWorkers()}, nil
+	return &api.ListWorkersResponse{Workers: v.s.withLeases(v.s.fsm.Workers()), Lost: v.s.fsm.LostWorkers()}, nil
 }
 
 func (v *service) DrainWorker(ctx context.Context, req *api.DrainWorkerRequest) (*api.DrainWorkerResponse, error) {
@@ -214,50 +203,9 @@ func (s *Server) watchPlan(ctx context.Context, req *api.WatchPlanRequest, send 
 	}
 }
 
+// ReportProgress checks a step report and records it (progress.go).
 func (v *service) ReportProgress(ctx context.Context, req *api.ReportProgressRequest) (*api.ReportProgressResponse, error) {
-	measured := req.GetStepSeconds() > 0 && req.GetSamples() > 0
-	v.s.fsm.mu.RLock()
-	j, noop, err := v.s.fsm.st.checkProgress(req)
-	var gen int64
-	if j != nil {
-		gen = j.Generation
-	}
-	w := v.s.fsm.st.workers[req.GetWorkerId()]
-	firstSpeed := measured && w != nil && !(w.GetSamplesPerSecond() > 0)
-	v.s.fsm.mu.RUnlock()
-	if err != nil {
-		return nil, err
-	}
-	// Final and evaluation reports are always written, and so is a worker's
-	// first measured speed (until every worker of a plan has one, its shares
-	// come from device profiles); other step reports at most once per
-	// ProgressInterval per worker.
-	must := req.GetDone() || req.TestAccuracy != nil || firstSpeed
-	if noop || (!must && !v.s.progressDue(req.GetWorkerId())) {
-		return &api.ReportProgressResponse{Generation: gen}, nil
-	}
-	var sps float64
-	if measured {
-		sps = float64(req.GetSamples()) / req.GetStepSeconds()
-	}
-	m, _, err := v.s.apply(ctx, &api.CmdReportProgress{Report: req, SamplesPerSecond: sps, NowUnixNano: time.Now().UnixNano()})
-	if err != nil {
-		return nil, err
-	}
-	return m.(*api.ReportProgressResponse), nil
-}
-
-// progressDue reports whether a progress entry for the worker may be
-// written now, and if so records that it was.
-func (s *Server) progressDue(worker string) bool {
-	s.progressMu.Lock()
-	defer s.progressMu.Unlock()
-	now := time.Now()
-	if last, ok := s.lastProgress[worker]; ok && now.Sub(last) < s.cfg.ProgressInterval {
-		return false
-	}
-	s.lastProgress[worker] = now
-	return true
+	return v.s.reportProgress(ctx, req)
 }
 
 func (v *service) CommitCheckpoint(ctx context.Context, req *api.CommitCheckpointRequest) (*api.CommitCheckpointResponse, error) {

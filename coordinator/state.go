@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"fmt"
 	"sort"
 
 	"google.golang.org/protobuf/proto"
@@ -189,23 +190,62 @@ func (f *FSM) Plan(jobID string) (*api.Plan, bool) {
 func (f *FSM) GenerationOf(workerID, jobID string) int64 {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
-	if j, ok := f.st.jobs[jobID]; ok && jobID != "" {
+	return f.st.generationOf(workerID, jobID)
+}
+
+func (s *state) generationOf(workerID, jobID string) int64 {
+	if j, ok := s.jobs[jobID]; ok && jobID != "" {
 		return j.GetGeneration()
 	}
 	var best string
 	var gen int64
-	for id, j := range f.st.jobs {
+	for id, j := range s.jobs {
 		if jobEnded(j) || best != "" && id >= best {
 			continue
 		}
-		for _, r := range f.st.plans[id].GetRanks() {
+		for _, r := range s.plans[id].GetRanks() {
 			if r.GetWorkerId() == workerID {
-				best, gen = id, f.st.plans[id].GetGeneration()
+				best, gen = id, s.plans[id].GetGeneration()
 				break
 			}
 		}
 	}
 	return gen
+}
+
+// heartbeatView is what a heartbeat needs of worker id, read under one
+// lock and copying nothing: the worker must be registered (else
+// ErrUnknownWorker) in this incarnation (else ErrSuperseded); its
+// generation as GenerationOf gives it, and whether it drains.
+func (f *FSM) heartbeatView(id string, incarnation int64) (gen int64, draining bool, err error) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	w, ok := f.st.workers[id]
+	if !ok {
+		return 0, false, fmt.Errorf("%w: %q (its lease may have expired; register again)", ErrUnknownWorker, id)
+	}
+	if err := fenced(w, incarnation); err != nil {
+		return 0, false, err
+	}
+	return f.st.generationOf(id, w.GetJobId()), w.GetDraining(), nil
+}
+
+// leaseHolder is a registered worker as the lease keeper sees it.
+type leaseHolder struct {
+	id          string
+	incarnation int64 // its registered_unix_nano
+}
+
+// leaseHolders lists every registered worker, unsorted, copying no
+// profile.
+func (f *FSM) leaseHolders() []leaseHolder {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	out := make([]leaseHolder, 0, len(f.st.workers))
+	for id, w := range f.st.workers {
+		out = append(out, leaseHolder{id, w.GetRegisteredUnixNano()})
+	}
+	return out
 }
 
 // Coordinators returns copies of the coordinator members recorded in the

@@ -23,4 +23,5 @@ func addCommands(root, bench *cobra.Command) {
 	bench.AddCommand(newBenchAllreduceCmd())
 	bench.AddCommand(newBenchTrainCmd())
 	bench.AddCommand(newBenchGenerateCmd())
+	bench.AddCommand(newBenchCoordinatorCmd())
 }
