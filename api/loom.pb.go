@@ -110,7 +110,12 @@ type JobSpec struct {
 	MicroBatches int32 `protobuf:"varint,9,opt,name=micro_batches,json=microBatches,proto3" json:"micro_batches,omitempty"`
 	// The network's cost per sample, for cutting it into pipeline stages;
 	// set for a model that can be cut (a GPT).
-	ModelCost     *ModelCost `protobuf:"bytes,10,opt,name=model_cost,json=modelCost,proto3" json:"model_cost,omitempty"`
+	ModelCost *ModelCost `protobuf:"bytes,10,opt,name=model_cost,json=modelCost,proto3" json:"model_cost,omitempty"`
+	// Pipeline stages get equal block counts (the first stages one more when
+	// the count does not divide; cluster.pipeline_partition: uniform) instead
+	// of the ranges that balance the workers' measured speeds (false, the
+	// default: measured). Batch shares within a stage still follow speed.
+	UniformLayers bool `protobuf:"varint,11,opt,name=uniform_layers,json=uniformLayers,proto3" json:"uniform_layers,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -213,6 +218,13 @@ func (x *JobSpec) GetModelCost() *ModelCost {
 		return x.ModelCost
 	}
 	return nil
+}
+
+func (x *JobSpec) GetUniformLayers() bool {
+	if x != nil {
+		return x.UniformLayers
+	}
+	return false
 }
 
 // ModelCost is a network's per-sample cost by part: the embedding (on the
@@ -3411,7 +3423,7 @@ var File_loom_proto protoreflect.FileDescriptor
 const file_loom_proto_rawDesc = "" +
 	"\n" +
 	"\n" +
-	"loom.proto\x12\aloom.v1\"\xe8\x02\n" +
+	"loom.proto\x12\aloom.v1\"\x8f\x03\n" +
 	"\aJobSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1f\n" +
 	"\vconfig_yaml\x18\x02 \x01(\fR\n" +
@@ -3428,7 +3440,8 @@ const file_loom_proto_rawDesc = "" +
 	"\rmicro_batches\x18\t \x01(\x05R\fmicroBatches\x121\n" +
 	"\n" +
 	"model_cost\x18\n" +
-	" \x01(\v2\x12.loom.v1.ModelCostR\tmodelCost\"\xe0\x02\n" +
+	" \x01(\v2\x12.loom.v1.ModelCostR\tmodelCost\x12%\n" +
+	"\x0euniform_layers\x18\v \x01(\bR\runiformLayers\"\xe0\x02\n" +
 	"\tModelCost\x12\x16\n" +
 	"\x06layers\x18\x01 \x01(\x05R\x06layers\x12\x1f\n" +
 	"\vembed_flops\x18\x02 \x01(\x01R\n" +

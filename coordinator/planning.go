@@ -21,6 +21,7 @@ func schedJob(spec *api.JobSpec) scheduler.Job {
 		AutoStages:  spec.GetAutoStages(),
 		Micro:       int(spec.GetMicroBatches()),
 	}
+	j.UniformLayers = spec.GetUniformLayers()
 	if c := spec.GetModelCost(); c != nil {
 		j.Model = &scheduler.ModelCost{
 			Layers: int(c.GetLayers()), EmbedFLOPs: c.GetEmbedFlops(), BlockFLOPs: c.GetBlockFlops(), HeadFLOPs: c.GetHeadFlops(),
@@ -211,9 +212,39 @@ func desiredPlans(st *api.SnapshotState, tolerance float64) []*api.Plan {
 		if ok && !scheduler.Changed(toSchedPlan(cur), sp, tolerance) && cur.GetReason() == sp.Reason {
 			continue
 		}
+		if ok && len(cur.GetStageLayers()) > 1 && joinedOnly(cur, in) {
+			// Workers joined a running pipeline: moving layers pauses every
+			// stage, so the new partition must be predicted to be worth it;
+			// until then the joiners stand by.
+			now := scheduler.Predict(schedJob(j.GetSpec()), toSchedPlan(cur), in)
+			if next := sp.PredictedStepSeconds; now > 0 && next > 0 && next > now*(1-RepartitionGain) {
+				continue
+			}
+		}
 		out = append(out, fromSchedPlan(j.GetId(), j.GetGeneration()+1, sp))
 	}
 	return out
+}
+
+// RepartitionGain is how much faster (a fraction of the predicted step
+// time) a pipeline's new partition must be predicted to run for workers
+// that joined it to be taken in: a join re-partitions the model only when
+// that raises the predicted throughput by more than this.
+const RepartitionGain = 0.05
+
+// joinedOnly reports whether ws are the workers of plan p, at the same
+// addresses, and more: workers joined and none left.
+func joinedOnly(p *api.Plan, ws []scheduler.Worker) bool {
+	addr := map[string]string{}
+	for _, w := range ws {
+		addr[w.ID] = w.Addr
+	}
+	for _, r := range p.GetRanks() {
+		if a, ok := addr[r.GetWorkerId()]; !ok || a != r.GetCollectiveAddr() {
+			return false
+		}
+	}
+	return len(ws) > len(p.GetRanks())
 }
 
 // sameWorkers reports whether ws are exactly the workers of plan p, at the

@@ -197,3 +197,36 @@ func TestReplanConfigRefused(t *testing.T) {
 		t.Errorf("default config refused: %v", err)
 	}
 }
+
+// A worker joining a running pipeline is taken in (the model
+// re-partitioned) only when the new plan is predicted to be more than
+// RepartitionGain faster; a loss re-plans at once.
+func TestJoinRepartitionsOnlyWhenWorthIt(t *testing.T) {
+	spec := &api.JobSpec{GlobalBatch: 64, MinWorkers: 1, PipelineStages: 2,
+		ModelCost: &api.ModelCost{Layers: 8, EmbedFlops: 1e7, BlockFlops: 1e9, HeadFlops: 3e8}}
+	worker := func(id string, gflops float64) *api.Worker {
+		return &api.Worker{Id: id, JobId: "j", Profile: &api.DeviceProfile{Gflops: map[string]float64{"fp32": gflops}, CollectiveAddr: id + ":1"}}
+	}
+	state := func(ws ...*api.Worker) *api.SnapshotState {
+		return &api.SnapshotState{Jobs: []*api.Job{{Id: "j", Spec: spec, State: api.JobState_JOB_STATE_RUNNING, Generation: 1}}, Workers: ws}
+	}
+	first := desiredPlans(state(worker("a", 100), worker("b", 100)), 0.1)
+	if len(first) != 1 || len(first[0].GetRanks()) != 2 || len(first[0].GetStageLayers()) != 2 {
+		t.Fatalf("first plan %v", first)
+	}
+	withPlan := func(ws ...*api.Worker) []*api.Plan {
+		st := state(ws...)
+		st.Plans = first
+		return desiredPlans(st, 0.1)
+	}
+	if got := withPlan(worker("a", 100), worker("b", 100), worker("slow", 1)); len(got) != 0 {
+		t.Errorf("a joiner at 1%% of the others' speed re-partitioned the pipeline: %v", got)
+	}
+	got := withPlan(worker("a", 100), worker("b", 100), worker("fast", 100))
+	if len(got) != 1 || len(got[0].GetRanks()) != 3 {
+		t.Fatalf("an equal joiner was not taken in: %v", got)
+	}
+	if got := withPlan(worker("a", 100)); len(got) != 1 {
+		t.Fatalf("a loss did not re-plan: %v", got)
+	}
+}

@@ -191,6 +191,13 @@ type Cluster struct {
 	// the stage count of micro-batches in flight) or gpipe (every forward,
 	// then every backward).
 	PipelineSchedule string `yaml:"pipeline_schedule,omitempty"`
+	// PipelinePartition is how the blocks are cut into stages: measured
+	// (default, also written empty: the ranges that balance the stages'
+	// measured speeds) or uniform (the same number of blocks on every
+	// stage, the first stages one more when they do not divide; the
+	// baseline of DeepSpeed's partition_method uniform). Either way the
+	// planner picks each stage's workers and their shares by speed.
+	PipelinePartition string `yaml:"pipeline_partition,omitempty"`
 }
 
 // Stages is cluster.pipeline_stages: a count, or AutoStages.

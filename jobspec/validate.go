@@ -67,6 +67,8 @@ func (j *Job) Validate() error {
 		return j.errf("cluster.pipeline_stages", "must be a stage count or auto, got %d", c.PipelineStages)
 	case c.PipelineSchedule != "" && c.PipelineSchedule != "1f1b" && c.PipelineSchedule != "gpipe":
 		return j.errf("cluster.pipeline_schedule", "%q unknown (want 1f1b or gpipe)", c.PipelineSchedule)
+	case c.PipelinePartition != "" && c.PipelinePartition != "measured" && c.PipelinePartition != "uniform":
+		return j.errf("cluster.pipeline_partition", "%q unknown (want measured or uniform)", c.PipelinePartition)
 	case c.MaxWorkers > t.GlobalBatch:
 		return j.errf("cluster.max_workers", "%d workers cannot share a global batch of %d", c.MaxWorkers, t.GlobalBatch)
 	}
@@ -333,8 +335,6 @@ func (j *Job) validatePipeline() error {
 		return j.errf(f, "needs model.tie_embeddings: false (a tied embedding would live on the first and the last stage at once)")
 	case j.DType() == tensor.F16:
 		return j.errf(f, "train.precision fp16 cannot be pipelined (each stage would skip overflowing steps on its own); use bf16 or fp32")
-	case !j.Checkpoint.Disabled:
-		return j.errf(f, "pipeline stages cannot write checkpoints yet (each stage would write only its own layers); set checkpoint.disabled: true")
 	case t.MicroBatches > 0 && n > 1 && t.MicroBatches < n && c.PipelineSchedule != "gpipe":
 		return j.errf("train.micro_batches", "%d is below the %d pipeline stages: 1F1B needs a micro-batch for every stage to work on at once (with fewer, stages idle most of each step); use at least %d, or cluster.pipeline_schedule: gpipe", t.MicroBatches, n, n)
 	}

@@ -26,8 +26,15 @@ type Checkpointer struct {
 	w     *checkpoint.Writer
 	store checkpoint.Storage
 	log   *zap.Logger
-	state checkpoint.State // reused: tensor views into the trainer
+	state checkpoint.State // reused: tensor views into owner
+	owner *Trainer         // whose tensors state views
 	last  int              // step of the newest saved checkpoint
+	shard checkpoint.ShardID
+
+	// Run identifies the run for the checkpoints a pipeline's stages
+	// write in shards (the job's submission time, unix milliseconds): the
+	// shards of one checkpoint are those of one run and plan generation.
+	Run int64
 
 	// Observer, if set (before the first checkpoint starts), is told of
 	// every write's outcome, from the writer goroutine.
@@ -65,6 +72,12 @@ func NewCheckpointer(job *jobspec.Job, log *zap.Logger, onPublished func(checkpo
 			onPublished(i)
 		}
 	}
+	cfg.OnShardWritten = func(i checkpoint.ShardInfo) {
+		// Another stage's writer publishes the checkpoint (and records it).
+		if took, ok := c.finished(i.Step); ok && c.Observer != nil {
+			c.Observer.CheckpointWritten(took, i.Bytes)
+		}
+	}
 	cfg.OnFailed = func(step int, err error) {
 		c.finished(step)
 		if c.Observer != nil {
@@ -97,9 +110,23 @@ func (c *Checkpointer) Due(t *Trainer) bool {
 	return s != c.last && s > 0 && (t.Done() || (every > 0 && s%every == 0))
 }
 
+// Place sets where the trainer's checkpoints go: a pipeline stage's first
+// rank writes its stage's layers as one shard of the checkpoint (the
+// generation's stages are its shards), anything else the whole state
+// (p nil).
+func (c *Checkpointer) Place(p *Pipeline, generation int64) {
+	c.shard = checkpoint.ShardID{}
+	if p != nil && len(p.Stages) > 1 {
+		c.shard = checkpoint.ShardID{Index: p.Stage, Count: len(p.Stages), Attempt: fmt.Sprintf("%d%06d", c.Run, generation)}
+	}
+}
+
 // Begin starts saving t's current state; the trainer waits for the copy
 // before its next optimizer update.
 func (c *Checkpointer) Begin(ctx context.Context, t *Trainer, world int) error {
+	if c.owner != t || c.state.Shard != c.shard {
+		c.state, c.owner = checkpoint.State{Shard: c.shard}, t
+	}
 	t.fillCheckpoint(&c.state, world)
 	// Keyed by step: the previous write may still be reporting while
 	// this one waits for the writer.
@@ -151,8 +178,9 @@ func (t *Trainer) fillCheckpoint(s *checkpoint.State, world int) {
 		for _, o := range t.opt.State() {
 			s.Optim = append(s.Optim, checkpoint.Tensor{Name: o.Name, Shape: t.shapeOfState(o.Name), Data: o.Data})
 		}
-		if g, ok := t.task.(*gptTask); ok {
-			// A GPT checkpoint is a Hugging Face GPT-2 directory too.
+		if g, ok := t.task.(*gptTask); ok && s.Shard.Index == 0 {
+			// A GPT checkpoint is a Hugging Face GPT-2 directory too (its
+			// first shard writes the config).
 			s.Sidecars = []checkpoint.Sidecar{{Name: HFConfigFile, Data: g.net.Config().MarshalHFConfig(g.text.Tokenizer)}}
 		}
 	}
@@ -246,13 +274,14 @@ func ResumeFrom(ctx context.Context, t *Trainer, allowed func(string) bool, log 
 	}
 	var st *checkpoint.State
 	var info checkpoint.Info
+	keep := t.ownTensors()
 	if job.Checkpoint.Resume == "latest" {
-		st, info, err = checkpoint.Latest(ctx, store, job.Name, allowed, log)
+		st, info, err = checkpoint.LatestTensors(ctx, store, job.Name, allowed, keep, log)
 	} else {
 		var rel string
 		if rel, err = relativeCheckpoint(job.Checkpoint.Dir, job.Checkpoint.Resume); err == nil {
 			info.Path = rel
-			st, err = checkpoint.Load(ctx, store, rel)
+			st, err = checkpoint.LoadTensors(ctx, store, rel, keep)
 		}
 	}
 	if err != nil {
@@ -267,6 +296,33 @@ func ResumeFrom(ctx context.Context, t *Trainer, allowed func(string) bool, log 
 		return info, fmt.Errorf("resume from %s: %w", info.Path, err)
 	}
 	return info, nil
+}
+
+// ownTensors keeps the tensors of the trainer's parameters: a pipeline
+// stage reads only its own layers' tensors, from a checkpoint of any
+// layout (sharded by stages or whole).
+func (t *Trainer) ownTensors() func(string) bool {
+	var names []string
+	for _, p := range t.task.params() {
+		names = append(names, p.Name)
+	}
+	return checkpoint.KeepParams(names...)
+}
+
+// RestoreCheckpoint loads t's tensors and state from the checkpoint at path
+// (within checkpoint.dir, as the coordinator records it): how a pipeline
+// whose workers lost every copy of some layers goes back to its last
+// checkpoint without restarting.
+func (t *Trainer) RestoreCheckpoint(ctx context.Context, path string) error {
+	store, err := checkpoint.NewLocalStorage(t.job.Checkpoint.Dir)
+	if err != nil {
+		return err
+	}
+	st, err := checkpoint.LoadTensors(ctx, store, path, t.ownTensors())
+	if err != nil {
+		return err
+	}
+	return t.LoadCheckpoint(st)
 }
 
 // relativeCheckpoint turns a checkpoint directory (absolute, or relative to

@@ -13,11 +13,39 @@ import (
 // worker wrote no completed entry. A tentative step that no rank completed
 // in its generation was abandoned and redone with the same samples in a
 // later one.
+//
+// A rollback line (the job went back to a checkpoint in generation G)
+// undoes the entries of later steps written in generations before G.
 func ReconcileLedgers(workers [][]LedgerEntry) []LedgerEntry {
 	type key struct {
 		epoch, step int
 		gen         int64
 	}
+	var rollbacks []LedgerEntry
+	for _, es := range workers {
+		for _, e := range es {
+			if e.Rollback {
+				rollbacks = append(rollbacks, e)
+			}
+		}
+	}
+	undone := func(e LedgerEntry) bool {
+		for _, r := range rollbacks {
+			if e.Gen < r.Gen && e.Step > r.Step {
+				return true
+			}
+		}
+		return false
+	}
+	kept := make([][]LedgerEntry, len(workers))
+	for i, es := range workers {
+		for _, e := range es {
+			if !e.Rollback && !undone(e) {
+				kept[i] = append(kept[i], e)
+			}
+		}
+	}
+	workers = kept
 	done := map[key]bool{}
 	for _, es := range workers {
 		for _, e := range es {

@@ -52,3 +52,20 @@ func TestCheckExactlyOnceAcrossEpochs(t *testing.T) {
 		t.Fatal("a doubled sample passed")
 	}
 }
+
+// A rollback to the checkpoint of step 2 in generation 4 undoes what
+// generations before 4 trained after step 2 (and only that): the steps
+// retrained from the checkpoint count once.
+func TestReconcileRollback(t *testing.T) {
+	done := func(step int, gen int64, s ...int) LedgerEntry { return LedgerEntry{Step: step, Gen: gen, Samples: s} }
+	a := []LedgerEntry{done(1, 2, 1), done(2, 2, 2), done(3, 2, 3), done(4, 3, 4), {Step: 2, Gen: 4, Rollback: true}, done(3, 4, 3), done(4, 4, 4)}
+	b := []LedgerEntry{done(1, 2, 11), done(2, 2, 12), done(3, 2, 13), {Step: 2, Gen: 4, Rollback: true}, done(3, 4, 13), done(4, 4, 14)}
+	var got []int
+	for _, e := range ReconcileLedgers([][]LedgerEntry{a, b}) {
+		got = append(got, e.Samples...)
+	}
+	slices.Sort(got)
+	if want := []int{1, 2, 3, 4, 11, 12, 13, 14}; !slices.Equal(got, want) {
+		t.Fatalf("counted samples %v, want %v", got, want)
+	}
+}

@@ -25,7 +25,8 @@ type Loop struct {
 	// World is the number of data-parallel ranks, recorded in checkpoints.
 	World int
 	// Lead is the one rank that evaluates during training and writes the
-	// checkpoints: every rank holds the same state.
+	// checkpoints: every rank holds the same state. (With a Pipeline the
+	// first rank of every stage evaluates and writes its stage's shard.)
 	Lead         bool
 	Checkpointer *Checkpointer
 	// Before, if set, runs before each step. It votes to end the run after
@@ -35,6 +36,15 @@ type Loop struct {
 	Before func() (vote bool, err error)
 	// After, if set, is told of each completed step.
 	After func(StepResult)
+}
+
+// writes reports whether this rank writes the checkpoints: the lead of a
+// data-parallel run, the first rank of each pipeline stage.
+func (l Loop) writes() bool {
+	if l.Pipeline != nil {
+		return l.Pipeline.Me == 0
+	}
+	return l.Lead
 }
 
 // StepResult is one completed step, as this rank saw it.
@@ -81,6 +91,9 @@ var ErrLossNaN = errors.New("loss is NaN (lower optimizer.lr, set optimizer.clip
 // evaluation and checkpoint cadence are the job config's.
 func (t *Trainer) RunSteps(ctx context.Context, l Loop) (switched bool, err error) {
 	evalEvery := t.job.Train.EvalEvery
+	if l.Checkpointer != nil {
+		l.Checkpointer.Place(l.Pipeline, t.Generation)
+	}
 	for !t.Done() {
 		if err := ctx.Err(); err != nil {
 			return false, err
@@ -125,7 +138,9 @@ func (t *Trainer) RunSteps(ctx context.Context, l Loop) (switched bool, err erro
 		if l.After != nil {
 			l.After(r)
 		}
-		if ck := l.Checkpointer; ck != nil && l.Lead && l.Pipeline == nil && ck.Due(t) {
+		// Every rank holds its stage's state: the first rank of each
+		// stage writes it (a shard of the checkpoint when there are stages).
+		if ck := l.Checkpointer; ck != nil && l.writes() && ck.Due(t) {
 			if err := ck.Begin(ctx, t, l.World); err != nil {
 				t.log.Warn("checkpoint not started", zap.Int("step", t.step), zap.Error(err))
 			}

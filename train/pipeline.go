@@ -215,6 +215,7 @@ const pipeTail = 3
 // voted; the sum over them says whether all of them saw only yes.
 func (t *Trainer) stepPipeline(ctx context.Context, sync GradSync, p *Pipeline) (float64, error) {
 	st := t.task.(stageTask)
+	t.pending = nil
 	startPos := t.sampler.Position()
 	t.idx = t.sampler.Next(t.idx[:0], t.job.Train.GlobalBatch)
 	rows := len(t.idx)
@@ -361,6 +362,14 @@ func (t *Trainer) stepPipeline(ctx context.Context, sync GradSync, p *Pipeline) 
 			return fail(err)
 		}
 	}
+	// The stage's gradients are final: a failure from here on leaves the
+	// step pending (see RollForward), as the stages before it may apply it.
+	pend := func(err error) (float64, error) {
+		next := t.sampler.Position()
+		t.abandon(startPos)
+		t.pending = &pendingStep{rows: rows, next: next}
+		return 0, err
+	}
 	// The step's loss and the verdict on the votes come back from the
 	// last stage: rank i of stage s hears from rank i mod |s+1| of stage
 	// s+1 and tells the ranks of stage s-1 that hear from it.
@@ -371,26 +380,88 @@ func (t *Trainer) stepPipeline(ctx context.Context, sync GradSync, p *Pipeline) 
 			res[2] = 1
 		}
 	} else if err := recv(p.Stages[s+1][me%len(p.Stages[s+1])].Peer, res[:]); err != nil {
-		return fail(fmt.Errorf("stage %d: step result from stage %d: %w", s, s+1, err))
+		return pend(fmt.Errorf("stage %d: step result from stage %d: %w", s, s+1, err))
 	}
 	if !first {
 		for i := range p.Stages[s-1] {
 			if i%len(p.Stages[s]) == me {
 				if err := p.Pipe.Send(p.Stages[s-1][i].Peer, res[:]); err != nil {
-					return fail(fmt.Errorf("stage %d: step result to stage %d rank %d: %w", s, s-1, i, err))
+					return pend(fmt.Errorf("stage %d: step result to stage %d rank %d: %w", s, s-1, i, err))
 				}
 			}
+		}
+		// The stages apply the step in order, the first stage first (it
+		// is the last to have everything): a stage applies it once the
+		// stage before it has, so a step cut short leaves no stage ahead
+		// of the first, and those behind it hold the step pending.
+		var ack [1]float32
+		if t.beforeCommit != nil {
+			if err := t.beforeCommit(); err != nil {
+				return pend(err)
+			}
+		}
+		if err := recv(p.Stages[s-1][me%len(p.Stages[s-1])].Peer, ack[:]); err != nil {
+			return pend(fmt.Errorf("stage %d: step commit from stage %d: %w", s, s-1, err))
 		}
 	}
 	t.SwitchVotes = res[2] * float32(p.World())
 	tokens := rows * t.task.tokensPerSample()
+	if err := t.waitCapture(); err != nil {
+		return pend(err)
+	}
 	t.update(rows, 1)
 	t.step++
+	if !last {
+		for j := range p.Stages[s+1] {
+			if j%len(p.Stages[s]) == me {
+				if err := p.Pipe.Send(p.Stages[s+1][j].Peer, []float32{1}); err != nil {
+					// Applied here; the stages after it hold it pending.
+					return 0, fmt.Errorf("stage %d: step commit to stage %d rank %d: %w", s, s+1, j, err)
+				}
+			}
+		}
+	}
 	if first {
 		t.record(startPos.Epoch, mine)
 	}
 	return float64(res[0]) / float64(tokens), nil
 }
+
+// pendingStep is a pipeline step whose gradients were final on this rank
+// but which it did not apply (the step was cut short after them): rows is
+// its batch, next the sampler position after it.
+type pendingStep struct {
+	rows int
+	next data.Position
+}
+
+// Pending reports whether the trainer holds the step after its last one
+// pending: its gradients summed over its stage, not applied because the
+// step was cut short after them. Some other stage may have applied it.
+func (t *Trainer) Pending() bool { return t.pending != nil }
+
+// RollForward applies the pending step (see Pending): what a stage does
+// when the job's plan finds that the stage before it applied that step.
+func (t *Trainer) RollForward() error {
+	p := t.pending
+	if p == nil {
+		return fmt.Errorf("no step pending after step %d", t.step)
+	}
+	if err := t.waitCapture(); err != nil {
+		return err
+	}
+	t.pending = nil
+	if err := t.sampler.Seek(p.next); err != nil {
+		return err
+	}
+	t.update(p.rows, 1)
+	t.step++
+	return nil
+}
+
+// DropPending forgets the pending step: the stages that applied it are
+// gone, and the step will be trained again.
+func (t *Trainer) DropPending() { t.pending = nil }
 
 // update applies the optimizer step to the summed gradients of rows
 // samples, computed under loss scale scale.

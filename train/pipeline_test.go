@@ -2,8 +2,10 @@ package train
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -285,5 +287,97 @@ func BenchmarkPipelineBubble(b *testing.B) {
 			b.ReportMetric(100*float64(idle)/float64(idle+busy), "idle-%")
 			b.ReportMetric(100*float64(3)/float64(m+3), "ideal-%")
 		})
+	}
+}
+
+// A step cut short after the first stage applied it (here: the second
+// stage never hears the first stage's commit) leaves the second stage with
+// the step pending, never ahead; rolling it forward brings the stages back
+// to one step, and training on ends where one worker does.
+func TestPipelinePendingStepRollsForward(t *testing.T) {
+	const steps = 8
+	job := pipeJob(t, steps, 4)
+	single := gptTrainer(t, job)
+	for range steps {
+		single.Step()
+	}
+	split, err := OpenData(job)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := func(a, b int) model.StageRange { return model.StageRange{First: a, Last: b} }
+	layers := []model.StageRange{r(0, 2), r(2, 4)}
+	stages := [][]PipeRank{{{Peer: 0, Share: 1}}, {{Peer: 1, Share: 1}}}
+	trainers := make([]*Trainer, 2)
+	built := collective.NewTestTransports(t, collective.TransportMem, 1, 2)
+	for s := range trainers {
+		dev, err := cpu.New(cpu.Config{Threads: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := &Pipeline{Stages: stages, Stage: s, Micro: 4, Pipe: collective.NewPipe(built[s], collective.PipeConfig{})}
+		if trainers[s], err = NewStageTrainer(job, dev, split, nil, layers[s], p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// run trains steps (from, to] on a new world; the second stage's
+	// commit of step cut fails.
+	run := func(from, to, cut int) []error {
+		world := collective.NewTestTransports(t, collective.TransportMem, 1, 2)
+		return collective.RunRanks(2, func(s int) error {
+			pipe := collective.NewPipe(world[s], collective.PipeConfig{})
+			defer func() {
+				// As a worker leaving a generation does: what it queued
+				// reaches the links first.
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				_ = pipe.Flush(ctx)
+				cancel()
+				pipe.Close()
+			}()
+			p := &Pipeline{Stages: stages, Stage: s, Micro: 4, Pipe: pipe}
+			for step := from + 1; step <= to; step++ {
+				if s == 1 && step == cut {
+					trainers[s].beforeCommit = func() error { return errors.New("commit lost") }
+				}
+				if _, err := trainers[s].stepPipeline(context.Background(), nil, p); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	}
+	errs := run(0, 3, 3)
+	if errs[0] != nil || errs[1] == nil || !strings.Contains(errs[1].Error(), "commit lost") {
+		t.Fatalf("cut step: errors %v", errs)
+	}
+	trainers[1].beforeCommit = nil
+	if trainers[0].Steps() != 3 || trainers[1].Steps() != 2 || !trainers[1].Pending() || trainers[0].Pending() {
+		t.Fatalf("after the cut: stages at steps %d and %d, pending %v %v; want 3, 2 with the second pending",
+			trainers[0].Steps(), trainers[1].Steps(), trainers[0].Pending(), trainers[1].Pending())
+	}
+	if err := trainers[1].RollForward(); err != nil {
+		t.Fatal(err)
+	}
+	for s, err := range run(3, steps, 0) {
+		if err != nil {
+			t.Fatalf("stage %d after rolling forward: %v", s, err)
+		}
+	}
+	want := map[string][]float32{}
+	for _, p := range single.Params() {
+		want[p.Name] = p.Value
+	}
+	for s, tr := range trainers {
+		for _, p := range tr.Params() {
+			var num, den float64
+			for i, v := range p.Value {
+				d := float64(v - want[p.Name][i])
+				num += d * d
+				den += float64(want[p.Name][i]) * float64(want[p.Name][i])
+			}
+			if rel := math.Sqrt(num / den); !(rel < 1e-5) {
+				t.Fatalf("stage %d %s: relative difference %g from one worker", s, p.Name, rel)
+			}
+		}
 	}
 }

@@ -126,6 +126,11 @@ type Trainer struct {
 	// beforeUpdate, if set, runs before the next optimizer update (the
 	// checkpointer waits there for its copy of the weights).
 	beforeUpdate func() error
+	// pending is a pipeline step cut short after its gradients were
+	// final (see Pending); beforeCommit, if set (tests), runs before a
+	// pipeline stage waits for the stage before it to apply the step.
+	pending      *pendingStep
+	beforeCommit func() error
 
 	step, total int
 	loaded      int           // step of the checkpoint loaded from disk (0: none)
@@ -285,11 +290,9 @@ func (t *Trainer) StepShare(ctx context.Context, sync GradSync, shares *Shares) 
 			return loss / float64(rows*t.task.tokensPerSample()), nil
 		}
 	}
-	if t.beforeUpdate != nil {
-		if err := t.beforeUpdate(); err != nil {
-			t.abandon(startPos)
-			return 0, err
-		}
+	if err := t.waitCapture(); err != nil {
+		t.abandon(startPos)
+		return 0, err
 	}
 	tokens := rows * t.task.tokensPerSample()
 	t.update(rows, scale)
@@ -312,8 +315,27 @@ type LedgerEntry struct {
 	Step      int   `json:"step"`
 	Gen       int64 `json:"gen,omitempty"`       // plan generation that ran the step (0: single process)
 	Tentative bool  `json:"tentative,omitempty"` // the step was started, not (yet) completed
-	UnixNano  int64 `json:"t"`                   // when the entry was written
-	Samples   []int `json:"samples"`
+	// Rollback: the job went back, in generation Gen, to its checkpoint of
+	// Step (a pipeline whose workers lost every copy of some layers):
+	// what earlier generations trained after Step is undone.
+	Rollback bool  `json:"rollback,omitempty"`
+	UnixNano int64 `json:"t"` // when the entry was written
+	Samples  []int `json:"samples"`
+}
+
+// RecordRollback writes the ledger line saying that the job restarted, in
+// generation gen, from the checkpoint of the trainer's current step.
+func (t *Trainer) RecordRollback(gen int64) {
+	t.writeLedger(LedgerEntry{Epoch: t.sampler.Position().Epoch, Step: t.step, Gen: gen, Rollback: true})
+}
+
+// waitCapture waits, before an optimizer update, for a checkpoint that
+// started since the last one to have copied the weights.
+func (t *Trainer) waitCapture() error {
+	if t.beforeUpdate != nil {
+		return t.beforeUpdate()
+	}
+	return nil
 }
 
 // abandon rewinds the sampler to the start of the step in flight, so that

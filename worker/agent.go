@@ -253,7 +253,11 @@ func RunAgent(ctx context.Context, cfg AgentConfig) (err error) {
 	}
 	// A pipeline stage's trainer holds the layers of its stage, which the
 	// plan decides: it is built when a generation places this worker.
-	newStage := func(layers model.StageRange, p *train.Pipeline) (*train.Trainer, error) {
+	// A pipeline job resumed from a checkpoint loads the first trainer it
+	// builds, whatever layers it holds, from that checkpoint (whatever
+	// layout wrote it); later ones take their state from the ranks.
+	resume := job.Checkpoint.Resume != "" && !job.Checkpoint.Disabled && job.Cluster.Pipelined()
+	newStage := func(layers model.StageRange, p *train.Pipeline) (*train.Trainer, bool, error) {
 		var tr *train.Trainer
 		var err error
 		if p == nil {
@@ -262,10 +266,19 @@ func RunAgent(ctx context.Context, cfg AgentConfig) (err error) {
 			tr, err = train.NewStageTrainer(job, cfg.Device, ld.split, a.log, layers, p)
 		}
 		if err != nil {
-			return nil, err
+			return nil, false, err
 		}
 		tr.Ledger = cfg.Ledger
-		return tr, nil
+		if !resume {
+			return tr, false, nil
+		}
+		resume = false
+		info, err := train.ResumeFrom(ctx, tr, nil, a.log)
+		if err != nil {
+			return nil, false, fmt.Errorf("worker: %w", err)
+		}
+		a.log.Info("resumed", zap.String("checkpoint", info.Path), zap.Int("step", info.Step), zap.Int("first_block", tr.Range().First), zap.Int("last_block", tr.Range().Last-1))
+		return tr, true, nil
 	}
 	var tr *train.Trainer
 	tokens := 1
@@ -273,7 +286,7 @@ func RunAgent(ctx context.Context, cfg AgentConfig) (err error) {
 		tokens = job.Model.Context
 	}
 	if !job.Cluster.Pipelined() {
-		if tr, err = newStage(model.StageRange{}, nil); err != nil {
+		if tr, _, err = newStage(model.StageRange{}, nil); err != nil {
 			return err
 		}
 	}
@@ -299,6 +312,7 @@ func RunAgent(ctx context.Context, cfg AgentConfig) (err error) {
 		if ck, err = train.NewCheckpointer(job, a.log, a.rec.published, a.rec.failed); err != nil {
 			return err
 		}
+		ck.Run = jobResp.(*api.GetJobResponse).GetJob().GetSubmittedUnixNano() / 1e6
 		ck.Observer = a.metrics.checkpointObserver()
 		defer func() {
 			if err := ck.Close(); err != nil {
@@ -400,7 +414,7 @@ var ErrDrained = errors.New("worker drained")
 // A pipeline job's trainer (tr nil until then) is built by newStage for the
 // layers of the first generation that places this worker, and again when a
 // plan gives it other layers.
-func (a *Agent) train(ctx context.Context, job *jobspec.Job, tr *train.Trainer, newStage func(model.StageRange, *train.Pipeline) (*train.Trainer, error),
+func (a *Agent) train(ctx context.Context, job *jobspec.Job, tr *train.Trainer, newStage func(model.StageRange, *train.Pipeline) (*train.Trainer, bool, error),
 	ck *train.Checkpointer, hasState bool, ln *net.Listener, compress collective.Compression, rep *reporter) error {
 	type stageKey struct {
 		layers               model.StageRange
@@ -442,7 +456,7 @@ func (a *Agent) train(ctx context.Context, job *jobspec.Job, tr *train.Trainer, 
 		var gctx context.Context
 		gctx, cancelGen = a.generationContext(ctx, current)
 		stopDog := a.watchdog(current, "connecting the ranks", suspectFloor)
-		g, err := joinGeneration(gctx, plan, a.cfg.ID, *ln, a.cfg.Listen, linkOpts{compress: compress, shmRing: a.cfg.ShmRingBytes, observer: a.metrics.collectiveObserver(), tls: a.ringTLS}, a.log)
+		g, err := joinGeneration(gctx, plan, a.cfg.ID, *ln, a.cfg.Listen, linkOpts{compress: compress, shmRing: a.cfg.ShmRingBytes, observer: a.metrics.collectiveObserver(), tls: a.ringTLS, handover: job.Cluster.Pipelined()}, a.log)
 		stopDog()
 		if g != nil || err != nil {
 			*ln = nil // consumed by the transport, or closed
@@ -463,27 +477,45 @@ func (a *Agent) train(ctx context.Context, job *jobspec.Job, tr *train.Trainer, 
 			p.Micro, p.GPipe = job.PipelineMicro(len(p.Stages)), job.Cluster.PipelineSchedule == "gpipe"
 			key = stageKey{gen.layers, p.Stage, len(p.Stages), p.Micro, p.GPipe}
 		}
+		next := tr
 		if tr == nil || key != built {
 			// Another place in the pipeline (or none, when the planner of a
-			// pipeline_stages: auto job keeps one stage): its layers start
-			// from the initial weights, or from a replica of the same layers.
-			ntr, err := newStage(gen.layers, gen.pipeline)
-			if err != nil {
+			// pipeline_stages: auto job keeps one stage): the trainer for
+			// its layers takes their state from the ranks that hold them.
+			var loaded bool
+			if next, loaded, err = newStage(gen.layers, gen.pipeline); err != nil {
 				return fmt.Errorf("generation %d: stage %d (blocks %d-%d): %w", current, gen.stage(), gen.layers.First, gen.layers.Last-1, err)
 			}
-			tr, built, hasState = ntr, key, false
+			if loaded {
+				tr, built, hasState = next, key, true
+			}
 		}
 		stopDog = a.watchdog(current, "state sync", suspectFloor)
-		src, err := gen.syncState(gctx, tr, hasState)
-		if err == nil && gen.pipeline != nil {
-			err = gen.checkStageSteps(gctx, tr)
+		var src int
+		if job.Cluster.Pipelined() {
+			var h handoff
+			h, err = gen.handover(gctx, tr, hasState, next, job.Model.GPTLayers(), a.recordedCheckpoints(gctx, job))
+			src = h.from
+			if h.restored != "" {
+				a.log.Warn("no worker held some layers any more: the job went back to its last checkpoint", zap.Int64("generation", current),
+					zap.String("checkpoint", h.restored), zap.Int("step", next.Steps()))
+			}
+		} else {
+			src, err = gen.syncState(gctx, next, hasState)
 		}
 		stopDog()
+		if errors.Is(err, errLayersLost) {
+			return fmt.Errorf("generation %d: %w", current, err)
+		}
 		if err != nil {
+			if next == tr && errors.Is(err, errStateTorn) {
+				hasState = false // part of it was overwritten
+			}
 			a.reportFailure(current, err)
 			a.log.Warn("state sync failed; waiting for the next plan", zap.Int64("generation", current), zap.Error(err))
 			continue
 		}
+		tr, built = next, key
 		hasState = true
 		retry = false
 		a.metrics.joined(gen)
@@ -497,8 +529,11 @@ func (a *Agent) train(ctx context.Context, job *jobspec.Job, tr *train.Trainer, 
 				return err
 			}
 			if ctx.Err() != nil {
-				if ck != nil && gen.rank == 0 {
-					// Clean shutdown: keep the steps since the last checkpoint.
+				if ck != nil && (gen.rank == 0 || gen.pipeline != nil && gen.pipeline.Me == 0) {
+					// Clean shutdown: keep the steps since the last
+					// checkpoint (each stage writes its shard; the
+					// checkpoint is published if every stage stopped after
+					// the same step).
 					ck.Shutdown(tr, gen.world())
 				}
 				return ctx.Err()
@@ -512,6 +547,18 @@ func (a *Agent) train(ctx context.Context, job *jobspec.Job, tr *train.Trainer, 
 	var acc, loss float64
 	if gen != nil && gen.pipeline != nil && gen.pipeline.Me == 0 {
 		// The final evaluation runs through the first rank of every stage.
+		// Each first writes its shard of the final checkpoint and records
+		// it if it completed the checkpoint: when the evaluation's result
+		// reaches the first stage, every stage has, and rank 0 reports the
+		// job complete with the final checkpoint recorded.
+		if ck != nil {
+			if err := ck.Flush(ctx); err != nil {
+				a.log.Error("final checkpoint shard not written", zap.Error(err))
+			}
+			if !a.rec.wait(recordDrain) {
+				a.log.Warn("final checkpoint record not answered yet")
+			}
+		}
 		var err error
 		if acc, loss, err = tr.EvaluatePipeline(ctx, gen.pipeline); err != nil {
 			return fmt.Errorf("final evaluation: %w", err)
@@ -550,6 +597,38 @@ func (a *Agent) train(ctx context.Context, job *jobspec.Job, tr *train.Trainer, 
 		a.log.Warn("job not marked complete 30 s after the last step; leaving")
 	}
 	return nil
+}
+
+// recordedCheckpoints is the job's checkpoints the coordinator recorded,
+// by step (none when checkpoints are disabled or it cannot be asked).
+func (a *Agent) recordedCheckpoints(ctx context.Context, job *jobspec.Job) map[int]string {
+	out := map[int]string{}
+	if job.Checkpoint.Disabled {
+		return out
+	}
+	var resp *api.GetJobResponse
+	var err error
+	for try := 0; try < 3; try++ { // a leader change is a moment's unavailability
+		var r any
+		if r, err = a.call(ctx, func(c context.Context) (any, error) {
+			return a.client.GetJob(c, &api.GetJobRequest{JobId: a.cfg.JobID})
+		}); err == nil {
+			resp = r.(*api.GetJobResponse)
+			break
+		}
+		if !isUnavailable(err) || ctx.Err() != nil {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if resp == nil {
+		a.log.Warn("recorded checkpoints unknown", zap.Error(err))
+		return out
+	}
+	for _, c := range resp.GetJob().GetCheckpoints() {
+		out[int(c.GetStep())] = c.GetPath()
+	}
+	return out
 }
 
 // runSteps trains until the job is done, a newer plan exists, or a step fails.

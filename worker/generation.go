@@ -27,11 +27,14 @@ type generation struct {
 	comm   *collective.Communicator
 	sync   *train.RingSync
 	// A pipeline plan's: this rank's place (comm and sync are then its
-	// stage's ring, and shares its stage's), the blocks its stage holds,
-	// and the links to the neighbouring stages.
+	// stage's ring, and shares its stage's) and the blocks its stage holds.
 	pipeline *train.Pipeline
 	layers   model.StageRange
-	pipe     *collective.Pipe
+	// pipe carries messages between any two ranks over the world's links:
+	// a pipeline plan's activations and gradients, and the handover that
+	// starts a pipeline job's generations (with or without stages; nil for
+	// other jobs).
+	pipe *collective.Pipe
 }
 
 // setupTimeout bounds how long ranks wait for each other to connect.
@@ -43,6 +46,9 @@ type linkOpts struct {
 	shmRing  int                 // shared-memory ring bytes per direction to same-host ranks; 0: TCP only
 	observer collective.Observer // told of every all-reduce; nil: nothing
 	tls      *tls.Config         // mutual TLS on every ring link; nil: plain TCP
+	// handover: a Pipe over every rank even without pipeline stages, for
+	// a pipeline job's generations, which start with a handover.
+	handover bool
 }
 
 // joinGeneration connects to every rank of plan. ln, if non-nil, is the
@@ -133,7 +139,11 @@ func joinGeneration(ctx context.Context, plan *api.Plan, me string, ln net.Liste
 			return nil, err
 		}
 		ccfg.Rank = idx
+	}
+	if pipelined || opts.handover {
 		g.pipe = collective.NewPipe(tr, collective.PipeConfig{Logger: log})
+	}
+	if pipelined {
 		g.pipeline.Pipe = g.pipe
 	}
 	if g.comm, err = collective.New(ring, ccfg); err != nil {
@@ -206,40 +216,6 @@ func (g *generation) stage() int {
 		return g.pipeline.Stage
 	}
 	return 0
-}
-
-// checkStageSteps makes sure, after each stage's ranks agreed on their
-// state (syncState), that every stage is at the same step: each rank tells
-// the ranks of the neighbouring stages its step and hears theirs. A stage
-// that no rank of the previous generation held has restarted from the
-// initial weights, and its steps say so.
-func (g *generation) checkStageSteps(ctx context.Context, t *train.Trainer) error {
-	p := g.pipeline
-	mine := []float32{float32(t.Steps())}
-	var peers []int
-	for _, s := range []int{p.Stage - 1, p.Stage + 1} {
-		if s >= 0 && s < len(p.Stages) {
-			for _, r := range p.Stages[s] {
-				peers = append(peers, r.Peer)
-			}
-		}
-	}
-	for _, peer := range peers {
-		if err := g.pipe.Send(peer, mine); err != nil {
-			return fmt.Errorf("exchange steps with rank %d: %w", peer, err)
-		}
-	}
-	theirs := make([]float32, 1)
-	for _, peer := range peers {
-		if err := g.pipe.Recv(ctx, peer, theirs); err != nil {
-			return fmt.Errorf("exchange steps with rank %d: %w", peer, err)
-		}
-		if theirs[0] != mine[0] {
-			return fmt.Errorf("stage %d (blocks %d-%d) is at step %d and rank %d at step %d: a stage lost every worker that held it, and restoring a stage's layers from a checkpoint is not implemented yet",
-				p.Stage, g.layers.First, g.layers.Last-1, t.Steps(), peer, int(theirs[0]))
-		}
-	}
-	return nil
 }
 
 // syncState makes every rank's training state equal at the start of a

@@ -209,7 +209,18 @@ func (r *elasticRun) join(id string, env ...string) *proc {
 // joinAs starts a worker process with id that writes ledger name.jsonl.
 func (r *elasticRun) joinAs(id, name string, env ...string) *proc {
 	r.t.Helper()
-	c := loomCmd(r.t, "worker", "--coordinator", r.addr, "--job", r.jobID, "--id", id, "--device", elasticDevice,
+	return r.start(id, name, elasticDevice, env...)
+}
+
+// joinOn starts worker id on device spec.
+func (r *elasticRun) joinOn(id, spec string) *proc {
+	r.t.Helper()
+	return r.start(id, id, spec)
+}
+
+func (r *elasticRun) start(id, name, spec string, env ...string) *proc {
+	r.t.Helper()
+	c := loomCmd(r.t, "worker", "--coordinator", r.addr, "--job", r.jobID, "--id", id, "--device", spec,
 		"--log-level", "info", "--sample-ledger", filepath.Join(r.ledger, name+".jsonl"))
 	c.Env = append(c.Env, env...)
 	p := &proc{cmd: c, stderr: &strings.Builder{}, done: make(chan error, 1)}

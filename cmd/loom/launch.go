@@ -47,6 +47,7 @@ type launchOpts struct {
 	tls           tlsFiles // with --coordinator
 	stages        string   // --pipeline-stages: a count or auto
 	schedule      string   // --pipeline-schedule
+	partition     string   // --pipeline-partition: measured or uniform
 }
 
 func newLaunchCmd() *cobra.Command {
@@ -110,12 +111,13 @@ workers: cancels the job and stops them).`,
 	f.StringVar(&o.httpAddr, "http-addr", "", "with --workers: serve the embedded coordinator's status web page (loss and throughput plots, plan, events) and its /metrics at this host:port")
 	f.StringVar(&o.stages, "pipeline-stages", "", "override cluster.pipeline_stages: cut the gpt into this many pipeline stages over the workers, or auto (the planner picks the count with the best predicted step time)")
 	f.StringVar(&o.schedule, "pipeline-schedule", "", "override cluster.pipeline_schedule: 1f1b or gpipe")
+	f.StringVar(&o.partition, "pipeline-partition", "", "override cluster.pipeline_partition: measured (blocks per stage balance the workers' measured speeds) or uniform (the same number of blocks on every stage)")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error (workers log at warn unless debug)")
 	return cmd
 }
 
-// applyPipeline applies --pipeline-stages and --pipeline-schedule to job
-// and refuses a pipeline the launch cannot run.
+// applyPipeline applies --pipeline-stages, --pipeline-schedule and
+// --pipeline-partition to job and refuses a pipeline the launch cannot run.
 func (o launchOpts) applyPipeline(job *jobspec.Job) error {
 	if o.stages != "" {
 		switch n, err := strconv.Atoi(o.stages); {
@@ -130,7 +132,14 @@ func (o launchOpts) applyPipeline(job *jobspec.Job) error {
 	if o.schedule != "" {
 		job.Cluster.PipelineSchedule = o.schedule
 	}
-	if o.stages != "" || o.schedule != "" {
+	switch o.partition {
+	case "":
+	case "measured", "uniform":
+		job.Cluster.PipelinePartition = o.partition
+	default:
+		return fmt.Errorf("--pipeline-partition %q: want measured or uniform", o.partition)
+	}
+	if o.stages != "" || o.schedule != "" || o.partition != "" {
 		if err := job.Validate(); err != nil {
 			return fmt.Errorf("--pipeline-stages: %w", err)
 		}

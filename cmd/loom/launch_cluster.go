@@ -473,6 +473,7 @@ func jobSpec(job *jobspec.Job, body []byte, minW int) *api.JobSpec {
 		spec.PipelineStages = int32(job.Cluster.PipelineStages)
 	}
 	spec.MicroBatches = int32(job.Train.MicroBatches)
+	spec.UniformLayers = job.Cluster.PipelinePartition == "uniform"
 	m := job.Model
 	c := model.GPTConfig{Layers: m.GPTLayers(), Heads: m.Heads, DModel: m.DModel, Context: m.Context, Vocab: m.Vocab, TieEmbeddings: m.TieEmbeddings}.Cost()
 	spec.ModelCost = &api.ModelCost{

@@ -99,7 +99,9 @@ func (m *ModelCost) validate() error {
 // picks the contiguous ranges (each >= 1 block, within memory) that
 // minimise max_s t_s; a local search moving one block across one boundary
 // at a time then minimises the whole step, from that split and from the
-// even one. Which candidates are tried is in stagesearch.go.
+// even one. With Job.UniformLayers the even split is the only one: the
+// search still picks the workers of each stage (by the step it predicts).
+// Which candidates are tried is in stagesearch.go.
 
 // pipeline plans one job: the normalized job and cached model constants.
 type pipeline struct {
@@ -298,7 +300,8 @@ func (pp *pipeline) newGroup(pool []Worker, idx []int) *group {
 }
 
 // solve finds the best split of the blocks over groups in stage order, or
-// ok == false when none fits memory. bound is the step to beat: a
+// ok == false when none fits memory. With Job.UniformLayers the only split
+// is the even one (evenSplit). bound is the step to beat: a
 // candidate whose bottleneck cannot beat it skips the local search.
 func (pp *pipeline) solve(pool []Worker, groups []*group, bound float64) (counts []int, step float64, ok bool) {
 	P, L, M := len(groups), pp.L, pp.micro(len(groups))
@@ -364,6 +367,16 @@ func (pp *pipeline) solve(pool []Worker, groups []*group, bound float64) (counts
 		}
 	}
 
+	if pp.j.UniformLayers { // the even split or nothing
+		even := evenSplit(L, P)
+		for s, b := range even {
+			if b > maxB[s] {
+				return nil, 0, false
+			}
+		}
+		return even, pp.objective(even), true
+	}
+
 	// Bottleneck DP: f[s][e] is the least max_{r<=s} t_r over splits of
 	// blocks [0, e) into stages 0..s; arg its last stage's first block.
 	inf := math.Inf(1)
@@ -403,14 +416,10 @@ func (pp *pipeline) solve(pool []Worker, groups []*group, bound float64) (counts
 		return dp, pp.objective(dp), true
 	}
 	counts, step = pp.descend(dp)
-	even := make([]int, P)
+	even := evenSplit(L, P)
 	fits := true
-	for s := range even {
-		even[s] = L / P
-		if s < L%P {
-			even[s]++
-		}
-		fits = fits && even[s] <= maxB[s]
+	for s, b := range even {
+		fits = fits && b <= maxB[s]
 	}
 	if fits {
 		if c, v := pp.descend(even); v < step {
@@ -418,6 +427,19 @@ func (pp *pipeline) solve(pool []Worker, groups []*group, bound float64) (counts
 		}
 	}
 	return counts, step, true
+}
+
+// evenSplit is L blocks over P stages in equal counts, the first L%P
+// stages one more.
+func evenSplit(L, P int) []int {
+	even := make([]int, P)
+	for s := range even {
+		even[s] = L / P
+		if s < L%P {
+			even[s]++
+		}
+	}
+	return even
 }
 
 // objective is the step model over the current tables for counts.

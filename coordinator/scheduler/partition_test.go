@@ -946,3 +946,33 @@ func defaultMicro(j Job, P int) int {
 	}
 	return int(min(j.GlobalBatch, 2*int64(P)))
 }
+
+// Predict gives a running plan's step under the model: what the plan's
+// own prediction says for the plan the planner made, and the oracle's step
+// for other splits of the same stages, on equal and mixed workers.
+func TestPredict(t *testing.T) {
+	m := unitModel(12, 2)
+	m.BoundaryBytes, m.BlockParams = 1000, 500
+	for _, ws := range [][]Worker{equalWorkers(4, 1), {{ID: "a", Speed: 2}, {ID: "b", Speed: 1}, {ID: "c", Speed: 0.5}, {ID: "d", Speed: 1, LinkBytesPerSec: 1e5}}} {
+		for _, stages := range []int{2, 3, 4} {
+			j := Job{GlobalBatch: 64, Stages: stages, Model: m}
+			p := mustCompute(t, j, ws)
+			if got := Predict(j, p, ws); math.Abs(got-p.PredictedStepSeconds) > 1e-9*p.PredictedStepSeconds {
+				t.Fatalf("%d stages: Predict %v, the plan predicted %v", stages, got, p.PredictedStepSeconds)
+			}
+			even := make([]int, stages)
+			for s := range even {
+				even[s] = 12 / stages
+			}
+			q := withLayers(p, even...)
+			if got, want := Predict(j, q, ws), oracleStep(j, q, ws); math.Abs(got-want) > 1e-9*want {
+				t.Fatalf("%d even stages: Predict %v, oracle %v", stages, got, want)
+			}
+		}
+	}
+	j := Job{GlobalBatch: 64, Stages: 2, Model: m}
+	p := mustCompute(t, j, equalWorkers(2, 1))
+	if got := Predict(j, p, equalWorkers(1, 1)); got != 0 {
+		t.Fatalf("a plan with a worker missing predicted %v, want 0", got)
+	}
+}

@@ -47,6 +47,14 @@ type Job struct {
 	// step time and for 1F1B's activations in flight (min(Micro, stages)
 	// micro-batches per stage).
 	Micro int
+	// UniformLayers gives every pipeline stage the same number of blocks,
+	// the first stages one more when Model.Layers does not divide
+	// (DeepSpeed's partition_method uniform), instead of the split that
+	// balances the workers' measured speeds. Which workers form which
+	// stage, and the shares within a stage, are still chosen by speed; a
+	// stage that does not fit its workers' memory still rules a candidate
+	// out.
+	UniformLayers bool
 	// Model is the cost model of the job's network; required when
 	// Stages > 1 or AutoStages. nil with Stages <= 1: plan data parallel
 	// by speed alone, with no layer ranges and no predicted step.
