@@ -48,6 +48,49 @@ checkpoint: %s
 	return j
 }
 
+// solo trains job's first steps on one worker alone and returns the data
+// and the parameters it ends with, by name.
+func solo(t *testing.T, job *jobspec.Job, steps int) (*data.Split, map[string][]float32) {
+	t.Helper()
+	split, err := train.OpenData(job)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev, err := cpu.New(cpu.Config{Threads: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	single, err := train.NewTrainer(job, dev, split, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range steps {
+		single.Step()
+	}
+	want := map[string][]float32{}
+	for _, p := range single.Params() {
+		want[p.Name] = p.Value
+	}
+	return split, want
+}
+
+// assertSolo fails unless worker w's parameters (its stage's) are want's
+// to relative 1e-5.
+func assertSolo(t *testing.T, w string, tr *train.Trainer, want map[string][]float32) {
+	t.Helper()
+	var num, den float64
+	for _, p := range tr.Params() {
+		for i, v := range p.Value {
+			d := float64(v - want[p.Name][i])
+			num += d * d
+			den += float64(want[p.Name][i]) * float64(want[p.Name][i])
+		}
+	}
+	if rel := math.Sqrt(num / den); !(rel < 1e-5) {
+		t.Fatalf("%s: parameters differ from one worker's by %g (relative)", w, rel)
+	}
+}
+
 // planStage is one stage of a test plan: its blocks and its workers.
 type planStage struct {
 	first, last int
@@ -162,25 +205,7 @@ func (h *handoverRun) generation(gen int64, stages []planStage, until int) map[s
 func TestHandoverRepartitions(t *testing.T) {
 	const steps = 12
 	job := handoverJob(t, steps)
-	split, err := train.OpenData(job)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dev, err := cpu.New(cpu.Config{Threads: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	single, err := train.NewTrainer(job, dev, split, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for range steps {
-		single.Step()
-	}
-	want := map[string][]float32{}
-	for _, p := range single.Params() {
-		want[p.Name] = p.Value
-	}
+	split, want := solo(t, job, steps)
 	h := &handoverRun{t: t, job: job, split: split, held: map[string]*train.Trainer{}}
 	for gen, stages := range [][]planStage{
 		{{0, 2, []string{"a"}}, {2, 4, []string{"b"}}},
@@ -199,17 +224,7 @@ func TestHandoverRepartitions(t *testing.T) {
 		if tr.Steps() != steps {
 			t.Fatalf("%s at step %d, want %d", w, tr.Steps(), steps)
 		}
-		var num, den float64
-		for _, p := range tr.Params() {
-			for i, v := range p.Value {
-				d := float64(v - want[p.Name][i])
-				num += d * d
-				den += float64(want[p.Name][i]) * float64(want[p.Name][i])
-			}
-		}
-		if rel := math.Sqrt(num / den); !(rel < 1e-5) {
-			t.Fatalf("%s: parameters differ from one worker's by %g (relative)", w, rel)
-		}
+		assertSolo(t, w, tr, want)
 	}
 }
 
@@ -246,21 +261,7 @@ func TestHandoverRestoresLostLayersFromCheckpoint(t *testing.T) {
 	const steps = 10
 	dir := t.TempDir()
 	job := handoverJobCkpt(t, steps, fmt.Sprintf("{dir: %s, every_steps: 2, keep: 0}", dir))
-	split, err := train.OpenData(job)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dev, err := cpu.New(cpu.Config{Threads: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	single, err := train.NewTrainer(job, dev, split, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for range steps {
-		single.Step()
-	}
+	split, want := solo(t, job, steps)
 	h := &handoverRun{t: t, job: job, split: split, held: map[string]*train.Trainer{}, recorded: map[int]string{},
 		ck: map[string]*train.Checkpointer{}, ledger: map[string]*strings.Builder{}}
 	var mu sync.Mutex
@@ -301,23 +302,7 @@ func TestHandoverRestoresLostLayersFromCheckpoint(t *testing.T) {
 		if tr.Steps() != steps {
 			t.Fatalf("%s at step %d, want %d", w, tr.Steps(), steps)
 		}
-		for _, p := range tr.Params() {
-			var want []float32
-			for _, q := range single.Params() {
-				if q.Name == p.Name {
-					want = q.Value
-				}
-			}
-			var num, den float64
-			for i, v := range p.Value {
-				d := float64(v - want[i])
-				num += d * d
-				den += float64(want[i]) * float64(want[i])
-			}
-			if rel := math.Sqrt(num / den); !(rel < 1e-5) {
-				t.Fatalf("%s: %s differs from one worker's by %g (relative)", w, p.Name, rel)
-			}
-		}
+		assertSolo(t, w, tr, want)
 	}
 	if !strings.Contains(h.ledger["a"].String(), `"step":4,"gen":2,"rollback":true`) {
 		t.Fatalf("a's ledger has no rollback to step 4 in generation 2:\n%s", h.ledger["a"])
