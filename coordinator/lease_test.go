@@ -217,13 +217,16 @@ func TestSilentWorkerExpiresOnce(t *testing.T) {
 	// answered plus the check interval (and scheduling on a busy machine).
 	at := time.Unix(0, lost[0].GetLostUnixNano())
 	tick := max(ttl/10, 20*time.Millisecond)
-	if at.Before(last.Add(ttl)) || at.After(silentAt.Add(ttl+tick+300*time.Millisecond)) {
-		t.Errorf("expired %v after the last heartbeat was sent, want within [%v, %v]", at.Sub(last), ttl, ttl+tick+300*time.Millisecond)
+	if at.Before(last.Add(ttl)) || at.After(silentAt.Add(ttl+tick+time.Second)) {
+		t.Errorf("expired %v after the last heartbeat was sent, want within [%v, %v]", at.Sub(last), ttl, ttl+tick+time.Second)
 	}
-	// One entry: the expiry.
+	// One command: the expiry (a leader election in between would add
+	// Raft's own entries, not commands).
 	after := leader.FSM().AppliedEntries()
-	if got := leader.raft.LastIndex() - idx; got != 1 {
-		t.Errorf("the expiry took %d log entries, want 1 (applied before %v, after %v)", got, before, after)
+	for kind, n := range after {
+		if kind != "remove_worker" && n != before[kind] {
+			t.Errorf("the expiry applied %d %s commands besides it (log from index %d to %d)", n-before[kind], kind, idx, leader.raft.LastIndex())
+		}
 	}
 	if after["remove_worker"]-before["remove_worker"] != 1 {
 		t.Errorf("remove_worker entries: %d before, %d after", before["remove_worker"], after["remove_worker"])
@@ -281,8 +284,8 @@ func TestFailoverKeepsLiveLeases(t *testing.T) {
 		t.Fatalf("lost %v, want only the silent worker", lost)
 	}
 	tick := max(ttl/10, 20*time.Millisecond)
-	if at := time.Unix(0, lost[0].GetLostUnixNano()).Sub(since); at < ttl || at > ttl+tick+300*time.Millisecond {
-		t.Errorf("silent worker expired %v after the new leader took office, want within [%v, %v]", at, ttl, ttl+tick+300*time.Millisecond)
+	if at := time.Unix(0, lost[0].GetLostUnixNano()).Sub(since); at < ttl || at > ttl+tick+time.Second {
+		t.Errorf("silent worker expired %v after the new leader took office, want within [%v, %v]", at, ttl, ttl+tick+time.Second)
 	}
 	p := WaitRanks(ctx, t, c, job, 1)
 	if p.GetRanks()[0].GetWorkerId() != "live" {

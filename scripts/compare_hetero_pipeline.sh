@@ -22,15 +22,24 @@
 # start and the device profiles before the first step are not). The first
 # plan with all four workers is made within about a second of the launch,
 # before the first step, from the device profiles; measured speeds follow
-# after about 3 steps, and re-plans (shares) settle within about 10 s of
-# them: STEPS (default 60, about a minute per run here) keeps that
-# under a fifth of a run.
+# after about 3 steps, and re-plans settle within about 10 s of them:
+# STEPS (default 60, about a minute per run here) keeps that under a fifth
+# of a run. (Today the coordinator re-plans only the batch shares while the
+# same workers stay, coordinator/planning.go: so the blocks of measured are
+# those the first plan cut from the device profiles, which the last column
+# of the table shows per round.)
 #
 # The machine: this script prints the CPU and its cores. On a 2-core
 # machine 4 workers of 1 thread each oversubscribe it (in a 1F1B steady
 # state all 4 stages compute at once), and a slowdown=2 worker sleeps half
 # its time, which gives its core to the others: the "fast" workers run at
-# about the speed of 2 cores shared by 3.5 busy processes, not 1 core each.
+# about the speed of 2 cores shared by 3.5 busy processes, not 1 core each,
+# and with the machine's cores saturated the step is set by the total CPU
+# work, which no partition changes: the ratio is squeezed towards 1.
+# SLOWDOWN_BASE=B runs the fast workers at slowdown=B and the slow one at
+# 2B (the same 2:1 speeds): with B=2 the four ask for about 1.75 cores, so
+# on 2 cores they behave like four machines rather than four processes
+# fighting for two, at half the tokens/s.
 #
 # Rounds alternate the two partitions (measured first in odd rounds,
 # uniform first in even ones); the table gives each figure's median over
@@ -41,6 +50,7 @@
 #
 # Usage: scripts/compare_hetero_pipeline.sh [rounds]   (default 3)
 # Environment: STEPS (default 60), ROWS (default "4 2": the stage counts),
+# SLOWDOWN_BASE (default 1, see above),
 # QUIET_WAIT (default 30), LOOM_REV (build loom from a clean tree of this
 # commit, e.g. HEAD, instead of the working tree), LOOM_BIN (run this loom
 # binary instead of building one).
@@ -50,8 +60,9 @@ rounds=${1:-3}
 steps=${STEPS:-60}
 rows=${ROWS:-4 2}
 quiet_wait=${QUIET_WAIT:-30}
-for v in "$rounds" "$steps" "$quiet_wait" $rows; do
-  [[ $v =~ ^[1-9][0-9]*$ ]] || { echo "usage: $0 [rounds] (positive integers, also STEPS QUIET_WAIT ROWS), got '$v'" >&2; exit 2; }
+base=${SLOWDOWN_BASE:-1}
+for v in "$rounds" "$steps" "$quiet_wait" "$base" $rows; do
+  [[ $v =~ ^[1-9][0-9]*$ ]] || { echo "usage: $0 [rounds] (positive integers, also STEPS QUIET_WAIT SLOWDOWN_BASE ROWS), got '$v'" >&2; exit 2; }
 done
 for s in $rows; do
   case $s in 2|4) ;; *) echo "ROWS: stage counts of 4 workers: 2 or 4, got $s" >&2; exit 2 ;; esac
@@ -74,6 +85,10 @@ else
 fi
 job=examples/gpt-pipeline.yaml
 devs="cpu:threads=1;cpu:threads=1;cpu:threads=1;cpu:threads=1,slowdown=2"
+if [ "$base" -gt 1 ]; then
+  f="cpu:threads=1,slowdown=$base"
+  devs="$f;$f;$f;cpu:threads=1,slowdown=$((2 * base))"
+fi
 grep -m1 'model name' /proc/cpuinfo | sed 's/^.*: /cpu: /'
 echo "cpu flags: $(grep -o -w 'avx2\|avx512f\|avx512_bf16' /proc/cpuinfo | sort -u | tr '\n' ' ')cores: $(nproc)"
 echo "$what; $job, $steps steps; 4 workers: $devs"

@@ -153,7 +153,8 @@ func (r *benchCoordResult) print(w io.Writer) {
 type benchNode struct {
 	id, grpc, raft, metrics, log string
 	cmd                          *exec.Cmd
-	done                         chan error
+	done                         chan struct{} // closed when the process exited, with exit set
+	exit                         error
 }
 
 func runBenchCoordinator(ctx context.Context, o benchCoordOptions, logw io.Writer) (*benchCoordResult, error) {
@@ -308,7 +309,7 @@ func startBenchCluster(ctx context.Context, dir string, o benchCoordOptions) ([]
 	nodes := make([]*benchNode, 3)
 	for i := range nodes {
 		n := &benchNode{id: fmt.Sprintf("c%d", i), grpc: ports[3*i], raft: ports[3*i+1], metrics: ports[3*i+2],
-			log: filepath.Join(dir, fmt.Sprintf("c%d.log", i)), done: make(chan error, 1)}
+			log: filepath.Join(dir, fmt.Sprintf("c%d.log", i)), done: make(chan struct{})}
 		nodes[i] = n
 		args := []string{"coordinator", "--id", n.id, "--data-dir", filepath.Join(dir, n.id), "--grpc-addr", n.grpc, "--raft-addr", n.raft,
 			"--metrics-addr", n.metrics, "--lease", o.lease.String(), "--failure-confirm", o.confirm.String(), "--log-level", "warn"}
@@ -330,7 +331,7 @@ func startBenchCluster(ctx context.Context, dir string, o benchCoordOptions) ([]
 			n.cmd = nil
 			return nodes, err
 		}
-		go func() { n.done <- n.cmd.Wait() }()
+		go func() { n.exit = n.cmd.Wait(); close(n.done) }()
 		if err := waitMembers(ctx, n, i+1); err != nil {
 			return nodes, err
 		}
@@ -355,8 +356,8 @@ func waitMembers(ctx context.Context, n *benchNode, want int) error {
 			return nil
 		}
 		select {
-		case err := <-n.done:
-			return fmt.Errorf("coordinator %s exited (%v):\n%s", n.id, err, tailFile(n.log, 20))
+		case <-n.done:
+			return fmt.Errorf("coordinator %s exited (%v):\n%s", n.id, n.exit, tailFile(n.log, 20))
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(50 * time.Millisecond):
