@@ -14,9 +14,6 @@ import (
 // answered by the leader without a Raft entry: in steady state the log
 // grows by the progress batches (one a second) and nothing per worker.
 func TestBenchCoordinatorSmall(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts three coordinator processes")
-	}
 	var out, log bytes.Buffer
 	root := newRootCmd()
 	root.SetArgs([]string{"bench", "coordinator", "--workers", "24", "--jobs", "3", "--duration", "4s", "--warmup", "2s", "--lease", "3s", "--json"})
