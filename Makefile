@@ -11,7 +11,7 @@ COMMIT  ?= $(shell git describe --always --dirty --abbrev=12 2>/dev/null)
 # wherever the Go that builds loom is.
 GOSRC   ?= $(shell $(GO) env GOROOT)/src
 
-.PHONY: help build test integ bench lint demo demo-bf16 demo-gpt clean test-deploy
+.PHONY: help build test integ bench bench-link lint demo demo-bf16 demo-gpt clean test-deploy
 
 help:
 	@echo "make demo      train the MNIST MLP example end to end (embedded default)"
@@ -20,6 +20,7 @@ help:
 	@echo "make integ     every test plus the slower multi-process suites (tag integ; no race detector)"
 	@echo "make test-deploy  deploy/compose.yaml end to end in Docker (FROM scratch image, 3+3, a worker killed)"
 	@echo "make bench     kernel and training-step benchmarks"
+	@echo "make bench-link  data parallelism vs pipeline stages over 200 Mbit/s, 5 ms links (root: network namespaces, tc)"
 	@echo "make lint      gofmt check and go vet"
 	@echo "make build     build $(BIN)"
 
@@ -54,6 +55,13 @@ integ:
 # worker container killed, >= 98% accuracy, exactly-once ledgers).
 test-deploy:
 	scripts/test_deploy.sh
+
+# Issue 19's constrained-link figure: 4 workers in network namespaces,
+# links shaped with tc tbf, latency from a user-space relay
+# (scripts/linkbench documents the harness). Needs root; ~6 min.
+LINKBENCH ?= -modes dp,auto -rounds 1
+bench-link: build
+	$(GO) run ./scripts/linkbench -loom $(BIN) $(LINKBENCH)
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./device/cpu ./train ./checkpoint

@@ -1086,9 +1086,14 @@ type Worker struct {
 	LostUnixNano int64 `protobuf:"varint,8,opt,name=lost_unix_nano,json=lostUnixNano,proto3" json:"lost_unix_nano,omitempty"`
 	// Set only in the lost list: why the worker was removed ("lease
 	// expired", or the failure report its silence confirmed).
-	LostReason    string `protobuf:"bytes,9,opt,name=lost_reason,json=lostReason,proto3" json:"lost_reason,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	LostReason string `protobuf:"bytes,9,opt,name=lost_reason,json=lostReason,proto3" json:"lost_reason,omitempty"`
+	// The worker's link rate in bytes/s as it measured it from its large
+	// all-reduces (payload bytes it sent over the time from the first payload
+	// it received to the end, median of its recent ones); 0 until measured.
+	// The planner weighs gradient all-reduces and activation transfers by it.
+	LinkBytesPerSecond float64 `protobuf:"fixed64,10,opt,name=link_bytes_per_second,json=linkBytesPerSecond,proto3" json:"link_bytes_per_second,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *Worker) Reset() {
@@ -1182,6 +1187,13 @@ func (x *Worker) GetLostReason() string {
 		return x.LostReason
 	}
 	return ""
+}
+
+func (x *Worker) GetLinkBytesPerSecond() float64 {
+	if x != nil {
+		return x.LinkBytesPerSecond
+	}
+	return 0
 }
 
 // Registering an id that is already registered with the same profile and
@@ -2151,8 +2163,11 @@ type ReportProgressRequest struct {
 	// With done: the job's training throughput seen by this rank (global
 	// samples per second over the steps it trained).
 	JobSamplesPerSecond float64 `protobuf:"fixed64,11,opt,name=job_samples_per_second,json=jobSamplesPerSecond,proto3" json:"job_samples_per_second,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// The worker's measured link rate (see Worker.link_bytes_per_second);
+	// 0: not measured yet, the last one stands.
+	LinkBytesPerSecond float64 `protobuf:"fixed64,12,opt,name=link_bytes_per_second,json=linkBytesPerSecond,proto3" json:"link_bytes_per_second,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *ReportProgressRequest) Reset() {
@@ -2258,6 +2273,13 @@ func (x *ReportProgressRequest) GetDone() bool {
 func (x *ReportProgressRequest) GetJobSamplesPerSecond() float64 {
 	if x != nil {
 		return x.JobSamplesPerSecond
+	}
+	return 0
+}
+
+func (x *ReportProgressRequest) GetLinkBytesPerSecond() float64 {
+	if x != nil {
+		return x.LinkBytesPerSecond
 	}
 	return 0
 }
@@ -3516,7 +3538,7 @@ const file_loom_proto_rawDesc = "" +
 	"\x0fcollective_addr\x18\x06 \x01(\tR\x0ecollectiveAddr\x1a9\n" +
 	"\vGflopsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01\"\xd9\x02\n" +
+	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01\"\x8c\x03\n" +
 	"\x06Worker\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x120\n" +
 	"\aprofile\x18\x02 \x01(\v2\x16.loom.v1.DeviceProfileR\aprofile\x12\x15\n" +
@@ -3527,7 +3549,9 @@ const file_loom_proto_rawDesc = "" +
 	"\bdraining\x18\a \x01(\bR\bdraining\x12$\n" +
 	"\x0elost_unix_nano\x18\b \x01(\x03R\flostUnixNano\x12\x1f\n" +
 	"\vlost_reason\x18\t \x01(\tR\n" +
-	"lostReason\"}\n" +
+	"lostReason\x121\n" +
+	"\x15link_bytes_per_second\x18\n" +
+	" \x01(\x01R\x12linkBytesPerSecond\"}\n" +
 	"\x15RegisterWorkerRequest\x12\x1b\n" +
 	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x120\n" +
 	"\aprofile\x18\x02 \x01(\v2\x16.loom.v1.DeviceProfileR\aprofile\x12\x15\n" +
@@ -3592,7 +3616,7 @@ const file_loom_proto_rawDesc = "" +
 	"\x04last\x18\x02 \x01(\x05R\x04last\"T\n" +
 	"\x10WatchPlanRequest\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12)\n" +
-	"\x10after_generation\x18\x02 \x01(\x03R\x0fafterGeneration\"\xf2\x02\n" +
+	"\x10after_generation\x18\x02 \x01(\x03R\x0fafterGeneration\"\xa5\x03\n" +
 	"\x15ReportProgressRequest\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x1b\n" +
 	"\tworker_id\x18\x02 \x01(\tR\bworkerId\x12\x1e\n" +
@@ -3607,7 +3631,8 @@ const file_loom_proto_rawDesc = "" +
 	"\ttest_loss\x18\t \x01(\x01R\btestLoss\x12\x12\n" +
 	"\x04done\x18\n" +
 	" \x01(\bR\x04done\x123\n" +
-	"\x16job_samples_per_second\x18\v \x01(\x01R\x13jobSamplesPerSecondB\x10\n" +
+	"\x16job_samples_per_second\x18\v \x01(\x01R\x13jobSamplesPerSecond\x121\n" +
+	"\x15link_bytes_per_second\x18\f \x01(\x01R\x12linkBytesPerSecondB\x10\n" +
 	"\x0e_test_accuracy\"8\n" +
 	"\x16ReportProgressResponse\x12\x1e\n" +
 	"\n" +

@@ -24,6 +24,7 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/loomtrain/loom/tensor"
 	"go.uber.org/zap"
@@ -59,7 +60,12 @@ type Communicator struct {
 	wake    chan struct{} // cap 1: "ready moved"
 	sent    atomic.Int64  // units sent in the current operation
 	sentAck chan struct{} // cap 1: "sent moved"
-	aborted atomic.Bool   // the current operation failed; the sender stops
+	// gatherFrom is when the current all-reduce received its first
+	// all-gather unit (zero before), gatherAt how many units it had
+	// received by then; set and read on the calling goroutine only.
+	gatherFrom time.Time
+	gatherAt   int64
+	aborted    atomic.Bool // the current operation failed; the sender stops
 	// Fused forwarding (see sendRing): the sender offers the receiver the
 	// frame it will forward next, already reserved in link memory.
 	offer   atomic.Int64 // unit index whose forward slot is offered; offerNone or offerTaken

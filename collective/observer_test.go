@@ -12,6 +12,7 @@ type observation struct {
 	transport string
 	bytes     int64
 	took      time.Duration
+	rate      float64
 }
 
 type recordingObserver struct {
@@ -19,10 +20,10 @@ type recordingObserver struct {
 	got []observation
 }
 
-func (o *recordingObserver) ObserveAllReduce(transport string, bytes int64, took time.Duration) {
+func (o *recordingObserver) ObserveAllReduce(transport string, bytes int64, took time.Duration, rate float64) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	o.got = append(o.got, observation{transport, bytes, took})
+	o.got = append(o.got, observation{transport, bytes, took, rate})
 }
 
 // Every AllReduce is reported once per rank with the payload bytes the rank
@@ -67,11 +68,43 @@ func TestObserverSeesEachAllReduce(t *testing.T) {
 					t.Fatalf("%v rank %d: %d observations, want 2 (the all-reduces only)", tc.compress, r, len(o.got))
 				}
 				for _, g := range o.got {
-					if g.transport != string(kind) || g.bytes != want || g.took <= 0 {
-						t.Fatalf("%v rank %d: observed %+v, want transport %s and %d bytes", tc.compress, r, g, kind, want)
+					if g.transport != string(kind) || g.bytes != want || g.took <= 0 || !(g.rate > float64(g.bytes)/g.took.Seconds()/2) {
+						t.Fatalf("%v rank %d: observed %+v, want transport %s, %d bytes and a rate above half bytes/took", tc.compress, r, g, kind, want)
 					}
 				}
 			}
 		}
 	})
+}
+
+// The rate leaves out the wait for a rank that starts late: it runs from
+// the first all-gather payload, which needs every rank's part.
+func TestObserverRateExcludesSkew(t *testing.T) {
+	const n, late = 3, 300 * time.Millisecond
+	obs := make([]*recordingObserver, n)
+	ts := NewTestTransports(t, TransportTCP, 7, n)
+	cs := make([]*Communicator, n)
+	for r := range n {
+		cfg := testConfig(n, nil)
+		cfg.Rank, cfg.ChunkBytes = r, DefaultConfig().ChunkBytes
+		obs[r] = &recordingObserver{}
+		cfg.Observer = obs[r]
+		var err error
+		if cs[r], err = New(ts[r], cfg); err != nil {
+			t.Fatal(err)
+		}
+		defer cs[r].Close()
+	}
+	mustAll(t, RunRanks(n, func(r int) error {
+		if r == n-1 {
+			time.Sleep(late)
+		}
+		return cs[r].AllReduce(context.Background(), F32(make([]float32, 1<<20)))
+	}))
+	for r := range n - 1 { // the ranks that waited
+		g := obs[r].got[0]
+		if waited := float64(g.bytes) / g.took.Seconds(); g.took < late || !(g.rate > 2*waited) {
+			t.Errorf("rank %d: %d bytes in %v, rate %.3g B/s: want it over twice bytes/took (%.3g)", r, g.bytes, g.took, g.rate, waited)
+		}
+	}
 }

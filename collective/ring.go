@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"runtime"
+	"time"
 	"unsafe"
 
 	"github.com/loomtrain/loom/internal/vec"
@@ -440,6 +441,10 @@ func (c *Communicator) recvRing(ctx context.Context) error {
 				return err
 			}
 			c.received()
+			if !reduce && c.gatherFrom.IsZero() {
+				// The first unit of the all-gather: every rank has started.
+				c.gatherFrom, c.gatherAt = time.Now(), c.ready.Load()
+			}
 			if fused {
 				// Let the sender, now runnable, commit this unit's forward
 				// and offer the next before this goroutine takes the next

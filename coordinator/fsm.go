@@ -385,6 +385,7 @@ func (s *state) putPlan(c *api.CmdPutPlan) ApplyResult {
 			return ApplyResult{Err: fmt.Errorf("%w: plan for %q names %q", ErrUnknownWorker, j.Id, r.GetWorkerId())}
 		}
 	}
+	forgetMovedSpeeds(s.workers, s.plans[j.Id], p)
 	s.plans[j.Id] = proto.CloneOf(p)
 	j.Generation = p.GetGeneration()
 	s.event(&api.Event{JobId: j.Id, Kind: "plan", Generation: p.GetGeneration(), Step: j.Step, Message: planMessage(p)})
@@ -435,6 +436,9 @@ func (s *state) reportProgress(c *api.CmdReportProgress) ApplyResult {
 		w.SamplesPerSecond = smoothSpeed(w.SamplesPerSecond, c.GetSamplesPerSecond())
 		s.recordSpeed(j.Id, w)
 	}
+	if w, ok := s.workers[r.GetWorkerId()]; ok && r.GetLinkBytesPerSecond() > 0 {
+		w.LinkBytesPerSecond = r.GetLinkBytesPerSecond()
+	}
 	if r.GetStep() > j.Step && !r.GetDone() {
 		s.recordStep(j, r)
 	}
@@ -476,6 +480,30 @@ func (s *state) reportProgressBatch(c *api.CmdReportProgressBatch) ApplyResult {
 // (exponential moving average, weight 1/4 on the new value) so that one
 // noisy step does not move batch shares; the first measurement is taken
 // as is.
+// forgetMovedSpeeds clears the measured speed of every worker that plan
+// next gives other layers than prev did: its samples/s were of its old
+// stage, and smoothing them into its new stage's would mislead the planner
+// (which then waits for it to measure its new stage).
+func forgetMovedSpeeds(workers map[string]*api.Worker, prev, next *api.Plan) {
+	if len(prev.GetStageLayers()) == 0 && len(next.GetStageLayers()) == 0 {
+		return
+	}
+	held := map[string]*api.LayerRange{} // worker -> its layers in prev
+	for _, r := range prev.GetRanks() {
+		if st := int(r.GetStage()); st < len(prev.GetStageLayers()) {
+			held[r.GetWorkerId()] = prev.GetStageLayers()[st]
+		}
+	}
+	for _, r := range next.GetRanks() {
+		was, ok := held[r.GetWorkerId()]
+		if w := workers[r.GetWorkerId()]; w == nil || !ok || int(r.GetStage()) >= len(next.GetStageLayers()) {
+			continue
+		} else if now := next.GetStageLayers()[r.GetStage()]; now.GetFirst() != was.GetFirst() || now.GetLast() != was.GetLast() {
+			w.SamplesPerSecond = 0
+		}
+	}
+}
+
 func smoothSpeed(old, sample float64) float64 {
 	if old <= 0 {
 		return sample

@@ -35,9 +35,10 @@ func schedJob(spec *api.JobSpec) scheduler.Job {
 // pipelineSpeeds is workerSpeeds for a job with a model cost, in the unit
 // its planner needs, full-model samples/s: a rank's measured samples/s of
 // its stage times the stage's share of the model's FLOPs (from the current
-// plan), when every worker has measured its speed in that plan; else each
-// device's best profiled GFLOP/s over the model's FLOPs per sample.
-func pipelineSpeeds(spec *api.JobSpec, cur *api.Plan, ws []*api.Worker) []float64 {
+// plan), when every worker has measured its speed in that plan (measured
+// true; also with equal_shares); else each device's best profiled GFLOP/s
+// over the model's FLOPs per sample.
+func pipelineSpeeds(spec *api.JobSpec, cur *api.Plan, ws []*api.Worker) (speeds []float64, measured bool) {
 	c := spec.GetModelCost()
 	layers := int(c.GetLayers())
 	total := c.GetEmbedFlops() + float64(layers)*c.GetBlockFlops() + c.GetHeadFlops()
@@ -62,20 +63,20 @@ func pipelineSpeeds(spec *api.JobSpec, cur *api.Plan, ws []*api.Worker) []float6
 		for i := range out {
 			out[i] = 1
 		}
-		return out
+		return out, true
 	}
-	measured := true
+	measured = true
 	for i, w := range ws {
 		out[i] = w.GetSamplesPerSecond() * fraction[w.GetId()]
 		measured = measured && out[i] > 0
 	}
 	if measured {
-		return out
+		return out, true
 	}
 	for i, w := range ws {
 		out[i] = profileSpeed(w, total/1e9)
 	}
-	return out
+	return out, false
 }
 
 // workerSpeeds gives the planner one speed per worker, in one unit: the
@@ -187,36 +188,49 @@ func desiredPlans(st *api.SnapshotState, tolerance float64) []*api.Plan {
 		}
 		in := make([]scheduler.Worker, len(ws))
 		var speeds []float64
-		var err error
-		if j.GetSpec().GetModelCost() != nil {
-			speeds = pipelineSpeeds(j.GetSpec(), plans[j.GetId()], ws)
+		measured := false
+		spec := j.GetSpec()
+		if spec.GetModelCost() != nil {
+			speeds, measured = pipelineSpeeds(spec, plans[j.GetId()], ws)
 		} else {
-			speeds = workerSpeeds(j.GetSpec(), ws)
+			speeds = workerSpeeds(spec, ws)
 		}
 		for i, w := range ws {
-			in[i] = scheduler.Worker{ID: w.GetId(), Addr: w.GetProfile().GetCollectiveAddr(), Speed: speeds[i], MemoryBytes: w.GetProfile().GetMemoryBytes()}
+			in[i] = scheduler.Worker{ID: w.GetId(), Addr: w.GetProfile().GetCollectiveAddr(), Speed: speeds[i],
+				MemoryBytes: w.GetProfile().GetMemoryBytes(), LinkBytesPerSec: w.GetLinkBytesPerSecond()}
 		}
 		cur, ok := plans[j.GetId()]
+		// A pipeline (or a job whose stage count the planner picks)
+		// keeping its workers: its stages hold their layers' state, so
+		// only their shares follow the measured speeds, unless a new
+		// partition, from what every worker has measured in this plan
+		// (speeds, links), is predicted to be worth moving layers for.
+		staged := ok && spec.GetModelCost() != nil && (len(cur.GetStageLayers()) > 1 || spec.GetAutoStages())
 		var sp scheduler.Plan
-		if ok && len(cur.GetStageLayers()) > 1 && sameWorkers(cur, in) {
-			// A pipeline's stages hold their layers' state: while its
-			// workers stay, only their shares follow the measured speeds.
+		var err error
+		if staged && sameWorkers(cur, in) {
+			if !measured {
+				continue // the speeds of this plan are still coming in
+			}
 			speed := map[string]float64{}
 			for _, w := range in {
 				speed[w.ID] = w.Speed
 			}
 			sp = scheduler.Reshare(toSchedPlan(cur), speed)
-		} else if sp, err = scheduler.Compute(schedJob(j.GetSpec()), in); err != nil {
+			if fresh, err := scheduler.Compute(schedJob(spec), in); err == nil && worthMoving(spec, cur, fresh, in) {
+				sp = fresh
+			}
+		} else if sp, err = scheduler.Compute(schedJob(spec), in); err != nil {
 			continue // refused at submit; cannot happen for a stored job
 		}
 		if ok && !scheduler.Changed(toSchedPlan(cur), sp, tolerance) && cur.GetReason() == sp.Reason {
 			continue
 		}
-		if ok && len(cur.GetStageLayers()) > 1 && joinedOnly(cur, in) {
+		if staged && joinedOnly(cur, in) {
 			// Workers joined a running pipeline: moving layers pauses every
 			// stage, so the new partition must be predicted to be worth it;
 			// until then the joiners stand by.
-			now := scheduler.Predict(schedJob(j.GetSpec()), toSchedPlan(cur), in)
+			now := scheduler.Predict(schedJob(spec), toSchedPlan(cur), in)
 			if next := sp.PredictedStepSeconds; now > 0 && next > 0 && next > now*(1-RepartitionGain) {
 				continue
 			}
@@ -227,10 +241,42 @@ func desiredPlans(st *api.SnapshotState, tolerance float64) []*api.Plan {
 }
 
 // RepartitionGain is how much faster (a fraction of the predicted step
-// time) a pipeline's new partition must be predicted to run for workers
-// that joined it to be taken in: a join re-partitions the model only when
-// that raises the predicted throughput by more than this.
+// time) a pipeline's new partition must be predicted to run than its
+// current one, at the speeds and links measured now, for its layers to
+// move: for workers that joined it to be taken in, or, with the same
+// workers, for a new cut from their measurements (or, with auto stages, a
+// new stage count) to replace the running one.
 const RepartitionGain = 0.05
+
+// worthMoving reports whether plan next is predicted to run a step more
+// than RepartitionGain faster than cur does with workers as they are now,
+// and differs from it in more than shares (otherwise nothing moves).
+func worthMoving(spec *api.JobSpec, cur *api.Plan, next scheduler.Plan, workers []scheduler.Worker) bool {
+	now := scheduler.Predict(schedJob(spec), toSchedPlan(cur), workers)
+	return now > 0 && next.PredictedStepSeconds > 0 && next.PredictedStepSeconds < now*(1-RepartitionGain) && moves(cur, next)
+}
+
+// moves reports whether next places any worker on other layers than cur.
+func moves(cur *api.Plan, next scheduler.Plan) bool {
+	if int(cur.GetPipelineStages()) != next.Stages || len(cur.GetStageLayers()) != len(next.Layers) {
+		return true
+	}
+	for s, l := range cur.GetStageLayers() {
+		if int(l.GetFirst()) != next.Layers[s].First || int(l.GetLast()) != next.Layers[s].Last {
+			return true
+		}
+	}
+	stage := map[string]int{}
+	for _, r := range cur.GetRanks() {
+		stage[r.GetWorkerId()] = int(r.GetStage())
+	}
+	for _, r := range next.Ranks {
+		if s, ok := stage[r.WorkerID]; !ok || s != r.Stage {
+			return true
+		}
+	}
+	return false
+}
 
 // joinedOnly reports whether ws are the workers of plan p, at the same
 // addresses, and more: workers joined and none left.

@@ -230,3 +230,112 @@ func TestJoinRepartitionsOnlyWhenWorthIt(t *testing.T) {
 		t.Fatalf("a loss did not re-plan: %v", got)
 	}
 }
+
+// With the same workers, a pipeline is re-cut only from speeds every
+// worker measured in its plan, and only when the new cut is predicted to
+// be more than RepartitionGain faster; else only the shares follow.
+func TestSameWorkersRepartitionOnMeasurements(t *testing.T) {
+	spec := &api.JobSpec{GlobalBatch: 64, MinWorkers: 1, PipelineStages: 2,
+		ModelCost: &api.ModelCost{Layers: 8, EmbedFlops: 1e7, BlockFlops: 1e9, HeadFlops: 1e7}}
+	worker := func(id string, sps float64) *api.Worker {
+		return &api.Worker{Id: id, JobId: "j", SamplesPerSecond: sps,
+			Profile: &api.DeviceProfile{Gflops: map[string]float64{"fp32": 100}, CollectiveAddr: id + ":1"}}
+	}
+	state := func(ws ...*api.Worker) *api.SnapshotState {
+		return &api.SnapshotState{Jobs: []*api.Job{{Id: "j", Spec: spec, State: api.JobState_JOB_STATE_RUNNING, Generation: 1}}, Workers: ws}
+	}
+	first := desiredPlans(state(worker("a", 0), worker("b", 0)), 0.1)
+	if len(first) != 1 || len(first[0].GetStageLayers()) != 2 || first[0].GetStageLayers()[0].GetLast() != 4 {
+		t.Fatalf("first plan %v: want 4 and 4 blocks", first)
+	}
+	withPlan := func(ws ...*api.Worker) []*api.Plan {
+		st := state(ws...)
+		st.Plans = first
+		return desiredPlans(st, 0.01)
+	}
+	// Both stages at 4 blocks: equal samples/s of their stage means equal
+	// devices; b at a third of a's means b's stage should hold fewer.
+	if got := withPlan(worker("a", 10), worker("b", 0)); len(got) != 0 {
+		t.Errorf("re-planned before every worker measured its speed: %v", got)
+	}
+	if got := withPlan(worker("a", 10), worker("b", 10)); len(got) != 0 {
+		t.Errorf("re-planned at the speeds the plan was cut for: %v", got)
+	}
+	got := withPlan(worker("a", 10), worker("b", 10.0/3))
+	if len(got) != 1 || len(got[0].GetStageLayers()) != 2 {
+		t.Fatalf("a 3:1 speed difference did not re-cut the stages: %v", got)
+	}
+	if l := got[0].GetStageLayers(); l[0].GetLast() == 4 {
+		t.Errorf("re-cut kept 4 and 4 blocks: %v", l)
+	}
+	// A small difference is not worth moving layers: the shares follow
+	// (one rank per stage: nothing changes).
+	if got := withPlan(worker("a", 10), worker("b", 9.8)); len(got) != 0 {
+		t.Errorf("a 2%% speed difference re-cut the stages: %v", got)
+	}
+}
+
+// With pipeline_stages auto, the links measured on a data-parallel plan
+// decide: a slow link for the model's gradients turns it into a pipeline,
+// a fast one keeps it.
+func TestAutoStagesFollowMeasuredLinks(t *testing.T) {
+	spec := &api.JobSpec{GlobalBatch: 64, MinWorkers: 1, AutoStages: true,
+		ModelCost: &api.ModelCost{Layers: 8, EmbedFlops: 1e7, BlockFlops: 1e9, HeadFlops: 1e7,
+			BlockParams: 3_000_000, BoundaryBytes: 64 << 10}}
+	worker := func(id string, sps, link float64) *api.Worker {
+		return &api.Worker{Id: id, JobId: "j", SamplesPerSecond: sps, LinkBytesPerSecond: link,
+			Profile: &api.DeviceProfile{Gflops: map[string]float64{"fp32": 100}, CollectiveAddr: id + ":1"}}
+	}
+	state := func(ws ...*api.Worker) *api.SnapshotState {
+		return &api.SnapshotState{Jobs: []*api.Job{{Id: "j", Spec: spec, State: api.JobState_JOB_STATE_RUNNING, Generation: 1}}, Workers: ws}
+	}
+	ids := []string{"a", "b", "c", "d"}
+	var ws []*api.Worker
+	for _, id := range ids {
+		ws = append(ws, worker(id, 0, 0))
+	}
+	first := desiredPlans(state(ws...), 0.1)
+	if len(first) != 1 || first[0].GetPipelineStages() != 1 {
+		t.Fatalf("first plan %v: want data parallelism (links unknown)", first)
+	}
+	withLinks := func(link float64) []*api.Plan {
+		var ws []*api.Worker
+		for _, id := range ids {
+			ws = append(ws, worker(id, 12, link))
+		}
+		st := state(ws...)
+		st.Plans = first
+		return desiredPlans(st, 0.01)
+	}
+	if got := withLinks(10e9); len(got) != 0 {
+		t.Errorf("a 10 GB/s link turned data parallelism into %v", got)
+	}
+	got := withLinks(25e6) // 200 Mbit/s: 96 MB of gradients take seconds
+	if len(got) != 1 || got[0].GetPipelineStages() < 2 {
+		t.Fatalf("a 200 Mbit/s link kept data parallelism: %v", got)
+	}
+}
+
+// A worker given other layers forgets the samples/s it measured on its old
+// ones; a worker whose layers stay keeps its speed.
+func TestForgetMovedSpeeds(t *testing.T) {
+	plan := func(cut int32) *api.Plan {
+		return &api.Plan{PipelineStages: 2, StageLayers: []*api.LayerRange{{First: 0, Last: cut}, {First: cut, Last: 8}},
+			Ranks: []*api.Rank{{WorkerId: "a", Stage: 0}, {WorkerId: "b", Stage: 1}, {WorkerId: "c", Stage: 1}}}
+	}
+	ws := map[string]*api.Worker{"a": {Id: "a", SamplesPerSecond: 5}, "b": {Id: "b", SamplesPerSecond: 6}, "c": {Id: "c", SamplesPerSecond: 7}}
+	forgetMovedSpeeds(ws, plan(4), plan(4))
+	if ws["a"].SamplesPerSecond != 5 || ws["b"].SamplesPerSecond != 6 {
+		t.Fatalf("same layers forgot speeds: %v", ws)
+	}
+	next := plan(4)
+	next.Ranks[2].Stage = 0 // c moves to stage 0
+	forgetMovedSpeeds(ws, plan(4), next)
+	if ws["a"].SamplesPerSecond != 5 || ws["b"].SamplesPerSecond != 6 || ws["c"].SamplesPerSecond != 0 {
+		t.Fatalf("after c moved: %v", ws)
+	}
+	forgetMovedSpeeds(ws, plan(4), plan(3))
+	if ws["a"].SamplesPerSecond != 0 || ws["b"].SamplesPerSecond != 0 {
+		t.Fatalf("after a re-cut: %v", ws)
+	}
+}

@@ -182,8 +182,9 @@ func (m *Trainer) ObserveEval(loss, accuracy float64) {
 
 // ObserveAllReduce records one all-reduce that sent bytes payload bytes
 // over transport ("tcp", "tls" or "shm") in took; it implements
-// collective.Observer.
-func (m *Trainer) ObserveAllReduce(transport string, bytes int64, took time.Duration) {
+// collective.Observer (the rate is not recorded here: the worker reports
+// it as its link rate).
+func (m *Trainer) ObserveAllReduce(transport string, bytes int64, took time.Duration, _ float64) {
 	switch transport {
 	case "tcp":
 		m.tcpBytes.Add(float64(bytes))

@@ -50,9 +50,9 @@ func TestTrainerObserveStep(t *testing.T) {
 	m.ObserveStep(s)
 	s.Loss, s.GradNorm, s.Evaluated, s.EvalLoss, s.EvalAccuracy = 2.0, 0, true, 2.2, 0.4
 	m.ObserveStep(s)
-	m.ObserveAllReduce("shm", 1000, time.Millisecond)
-	m.ObserveAllReduce("shm", 500, time.Millisecond)
-	m.ObserveAllReduce("mem", 7, time.Millisecond)
+	m.ObserveAllReduce("shm", 1000, time.Millisecond, 0)
+	m.ObserveAllReduce("shm", 500, time.Millisecond, 0)
+	m.ObserveAllReduce("mem", 7, time.Millisecond, 0)
 	m.CheckpointWritten(2*time.Second, 4096)
 	m.CheckpointFailed()
 	want := map[string]float64{
@@ -115,7 +115,7 @@ func TestTrainerHotPathAllocatesNothing(t *testing.T) {
 	if n := testing.AllocsPerRun(100, func() { m.ObserveStep(s) }); n != 0 {
 		t.Errorf("ObserveStep: %v allocations", n)
 	}
-	if n := testing.AllocsPerRun(100, func() { m.ObserveAllReduce("tcp", 1<<20, time.Millisecond) }); n != 0 {
+	if n := testing.AllocsPerRun(100, func() { m.ObserveAllReduce("tcp", 1<<20, time.Millisecond, 0) }); n != 0 {
 		t.Errorf("ObserveAllReduce: %v allocations", n)
 	}
 }
@@ -168,6 +168,6 @@ func BenchmarkObserveStep(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		m.ObserveStep(s)
-		m.ObserveAllReduce("tcp", 1<<20, time.Millisecond)
+		m.ObserveAllReduce("tcp", 1<<20, time.Millisecond, 0)
 	}
 }

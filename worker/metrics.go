@@ -24,6 +24,7 @@ type stepMetrics struct {
 	device  string
 	tokens  int            // predicted positions per sample
 	last    metrics.Record // the newest history line written (Step 0: none)
+	link    linkMeter      // this worker's link rate, from its all-reduces
 }
 
 // newStepMetrics registers the worker's collectors with reg (nil: none)
@@ -43,12 +44,13 @@ func newStepMetrics(reg prometheus.Registerer, job *jobspec.Job, id, device stri
 }
 
 // collectiveObserver is what the generation's communicator reports its
-// all-reduces to (nil: nothing).
+// all-reduces to: the link meter, then the metrics if any.
 func (m *stepMetrics) collectiveObserver() collective.Observer {
-	if m.prom == nil {
-		return nil
+	o := linkObserver{meter: &m.link}
+	if m.prom != nil {
+		o.next = m.prom
 	}
-	return m.prom
+	return o
 }
 
 // checkpointObserver is what the checkpointer reports its writes to (nil:
@@ -101,4 +103,12 @@ func (m *stepMetrics) close() {
 	if m.history != nil {
 		_ = m.history.Close()
 	}
+}
+
+// linkRate is the link meter's rate in bytes/s (0: none measured).
+func (m *stepMetrics) linkRate() float64 {
+	if m == nil {
+		return 0
+	}
+	return m.link.rate()
 }

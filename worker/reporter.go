@@ -80,7 +80,8 @@ func (r *reporter) step(gen int64, step int, loss float64, samples int, took tim
 	if r.recent = append(r.recent, loss); len(r.recent) > train.FinalLossSteps {
 		r.recent = r.recent[1:]
 	}
-	req := &api.ReportProgressRequest{JobId: r.a.cfg.JobID, WorkerId: r.a.cfg.ID, Generation: gen, Step: int64(step), Loss: loss}
+	req := &api.ReportProgressRequest{JobId: r.a.cfg.JobID, WorkerId: r.a.cfg.ID, Generation: gen, Step: int64(step), Loss: loss,
+		LinkBytesPerSecond: r.a.metrics.linkRate()}
 	if r.winSteps > minSpeedSteps || r.winSecs >= minSpeedTime.Seconds() {
 		req.Samples, req.StepSeconds = int64(math.Round(r.winSamples)), r.winSecs
 	}

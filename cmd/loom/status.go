@@ -382,7 +382,7 @@ func printWorkers(w io.Writer, ws []*api.Worker, places map[string]placement, no
 		return
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "WORKER\tSTATE\tJOB\tGEN\tRANK\tSTAGE\tBLOCKS\tSHARE\tDEVICE\tCORES\tGFLOP/S\tSAMPLES/S\tLEASE\tCOLLECTIVE")
+	fmt.Fprintln(tw, "WORKER\tSTATE\tJOB\tGEN\tRANK\tSTAGE\tBLOCKS\tSHARE\tDEVICE\tCORES\tGFLOP/S\tSAMPLES/S\tLINK\tLEASE\tCOLLECTIVE")
 	for _, x := range ws {
 		pl := places[x.Id]
 		gen, rank, stage, blocks, share := "-", "-", "-", "-", "-"
@@ -398,8 +398,12 @@ func printWorkers(w io.Writer, ws []*api.Worker, places map[string]placement, no
 		if x.LostUnixNano != 0 {
 			lease = fmt.Sprintf("lost %v ago", now.Sub(time.Unix(0, x.LostUnixNano)).Round(time.Second))
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%.1f\t%s\t%s\n", x.Id, workerState(x, pl, places), dashIfEmpty(x.JobId),
-			gen, rank, stage, blocks, share, dashIfEmpty(p.GetDeviceName()), p.GetCores(), dashIfEmpty(strings.Join(g, ",")), x.SamplesPerSecond, lease, p.GetCollectiveAddr())
+		link := "-"
+		if r := x.GetLinkBytesPerSecond(); r > 0 {
+			link = fmt.Sprintf("%.0fMbit/s", r*8/1e6)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%.1f\t%s\t%s\t%s\n", x.Id, workerState(x, pl, places), dashIfEmpty(x.JobId),
+			gen, rank, stage, blocks, share, dashIfEmpty(p.GetDeviceName()), p.GetCores(), dashIfEmpty(strings.Join(g, ",")), x.SamplesPerSecond, link, lease, p.GetCollectiveAddr())
 	}
 	_ = tw.Flush()
 	for _, x := range ws {

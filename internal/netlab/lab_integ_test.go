@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -59,6 +60,23 @@ func helper(mode, addr string) error {
 		}
 	case "dial":
 		return ping(addr, time.Second)
+	case "sink": // reads each connection to its end, then writes the count
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return err
+		}
+		fmt.Println("listening")
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return err
+			}
+			go func() {
+				n, _ := io.Copy(io.Discard, c)
+				fmt.Fprintln(c, n)
+				c.Close()
+			}()
+		}
 	}
 	return fmt.Errorf("unknown helper mode %q", mode)
 }
@@ -315,5 +333,101 @@ func TestNewCleansUpAfterFailure(t *testing.T) {
 	}
 	if _, err := New(t.Context(), "a", "a"); err == nil || !strings.Contains(err.Error(), "each name once") {
 		t.Fatalf("duplicate names: %v", err)
+	}
+}
+
+// startHelper starts a listening helper (echo or sink) on h at addr and
+// waits until it listens.
+func startHelper(t *testing.T, h *Host, mode, addr string) {
+	t.Helper()
+	srv := helperCmd(t, h, mode, addr)
+	out, _ := srv.StdoutPipe()
+	var stderr strings.Builder
+	srv.Stderr = &stderr
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = srv.Wait() }()
+	if line, err := bufio.NewReader(out).ReadString('\n'); err != nil || line != "listening\n" {
+		t.Fatalf("%s helper on %s: %q %v\n%s", mode, h.NS, line, err, stderr.String())
+	}
+}
+
+// send writes n bytes to addr, half-closes, and waits for the sink's
+// count; it returns how long that took.
+func send(t *testing.T, addr string, n int) time.Duration {
+	t.Helper()
+	start := time.Now()
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+	if _, err := c.Write(make([]byte, n)); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.(*net.TCPConn).CloseWrite()
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil || strings.TrimSpace(line) != strconv.Itoa(n) {
+		t.Fatalf("sink counted %q (%v), want %d", line, err, n)
+	}
+	return time.Since(start)
+}
+
+// A shaped link carries no more than its rate (the bound here is loose:
+// the point is that tbf limits it, not how exactly), Shape(0) lifts the
+// limit, and a relay adds its delay each way.
+func TestShapeAndRelay(t *testing.T) {
+	lab, err := New(t.Context(), "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := lab.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	a := lab.Host("a")
+	sink, echoAddr := a.IP+":7001", a.IP+":7002"
+	startHelper(t, a, "sink", sink)
+	startHelper(t, a, "echo", echoAddr)
+	const rate, n = 20_000_000, 4 << 20 // 20 Mbit/s, 4 MiB: 1.68 s
+	want := time.Duration(float64(n*8) / rate * float64(time.Second))
+	if err := a.Shape(rate); err != nil {
+		t.Fatal(err)
+	}
+	for _, ns := range []string{a.NS, lab.prefix} {
+		out, err := tcCmd(t.Context(), ns, "qdisc", "show")
+		if err != nil || !strings.Contains(out, "tbf") {
+			t.Fatalf("tc qdisc show in %s: %v\n%s", ns, err, out)
+		}
+	}
+	if took := send(t, sink, n); took < want*8/10 || took > 3*want {
+		t.Errorf("%d bytes over a %d bit/s link took %v, want about %v", n, rate, took, want)
+	}
+	if err := a.Shape(0); err != nil {
+		t.Fatal(err)
+	}
+	for _, ns := range []string{a.NS, lab.prefix} {
+		if out, _ := tcCmd(t.Context(), ns, "qdisc", "show"); strings.Contains(out, "tbf") {
+			t.Fatalf("Shape(0) left a tbf qdisc in %s:\n%s", ns, out)
+		}
+	}
+	const delay = 40 * time.Millisecond
+	r, err := lab.Relay(echoAddr, delay)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	start := time.Now()
+	if err := ping(r.Addr(), 2*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if rtt := time.Since(start); rtt < 2*delay {
+		t.Errorf("round trip through a %v relay took %v, want at least %v", delay, rtt, 2*delay)
+	}
+	if err := r.Close(); err != nil {
+		t.Error(err)
 	}
 }
