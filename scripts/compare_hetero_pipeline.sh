@@ -24,10 +24,11 @@
 # before the first step, from the device profiles; measured speeds follow
 # after about 3 steps, and re-plans settle within about 10 s of them:
 # STEPS (default 60, about a minute per run here) keeps that under a fifth
-# of a run. (Today the coordinator re-plans only the batch shares while the
-# same workers stay, coordinator/planning.go: so the blocks of measured are
-# those the first plan cut from the device profiles, which the last column
-# of the table shows per round.)
+# of a run. The first plan cuts the blocks from the device profiles; once
+# every worker has measured its speed in it the coordinator cuts again from
+# the measurements and moves layers if that is predicted more than 5%
+# faster (coordinator/planning.go): the blocks of measured in the table's
+# last column are those of the run's final plan.
 #
 # The machine: this script prints the CPU and its cores. On a 2-core
 # machine 4 workers of 1 thread each oversubscribe it (in a 1F1B steady

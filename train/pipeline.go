@@ -167,6 +167,13 @@ type pipeRows struct {
 	at    [][][]int
 }
 
+// layoutRows lays rows of a step in m micro-batches over p's stages.
+// A stage's rows go to its ranks one at a time, each to the rank furthest
+// below its share of the rows dealt so far (w_i·(r+1)/W − c_i, ties to the
+// lower rank): over the step each rank gets its share exactly (when the
+// shares sum to the rows), spread over the micro-batches. Rounding each
+// micro-batch on its own instead gives a rank whose share is small beside
+// a micro-batch's rows none at all, every time.
 func layoutRows(p *Pipeline, rows, m int) pipeRows {
 	l := pipeRows{micro: make([]int, m+1), at: make([][][]int, len(p.Stages))}
 	for k := 0; k <= m; k++ {
@@ -174,16 +181,33 @@ func layoutRows(p *Pipeline, rows, m int) pipeRows {
 	}
 	for s, ranks := range p.Stages {
 		w := make([]int, len(ranks))
+		total := 0
 		for i, r := range ranks {
 			w[i] = r.Share
+			total += r.Share
 		}
+		if total == 0 { // cannot happen for a plan's ranks; the first takes all
+			w[0], total = 1, 1
+		}
+		dealt := make([]int, len(ranks))
 		l.at[s] = make([][]int, m)
+		row := 0
 		for k := range m {
-			sizes := splitProportional(w, l.micro[k+1]-l.micro[k])
 			at := make([]int, len(ranks)+1)
+			for ; row < l.micro[k+1]; row++ {
+				best, bestDef := 0, 0
+				for i := range ranks {
+					// w_i·(row+1)/W − dealt_i, times W to stay in integers.
+					if def := w[i]*(row+1) - dealt[i]*total; i == 0 || def > bestDef {
+						best, bestDef = i, def
+					}
+				}
+				dealt[best]++
+				at[best+1]++
+			}
 			at[0] = l.micro[k]
-			for i, n := range sizes {
-				at[i+1] = at[i] + n
+			for i := range ranks {
+				at[i+1] += at[i]
 			}
 			l.at[s][k] = at
 		}
