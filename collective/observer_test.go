@@ -26,6 +26,29 @@ func (o *recordingObserver) ObserveAllReduce(transport string, bytes int64, took
 	o.got = append(o.got, observation{transport, bytes, took, rate})
 }
 
+// observedRing is n communicators over transports of kind, each with a
+// recording observer, their testConfig changed by config; closed when t
+// ends.
+func observedRing(t *testing.T, kind TransportKind, n int, config func(*Config)) ([]*Communicator, []*recordingObserver) {
+	t.Helper()
+	obs := make([]*recordingObserver, n)
+	ts := NewTestTransports(t, kind, 7, n)
+	cs := make([]*Communicator, n)
+	for r := range n {
+		cfg := testConfig(n, nil)
+		cfg.Rank = r
+		config(&cfg)
+		obs[r] = &recordingObserver{}
+		cfg.Observer = obs[r]
+		var err error
+		if cs[r], err = New(ts[r], cfg); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cs[r].Close() })
+	}
+	return cs, obs
+}
+
 // Every AllReduce is reported once per rank with the payload bytes the rank
 // sent (2(n-1) segments of the wire dtype) and the transport of its link;
 // other collectives are not reported.
@@ -36,20 +59,7 @@ func TestObserverSeesEachAllReduce(t *testing.T) {
 			compress Compression
 			elemSize int64
 		}{{CompressNone, 4}, {CompressBF16, 2}} {
-			obs := make([]*recordingObserver, n)
-			ts := NewTestTransports(t, kind, 7, n)
-			cs := make([]*Communicator, n)
-			for r := range n {
-				cfg := testConfig(n, nil)
-				cfg.Rank, cfg.Compress = r, tc.compress
-				obs[r] = &recordingObserver{}
-				cfg.Observer = obs[r]
-				var err error
-				if cs[r], err = New(ts[r], cfg); err != nil {
-					t.Fatal(err)
-				}
-				defer cs[r].Close()
-			}
+			cs, obs := observedRing(t, kind, n, func(c *Config) { c.Compress = tc.compress })
 			bufs := make([][]float32, n)
 			for r := range bufs {
 				bufs[r] = make([]float32, size)
@@ -81,20 +91,7 @@ func TestObserverSeesEachAllReduce(t *testing.T) {
 // the first all-gather payload, which needs every rank's part.
 func TestObserverRateExcludesSkew(t *testing.T) {
 	const n, late = 3, 300 * time.Millisecond
-	obs := make([]*recordingObserver, n)
-	ts := NewTestTransports(t, TransportTCP, 7, n)
-	cs := make([]*Communicator, n)
-	for r := range n {
-		cfg := testConfig(n, nil)
-		cfg.Rank, cfg.ChunkBytes = r, DefaultConfig().ChunkBytes
-		obs[r] = &recordingObserver{}
-		cfg.Observer = obs[r]
-		var err error
-		if cs[r], err = New(ts[r], cfg); err != nil {
-			t.Fatal(err)
-		}
-		defer cs[r].Close()
-	}
+	cs, obs := observedRing(t, TransportTCP, n, func(c *Config) { c.ChunkBytes = DefaultConfig().ChunkBytes })
 	mustAll(t, RunRanks(n, func(r int) error {
 		if r == n-1 {
 			time.Sleep(late)

@@ -476,10 +476,6 @@ func (s *state) reportProgressBatch(c *api.CmdReportProgressBatch) ApplyResult {
 	return ApplyResult{Msg: &api.ReportProgressResponse{}}
 }
 
-// smoothSpeed folds a new samples/s measurement into a worker's speed
-// (exponential moving average, weight 1/4 on the new value) so that one
-// noisy step does not move batch shares; the first measurement is taken
-// as is.
 // forgetMovedSpeeds clears the measured speed of every worker that plan
 // next gives other layers than prev did: its samples/s were of its old
 // stage, and smoothing them into its new stage's would mislead the planner
@@ -496,14 +492,20 @@ func forgetMovedSpeeds(workers map[string]*api.Worker, prev, next *api.Plan) {
 	}
 	for _, r := range next.GetRanks() {
 		was, ok := held[r.GetWorkerId()]
-		if w := workers[r.GetWorkerId()]; w == nil || !ok || int(r.GetStage()) >= len(next.GetStageLayers()) {
+		w := workers[r.GetWorkerId()]
+		if w == nil || !ok || int(r.GetStage()) >= len(next.GetStageLayers()) {
 			continue
-		} else if now := next.GetStageLayers()[r.GetStage()]; now.GetFirst() != was.GetFirst() || now.GetLast() != was.GetLast() {
+		}
+		if now := next.GetStageLayers()[r.GetStage()]; now.GetFirst() != was.GetFirst() || now.GetLast() != was.GetLast() {
 			w.SamplesPerSecond = 0
 		}
 	}
 }
 
+// smoothSpeed folds a new samples/s measurement into a worker's speed
+// (exponential moving average, weight 1/4 on the new value) so that one
+// noisy step does not move batch shares; the first measurement is taken
+// as is.
 func smoothSpeed(old, sample float64) float64 {
 	if old <= 0 {
 		return sample

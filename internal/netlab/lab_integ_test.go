@@ -40,45 +40,41 @@ func TestMain(m *testing.M) {
 func helper(mode, addr string) error {
 	switch mode {
 	case "echo":
-		ln, err := net.Listen("tcp", addr)
-		if err != nil {
-			return err
-		}
-		fmt.Println("listening")
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return err
+		return serveEach(addr, func(c net.Conn) {
+			sc := bufio.NewScanner(c)
+			for sc.Scan() {
+				fmt.Fprintln(c, sc.Text())
 			}
-			go func() {
-				sc := bufio.NewScanner(c)
-				for sc.Scan() {
-					fmt.Fprintln(c, sc.Text())
-				}
-				c.Close()
-			}()
-		}
+		})
 	case "dial":
 		return ping(addr, time.Second)
 	case "sink": // reads each connection to its end, then writes the count
-		ln, err := net.Listen("tcp", addr)
+		return serveEach(addr, func(c net.Conn) {
+			n, _ := io.Copy(io.Discard, c)
+			fmt.Fprintln(c, n)
+		})
+	}
+	return fmt.Errorf("unknown helper mode %q", mode)
+}
+
+// serveEach listens on addr, prints "listening", and runs handle on each
+// connection in a goroutine of its own, closing it after.
+func serveEach(addr string, handle func(net.Conn)) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	fmt.Println("listening")
+	for {
+		c, err := ln.Accept()
 		if err != nil {
 			return err
 		}
-		fmt.Println("listening")
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return err
-			}
-			go func() {
-				n, _ := io.Copy(io.Discard, c)
-				fmt.Fprintln(c, n)
-				c.Close()
-			}()
-		}
+		go func() {
+			defer c.Close()
+			handle(c)
+		}()
 	}
-	return fmt.Errorf("unknown helper mode %q", mode)
 }
 
 // ping connects to addr, sends a line and waits for it to come back, all
