@@ -19,6 +19,10 @@ import (
 func (s *Server) watchLeadership(ctx context.Context) {
 	var stopDuties func()
 	stop := func() {
+		// Out of office before the duties stop (no lease is answered from
+		// a past term meanwhile, and awaitOffice's waiters are woken), and
+		// again after: duties that were taking office may have set it.
+		s.setLeaderStart(time.Time{})
 		if stopDuties != nil {
 			stopDuties()
 			stopDuties = nil

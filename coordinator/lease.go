@@ -32,13 +32,30 @@ import (
 // live one.
 
 // setLeaderStart records when this node took office (after applying the
-// log written before its term); zero when it does not lead.
+// log written before its term); zero when it does not lead. Whoever waits
+// in awaitOffice is woken.
 func (s *Server) setLeaderStart(t time.Time) {
 	if t.IsZero() {
 		s.leaderSince.Store(0)
-		return
+	} else {
+		s.leaderSince.Store(t.UnixNano())
 	}
-	s.leaderSince.Store(t.UnixNano())
+	s.officeMu.Lock()
+	if s.office != nil {
+		close(s.office)
+	}
+	s.office = make(chan struct{})
+	s.officeMu.Unlock()
+}
+
+// officeChange is closed at the next setLeaderStart.
+func (s *Server) officeChange() <-chan struct{} {
+	s.officeMu.Lock()
+	defer s.officeMu.Unlock()
+	if s.office == nil {
+		s.office = make(chan struct{})
+	}
+	return s.office
 }
 
 // leaderStart is when this node took office; zero while it does not lead
@@ -66,23 +83,27 @@ func (s *Server) leaseExpiry(id string, since time.Time) time.Time {
 // registration nor when its leases start. A node that does not lead gets
 // ErrNotLeader.
 func (s *Server) awaitOffice(ctx context.Context) (time.Time, error) {
-	deadline := time.Now().Add(s.cfg.LeaderWait)
+	if t := s.leaderStart(); !t.IsZero() && s.IsLeader() {
+		return t, nil // in office: every call but those of a failover
+	}
+	wait := time.NewTimer(s.cfg.LeaderWait)
+	defer wait.Stop()
 	for {
+		changed := s.officeChange() // before the checks: a change after them wakes the wait
 		if !s.IsLeader() {
 			return time.Time{}, fmt.Errorf("%w: %s", ErrNotLeader, s.cfg.NodeID)
 		}
 		if t := s.leaderStart(); !t.IsZero() {
 			return t, nil
 		}
-		if time.Now().After(deadline) {
-			return time.Time{}, fmt.Errorf("%w: %s leads but has not applied the log after %v", ErrNoLeader, s.cfg.NodeID, s.cfg.LeaderWait)
-		}
 		select {
 		case <-ctx.Done():
 			return time.Time{}, fmt.Errorf("%w: %w", ErrNoLeader, ctx.Err())
 		case <-s.closing():
 			return time.Time{}, fmt.Errorf("%w: heartbeat", ErrShuttingDown)
-		case <-time.After(5 * time.Millisecond):
+		case <-wait.C:
+			return time.Time{}, fmt.Errorf("%w: %s leads but has not applied the log after %v", ErrNoLeader, s.cfg.NodeID, s.cfg.LeaderWait)
+		case <-changed:
 		}
 	}
 }

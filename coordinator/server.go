@@ -60,6 +60,8 @@ type Server struct {
 	// leaderSince is when this node took office, in Unix ns; 0 while it
 	// does not lead (lease.go).
 	leaderSince atomic.Int64
+	officeMu    sync.Mutex
+	office      chan struct{} // closed and replaced at each change of leaderSince
 
 	live     *liveness       // heartbeats (the leases) and failure reports (leader)
 	progress *progressBuffer // step reports gathered for the next batch entry (leader)
