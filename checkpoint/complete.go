@@ -179,15 +179,8 @@ func (w *Writer) complete(ctx context.Context, staging, final string) (Info, com
 	if err := top.check(final, s.job, s.step); err != nil { // what every reader will check
 		return fail(err)
 	}
-	raw, err := json.MarshalIndent(top, "", "  ")
+	raw, err := w.writeManifest(ctx, staging, top)
 	if err != nil {
-		return fail(err)
-	}
-	raw = append(raw, '\n')
-	if err := w.st.WriteFile(ctx, staging+"/"+ManifestFile, func(out io.Writer) error {
-		_, err := out.Write(raw)
-		return err
-	}); err != nil {
 		return fail(err)
 	}
 	if err := w.st.Publish(ctx, staging, final); err != nil {

@@ -328,15 +328,8 @@ func (w *Writer) write(ctx context.Context) error {
 		}
 	}
 	m := s.manifest(time.Now(), sizes)
-	raw, err := json.MarshalIndent(m, "", "  ")
+	raw, err := w.writeManifest(ctx, staging, m)
 	if err != nil {
-		return fail(err)
-	}
-	raw = append(raw, '\n')
-	if err := w.st.WriteFile(ctx, staging+"/"+ManifestFile, func(out io.Writer) error {
-		_, err := out.Write(raw)
-		return err
-	}); err != nil {
 		return fail(err)
 	}
 	if err := w.st.Publish(ctx, staging, final); err != nil {
@@ -405,4 +398,21 @@ func (w *Writer) retain(ctx context.Context, job string, current int, attempt st
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// writeManifest writes m as the staging directory's manifest (indented
+// JSON and a newline) and returns the bytes written.
+func (w *Writer) writeManifest(ctx context.Context, staging string, m any) ([]byte, error) {
+	raw, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	raw = append(raw, '\n')
+	if err := w.st.WriteFile(ctx, staging+"/"+ManifestFile, func(out io.Writer) error {
+		_, err := out.Write(raw)
+		return err
+	}); err != nil {
+		return nil, err
+	}
+	return raw, nil
 }

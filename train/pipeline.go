@@ -438,7 +438,7 @@ func (t *Trainer) stepPipeline(ctx context.Context, sync GradSync, p *Pipeline) 
 	if !last {
 		for j := range p.Stages[s+1] {
 			if j%len(p.Stages[s]) == me {
-				if err := p.Pipe.Send(p.Stages[s+1][j].Peer, []float32{1}); err != nil {
+				if err := p.Pipe.Send(p.Stages[s+1][j].Peer, commitMsg[:]); err != nil {
 					// Applied here; the stages after it hold it pending.
 					return 0, fmt.Errorf("stage %d: step commit to stage %d rank %d: %w", s, s+1, j, err)
 				}
@@ -450,6 +450,10 @@ func (t *Trainer) stepPipeline(ctx context.Context, sync GradSync, p *Pipeline) 
 	}
 	return float64(res[0]) / float64(tokens), nil
 }
+
+// commitMsg is the one-float message a stage sends the next once it has
+// applied a step (Pipe.Send copies it: it is never written).
+var commitMsg = [1]float32{1}
 
 // pendingStep is a pipeline step whose gradients were final on this rank
 // but which it did not apply (the step was cut short after them): rows is

@@ -17,6 +17,8 @@ import (
 type linkMeter struct {
 	mu     sync.Mutex
 	recent []float64 // bytes/s, oldest first
+	sorted []float64 // recent, sorted: scratch
+	median float64   // of recent; 0 before the first
 }
 
 const (
@@ -33,18 +35,17 @@ func (l *linkMeter) observe(bytes int64, rate float64) {
 	if l.recent = append(l.recent, rate); len(l.recent) > linkSamples {
 		l.recent = l.recent[1:]
 	}
+	l.sorted = append(l.sorted[:0], l.recent...)
+	slices.Sort(l.sorted)
+	l.median = l.sorted[len(l.sorted)/2]
 }
 
-// rate is the median estimate in bytes/s, 0 before the first.
+// rate is the median estimate in bytes/s, 0 before the first (read once
+// a step: it allocates nothing).
 func (l *linkMeter) rate() float64 {
 	l.mu.Lock()
-	s := slices.Clone(l.recent)
-	l.mu.Unlock()
-	if len(s) == 0 {
-		return 0
-	}
-	slices.Sort(s)
-	return s[len(s)/2]
+	defer l.mu.Unlock()
+	return l.median
 }
 
 // linkObserver tells the meter and then next (if any) of every all-reduce.

@@ -41,6 +41,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -79,6 +80,25 @@ func main() {
 }
 
 func mainErr() error {
+	ms := strings.Split(*modes, ",")
+	for _, m := range ms {
+		if n, err := strconv.Atoi(m); m != "dp" && m != "auto" && (err != nil || n < 1) {
+			return fmt.Errorf("-modes: %q is not dp, auto or a stage count", m)
+		}
+	}
+	switch {
+	case *workers < 1:
+		return fmt.Errorf("-workers %d: want at least 1", *workers)
+	case *rate != 0 && *rate < 8000:
+		return fmt.Errorf("-rate %d bit/s: want 0 (unshaped) or at least 8000", *rate)
+	case *rtt < 0:
+		return fmt.Errorf("-rtt %v: want >= 0", *rtt)
+	case *rounds < 1 || *steps < 0:
+		return fmt.Errorf("-rounds %d, -steps %d: want rounds >= 1 and steps >= 0", *rounds, *steps)
+	}
+	if _, err := os.Stat(*bin); err != nil {
+		return fmt.Errorf("-loom: %w (build it: go build -o bin/loom ./cmd/loom)", err)
+	}
 	dir, err := os.MkdirTemp("", "linkbench-")
 	if err != nil {
 		return err
@@ -90,7 +110,6 @@ func mainErr() error {
 	}
 	fmt.Printf("cpu: %s, %d cores; %d workers of %s; links %s each way, +%v round trip (user-space relay)\n",
 		cpuName(), runtime.NumCPU(), *workers, *device, mbit(float64(*rate)/8), *rtt)
-	ms := strings.Split(*modes, ",")
 	var all []result
 	for round := range *rounds {
 		order := append([]string(nil), ms...)
