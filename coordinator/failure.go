@@ -49,6 +49,30 @@ func (l *liveness) saw(id string, now time.Time) {
 	l.mu.Unlock()
 }
 
+// swap records that worker id was heard from now and returns when it was
+// heard from before (zero if never).
+func (l *liveness) swap(id string, now time.Time) time.Time {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	prev := l.seen[id]
+	l.seen[id] = now
+	return prev
+}
+
+// restore undoes swap(id, now) unless id was heard from since.
+func (l *liveness) restore(id string, prev, now time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.seen[id].Equal(now) {
+		return
+	}
+	if prev.IsZero() {
+		delete(l.seen, id)
+	} else {
+		l.seen[id] = prev
+	}
+}
+
 // lastSeen is when worker id was last heard from on this node; zero if
 // never.
 func (l *liveness) lastSeen(id string) time.Time {

@@ -38,6 +38,9 @@ type FSM struct {
 	// replicated, not in snapshots, kept across Restore).
 	entries map[CmdType]uint64
 	changed chan struct{} // closed (and replaced) after every change
+
+	sigMu    sync.Mutex             // guards planSigs; taken after mu
+	planSigs map[string]*planSignal // by job id, while watched (planwatch.go)
 }
 
 // ApplyResult is what FSM.Apply returns for every entry: the command's
@@ -49,7 +52,7 @@ type ApplyResult struct {
 
 // NewFSM returns an empty state machine.
 func NewFSM(log *zap.Logger) *FSM {
-	return &FSM{log: log, st: newState(), entries: map[CmdType]uint64{}, changed: make(chan struct{})}
+	return &FSM{log: log, st: newState(), entries: map[CmdType]uint64{}, changed: make(chan struct{}), planSigs: map[string]*planSignal{}}
 }
 
 // Changed returns a channel that is closed at the next change of the state
@@ -145,6 +148,7 @@ func (f *FSM) Apply(l *raft.Log) any {
 	// or the planner reads, so they wake no one.
 	if res.Err == nil && t != CmdHeartbeat {
 		f.notifyLocked()
+		f.signalPlansLocked()
 	}
 	return res
 }
@@ -572,6 +576,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	f.st = stateFromProto(st)
 	f.st.eventCounts = counts
 	f.notifyLocked()
+	f.signalPlansLocked()
 	return nil
 }
 

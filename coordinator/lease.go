@@ -36,9 +36,9 @@ import (
 // in awaitOffice is woken.
 func (s *Server) setLeaderStart(t time.Time) {
 	if t.IsZero() {
-		s.leaderSince.Store(0)
+		s.leaderSince.Store(nil)
 	} else {
-		s.leaderSince.Store(t.UnixNano())
+		s.leaderSince.Store(&t)
 	}
 	s.officeMu.Lock()
 	if s.office != nil {
@@ -61,8 +61,8 @@ func (s *Server) officeChange() <-chan struct{} {
 // leaderStart is when this node took office; zero while it does not lead
 // or has not yet applied the log of the terms before.
 func (s *Server) leaderStart() time.Time {
-	if n := s.leaderSince.Load(); n != 0 {
-		return time.Unix(0, n)
+	if t := s.leaderSince.Load(); t != nil {
+		return *t
 	}
 	return time.Time{}
 }
@@ -129,10 +129,17 @@ func (s *Server) heartbeat(ctx context.Context, req *api.HeartbeatRequest) (*api
 }
 
 // withLeases sets each worker's lease expiry to the live one when this node
-// leads in office; elsewhere the workers keep what the FSM holds.
+// leads in office. Elsewhere nobody knows it (the leases live in the
+// leader's memory; the FSM holds only the one granted at registration,
+// long past for a worker that heartbeats), so it is cleared: a follower
+// answering ListWorkers while it cannot reach the leader shows the lease
+// as unknown, not as expired.
 func (s *Server) withLeases(ws []*api.Worker) []*api.Worker {
 	since := s.leaderStart()
 	if since.IsZero() || !s.IsLeader() {
+		for _, w := range ws {
+			w.LeaseExpiryUnixNano = 0
+		}
 		return ws
 	}
 	for _, w := range ws {

@@ -304,3 +304,118 @@ func TestFailoverKeepsLiveLeases(t *testing.T) {
 		t.Fatalf("the new leader answered %d heartbeats (%d succeeded)", leader.Heartbeats(), ok)
 	}
 }
+
+// A registration the log refuses (here: to a cancelled job) leaves the
+// lease of its id as it was: it must not keep a dead holder of the id
+// alive for another lease. One that the log accepts starts a lease.
+func TestRefusedRegistrationRenewsNoLease(t *testing.T) {
+	s := NewTestServer(t, nil)
+	ctx := ctxT(t, 30*time.Second)
+	c := api.NewCoordinatorClient(Dial(t, s.Addr()))
+	sub, err := c.SubmitJob(ctx, &api.SubmitJobRequest{Spec: &api.JobSpec{Name: "gone", GlobalBatch: 8}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.CancelJob(ctx, &api.CancelJobRequest{JobId: sub.GetJob().GetId()}); err != nil {
+		t.Fatal(err)
+	}
+	register(ctx, t, c, "w", "", 9801)
+	held := s.live.lastSeen("w")
+	if held.IsZero() {
+		t.Fatal("an accepted registration started no lease")
+	}
+	time.Sleep(10 * time.Millisecond)
+	_, err = c.RegisterWorker(ctx, &api.RegisterWorkerRequest{WorkerId: "w", JobId: sub.GetJob().GetId(), Profile: profile("127.0.0.1:9802", 10)})
+	if api.ReasonOf(err) != api.ReasonJobCancelled {
+		t.Fatalf("register to a cancelled job: %v", err)
+	}
+	if got := s.live.lastSeen("w"); !got.Equal(held) {
+		t.Fatalf("the refused registration moved w's lease from %v to %v", held, got)
+	}
+	_, err = c.RegisterWorker(ctx, &api.RegisterWorkerRequest{WorkerId: "nobody", JobId: sub.GetJob().GetId(), Profile: profile("127.0.0.1:9803", 10)})
+	if err == nil || !s.live.lastSeen("nobody").IsZero() {
+		t.Fatalf("a refused new id holds a lease (err %v)", err)
+	}
+}
+
+// Off the leader nobody knows a live lease: ListWorkers answered from a
+// follower's replica shows none, not the long-past one of registration.
+// And the office start keeps its monotonic clock reading, so that leases
+// measured against it do not move with the wall clock.
+func TestLeasesOffTheLeader(t *testing.T) {
+	var s Server
+	ws := s.withLeases([]*api.Worker{{Id: "w", LeaseExpiryUnixNano: 12345}})
+	if ws[0].GetLeaseExpiryUnixNano() != 0 {
+		t.Fatalf("a node out of office answered lease %d", ws[0].GetLeaseExpiryUnixNano())
+	}
+	s.setLeaderStart(time.Now())
+	if got := s.leaderStart(); got == got.Round(0) {
+		t.Fatalf("office start %v lost its monotonic reading", got)
+	}
+	s.setLeaderStart(time.Time{})
+	if !s.leaderStart().IsZero() {
+		t.Fatal("out of office, the office start is not zero")
+	}
+}
+
+// The log grows with time and change, not with the workers: ten times the
+// workers, each heartbeating and reporting a step every 100 ms, write the
+// same progress batches (one per ProgressInterval) and nothing per worker.
+func TestLogGrowthFlatInWorkers(t *testing.T) {
+	const interval = 200 * time.Millisecond
+	tc := NewTestCluster(t, 3, func(c *Config) { c.ProgressInterval = interval; c.LeaseTTL = 2 * time.Second })
+	ctx := ctxT(t, 90*time.Second)
+	c := api.NewCoordinatorClient(Dial(t, tc.Leader().Addr()))
+	sub, err := c.SubmitJob(ctx, &api.SubmitJobRequest{Spec: &api.JobSpec{Name: "flat", GlobalBatch: 400, MinWorkers: 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	job := sub.GetJob().GetId()
+	var wg sync.WaitGroup
+	wctx, stop := context.WithCancel(ctx)
+	defer func() { stop(); wg.Wait() }()
+	run := func(w *api.Worker) {
+		wg.Go(func() {
+			for step := int64(1); wctx.Err() == nil; step++ {
+				_, _ = c.Heartbeat(wctx, &api.HeartbeatRequest{WorkerId: w.GetId(), Incarnation: w.GetRegisteredUnixNano()})
+				gen := tc.Leader().FSM().GenerationOf(w.GetId(), job)
+				_, _ = c.ReportProgress(wctx, &api.ReportProgressRequest{JobId: job, WorkerId: w.GetId(), Generation: gen, Step: step,
+					Loss: 1, Samples: 10, StepSeconds: 0.1})
+				select {
+				case <-wctx.Done():
+				case <-time.After(100 * time.Millisecond):
+				}
+			}
+		})
+	}
+	registered := 0
+	grow := func(n int) (entries uint64, kinds map[string]uint64) {
+		for ; registered < n; registered++ {
+			i := registered
+			run(register(ctx, t, c, fmt.Sprintf("w%03d", i), job, 9900+i))
+		}
+		WaitRanks(ctx, t, c, job, n)
+		time.Sleep(time.Second) // the join's plans and the first speeds settle
+		l := tc.Leader()
+		idx, before := l.raft.LastIndex(), l.FSM().AppliedEntries()
+		time.Sleep(3 * time.Second)
+		kinds = l.FSM().AppliedEntries()
+		for k, v := range before {
+			kinds[k] -= v
+			if kinds[k] == 0 {
+				delete(kinds, k)
+			}
+		}
+		return l.raft.LastIndex() - idx, kinds
+	}
+	few, fewKinds := grow(4)
+	many, manyKinds := grow(40)
+	t.Logf("3 s: %d entries with 4 workers %v, %d with 40 %v", few, fewKinds, many, manyKinds)
+	// 15 batches in 3 s; a plan re-shared on a speed change may add one.
+	if few < 10 || few > 18 || many > few+3 {
+		t.Fatalf("3 s of steady work wrote %d entries with 4 workers and %d with 40: want about 15 each", few, many)
+	}
+	if manyKinds["heartbeat"] != 0 || manyKinds["report_progress"] != 0 {
+		t.Fatalf("per-worker entries with 40 workers: %v", manyKinds)
+	}
+}

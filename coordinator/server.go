@@ -57,9 +57,11 @@ type Server struct {
 
 	notify <-chan bool // raft leadership changes
 
-	// leaderSince is when this node took office, in Unix ns; 0 while it
-	// does not lead (lease.go).
-	leaderSince atomic.Int64
+	// leaderSince is when this node took office, nil while it does not
+	// lead (lease.go). A time.Time, not Unix ns, so that it keeps its
+	// monotonic reading: leases are measured against it, and a step of
+	// the wall clock (NTP) must neither expire every lease nor extend them.
+	leaderSince atomic.Pointer[time.Time]
 	officeMu    sync.Mutex
 	office      chan struct{} // closed and replaced at each change of leaderSince
 

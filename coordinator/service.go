@@ -114,11 +114,12 @@ func (v *service) RegisterWorker(ctx context.Context, req *api.RegisterWorkerReq
 	}
 	// The lease starts before the entry applies, so that the leader's
 	// expiry pass, which may run between the two, never finds the new
-	// registration without one. (A refused registration thus renews the
-	// lease of the id once; one that nobody holds is forgotten later.)
-	v.s.live.saw(w.GetId(), now)
+	// registration without one. A refused registration gives the id back
+	// the lease it had: it must not keep a dead holder of the id alive.
+	prev := v.s.live.swap(w.GetId(), now)
 	m, _, err := v.s.apply(ctx, &api.CmdRegisterWorker{Worker: w})
 	if err != nil {
+		v.s.live.restore(w.GetId(), prev, now)
 		return nil, err
 	}
 	reg := m.(*api.Worker)
@@ -179,18 +180,17 @@ func (s *Server) watchPlan(ctx context.Context, req *api.WatchPlanRequest, send 
 	}
 	after := req.GetAfterGeneration()
 	for {
-		ch := s.fsm.Changed()
-		j, ok := s.fsm.Job(req.GetJobId())
+		p, ended, next, ok := s.fsm.planView(req.GetJobId())
 		if !ok {
 			return fmt.Errorf("%w: %q", ErrUnknownJob, req.GetJobId())
 		}
-		if p, ok := s.fsm.Plan(j.GetId()); ok && p.GetGeneration() > after {
+		if p.GetGeneration() > after {
 			if err := send(p); err != nil {
 				return err
 			}
 			after = p.GetGeneration()
 		}
-		if jobEnded(j) {
+		if ended {
 			return nil
 		}
 		select {
@@ -198,7 +198,7 @@ func (s *Server) watchPlan(ctx context.Context, req *api.WatchPlanRequest, send 
 			return ctx.Err()
 		case <-s.closing():
 			return fmt.Errorf("%w: plan watch ends", ErrShuttingDown)
-		case <-ch:
+		case <-next:
 		}
 	}
 }

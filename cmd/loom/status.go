@@ -395,8 +395,11 @@ func printWorkers(w io.Writer, ws []*api.Worker, places map[string]placement, no
 			g = append(g, fmt.Sprintf("%s=%.0f", k, p.GetGflops()[k]))
 		}
 		lease := time.Unix(0, x.LeaseExpiryUnixNano).Sub(now).Round(100 * time.Millisecond).String()
-		if x.LostUnixNano != 0 {
+		switch {
+		case x.LostUnixNano != 0:
 			lease = fmt.Sprintf("lost %v ago", now.Sub(time.Unix(0, x.LostUnixNano)).Round(time.Second))
+		case x.LeaseExpiryUnixNano == 0:
+			lease = "unknown (no leader)" // a follower answered: the leases live on the leader
 		}
 		link := "-"
 		if r := x.GetLinkBytesPerSecond(); r > 0 {
