@@ -117,9 +117,11 @@ func (v *service) RegisterWorker(ctx context.Context, req *api.RegisterWorkerReq
 	// registration without one. A refused registration gives the id back
 	// the lease it had: it must not keep a dead holder of the id alive.
 	prev := v.s.live.swap(w.GetId(), now)
-	m, _, err := v.s.apply(ctx, &api.CmdRegisterWorker{Worker: w})
+	m, idx, err := v.s.apply(ctx, &api.CmdRegisterWorker{Worker: w})
 	if err != nil {
-		v.s.live.restore(w.GetId(), prev, now)
+		if idx != 0 { // the log refused it; a Raft error may leave it applied
+			v.s.live.restore(w.GetId(), prev, now)
+		}
 		return nil, err
 	}
 	reg := m.(*api.Worker)
